@@ -1,0 +1,56 @@
+//! `cargo xtask`: everything needed to build, set up and test pgwarden on a fresh machine.
+//!
+//! Each sub-command is idempotent: heavy artefacts (control-plane binaries, the S3 server,
+//! the barman venv, policy modules) are cached under `.cache/` keyed by version, sandbox
+//! state lives under `.state/`; both are gitignored.
+
+mod controlplane;
+mod deps;
+mod paths;
+mod policies;
+mod sandbox;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "pgwarden's task runner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything the tests need, then run every test layer.
+    Test,
+    /// The local sandbox running the seed scenario.
+    Demo {
+        /// Tear the sandbox down at the end and exit 0 only if every step succeeded.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Install and build every dependency (idempotent; cached under `.cache/`).
+    Setup,
+    /// Build the policy modules (`policies/*`) to `.wasm` components.
+    BuildPolicies,
+    /// Start, stop or inspect the local control plane.
+    Sandbox {
+        #[command(subcommand)]
+        action: sandbox::Action,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Test => test::run(),
+        Command::Demo { once: _ } => {
+            anyhow::bail!("`cargo xtask demo` is not implemented yet (issue 7)")
+        }
+        Command::Setup => test::setup(),
+        Command::BuildPolicies => policies::build().map(|_| ()),
+        Command::Sandbox { action } => sandbox::run(action),
+    }
+}
