@@ -1,1 +1,6 @@
-//! Test harness.
+//! Harness for pgwarden's control-plane and end-to-end tests: a real kube-apiserver and etcd
+//! (plus controller-manager and scheduler), a real S3-compatible server, real PostgreSQL and
+//! the real barman cloud tools, each started by the tests themselves on 127.0.0.1.
+
+pub mod controlplane;
+pub mod datapath;
