@@ -1,1 +1,1 @@
-//! The pgwarden host.
+//! The pgwarden host: operator, instance agent, policy engine.

@@ -1,1 +1,49 @@
-fn main() {}
+//! `pgwarden`: the operator, the in-pod instance agent and the policy tooling in one binary.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pgwarden", version, about = "PostgreSQL continuous backup operator with WebAssembly reconcile policies")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML (or write one file per CRD into --out).
+    Crd {
+        /// Folder to write `<plural>.<group>.yaml` files into, instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Crd { out } => crd(out),
+    }
+}
+
+fn crd(out: Option<PathBuf>) -> Result<()> {
+    let crds = pgwarden_crds::crds();
+    match out {
+        None => {
+            let docs: Vec<String> = crds.iter().map(pgwarden_crds::crd_yaml).collect();
+            print!("{}", docs.join("---\n"));
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for crd in &crds {
+                let path = dir.join(pgwarden_crds::crd_file_name(crd));
+                std::fs::write(&path, pgwarden_crds::crd_yaml(crd))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}

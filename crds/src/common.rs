@@ -1,0 +1,35 @@
+//! Small types shared by the kinds.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A reference to a key of a Secret in the object's own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeySelector {
+    /// Name of the Secret, in the same namespace as the Cluster.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key inside the Secret whose value is used.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A reference to another object of the same namespace, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectReference {
+    /// Name of the referenced object.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// The condition types pgwarden sets on its objects' `status.conditions`.
+pub mod condition_types {
+    /// The Cluster's instances run and accept connections.
+    pub const READY: &str = "Ready";
+    /// WAL is being archived to the object store without failures.
+    pub const CONTINUOUS_ARCHIVING: &str = "ContinuousArchiving";
+    /// The most recent Backup of the Cluster completed.
+    pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
+    /// The reconcile policy answered and its decisions were applied.
+    pub const POLICY_APPLIED: &str = "PolicyApplied";
+}

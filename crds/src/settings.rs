@@ -1,0 +1,63 @@
+//! Decided settings as the instance agent reads them.
+//!
+//! The operator asks the policy for archive and backup settings and writes the answer as JSON
+//! into a ConfigMap mounted in every instance pod ([`ARCHIVE_SETTINGS_KEY`]). The agent and
+//! `pgwarden instance wal-archive` read it on every call, so a new decision needs no restart.
+//! No secret is ever part of these settings: credentials reach the pod as environment
+//! variables from `secretKeyRef`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{DataCompression, Encryption, WalCompression};
+
+/// Key of the settings ConfigMap (and file name in the mounted folder).
+pub const ARCHIVE_SETTINGS_KEY: &str = "archive.json";
+/// Where instance pods mount the settings ConfigMap.
+pub const SETTINGS_MOUNT_PATH: &str = "/etc/pgwarden";
+
+/// Environment variables the instance pod gets its store credentials from.
+pub mod env {
+    pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+    pub const REGION: &str = "AWS_DEFAULT_REGION";
+}
+
+/// How WAL is archived: the arguments of barman-cloud-wal-archive, without secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSettings {
+    /// `s3://bucket/path`.
+    pub destination_path: String,
+    /// S3-compatible endpoint, if not AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Path of a CA bundle for the endpoint, inside the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_ca_file: Option<String>,
+    /// Server folder name in the store.
+    pub server_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<WalCompression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// WAL files archived in parallel (1 = no pre-archiving).
+    pub max_parallel: u32,
+    /// PostgreSQL's `archive_timeout`, in seconds (0 = off).
+    pub archive_timeout_seconds: u32,
+}
+
+/// How a base backup is taken: the arguments of barman-cloud-backup, without secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSettings {
+    /// The pod that takes the backup.
+    pub target_pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<DataCompression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Parallel upload jobs.
+    pub jobs: u32,
+    pub immediate_checkpoint: bool,
+}
