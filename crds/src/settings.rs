@@ -61,3 +61,30 @@ pub struct BackupSettings {
     pub jobs: u32,
     pub immediate_checkpoint: bool,
 }
+
+/// Conventions of an instance pod shared by the policy (which writes the pod template), the
+/// planner and the instance agent (which reads them).
+pub mod pod {
+    /// Name of the container running `pgwarden instance run`.
+    pub const CONTAINER: &str = "postgres";
+    /// Env: name of the Cluster.
+    pub const ENV_CLUSTER: &str = "PGWARDEN_CLUSTER";
+    /// Env: name of the pod (downward API).
+    pub const ENV_POD_NAME: &str = "POD_NAME";
+    /// Env: namespace of the pod (downward API).
+    pub const ENV_NAMESPACE: &str = "POD_NAMESPACE";
+    /// Env: the data directory.
+    pub const ENV_PGDATA: &str = "PGDATA";
+    /// Env: folder of the mounted settings ConfigMap.
+    pub const ENV_SETTINGS_DIR: &str = "PGWARDEN_SETTINGS_DIR";
+    /// Where the data volume (PVC) is mounted.
+    pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+    /// PGDATA inside the data volume.
+    pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+    /// PostgreSQL's port.
+    pub const PORT: i32 = 5432;
+    /// Label on every object of a Cluster: its name.
+    pub const LABEL_CLUSTER: &str = "postgresql.k8s.2ndq.io/cluster";
+    /// Label on instance pods: `primary` or `replica`.
+    pub const LABEL_ROLE: &str = "postgresql.k8s.2ndq.io/role";
+}

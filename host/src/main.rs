@@ -20,11 +20,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Evaluate a policy module on objects (dry run) or run its fixture tests.
+    Policy(pgwarden::policy::cli::PolicyArgs),
+    /// The in-pod instance agent (run by the instance pods).
+    Instance(pgwarden::instance::cli::InstanceArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Crd { out } => crd(out),
+        Command::Policy(args) => pgwarden::policy::cli::run(args),
+        Command::Instance(args) => pgwarden::instance::cli::run(args),
     }
 }
 

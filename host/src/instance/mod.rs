@@ -1,0 +1,3 @@
+//! The in-pod instance agent: runs PostgreSQL, archives WAL, takes backups, reports facts.
+
+pub mod cli;

@@ -1,0 +1,3 @@
+//! The policy engine: reconcile decisions made by sandboxed WebAssembly components.
+
+pub mod cli;
