@@ -173,8 +173,8 @@ pub struct RecoveryTarget {
 pub struct ObjectStore {
     /// URL of the folder that receives WAL files and base backups: `s3://BUCKET[/path]`.
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
-         "message": "destinationPath must be an S3 URL: s3://BUCKET or s3://BUCKET/path/to/folder (bucket: 3-63 lowercase letters, digits, dots and hyphens)"}
+        {"rule": "self.matches('^s3://[A-Za-z0-9][A-Za-z0-9._-]{1,254}(/.*)?$')",
+         "message": "destinationPath must be an S3 URL: s3://BUCKET or s3://BUCKET/path/to/folder (bucket: letters, digits, dots, hyphens, underscores)"}
     ]))]
     pub destination_path: String,
     /// Endpoint of an S3-compatible store other than AWS, e.g. `https://minio.example:9000`.
