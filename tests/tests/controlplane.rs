@@ -1,0 +1,359 @@
+//! pgwarden's CRDs against a real kube-apiserver: installation, the seed's manifests,
+//! admission of bad manifests (with their messages), `kubectl explain` and `kubectl get`.
+//!
+//! Needs the control-plane binaries: `cargo xtask setup`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgwarden_tests::controlplane::{CRDS, KubectlOutput, shared, with_crds, workspace_root};
+
+const GROUP: &str = "postgresql.k8s.2ndq.io";
+
+#[test]
+fn crds_install_and_become_established() {
+    let cp = shared();
+    let applied = cp
+        .install_crds()
+        .unwrap_or_else(|e| panic!("kubectl apply -f crds/yaml/ failed: {e}"));
+    for crd in CRDS {
+        assert!(
+            applied.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{crd}"
+            )),
+            "{crd} not applied: {applied}"
+        );
+        let jsonpath = "{.spec.group}/{.spec.versions[*].name} \
+                        {.status.conditions[?(@.type==\"Established\")].status}";
+        let got = cp
+            .kubectl(&["get", "crd", crd, "-o", &format!("jsonpath={jsonpath}")])
+            .unwrap();
+        assert_eq!(got, format!("{GROUP}/v1alpha1 True"), "{crd}");
+    }
+    let resources = cp
+        .kubectl(&["api-resources", "--api-group", GROUP, "-o", "name"])
+        .unwrap();
+    let mut names: Vec<&str> = resources.lines().collect();
+    names.sort_unstable();
+    let mut expected = CRDS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn seed_manifests_apply_verbatim() {
+    let cp = with_crds();
+    let ns = cp.namespace("seed");
+    let seed = workspace_root().join("examples/seed");
+    let out = ns.kubectl(&["apply", "-f", &seed.display().to_string()]);
+    assert!(
+        out.success,
+        "the seed's manifests were refused:\n{}",
+        out.stderr
+    );
+    for (kind, name) in [
+        ("secret", "aws-creds"),
+        ("cluster", "postgresql-bkp"),
+        ("backup", "backup-example"),
+        ("scheduledbackup", "backup-nightly"),
+    ] {
+        let got = ns.kubectl(&["get", kind, name, "-o", "name"]);
+        assert!(
+            got.success,
+            "{kind}/{name} missing after apply: {}",
+            got.stderr
+        );
+    }
+    // Defaults from the schema are filled in by the API server.
+    let instances = ns.kubectl(&[
+        "get",
+        "cluster",
+        "postgresql-bkp",
+        "-o",
+        "jsonpath={.spec.instances}",
+    ]);
+    assert_eq!(instances.stdout, "1");
+}
+
+#[test]
+fn seed_wal_example_keeps_compression_and_encryption() {
+    let cp = with_crds();
+    let ns = cp.namespace("seed-wal");
+    let file = workspace_root().join("examples/seed/cluster-wal.yaml");
+    let out = ns.kubectl(&["apply", "-f", &file.display().to_string()]);
+    assert!(out.success, "cluster-wal.yaml refused:\n{}", out.stderr);
+    let wal = ns.kubectl(&[
+        "get",
+        "cluster",
+        "postgresql-bkp",
+        "-o",
+        "jsonpath={.spec.backup.wal.compression} {.spec.backup.wal.encryption}",
+    ]);
+    assert_eq!(wal.stdout, "gzip AES256");
+}
+
+/// One bad manifest of `tests/fixtures/bad/`, with its header:
+/// `# expect: <fragment>` (one or more; each must appear in kubectl's error) and
+/// `# update-of: <file>` (a good manifest applied first: the bad one is an update of it).
+struct Fixture {
+    path: PathBuf,
+    expect: Vec<String>,
+    update_of: Option<PathBuf>,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let dir = workspace_root().join("tests/fixtures/bad");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    paths.into_iter().map(|p| parse_fixture(&p)).collect()
+}
+
+fn parse_fixture(path: &Path) -> Fixture {
+    let text = std::fs::read_to_string(path).unwrap();
+    let header = |key: &str| -> Vec<String> {
+        text.lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix(&format!("# {key}:")))
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    let expect = header("expect");
+    assert!(
+        !expect.is_empty(),
+        "{} has no `# expect:` line",
+        path.display()
+    );
+    Fixture {
+        path: path.to_path_buf(),
+        expect,
+        update_of: header("update-of")
+            .first()
+            .map(|f| workspace_root().join(f)),
+    }
+}
+
+#[test]
+fn bad_manifests_are_rejected_with_their_message() {
+    let cp = with_crds();
+    let fixtures = fixtures();
+    assert!(
+        fixtures.len() >= 12,
+        "only {} bad manifests",
+        fixtures.len()
+    );
+    let mut failures = Vec::new();
+    for fixture in &fixtures {
+        let name = fixture.path.file_stem().unwrap().to_string_lossy();
+        let ns = cp.namespace(&name);
+        if let Some(first) = &fixture.update_of {
+            let out = ns.kubectl(&["apply", "-f", &first.display().to_string()]);
+            assert!(
+                out.success,
+                "{}: {} refused: {}",
+                name,
+                first.display(),
+                out.stderr
+            );
+        }
+        let out = ns.kubectl(&["apply", "-f", &fixture.path.display().to_string()]);
+        if let Some(problem) = judge(fixture, &out) {
+            failures.push(format!("{name}: {problem}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad manifests not rejected as expected:\n\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// What is wrong with kubectl's answer to a bad manifest, if anything.
+fn judge(fixture: &Fixture, out: &KubectlOutput) -> Option<String> {
+    if out.success {
+        return Some(format!("accepted: {}", out.stdout.trim()));
+    }
+    let missing: Vec<&String> = fixture
+        .expect
+        .iter()
+        .filter(|e| !out.stderr.contains(e.as_str()))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "message lacks {missing:?}; kubectl said:\n{}",
+            out.stderr.trim()
+        )
+    })
+}
+
+#[test]
+fn explain_shows_field_docs() {
+    let cp = with_crds();
+    let out = cp.kubectl(&["explain", "cluster.spec.backup.wal"]).unwrap();
+    for text in [
+        "GROUP:      postgresql.k8s.2ndq.io",
+        "KIND:       Cluster",
+        "VERSION:    v1alpha1",
+        "WAL archiving options.",
+        "compression\t<string>",
+        "Compression of WAL files as they are uploaded.",
+        "encryption\t<string>",
+        "Server-side encryption of WAL files in the bucket.",
+        "maxParallel\t<integer>",
+    ] {
+        assert!(
+            out.contains(text),
+            "`kubectl explain cluster.spec.backup.wal` lacks {text:?}:\n{out}"
+        );
+    }
+    let out = cp
+        .kubectl(&["explain", "scheduledbackup.spec.schedule"])
+        .unwrap();
+    assert!(out.contains("cron expression"), "{out}");
+}
+
+#[test]
+fn get_shows_printer_columns() {
+    let cp = with_crds();
+    let ns = cp.namespace("columns");
+    let seed = workspace_root().join("examples/seed");
+    assert!(
+        ns.kubectl(&["apply", "-f", &seed.display().to_string()])
+            .success
+    );
+
+    let columns = |args: &[&str]| -> (Vec<String>, String) {
+        let out = ns.kubectl(args);
+        assert!(out.success, "kubectl {args:?}: {}", out.stderr);
+        let header = out.stdout.lines().next().unwrap_or_default();
+        let cols = header
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        (cols, out.stdout.clone())
+    };
+    let (cols, out) = columns(&["get", "backups"]);
+    assert_eq!(
+        cols,
+        ["NAME", "CLUSTER", "PHASE", "STARTED", "AGE"],
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("backup-example   postgresql-bkp"),
+        "{out}"
+    );
+
+    let (cols, out) = columns(&["get", "backups", "-o", "wide"]);
+    assert_eq!(
+        cols,
+        [
+            "NAME",
+            "CLUSTER",
+            "PHASE",
+            "STARTED",
+            "BACKUP ID",
+            "ERROR",
+            "AGE"
+        ],
+        "{out}"
+    );
+
+    let (cols, out) = columns(&["get", "clusters"]);
+    assert_eq!(
+        cols,
+        ["NAME", "INSTANCES", "READY", "PHASE", "PRIMARY", "AGE"],
+        "{out}"
+    );
+
+    let (cols, out) = columns(&["get", "scheduledbackups"]);
+    assert_eq!(
+        cols,
+        [
+            "NAME",
+            "CLUSTER",
+            "SCHEDULE",
+            "SUSPEND",
+            "LAST BACKUP",
+            "NEXT BACKUP",
+            "AGE"
+        ],
+        "{out}"
+    );
+    assert!(out.contains("0 0 2 * * *"), "{out}");
+
+    // The short name and the category.
+    let (_, out) = columns(&["get", "pgc"]);
+    assert!(out.contains("postgresql-bkp"), "{out}");
+    let out = ns.kubectl(&["get", "pgwarden", "-o", "name"]);
+    for name in [
+        "cluster.postgresql.k8s.2ndq.io/postgresql-bkp",
+        "backup.postgresql.k8s.2ndq.io/backup-example",
+        "scheduledbackup.postgresql.k8s.2ndq.io/backup-nightly",
+    ] {
+        assert!(
+            out.stdout.contains(name),
+            "`kubectl get pgwarden` lacks {name}:\n{}",
+            out.stdout
+        );
+    }
+}
+
+/// The harness's client talks to the same API server, with admin rights.
+#[tokio::test]
+async fn client_lists_the_crds() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{Api, api::ListParams};
+
+    let cp = with_crds();
+    let client = cp.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let list = crds.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    for crd in CRDS {
+        assert!(
+            names.iter().any(|n| n == crd),
+            "{crd} not listed: {names:?}"
+        );
+    }
+}
+
+/// The controller-manager runs with RBAC: it gives every new namespace its `default`
+/// ServiceAccount.
+#[test]
+fn controller_manager_creates_default_service_accounts() {
+    let cp = shared();
+    let ns = cp.namespace("kcm");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if ns
+            .kubectl(&["get", "serviceaccount", "default", "-o", "name"])
+            .success
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no default ServiceAccount in {}; controller-manager log:\n{}",
+            ns.name,
+            pgwarden_tests::controlplane::log_tail(
+                &cp.dir.join("logs/kube-controller-manager.log"),
+                30
+            )
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
