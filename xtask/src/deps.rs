@@ -1,2 +1,161 @@
-//! Test dependencies of the data path: PostgreSQL (Debian), the barman cloud tools (PyPI, in a
-//! venv) and an S3-compatible server, installed idempotently.
+//! The data path's test dependencies: PostgreSQL (Debian), the barman cloud tools (PyPI, in a
+//! venv) and a real S3-compatible server (Garage, built from crates.io).
+//!
+//! Every installer is idempotent: it writes a marker file keyed by the pinned version once it
+//! has finished, and returns at once when the marker is there. The tests find what is
+//! installed here through the environment variables below, whose defaults are these paths.
+//!
+//! ```text
+//!   PGWARDEN_PG_BIN      /usr/lib/postgresql/15/bin              (apt: postgresql-15)
+//!   PGWARDEN_BARMAN_BIN  .cache/barman/<version>/venv/bin        (pip: barman[cloud]==…)
+//!   PGWARDEN_S3_SERVER   .cache/garage/<version>/bin/garage      (cargo install garage)
+//! ```
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths;
+
+/// PostgreSQL major version, from Debian.
+pub const PG_MAJOR: u32 = 15;
+/// The barman release, from PyPI.
+pub const BARMAN_VERSION: &str = "3.19.1";
+/// Every package of the barman venv, pinned (a `pip freeze` of a working venv).
+const BARMAN_REQUIREMENTS: &[&str] = &[
+    "barman[cloud,snappy,zstandard,lz4]==3.19.1",
+    "boto3==1.44.8",
+    "botocore==1.44.8",
+    "cramjam==2.14.0",
+    "jmespath==1.1.0",
+    "lz4==4.4.5",
+    "psycopg2==2.9.13",
+    "python-dateutil==2.9.0.post0",
+    "python-snappy==0.7.3",
+    "s3transfer==0.19.3",
+    "six==1.17.0",
+    "urllib3==2.8.0",
+    "zstandard==0.25.0",
+];
+/// The S3-compatible server, from crates.io.
+pub const GARAGE_VERSION: &str = "2.5.0";
+/// Garage features: the SQLite metadata engine only (no LMDB, metrics or K2V) keeps the build
+/// small; the tests run a single node.
+const GARAGE_FEATURES: &str = "bundled-libs,sqlite";
+
+/// Where the data path's dependencies are, once installed.
+#[derive(Debug, Clone)]
+pub struct DataPathDeps {
+    /// PostgreSQL's `bin` folder (initdb, postgres, pg_ctl, psql, pgbench).
+    pub pg_bin: PathBuf,
+    /// The venv's `bin` folder holding the `barman-cloud-*` commands.
+    pub barman_bin: PathBuf,
+    /// The S3-compatible server binary.
+    pub s3_server: PathBuf,
+}
+
+impl DataPathDeps {
+    /// The environment variables under which the tests find these paths.
+    pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("PGWARDEN_PG_BIN", self.pg_bin.clone()),
+            ("PGWARDEN_BARMAN_BIN", self.barman_bin.clone()),
+            ("PGWARDEN_S3_SERVER", self.s3_server.clone()),
+        ]
+    }
+}
+
+/// Installs PostgreSQL, the barman venv and the S3 server; fast when all are there.
+pub fn ensure_all() -> Result<DataPathDeps> {
+    let deps = DataPathDeps {
+        pg_bin: ensure_postgres()?,
+        barman_bin: ensure_barman()?,
+        s3_server: ensure_s3_server()?,
+    };
+    for (name, path) in deps.env() {
+        eprintln!("datapath: {name}={}", path.display());
+    }
+    Ok(deps)
+}
+
+/// PostgreSQL from Debian's packages, with the `postgres` user it runs as.
+pub fn ensure_postgres() -> Result<PathBuf> {
+    let bin = PathBuf::from(format!("/usr/lib/postgresql/{PG_MAJOR}/bin"));
+    if bin.join("postgres").exists() && bin.join("pgbench").exists() {
+        return Ok(bin);
+    }
+    eprintln!("datapath: installing postgresql-{PG_MAJOR} with apt-get");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .arg(format!("postgresql-{PG_MAJOR}"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if !bin.join("postgres").exists() {
+        bail!(
+            "postgresql-{PG_MAJOR} installed but {} is missing",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The barman cloud tools in a venv made with the system Python, so that the `postgres` user
+/// can run them (a pyenv Python under /root is unreadable to it).
+pub fn ensure_barman() -> Result<PathBuf> {
+    let dir = paths::cache().join("barman").join(BARMAN_VERSION);
+    let bin = dir.join("venv/bin");
+    let marker = dir.join(".installed");
+    let want = BARMAN_REQUIREMENTS.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(want.as_str()) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "datapath: installing barman {BARMAN_VERSION} into {}",
+        dir.display()
+    );
+    if dir.join("venv").exists() {
+        std::fs::remove_dir_all(dir.join("venv"))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(dir.join("venv")))?;
+    run(Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(BARMAN_REQUIREMENTS))?;
+    run(Command::new(bin.join("barman-cloud-wal-archive")).arg("--version"))?;
+    std::fs::write(&marker, want)?;
+    Ok(bin)
+}
+
+/// Garage, built from crates.io with its own lock file; the binary is cached by version.
+pub fn ensure_s3_server() -> Result<PathBuf> {
+    let root = paths::cache().join("garage").join(GARAGE_VERSION);
+    let bin = root.join("bin/garage");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    eprintln!("datapath: building garage {GARAGE_VERSION} from crates.io (a few minutes)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .args(["install", "garage", "--locked", "--version", GARAGE_VERSION])
+        .args(["--no-default-features", "--features", GARAGE_FEATURES])
+        .arg("--root")
+        .arg(&root)
+        .env(
+            "CARGO_TARGET_DIR",
+            paths::root().join("target/garage-build"),
+        ))?;
+    Ok(bin)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

@@ -1,3 +1,22 @@
 //! The in-pod instance agent: runs PostgreSQL, archives WAL, takes backups, reports facts.
+//!
+//! ```text
+//!   cli       `pgwarden instance run|wal-archive|backup|delete-backups`
+//!   agent     bootstrap (initdb | restore), supervise postgres, report archive facts
+//!   archive   the archive_command, with parallel archiving ahead of PostgreSQL
+//!   backup    barman-cloud-backup, idempotent per Backup (named by the object's uid)
+//!   barman    the barman cloud command lines (pure) and what their failures mean
+//!   postgres  initdb, postgresql.pgwarden.conf, psql, recovery settings
+//!   facts     facts → status patches (pure); report: the server-side-apply I/O edge
+//!   layout    where the agent keeps its files
+//! ```
 
+pub mod agent;
+pub mod archive;
+pub mod backup;
+pub mod barman;
 pub mod cli;
+pub mod facts;
+pub mod layout;
+pub mod postgres;
+pub mod report;

@@ -1,0 +1,231 @@
+//! `pgwarden instance run`: bootstrap (initdb or restore), configure, start and supervise
+//! PostgreSQL, forward signals, and report archive facts until PostgreSQL stops.
+//!
+//! ```text
+//!   PG_VERSION? ─ no ─► restore? ─ yes ─► barman-cloud-restore + recovery settings
+//!        │                 └─ no ──► initdb
+//!        ▼
+//!   postgresql.pgwarden.conf ─► postgres (child) ─► [restore: wait for promotion]
+//!        ▼
+//!   loop: SIGTERM/SIGINT ─► fast shutdown │ postgres exited ─► exit │ tick ─► report facts
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use pgwarden_crds::RecoveryTarget;
+use pgwarden_crds::settings::ArchiveSettings;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::archive::{self, ArchiveCheck, ArchiveFailure};
+use super::barman::{self, Barman};
+use super::facts::{self, ArchiveFacts, ArchiverStats};
+use super::layout::{self, Layout};
+use super::postgres::{self, PgConfig, Postgres, RunAs};
+use super::report::Reporter;
+
+/// Everything `instance run` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub pgdata: PathBuf,
+    pub pg_bin: PathBuf,
+    pub port: u16,
+    pub listen_addresses: String,
+    pub socket_dir: PathBuf,
+    pub settings_dir: PathBuf,
+    pub cluster: Option<String>,
+    pub pod_name: Option<String>,
+    pub namespace: Option<String>,
+    pub parameters: Vec<(String, String)>,
+    pub report_interval: Duration,
+    pub restore: Option<RestoreOptions>,
+}
+
+/// Bootstrap from a backup instead of initdb.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Barman backup id (or name), or `latest`.
+    pub backup_id: String,
+    /// Archive settings of the store to restore from (default: the cluster's own).
+    pub source: Option<PathBuf>,
+    pub target: Option<RecoveryTarget>,
+}
+
+/// Runs the agent until PostgreSQL stops; returns PostgreSQL's exit status.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let run_as = RunAs::detect()?;
+    let layout = Layout::new(&opts.pgdata);
+    prepare_state(&layout, run_as)?;
+    let pg = Postgres {
+        bin: opts.pg_bin.clone(),
+        pgdata: opts.pgdata.clone(),
+        port: opts.port,
+        socket_dir: opts.socket_dir.clone(),
+        run_as,
+    };
+    let archive = layout::read_archive_settings(&opts.settings_dir).ok();
+    let mut conf = PgConfig {
+        listen_addresses: opts.listen_addresses.clone(),
+        port: opts.port,
+        socket_dir: opts.socket_dir.clone(),
+        archive_command: archive
+            .as_ref()
+            .map(|_| postgres::archive_command(&current_exe())),
+        archive_timeout_seconds: archive.as_ref().map_or(0, |a| a.archive_timeout_seconds),
+        parameters: opts.parameters.clone(),
+        recovery: Vec::new(),
+    };
+    let restoring = !opts.pgdata.join("PG_VERSION").exists() && opts.restore.is_some();
+    if restoring {
+        let r = opts.restore.as_ref().expect("checked");
+        conf.recovery = restore(&pg, &opts, r)?;
+    } else if !opts.pgdata.join("PG_VERSION").exists() {
+        eprintln!("pgwarden-agent: initdb {}", opts.pgdata.display());
+        pg.initdb()?;
+    }
+    pg.write_config(&conf.render())?;
+    let mut child = pg.spawn()?;
+    let ready = tokio::task::block_in_place(|| pg.wait_ready(Duration::from_secs(120)));
+    if let Err(e) = ready {
+        let _ = child.kill();
+        return Err(e);
+    }
+    if restoring {
+        tokio::task::block_in_place(|| pg.wait_promoted(Duration::from_secs(600)))?;
+        conf.recovery.clear();
+        pg.write_config(&conf.render())?;
+        eprintln!("pgwarden-agent: recovery ended, instance promoted");
+    }
+    eprintln!("pgwarden-agent: PostgreSQL ready on port {}", opts.port);
+    supervise(&opts, &layout, &pg, child).await
+}
+
+async fn supervise(
+    opts: &RunOptions,
+    layout: &Layout,
+    pg: &Postgres,
+    mut child: std::process::Child,
+) -> Result<()> {
+    let reporter = Reporter::connect(opts.namespace.clone()).await;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(opts.report_interval);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return stop(&mut child, pid),
+            _ = int.recv() => return stop(&mut child, pid),
+            _ = tick.tick() => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("postgres exited on its own ({status})");
+                }
+                if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
+                    eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
+                }
+            }
+        }
+    }
+}
+
+/// Fast shutdown: SIGINT to the postmaster, then wait for it.
+fn stop(child: &mut std::process::Child, pid: nix::unistd::Pid) -> Result<()> {
+    eprintln!("pgwarden-agent: stopping PostgreSQL (fast shutdown)");
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let status = child.wait()?;
+    eprintln!("pgwarden-agent: PostgreSQL stopped ({status})");
+    Ok(())
+}
+
+/// Creates the state folder for the PostgreSQL user; forgets WAL archived ahead by an earlier
+/// run (archiving a file twice is harmless, trusting a stale marker is not).
+fn prepare_state(layout: &Layout, run_as: RunAs) -> Result<()> {
+    let _ = std::fs::remove_dir_all(layout.spool());
+    for dir in [layout.state.clone(), layout.spool(), layout.backups()] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        run_as.own(&dir, false)?;
+    }
+    Ok(())
+}
+
+/// Restores the base backup into PGDATA; returns the recovery settings to start with.
+fn restore(pg: &Postgres, opts: &RunOptions, r: &RestoreOptions) -> Result<Vec<(String, String)>> {
+    let source: ArchiveSettings = match &r.source {
+        Some(file) => layout::read_json(file)?,
+        None => layout::read_archive_settings(&opts.settings_dir)?,
+    };
+    let barman = Barman::from_env();
+    std::fs::create_dir_all(&opts.pgdata)?;
+    pg.run_as.own(&opts.pgdata, false)?;
+    std::fs::set_permissions(
+        &opts.pgdata,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    eprintln!(
+        "pgwarden-agent: restoring backup {} from {}",
+        r.backup_id, source.destination_path
+    );
+    let args = barman::restore_args(&source, &r.backup_id, &opts.pgdata);
+    let mut cmd = barman.command("barman-cloud-restore", &source, &args);
+    pg.run_as.apply(&mut cmd);
+    barman.run("barman-cloud-restore", &mut cmd)?;
+    // The restored postgresql.auto.conf / our include may carry the source's settings: ours
+    // are rewritten before the start. recovery.signal makes PostgreSQL replay archived WAL.
+    let signal = opts.pgdata.join("recovery.signal");
+    std::fs::write(&signal, b"")?;
+    pg.run_as.own(&signal, false)?;
+    let _ = std::fs::remove_file(opts.pgdata.join("standby.signal"));
+    Ok(postgres::recovery_settings(
+        &barman::restore_command(&barman, &source),
+        r.target.as_ref(),
+    ))
+}
+
+/// Gathers the archive facts, writes them to the state folder and patches the Cluster.
+async fn report_archive(
+    opts: &RunOptions,
+    layout: &Layout,
+    pg: &Postgres,
+    reporter: &Reporter,
+) -> Result<()> {
+    let f = tokio::task::block_in_place(|| gather(opts, layout, pg));
+    let status = facts::archive_status(&f);
+    layout::write_json(&layout.archive_facts(), &status)?;
+    if let Some(cluster) = &opts.cluster {
+        let patch = facts::cluster_status_patch(cluster, &status);
+        reporter
+            .apply_status("Cluster", "clusters", cluster, &patch)
+            .await?;
+    }
+    Ok(())
+}
+
+fn gather(opts: &RunOptions, layout: &Layout, pg: &Postgres) -> ArchiveFacts {
+    let archiver = pg
+        .query("SELECT row_to_json(a) FROM pg_stat_archiver a")
+        .ok()
+        .and_then(|row| serde_json::from_str::<ArchiverStats>(&row).ok());
+    let ready = archive::ready_files(&layout.archive_status()).unwrap_or_default();
+    let oldest = ready.iter().map(|(_, t)| *t).min();
+    ArchiveFacts {
+        pod_name: opts.pod_name.clone(),
+        archiver,
+        failure: layout::read_json::<ArchiveFailure>(&layout.archive_failure()).ok(),
+        check: layout::read_json::<ArchiveCheck>(&layout.archive_check()).ok(),
+        settings: layout::read_archive_settings(&opts.settings_dir).ok(),
+        ready_segments: ready.len() as i64,
+        oldest_ready_age_seconds: oldest.map(|t| age_seconds(t, SystemTime::now())),
+        now: archive::now(),
+    }
+}
+
+fn age_seconds(then: SystemTime, now: SystemTime) -> i64 {
+    now.duration_since(then)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn current_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| Path::new("pgwarden").to_path_buf())
+}

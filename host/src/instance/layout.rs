@@ -1,0 +1,95 @@
+//! Where the agent keeps its files: PGDATA, and a state folder beside it (never inside it,
+//! so that base backups do not carry the agent's memory into a restored cluster).
+//!
+//! ```text
+//!   <data volume>/pgdata/                 PGDATA
+//!   <data volume>/pgwarden/wal-spool/     WAL files already archived ahead of PostgreSQL
+//!   <data volume>/pgwarden/archive-check.json    the first-archive destination check
+//!   <data volume>/pgwarden/archive-failure.json  the last archive failure (scrubbed)
+//!   <data volume>/pgwarden/archive-facts.json    the last archive facts reported
+//!   <data volume>/pgwarden/backups/<name>.json   facts of each backup this agent ran
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use pgwarden_crds::settings::{ARCHIVE_SETTINGS_KEY, ArchiveSettings, pod};
+
+/// Env: overrides the state folder (default: `pgwarden` beside PGDATA).
+pub const ENV_STATE_DIR: &str = "PGWARDEN_STATE_DIR";
+
+/// The agent's folders.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub pgdata: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `pgdata`, with the state folder from the environment or beside it.
+    pub fn new(pgdata: &Path) -> Self {
+        let state = std::env::var_os(ENV_STATE_DIR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| pgdata.parent().unwrap_or(Path::new("/")).join("pgwarden"));
+        Self {
+            pgdata: pgdata.to_path_buf(),
+            state,
+        }
+    }
+
+    /// The layout from `$PGDATA`.
+    pub fn from_env() -> Result<Self> {
+        let pgdata = std::env::var_os(pod::ENV_PGDATA).context("PGDATA is not set")?;
+        Ok(Self::new(Path::new(&pgdata)))
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.state.join("wal-spool")
+    }
+    pub fn archive_check(&self) -> PathBuf {
+        self.state.join("archive-check.json")
+    }
+    pub fn archive_failure(&self) -> PathBuf {
+        self.state.join("archive-failure.json")
+    }
+    pub fn archive_facts(&self) -> PathBuf {
+        self.state.join("archive-facts.json")
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.state.join("backups")
+    }
+    /// PostgreSQL's `.ready` / `.done` markers.
+    pub fn archive_status(&self) -> PathBuf {
+        self.pgdata.join("pg_wal/archive_status")
+    }
+}
+
+/// Reads the decided archive settings from `<dir>/archive.json`.
+pub fn read_archive_settings(dir: &Path) -> Result<ArchiveSettings> {
+    read_json(&dir.join(ARCHIVE_SETTINGS_KEY))
+}
+
+/// The settings folder from `$PGWARDEN_SETTINGS_DIR` (default: the pod's mount path).
+pub fn settings_dir() -> PathBuf {
+    std::env::var_os(pod::ENV_SETTINGS_DIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(pgwarden_crds::settings::SETTINGS_MOUNT_PATH))
+}
+
+/// Reads and parses a JSON file, naming it in the error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+/// Writes a JSON file atomically (temporary file, then rename).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,329 @@
+//! PostgreSQL: initdb, the configuration the agent owns, starting, querying, stopping.
+//!
+//! PostgreSQL refuses to run as root: when the agent runs as root it runs PostgreSQL (and
+//! barman commands that read PGDATA) as the `postgres` user, keeping the environment so the
+//! archive command sees the settings folder and the store credentials.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pgwarden_crds::RecoveryTarget;
+
+use super::barman::shell_quote;
+
+/// Env: PostgreSQL's `bin` folder.
+pub const ENV_PG_BIN: &str = "PGWARDEN_PG_BIN";
+/// The configuration file the agent writes (included from postgresql.conf).
+pub const CONF_FILE: &str = "postgresql.pgwarden.conf";
+
+/// The user PostgreSQL runs as: `None` = the agent's own user.
+#[derive(Clone, Copy, Debug)]
+pub struct RunAs(Option<(u32, u32)>);
+
+impl RunAs {
+    /// `postgres` when the agent is root, else the agent's own user.
+    pub fn detect() -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(RunAs(None));
+        }
+        let user = nix::unistd::User::from_name("postgres")?
+            .context("running as root needs a `postgres` user to run PostgreSQL as")?;
+        Ok(RunAs(Some((user.uid.as_raw(), user.gid.as_raw()))))
+    }
+
+    /// Applies the user to a command about to be spawned.
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        if let Some((uid, gid)) = self.0 {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Gives a path (and what is inside, when `recursive`) to the user.
+    pub fn own(&self, path: &Path, recursive: bool) -> Result<()> {
+        let Some((uid, gid)) = self.0 else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", path.display()))?;
+        if recursive && path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                let p = entry?.path();
+                if !p.is_symlink() {
+                    self.own(&p, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to reach and run one PostgreSQL instance.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    pub bin: PathBuf,
+    pub pgdata: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub run_as: RunAs,
+}
+
+impl Postgres {
+    fn tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(name));
+        self.run_as.apply(&mut cmd);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Creates a new database cluster in PGDATA.
+    pub fn initdb(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.pgdata)?;
+        self.run_as.own(&self.pgdata, false)?;
+        let out = self
+            .tool("initdb")
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .output()
+            .context("cannot run initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the agent's configuration file and includes it from postgresql.conf.
+    pub fn write_config(&self, conf: &str) -> Result<()> {
+        let path = self.pgdata.join(CONF_FILE);
+        std::fs::write(&path, conf).with_context(|| format!("cannot write {}", path.display()))?;
+        self.run_as.own(&path, false)?;
+        let main = self.pgdata.join("postgresql.conf");
+        let text = std::fs::read_to_string(&main).unwrap_or_default();
+        let include = format!("include_if_exists = '{CONF_FILE}'");
+        if !text.lines().any(|l| l.trim() == include) {
+            std::fs::write(
+                &main,
+                format!("{text}\n# Written by pgwarden: the agent's settings win.\n{include}\n"),
+            )?;
+            self.run_as.own(&main, false)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the postmaster as a child process.
+    pub fn spawn(&self) -> Result<std::process::Child> {
+        std::fs::create_dir_all(&self.socket_dir)?;
+        self.run_as.own(&self.socket_dir, false)?;
+        self.tool("postgres")
+            .arg("-D")
+            .arg(&self.pgdata)
+            .spawn()
+            .context("cannot start postgres")
+    }
+
+    /// Runs one query through psql and returns its unaligned, tuples-only output.
+    pub fn query(&self, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-h",
+            ])
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run psql")?;
+        if !out.status.success() {
+            bail!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Waits until PostgreSQL answers queries.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.query("SELECT 1") {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > timeout => {
+                    return Err(e.context("PostgreSQL did not become ready"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Waits until recovery has ended and the instance is promoted.
+    pub fn wait_promoted(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.query("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        bail!("recovery did not end within {}s", timeout.as_secs())
+    }
+}
+
+/// The configuration the agent owns.
+#[derive(Clone, Debug, Default)]
+pub struct PgConfig {
+    pub listen_addresses: String,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    /// `None` = archiving off (no archive settings).
+    pub archive_command: Option<String>,
+    pub archive_timeout_seconds: u32,
+    /// The Cluster's `postgresql.parameters`.
+    pub parameters: Vec<(String, String)>,
+    /// Recovery settings while restoring.
+    pub recovery: Vec<(String, String)>,
+}
+
+impl PgConfig {
+    /// The text of `postgresql.pgwarden.conf`.
+    pub fn render(&self) -> String {
+        let mut lines: Vec<(String, String)> = vec![
+            ("listen_addresses".into(), self.listen_addresses.clone()),
+            ("port".into(), self.port.to_string()),
+            (
+                "unix_socket_directories".into(),
+                self.socket_dir.display().to_string(),
+            ),
+            ("wal_level".into(), "replica".into()),
+        ];
+        lines.extend(self.parameters.iter().cloned());
+        match &self.archive_command {
+            Some(cmd) => lines.extend([
+                ("archive_mode".into(), "on".into()),
+                ("archive_command".into(), cmd.clone()),
+                (
+                    "archive_timeout".into(),
+                    format!("{}s", self.archive_timeout_seconds),
+                ),
+            ]),
+            None => lines.push(("archive_mode".into(), "off".into())),
+        }
+        lines.extend(self.recovery.iter().cloned());
+        let body: String = lines
+            .iter()
+            .map(|(k, v)| format!("{k} = '{}'\n", v.replace('\'', "''")))
+            .collect();
+        format!("# Written by `pgwarden instance run` on every start: do not edit.\n{body}")
+    }
+}
+
+/// The archive command calling this very binary.
+pub fn archive_command(exe: &Path) -> String {
+    format!(
+        "{} instance wal-archive %p",
+        shell_quote(&exe.display().to_string())
+    )
+}
+
+/// Recovery settings for a restore: where WAL comes from and where replay stops.
+pub fn recovery_settings(
+    restore_command: &str,
+    target: Option<&RecoveryTarget>,
+) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("restore_command".to_string(), restore_command.to_string()),
+        ("recovery_target_timeline".into(), "latest".into()),
+    ];
+    let Some(t) = target else { return out };
+    let one = [
+        ("recovery_target_time", &t.target_time),
+        ("recovery_target_lsn", &t.target_lsn),
+        ("recovery_target_xid", &t.target_xid),
+        ("recovery_target_name", &t.target_name),
+    ];
+    let mut has_target = false;
+    for (key, value) in one {
+        if let Some(v) = value {
+            out.push((key.into(), v.clone()));
+            has_target = true;
+        }
+    }
+    if t.target_immediate == Some(true) {
+        out.push(("recovery_target".into(), "immediate".into()));
+        has_target = true;
+    }
+    if has_target {
+        out.push(("recovery_target_action".into(), "promote".into()));
+        if t.exclusive == Some(true) {
+            out.push(("recovery_target_inclusive".into(), "off".into()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_turns_archiving_on_with_the_agent_as_archive_command() {
+        let conf = PgConfig {
+            listen_addresses: "127.0.0.1".into(),
+            port: 5433,
+            socket_dir: "/tmp/s".into(),
+            archive_command: Some(archive_command(Path::new("/usr/bin/pgwarden"))),
+            archive_timeout_seconds: 60,
+            parameters: vec![("max_connections".into(), "50".into())],
+            recovery: vec![],
+        }
+        .render();
+        assert!(conf.contains("archive_mode = 'on'\n"));
+        assert!(conf.contains("archive_command = '/usr/bin/pgwarden instance wal-archive %p'\n"));
+        assert!(conf.contains("archive_timeout = '60s'\n"));
+        assert!(conf.contains("max_connections = '50'\n"));
+    }
+
+    #[test]
+    fn recovery_targets_map_to_postgresql_settings() {
+        let t = RecoveryTarget {
+            target_time: Some("2026-11-25T10:00:00Z".into()),
+            ..Default::default()
+        };
+        let s = recovery_settings("fetch %f %p", Some(&t));
+        assert!(s.contains(&("recovery_target_time".into(), "2026-11-25T10:00:00Z".into())));
+        assert!(s.contains(&("recovery_target_action".into(), "promote".into())));
+        let t = RecoveryTarget {
+            target_immediate: Some(true),
+            exclusive: Some(true),
+            ..Default::default()
+        };
+        let s = recovery_settings("fetch %f %p", Some(&t));
+        assert!(s.contains(&("recovery_target".into(), "immediate".into())));
+        assert!(s.contains(&("recovery_target_inclusive".into(), "off".into())));
+        let latest = recovery_settings("fetch %f %p", None);
+        assert_eq!(latest.len(), 2);
+    }
+}

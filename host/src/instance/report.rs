@@ -1,0 +1,56 @@
+//! The thin I/O edge of reporting: status patches go to the API server with server-side
+//! apply under [`FIELD_MANAGER`] when a kube client is available (KUBECONFIG or in-cluster);
+//! the facts are always written under the agent's state folder too.
+
+use anyhow::Result;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::Value;
+
+use super::facts::FIELD_MANAGER;
+use pgwarden_crds::{GROUP, VERSION};
+
+/// Where status patches go.
+pub struct Reporter {
+    client: Option<kube::Client>,
+    namespace: String,
+}
+
+impl Reporter {
+    /// A reporter with a kube client if one can be configured, else files only.
+    pub async fn connect(namespace: Option<String>) -> Self {
+        let client = match (&namespace, kube::Client::try_default().await) {
+            (Some(_), Ok(c)) => Some(c),
+            (None, _) => None,
+            (Some(_), Err(e)) => {
+                eprintln!("pgwarden-agent: no Kubernetes client ({e}); facts go to files only");
+                None
+            }
+        };
+        Self {
+            client,
+            namespace: namespace.unwrap_or_default(),
+        }
+    }
+
+    /// Applies a status patch (built by `facts`) to `kind`/`name`; a no-op without a client.
+    pub async fn apply_status(
+        &self,
+        kind: &str,
+        plural: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<()> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let gvk = GroupVersionKind::gvk(GROUP, VERSION, kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &self.namespace, &resource);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(name, &params, &Patch::Apply(patch))
+            .await?;
+        Ok(())
+    }
+}

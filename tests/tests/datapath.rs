@@ -1,0 +1,283 @@
+//! End to end on the data path: real PostgreSQL run by `pgwarden instance run`, WAL archived
+//! by `pgwarden instance wal-archive` through barman-cloud into a real S3 server (Garage),
+//! backups taken and restored, faults injected. Needs `cargo xtask setup`.
+
+use std::time::Duration;
+
+use pgwarden_tests::datapath::{
+    Credentials, Instance, InstanceOptions, S3Server, archive_settings, log_tail, wait_for,
+};
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn primary(s3: &S3Server, bucket: &str, server: &str) -> Instance {
+    s3.create_bucket(bucket);
+    Instance::start(InstanceOptions {
+        settings: archive_settings(s3, bucket, server),
+        credentials: s3.credentials.clone(),
+        extra_args: vec![],
+    })
+}
+
+/// A fresh instance restored from `backup_id` of `from`, archiving to its own server folder.
+fn restored(
+    s3: &S3Server,
+    from: &Instance,
+    backup_id: &str,
+    server: &str,
+    target: &[&str],
+) -> Instance {
+    let source = from.dir.path().join(format!("source-{server}.json"));
+    std::fs::write(&source, serde_json::to_vec(&from.opts.settings).unwrap()).unwrap();
+    let mut settings = from.opts.settings.clone();
+    settings.server_name = server.into();
+    let mut extra_args = vec![
+        "--restore-backup".to_string(),
+        backup_id.into(),
+        "--restore-source".into(),
+        source.display().to_string(),
+    ];
+    extra_args.extend(target.iter().map(|s| s.to_string()));
+    Instance::start(InstanceOptions {
+        settings,
+        credentials: s3.credentials.clone(),
+        extra_args,
+    })
+}
+
+fn take_backup(pg: &Instance, name: &str) -> serde_json::Value {
+    let (ok, facts, stderr) = pg.backup(name);
+    assert!(ok, "backup failed: {stderr}\n{facts}");
+    assert_eq!(facts["state"], "succeeded", "{facts}");
+    facts
+}
+
+#[test]
+fn wal_lands_in_the_store_in_barman_layout_under_pgbench_load() {
+    let s3 = S3Server::start();
+    let pg = primary(&s3, "wal", "pg-load");
+    pg.pgbench_init(5);
+    let bench = pg.pgbench_spawn(4, 20).wait_with_output().unwrap();
+    assert!(
+        bench.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let last = pg.switch_wal();
+    assert!(
+        pg.wait_archived(&last, 3 * MIN),
+        "{last} not archived: {}",
+        log_tail(&pg.log(), 30)
+    );
+
+    let keys = s3.list("wal", "pg/pg-load/wals/");
+    let wal_keys: Vec<&String> = keys.iter().filter(|k| !k.ends_with(".history")).collect();
+    assert!(
+        wal_keys.len() >= 5,
+        "too few WAL files in the store: {keys:?}"
+    );
+    for k in &wal_keys {
+        // barman's layout: <server>/wals/<timeline+log id>/<wal file>.<compression suffix>
+        let parts: Vec<&str> = k.split('/').collect();
+        assert_eq!(parts.len(), 5, "{k}");
+        assert!(
+            parts[4].starts_with(parts[3]) && parts[3].len() == 16,
+            "{k}"
+        );
+        assert!(k.ends_with(".gz"), "not gzip-compressed: {k}");
+    }
+    let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
+    assert_eq!(failed, "0", "archive failures: {}", log_tail(&pg.log(), 30));
+    let facts = wait_for(MIN, Duration::from_millis(500), || {
+        pg.archive_facts().filter(|f| f.archived_count >= Some(5))
+    })
+    .expect("archive facts reported");
+    assert_eq!(facts.failed_count, Some(0));
+    assert_eq!(facts.destination_checked, Some(true));
+    assert!(facts.last_archived_wal.is_some() && facts.last_archived_time.is_some());
+}
+
+#[test]
+fn backup_then_restore_to_a_point_in_time_and_to_the_latest() {
+    let s3 = S3Server::start();
+    let pg = primary(&s3, "pitr", "pg-pitr");
+    pg.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
+    let facts = take_backup(&pg, "backup-uid-1");
+    let backup_id = facts["backupId"].as_str().expect("backup id").to_string();
+    for key in [
+        "beginWal",
+        "endWal",
+        "beginLsn",
+        "endLsn",
+        "startedAt",
+        "finishedAt",
+    ] {
+        assert!(facts[key].is_string(), "{key} missing: {facts}");
+    }
+    // The same Backup again: reported from memory, never taken twice.
+    let again = take_backup(&pg, "backup-uid-1");
+    assert_eq!(again["backupId"], facts["backupId"]);
+    let backups = s3.list("pitr", "pg/pg-pitr/base/");
+    let infos = backups
+        .iter()
+        .filter(|k| k.ends_with("backup.info"))
+        .count();
+    assert_eq!(infos, 1, "{backups:?}");
+
+    pg.psql("INSERT INTO t (v) VALUES ('first')");
+    std::thread::sleep(Duration::from_millis(1500));
+    let target =
+        pg.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.psql("INSERT INTO t (v) VALUES ('second')");
+    pg.psql("INSERT INTO t (v) SELECT 'bulk' FROM generate_series(1, 1000)");
+    let last = pg.switch_wal();
+    assert!(pg.wait_archived(&last, 2 * MIN), "{last} not archived");
+    let want = pg.psql("SELECT count(*) FROM t");
+
+    let pit = restored(&s3, &pg, &backup_id, "pg-pit", &["--target-time", &target]);
+    assert_eq!(
+        pit.psql("SELECT string_agg(v, ',' ORDER BY id) FROM t"),
+        "first"
+    );
+    assert_eq!(pit.psql("SELECT pg_is_in_recovery()"), "f");
+    drop(pit);
+
+    let latest = restored(&s3, &pg, &backup_id, "pg-latest", &[]);
+    assert_eq!(latest.psql("SELECT count(*) FROM t"), want);
+    assert_eq!(
+        latest.psql("SELECT count(*) FROM t WHERE v IN ('first', 'second')"),
+        "2"
+    );
+}
+
+#[test]
+fn a_store_outage_keeps_wal_then_everything_catches_up() {
+    let mut s3 = S3Server::start();
+    let pg = primary(&s3, "outage", "pg-outage");
+    pg.psql("CREATE TABLE c (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())");
+    let backup = take_backup(&pg, "backup-outage");
+    let backup_id = backup["backupId"].as_str().unwrap().to_string();
+
+    s3.stop();
+    let down = std::time::Instant::now();
+    let mut switched = Vec::new();
+    while down.elapsed() < MIN {
+        pg.psql("INSERT INTO c (at) SELECT now() FROM generate_series(1, 500)");
+        switched.push(pg.switch_wal());
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let facts = pg.archive_facts().expect("facts");
+    assert!(facts.failed_count.unwrap_or(0) > 0, "{facts:?}");
+    assert!(facts.ready_segments.unwrap_or(0) > 0, "{facts:?}");
+    assert!(
+        facts.oldest_ready_age_seconds.unwrap_or(0) > 10,
+        "{facts:?}"
+    );
+    let failure = facts.last_failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("cannot reach the object store endpoint"),
+        "{failure}"
+    );
+    let ready = std::fs::read_dir(pg.pgdata().join("pg_wal/archive_status"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".ready")
+        })
+        .count();
+    assert!(ready > 0, "PostgreSQL must keep the unarchived WAL");
+
+    s3.restart();
+    let last = switched.last().unwrap().clone();
+    assert!(
+        pg.wait_archived(&last, 3 * MIN),
+        "no catch-up: {}",
+        log_tail(&pg.log(), 30)
+    );
+    let caught_up = wait_for(MIN, Duration::from_millis(500), || {
+        pg.archive_facts().filter(|f| f.ready_segments == Some(0))
+    });
+    assert!(caught_up.is_some(), "{:?}", pg.archive_facts());
+    let last = pg.switch_wal();
+    assert!(pg.wait_archived(&last, MIN));
+    let want = pg.psql("SELECT count(*) FROM c");
+
+    let latest = restored(&s3, &pg, &backup_id, "pg-outage-latest", &[]);
+    assert_eq!(latest.psql("SELECT count(*) FROM c"), want);
+}
+
+#[test]
+fn store_errors_name_their_cause_and_never_the_secret() {
+    let s3 = S3Server::start();
+    s3.create_bucket("errors");
+
+    let wrong = Credentials {
+        secret_access_key: "0123456789abcdef0123456789abcdef".into(),
+        ..s3.credentials.clone()
+    };
+    let bad_creds = Instance::start(InstanceOptions {
+        settings: archive_settings(&s3, "errors", "pg-bad-creds"),
+        credentials: wrong.clone(),
+        extra_args: vec![],
+    });
+    let mut unknown = archive_settings(&s3, "no-such-bucket", "pg-errors");
+    let other = Instance::start(InstanceOptions {
+        settings: unknown.clone(),
+        credentials: s3.credentials.clone(),
+        extra_args: vec![],
+    });
+
+    let failure_of = |pg: &Instance| {
+        pg.switch_wal();
+        wait_for(MIN, Duration::from_millis(500), || {
+            pg.archive_facts().and_then(|f| f.last_failure)
+        })
+        .unwrap_or_else(|| panic!("no failure reported: {}", log_tail(&pg.log(), 20)))
+    };
+    let creds = failure_of(&bad_creds);
+    assert!(creds.contains("refused the credentials"), "{creds}");
+    assert!(!creds.contains(&wrong.secret_access_key));
+
+    let bucket = failure_of(&other);
+    assert!(
+        bucket.contains("bucket of destinationPath does not exist"),
+        "{bucket}"
+    );
+
+    unknown.endpoint_url = Some(format!(
+        "http://127.0.0.1:{}",
+        pgwarden_tests::datapath::free_port()
+    ));
+    other.write_settings(&unknown);
+    let before = other.archive_facts().and_then(|f| f.last_failed_time);
+    let unreachable = wait_for(2 * MIN, Duration::from_millis(500), || {
+        other.switch_wal();
+        other
+            .archive_facts()
+            .filter(|f| f.last_failed_time != before)
+            .and_then(|f| f.last_failure)
+            .filter(|m| !m.contains("bucket"))
+    })
+    .expect("unreachable endpoint reported");
+    assert!(
+        unreachable.contains("cannot reach the object store endpoint"),
+        "{unreachable}"
+    );
+
+    for pg in [&bad_creds, &other] {
+        let logs = std::fs::read_to_string(pg.log()).unwrap()
+            + &std::fs::read_to_string(pg.state_dir().join("archive-failure.json"))
+                .unwrap_or_default();
+        assert!(
+            !logs.contains(&s3.credentials.secret_access_key)
+                && !logs.contains(&wrong.secret_access_key),
+            "a secret leaked"
+        );
+    }
+    let facts = other.archive_facts().unwrap();
+    assert_eq!(facts.destination_checked, Some(false));
+}
