@@ -485,34 +485,30 @@ pub fn runs(pid: u32, bin: &Path) -> bool {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return false;
     };
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = state
-        .rsplit(')')
-        .next()
-        .is_some_and(|s| s.trim_start().starts_with('Z'));
-    !zombie && std::fs::canonicalize(bin).is_ok_and(|b| b == exe)
+    !is_zombie(pid) && std::fs::canonicalize(bin).is_ok_and(|b| b == exe)
 }
 
-/// SIGTERM to each PID, SIGKILL to those still alive after `grace`.
+/// Stops each PID in turn (callers pass them in reverse start order: the API server must
+/// go before etcd, or it waits for etcd until killed): SIGTERM, then SIGKILL if it is still
+/// alive after `grace`.
 pub fn stop_pids(pids: &[u32], grace: Duration) {
-    let alive = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(*pid);
-    let signal = |sig: &str, pids: &[u32]| {
-        if pids.is_empty() {
-            return;
-        }
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    let signal = |sig: &str, pid: u32| {
         let _ = Command::new("kill")
-            .arg(sig)
-            .args(pids.iter().map(u32::to_string))
+            .args([sig, &pid.to_string()])
             .stderr(Stdio::null())
             .status();
     };
-    signal("-TERM", pids);
-    let deadline = Instant::now() + grace;
-    while pids.iter().any(alive) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    for &pid in pids {
+        signal("-TERM", pid);
+        let deadline = Instant::now() + grace;
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            signal("-KILL", pid);
+        }
     }
-    let left: Vec<u32> = pids.iter().copied().filter(alive).collect();
-    signal("-KILL", &left);
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -564,6 +560,16 @@ fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
         format!("--tls-cert-file={}", pki("serving.crt")),
         format!("--tls-private-key-file={}", pki("serving.key")),
         format!("--client-ca-file={}", pki("ca.crt")),
+        format!(
+            "--requestheader-client-ca-file={}",
+            pki("front-proxy-ca.crt")
+        ),
+        "--requestheader-allowed-names=front-proxy-client".to_string(),
+        "--requestheader-username-headers=X-Remote-User".to_string(),
+        "--requestheader-group-headers=X-Remote-Group".to_string(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_string(),
+        format!("--proxy-client-cert-file={}", pki("front-proxy-client.crt")),
+        format!("--proxy-client-key-file={}", pki("front-proxy-client.key")),
         "--authorization-mode=Node,RBAC".to_string(),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
         format!("--service-account-key-file={}", pki("sa.pub")),
@@ -629,7 +635,8 @@ mod pki {
     /// printed KUBECONFIG stays valid). Kubeconfigs are rewritten: the port may change.
     pub fn ensure(layout: &Layout, ports: Ports) -> Result<()> {
         let dir = layout.pki();
-        if !dir.join("ca.crt").exists() {
+        // `sa.pub` is written last: its presence means a complete set.
+        if !dir.join("sa.pub").exists() {
             generate(&dir)
                 .with_context(|| format!("cannot write certificates to {}", dir.display()))?;
         }
@@ -642,19 +649,17 @@ mod pki {
 
     fn generate(dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name
-            .push(DnType::CommonName, "pgwarden sandbox CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        write(&dir.join("ca.crt"), &ca.self_signed(&ca_key)?.pem())?;
-        write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
-        let issuer = Issuer::new(ca, ca_key);
+        // The front proxy's CA signs the client certificate the API server uses towards
+        // aggregated API servers; the controller-manager and scheduler read it too.
+        let front_proxy = ca(dir, "front-proxy-ca", "pgwarden sandbox front-proxy CA")?;
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "front-proxy-client");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        leaf(dir, "front-proxy-client", client, &front_proxy)?;
+
+        let issuer = ca(dir, "ca", "pgwarden sandbox CA")?;
 
         let names = [
             "127.0.0.1",
@@ -688,6 +693,27 @@ mod pki {
         write(&dir.join("sa.key"), &sa.serialize_pem())?;
         write(&dir.join("sa.pub"), &sa.public_key_pem())?;
         Ok(())
+    }
+
+    /// A self-signed CA written to `<name>.crt` and `<name>.key`.
+    fn ca(dir: &Path, name: &str, common_name: &str) -> Result<Issuer<'static, KeyPair>> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        write(
+            &dir.join(format!("{name}.crt")),
+            &params.self_signed(&key)?.pem(),
+        )?;
+        write(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
+        Ok(Issuer::new(params, key))
     }
 
     fn leaf(
