@@ -409,6 +409,20 @@ impl ControlPlane {
         kube::Client::try_from(config).expect("cannot build a kube client")
     }
 
+    /// Writes `name pid` lines, in start order, to the state folder's `pids` file.
+    pub fn write_pid_file(&self) -> Result<()> {
+        let pids: String = self
+            .components
+            .iter()
+            .map(|c| format!("{} {}\n", c.name, c.pid))
+            .collect();
+        let path = Layout {
+            dir: self.dir.clone(),
+        }
+        .pid_file();
+        std::fs::write(&path, pids).with_context(|| format!("cannot write {}", path.display()))
+    }
+
     /// The PID of the process group all components belong to.
     pub fn process_group(&self) -> Option<u32> {
         self.components.first().map(|c| c.pid)
@@ -794,6 +808,7 @@ fn start_for_tests() -> Result<ControlPlane> {
     };
     let started = Instant::now();
     let cp = ControlPlane::start_with(&bins, &opts, |pgid| spawn_watchdog(pgid, &dir))?;
+    cp.write_pid_file()?;
     eprintln!(
         "control plane up in {:.1}s: KUBECONFIG={}",
         started.elapsed().as_secs_f64(),
@@ -808,6 +823,13 @@ fn spawn_watchdog(pgid: u32, dir: &Path) -> Result<()> {
     let keep = std::env::var_os(KEEP_STATE_ENV).is_some();
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+        # Components in reverse start order (the API server before etcd), then the group.
+        if [ -f "$3/pids" ]; then
+            for pid in $(awk '{print $2}' "$3/pids" | tac); do
+                kill -TERM "$pid" 2>/dev/null
+                i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+            done
+        fi
         kill -TERM "-$2" 2>/dev/null
         i=0; while kill -0 "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
         kill -KILL "-$2" 2>/dev/null

@@ -124,7 +124,8 @@ fn write_module(dir: &Path, go_mod: &str, commands: &[&str]) -> Result<PathBuf> 
 
 /// `go build` into `bin.partial`, renamed to `bin` when every command is built.
 fn go_build(dir: &Path, module: &Path, ldflags: &str, commands: &[&str]) -> Result<()> {
-    let partial = dir.join("bin.partial");
+    // Per process: two builds at once (say `sandbox up` and `xtask test`) do not mix.
+    let partial = dir.join(format!("bin.partial.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     let started = Instant::now();
@@ -139,7 +140,8 @@ fn go_build(dir: &Path, module: &Path, ldflags: &str, commands: &[&str]) -> Resu
     go(module, &args)?;
     let bin = dir.join("bin");
     let _ = std::fs::remove_dir_all(&bin);
-    std::fs::rename(&partial, &bin)?;
+    std::fs::rename(&partial, &bin)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), bin.display()))?;
     eprintln!("built in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }

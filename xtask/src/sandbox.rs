@@ -76,12 +76,7 @@ fn up() -> Result<()> {
         timeout: Duration::from_secs(180),
     };
     let cp = ControlPlane::start(&bins, &opts).context("the sandbox did not start")?;
-    let pids: String = cp
-        .components
-        .iter()
-        .map(|c| format!("{} {}\n", c.name, c.pid))
-        .collect();
-    std::fs::write(layout.pid_file(), pids)?;
+    cp.write_pid_file()?;
     println!(
         "sandbox up in {:.1}s (logs in {})",
         started.elapsed().as_secs_f64(),
