@@ -7,6 +7,7 @@ use crate::paths;
 
 /// Installs and builds every dependency the tests need.
 pub fn setup() -> Result<()> {
+    crate::controlplane::ensure_built()?;
     Ok(())
 }
 
