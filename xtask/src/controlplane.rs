@@ -135,7 +135,7 @@ fn go_build(dir: &Path, module: &Path, ldflags: &str, commands: &[&str]) -> Resu
         module.display()
     );
     let out = format!("{}/", partial.display());
-    let mut args = vec!["build", "-ldflags", ldflags, "-o", &out];
+    let mut args = vec!["build", "-buildvcs=false", "-ldflags", ldflags, "-o", &out];
     args.extend_from_slice(commands);
     go(module, &args)?;
     let bin = dir.join("bin");
