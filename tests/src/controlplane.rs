@@ -788,6 +788,51 @@ pub fn shared() -> &'static ControlPlane {
 }
 
 fn start_for_tests() -> Result<ControlPlane> {
+    start_watched(&format!("cp-{}", std::process::id()))
+}
+
+/// A control plane of one test's own, for tests that need isolation (say, one that stops
+/// the API server): stopped when dropped, and by the watchdog if the test binary dies.
+pub fn isolated() -> Isolated {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "cp-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    match start_watched(&name) {
+        Ok(cp) => Isolated(cp),
+        Err(e) => panic!("cannot start an isolated control plane: {e:#}"),
+    }
+}
+
+/// A control plane stopped (and its state folder removed) when dropped; see [`isolated`].
+pub struct Isolated(pub ControlPlane);
+
+impl std::ops::Deref for Isolated {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Isolated {
+    fn deref_mut(&mut self) -> &mut ControlPlane {
+        &mut self.0
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        self.0.stop();
+        if std::env::var_os(KEEP_STATE_ENV).is_none() {
+            let _ = std::fs::remove_dir_all(&self.0.dir);
+        }
+    }
+}
+
+/// Starts a control plane in `.state/tests/<name>` on free ports, watched by a watchdog.
+fn start_watched(name: &str) -> Result<ControlPlane> {
     let bins = Bins::locate();
     let missing = bins.missing();
     assert!(
@@ -796,9 +841,7 @@ fn start_for_tests() -> Result<ControlPlane> {
          (or set ${BIN_DIR_ENV} to a folder holding etcd, kube-apiserver, \
          kube-controller-manager, kube-scheduler and kubectl)"
     );
-    let dir = workspace_root()
-        .join(".state/tests")
-        .join(format!("cp-{}", std::process::id()));
+    let dir = workspace_root().join(".state/tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let opts = Options {
         dir: dir.clone(),
@@ -822,7 +865,9 @@ fn start_for_tests() -> Result<ControlPlane> {
 fn spawn_watchdog(pgid: u32, dir: &Path) -> Result<()> {
     let keep = std::env::var_os(KEEP_STATE_ENV).is_some();
     let script = r#"
-        while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+        while kill -0 "$1" 2>/dev/null && [ -d "$3" ]; do sleep 0.5; done
+        # An isolated control plane removes its folder when dropped: nothing left to do.
+        [ -d "$3" ] || exit 0
         # Components in reverse start order (the API server before etcd), then the group.
         if [ -f "$3/pids" ]; then
             for pid in $(awk '{print $2}' "$3/pids" | tac); do
@@ -885,16 +930,16 @@ impl ControlPlane {
 }
 
 /// A namespace of one test, deleted (without waiting) when dropped.
-pub struct Namespace {
+pub struct Namespace<'a> {
     pub name: String,
-    pub cp: &'static ControlPlane,
+    pub cp: &'a ControlPlane,
 }
 
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);
 
 impl ControlPlane {
     /// A fresh namespace named after `hint` (e.g. the test's name).
-    pub fn namespace(&'static self, hint: &str) -> Namespace {
+    pub fn namespace(&self, hint: &str) -> Namespace<'_> {
         let n = NAMESPACES.fetch_add(1, Ordering::Relaxed);
         let mut name: String = hint
             .to_ascii_lowercase()
@@ -910,7 +955,7 @@ impl ControlPlane {
     }
 }
 
-impl Namespace {
+impl Namespace<'_> {
     /// kubectl in this namespace.
     pub fn kubectl(&self, args: &[&str]) -> KubectlOutput {
         self.kubectl_with_input(args, None)
@@ -924,7 +969,7 @@ impl Namespace {
     }
 }
 
-impl Drop for Namespace {
+impl Drop for Namespace<'_> {
     fn drop(&mut self) {
         let _ = self
             .cp

@@ -357,3 +357,91 @@ fn controller_manager_creates_default_service_accounts() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// The operator's status writes go through the status subresource; `kubectl describe` and
+/// `kubectl get` show them as in the seed's walk-through.
+#[test]
+fn backup_status_shows_in_describe_and_get() {
+    let cp = with_crds();
+    let ns = cp.namespace("status");
+    let backup = workspace_root().join("examples/seed/backup.yaml");
+    assert!(
+        ns.kubectl(&["apply", "-f", &backup.display().to_string()])
+            .success
+    );
+
+    let patch_status = |status: &str| {
+        ns.kubectl(&[
+            "patch",
+            "backup",
+            "backup-example",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{status}}}"#),
+        ])
+    };
+    let out = patch_status(r#"{"phase":"running","startedAt":"2020-04-08T13:45:04Z"}"#);
+    assert!(out.success, "status patch refused: {}", out.stderr);
+    let described = ns.kubectl(&["describe", "backup", "backup-example"]).stdout;
+    for text in [
+        "Spec:\n  Cluster:\n    Name:  postgresql-bkp\n",
+        "Phase:       running",
+        "Started At:  2020-04-08T13:45:04Z",
+    ] {
+        assert!(
+            described.contains(text),
+            "describe lacks {text:?}:\n{described}"
+        );
+    }
+    let row = ns.kubectl(&["get", "backups", "--no-headers"]).stdout;
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[..3],
+        ["backup-example", "postgresql-bkp", "running"],
+        "{row}"
+    );
+
+    let out = patch_status(r#"{"phase":"completed","stoppedAt":"2020-04-08T13:45:33Z"}"#);
+    assert!(out.success, "status patch refused: {}", out.stderr);
+    let described = ns.kubectl(&["describe", "backup", "backup-example"]).stdout;
+    for text in [
+        "Phase:       completed",
+        "Stopped At:  2020-04-08T13:45:33Z",
+    ] {
+        assert!(
+            described.contains(text),
+            "describe lacks {text:?}:\n{described}"
+        );
+    }
+
+    let out = patch_status(r#"{"phase":"done"}"#);
+    assert!(!out.success, "an unknown phase was accepted");
+    assert!(
+        out.stderr
+            .contains(r#"status.phase: Unsupported value: "done""#),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A test that needs a control plane of its own gets one, on its own ports, and it stops
+/// when dropped.
+#[test]
+fn isolated_control_plane_stops_when_dropped() {
+    let cp = pgwarden_tests::controlplane::isolated();
+    assert_ne!(cp.ports.apiserver, shared().ports.apiserver);
+    assert_eq!(cp.kubectl(&["get", "--raw", "/readyz"]).unwrap(), "ok");
+    let pids: Vec<u32> = cp.components.iter().map(|c| c.pid).collect();
+    let dir = cp.dir.clone();
+    drop(cp);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+        assert!(
+            stat.is_empty() || state.starts_with('Z'),
+            "pid {pid} still runs: {stat}"
+        );
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
