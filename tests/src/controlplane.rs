@@ -841,7 +841,9 @@ fn start_watched(name: &str) -> Result<ControlPlane> {
          (or set ${BIN_DIR_ENV} to a folder holding etcd, kube-apiserver, \
          kube-controller-manager, kube-scheduler and kubectl)"
     );
-    let dir = workspace_root().join(".state/tests").join(name);
+    let tests_dir = workspace_root().join(".state/tests");
+    sweep_stale(&tests_dir, &bins);
+    let dir = tests_dir.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let opts = Options {
         dir: dir.clone(),
@@ -858,6 +860,35 @@ fn start_watched(name: &str) -> Result<ControlPlane> {
         cp.kubeconfig.display()
     );
     Ok(cp)
+}
+
+/// Removes the state folders of test binaries that are gone (`cp-<pid>...`), stopping
+/// whatever of theirs still runs: normally their watchdog did both.
+fn sweep_stale(tests_dir: &Path, bins: &Bins) {
+    let Ok(entries) = std::fs::read_dir(tests_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix("cp-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(owner) = owner else { continue };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let layout = Layout { dir: entry.path() };
+        let text = std::fs::read_to_string(layout.pid_file()).unwrap_or_default();
+        let alive: Vec<u32> = text
+            .lines()
+            .rev()
+            .filter_map(|l| l.split_once(' ')?.1.trim().parse().ok())
+            .filter(|pid| bins.all().iter().any(|bin| runs(*pid, bin)))
+            .collect();
+        stop_pids(&alive, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
 }
 
 /// A shell that waits for this process to end, then kills the control plane's process
@@ -925,9 +956,32 @@ impl ControlPlane {
         let names: Vec<String> = CRDS.iter().map(|c| format!("crd/{c}")).collect();
         args.extend(names.iter().map(String::as_str));
         self.kubectl(&args)?;
+        self.wait_for_openapi()?;
         Ok(applied)
     }
+
+    /// Established CRDs reach the OpenAPI document a moment later; `kubectl explain` and
+    /// server-side apply need them there.
+    fn wait_for_openapi(&self) -> Result<(), String> {
+        let path = "/openapi/v3/apis/postgresql.k8s.2ndq.io/v1alpha1";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let doc = self.kubectl(&["get", "--raw", path]).unwrap_or_default();
+            let published =
+                |kind: &&str| doc.contains(&format!("\"io.2ndq.k8s.postgresql.v1alpha1.{kind}\""));
+            if KINDS.iter().all(|k| published(k)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the CRDs' schemas never appeared in {path}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
+
+/// The kinds of [`CRDS`].
+pub const KINDS: [&str; 4] = ["Cluster", "Backup", "ScheduledBackup", "ReconcilePolicy"];
 
 /// A namespace of one test, deleted (without waiting) when dropped.
 pub struct Namespace<'a> {
