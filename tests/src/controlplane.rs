@@ -969,7 +969,7 @@ impl ControlPlane {
             let doc = self.kubectl(&["get", "--raw", path]).unwrap_or_default();
             let published =
                 |kind: &&str| doc.contains(&format!("\"io.2ndq.k8s.postgresql.v1alpha1.{kind}\""));
-            if KINDS.iter().all(|k| published(k)) {
+            if KINDS.iter().all(published) {
                 return Ok(());
             }
             if Instant::now() > deadline {
