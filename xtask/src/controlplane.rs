@@ -40,7 +40,13 @@ pub fn ensure_built() -> Result<Bins> {
         return Ok(bins);
     }
     let bins = Bins::cached();
-    if !bins.kube_apiserver.is_file() || !bins.kubectl.is_file() {
+    let kubernetes = [
+        &bins.kube_apiserver,
+        &bins.kube_controller_manager,
+        &bins.kube_scheduler,
+        &bins.kubectl,
+    ];
+    if kubernetes.iter().any(|b| !b.is_file()) {
         build_kubernetes(&Bins::kubernetes_dir())?;
     }
     if !bins.etcd.is_file() {
