@@ -10,4 +10,5 @@
 #![forbid(unsafe_code)]
 
 pub mod instance;
+pub mod plan;
 pub mod policy;

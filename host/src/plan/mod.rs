@@ -1,0 +1,25 @@
+//! The planner: the policy's decisions → [`Action`]s (plain data) → [`guardrails`].
+//!
+//! ```text
+//!   ClusterDecisions ─ plan_cluster ─┐
+//!   Transition ─────── plan_backup ──┼─► Vec<Action> ─► guardrails::check(subject) ─► applier
+//!   ScheduleDecision ─ plan_schedule ┤    (apply, delete, patch status, event, requeue)
+//!   retention names ── plan_retention┘
+//! ```
+//!
+//! Nothing here talks to the API server: tests assert on the actions, `pgwarden policy
+//! eval` prints them.
+
+mod actions;
+mod backup;
+mod cluster;
+mod errors;
+pub mod guardrails;
+
+pub use actions::{Action, EventType, ObjectRef};
+pub use backup::{backup_subject, plan_backup, plan_retention, plan_schedule, scheduled_subject};
+pub use cluster::{
+    ClusterDecisions, check_template, claim, instance_pod, owner, plan_cluster, reference, service, settings_config_map, subject,
+};
+pub use errors::GuardrailError;
+pub use guardrails::Subject;

@@ -1,0 +1,167 @@
+//! The decisions, typed: inputs are the `crds` objects, outputs the SDK's wire types, each
+//! checked before the host acts on it.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
+use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
+use pgwarden_sdk::testing::{Evaluator, json};
+use pgwarden_sdk::types::{BackupFacts, Decision, Instance, Outcome, Request, ScheduleDecision, Transition};
+use tracing::Instrument;
+
+use super::bindings::{self, wit};
+use super::engine::Policy;
+use super::errors::{PolicyError, Result};
+
+/// The largest pod template a policy may answer (the API server's own object limit is ~1.5 MiB).
+pub const MAX_POD_TEMPLATE_BYTES: usize = 1 << 20;
+/// The longest message or reason a policy may answer.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 10;
+
+fn malformed(decision: &str, detail: impl Into<String>) -> PolicyError {
+    PolicyError::MalformedOutput { decision: decision.into(), detail: detail.into() }
+}
+
+fn check(decision: &str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
+    if ok { Ok(()) } else { Err(malformed(decision, detail())) }
+}
+
+/// A Kubernetes object name: a DNS subdomain.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+impl Policy {
+    /// The pod template of instance `instance` of `cluster`, parsed as a k8s-openapi
+    /// `PodTemplateSpec`.
+    #[tracing::instrument(skip_all, fields(digest = self.digest(), instance))]
+    pub fn instance_pod(&self, cluster: &Cluster, instance: u32) -> Result<PodTemplateSpec> {
+        const D: &str = "instance-pod";
+        let text = self.call(D, |p, s| p.call_instance_pod(s, &json(cluster), instance))?;
+        check(D, text.len() <= MAX_POD_TEMPLATE_BYTES, || {
+            format!("the pod template is {} bytes, over the {MAX_POD_TEMPLATE_BYTES}-byte bound", text.len())
+        })?;
+        serde_json::from_str(&text).map_err(|e| malformed(D, format!("not a PodTemplateSpec: {e}")))
+    }
+
+    /// How WAL is archived; `None`: archiving off.
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn archive_settings(&self, cluster: &Cluster) -> Result<Option<ArchiveSettings>> {
+        const D: &str = "archive-settings";
+        let settings = self.call(D, |p, s| p.call_archive_settings(s, &json(cluster)))?.map(bindings::archive);
+        if let Some(s) = &settings {
+            check(D, s.destination_path.starts_with("s3://") && s.destination_path.len() > 5, || {
+                format!("destinationPath {:?} is not an s3:// URL", s.destination_path)
+            })?;
+            check(D, !s.server_name.is_empty(), || "serverName is empty".into())?;
+            check(D, (1..=32).contains(&s.max_parallel), || format!("maxParallel {} is not within 1..=32", s.max_parallel))?;
+        }
+        Ok(settings)
+    }
+
+    /// How `backup` is taken, and on which of `instances`.
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn backup_settings(&self, backup: &Backup, cluster: &Cluster, instances: &[Instance]) -> Result<BackupSettings> {
+        const D: &str = "backup-settings";
+        let wit_instances: Vec<wit::Instance> = instances.iter().map(bindings::instance).collect();
+        let settings = bindings::backup_settings(
+            self.call(D, |p, s| p.call_backup_settings(s, &json(backup), &json(cluster), &wit_instances))?,
+        );
+        check(D, instances.iter().any(|i| i.name == settings.target_pod), || {
+            format!("target pod {:?} is not an instance of the Cluster", settings.target_pod)
+        })?;
+        check(D, (1..=64).contains(&settings.jobs), || format!("jobs {} is not within 1..=64", settings.jobs))?;
+        Ok(settings)
+    }
+
+    /// The next phase of a Backup.
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn backup_transition(&self, facts: &BackupFacts) -> Result<Transition> {
+        const D: &str = "backup-transition";
+        let input = wit::BackupFacts {
+            backup: json(&facts.backup),
+            cluster: facts.cluster.as_ref().map(json),
+            pod: facts.pod.as_ref().map(bindings::pod_facts),
+            now: facts.now.timestamp(),
+        };
+        let t = bindings::transition(self.call(D, |p, s| p.call_backup_transition(s, &input))?);
+        check(D, !t.reason.is_empty() && t.reason.len() <= 64 && t.reason.chars().all(|c| c.is_ascii_alphanumeric()), || {
+            format!("reason {:?} is not one CamelCase word", t.reason)
+        })?;
+        check(D, t.message.len() <= MAX_MESSAGE_BYTES, || format!("the message is over {MAX_MESSAGE_BYTES} bytes"))?;
+        Ok(t)
+    }
+
+    /// Whether `scheduled` creates a Backup at `now`, and when it runs next.
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn schedule(&self, scheduled: &ScheduledBackup, now: DateTime<Utc>) -> Result<ScheduleDecision> {
+        const D: &str = "schedule";
+        let d = bindings::schedule(self.call(D, |p, s| p.call_schedule(s, &json(scheduled), now.timestamp()))?);
+        if let Some(run) = &d.create {
+            check(D, is_dns_subdomain(&run.name), || format!("Backup name {:?} is not a valid object name", run.name))?;
+        }
+        Ok(d)
+    }
+
+    /// Names of the Backups of `cluster` to delete at `now`.
+    #[tracing::instrument(skip_all, fields(digest = self.digest(), backups = backups.len()))]
+    pub fn retention(&self, cluster: &Cluster, backups: &[Backup], now: DateTime<Utc>) -> Result<Vec<String>> {
+        const D: &str = "retention";
+        let texts: Vec<String> = backups.iter().map(json).collect();
+        let doomed = self.call(D, |p, s| p.call_retention(s, &json(cluster), &texts, now.timestamp()))?;
+        for name in &doomed {
+            check(D, backups.iter().any(|b| b.metadata.name.as_deref() == Some(name)), || {
+                format!("Backup {name:?} is not one of the Backups it was given")
+            })?;
+        }
+        Ok(doomed)
+    }
+
+    /// Any decision, by request (what `pgwarden policy eval|test` use).
+    pub fn decide(&self, request: &Request) -> Result<Decision> {
+        Ok(match request {
+            Request::InstancePod { cluster, instance } => Decision::InstancePod(Box::new(self.instance_pod(cluster, *instance)?)),
+            Request::ArchiveSettings { cluster } => Decision::ArchiveSettings(self.archive_settings(cluster)?),
+            Request::BackupSettings { backup, cluster, instances } => {
+                Decision::BackupSettings(self.backup_settings(backup, cluster, instances)?)
+            }
+            Request::BackupTransition(facts) => Decision::BackupTransition(self.backup_transition(facts)?),
+            Request::Schedule { scheduled_backup, now } => Decision::Schedule(self.schedule(scheduled_backup, *now)?),
+            Request::Retention { cluster, backups, now } => Decision::Retention(self.retention(cluster, backups, *now)?),
+        })
+    }
+
+    /// Runs `f` (one or more decisions) off the async executor, on a blocking thread, under
+    /// the engine's concurrency limit, inside the caller's tracing span. What the operator
+    /// calls: `policy.run(move |p| p.instance_pod(&cluster, 0)).await`.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Policy) -> Result<T> + Send + 'static,
+    {
+        let span = tracing::info_span!("policy", digest = self.digest());
+        let permit = self.engine.permits.clone().acquire_owned().instrument(span.clone()).await;
+        let permit = permit.map_err(|e| PolicyError::Engine(format!("the call queue is closed: {e}")))?;
+        let policy = self.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            span.in_scope(|| f(&policy))
+        })
+        .await;
+        joined.map_err(|e| PolicyError::Engine(format!("the policy thread failed: {e}")))?
+    }
+}
+
+impl Evaluator for Policy {
+    fn evaluate(&self, request: &Request) -> std::result::Result<Outcome, String> {
+        match self.decide(request) {
+            Ok(decision) => Ok(Outcome::Allowed(decision.to_json())),
+            Err(PolicyError::Denied(message)) => Ok(Outcome::Denied(message)),
+            Err(failure) => Err(failure.to_string()),
+        }
+    }
+}

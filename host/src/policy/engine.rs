@@ -1,0 +1,252 @@
+//! The wasmtime engine: compile once per module digest, a fresh sandboxed instance per call.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Cache, CacheConfig, Config, ResourceLimiter, Store, Trap};
+
+use super::bindings::{Policy as Bindings, PolicyPre};
+use super::errors::{PolicyError, Result};
+use pgwarden_crds::PolicyLimits;
+use pgwarden_sdk::types::ABI_VERSION;
+
+/// The wasmtime version compiled in: part of the on-disk cache key, with the module digest.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+/// Granularity of the wall-clock deadline: the epoch ticks this often.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits of each policy call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock deadline of one decision (rounded up to [`EPOCH_TICK`]).
+    pub timeout: Duration,
+    /// Cap of the guest's linear memory, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 200 ms and 64 MiB, as `ReconcilePolicy.spec.limits` documents.
+    fn default() -> Self {
+        Limits { timeout: Duration::from_millis(200), memory_bytes: 64 << 20 }
+    }
+}
+
+impl From<Option<&PolicyLimits>> for Limits {
+    fn from(limits: Option<&PolicyLimits>) -> Self {
+        let default = Limits::default();
+        let limits = limits.cloned().unwrap_or_default();
+        Limits {
+            timeout: limits.timeout_millis.map_or(default.timeout, |ms| Duration::from_millis(ms.into())),
+            memory_bytes: limits.memory_mib.map_or(default.memory_bytes, |mib| (mib as usize) << 20),
+        }
+    }
+}
+
+/// How the engine is set up.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// Folder of wasmtime's on-disk cache of compiled modules (keyed by module hash, compiler
+    /// settings and wasmtime version). `None`: compile in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// How many policy calls may run at once on blocking threads (default: 4).
+    pub max_concurrent_calls: Option<usize>,
+}
+
+/// The policy engine: one per operator. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(super) wasmtime: wasmtime::Engine,
+    loaded: Arc<Mutex<HashMap<String, Compiled>>>,
+    pub(super) permits: Arc<tokio::sync::Semaphore>,
+}
+
+#[derive(Clone)]
+struct Compiled {
+    pre: PolicyPre<Sandbox>,
+    abi_version: String,
+}
+
+/// A loaded policy module with its limits. Cheap to clone; calls are independent.
+#[derive(Clone)]
+pub struct Policy {
+    pub(super) engine: Engine,
+    pre: PolicyPre<Sandbox>,
+    digest: String,
+    abi_version: String,
+    pub(super) limits: Limits,
+}
+
+/// The store's data: the memory limiter, nothing else (no WASI context: nothing is granted).
+pub(super) struct Sandbox {
+    memory_cap: usize,
+    memory_cap_hit: bool,
+}
+
+impl ResourceLimiter for Sandbox {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_cap;
+        self.memory_cap_hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+fn wasmtime_config(config: &EngineConfig) -> Result<Config> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true).epoch_interruption(true).max_wasm_stack(1 << 20);
+    if let Some(dir) = &config.cache_dir {
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir.join(format!("wasmtime-{WASMTIME_VERSION}")));
+        let cache = Cache::new(cache).map_err(|e| PolicyError::Engine(format!("cannot open the module cache {}: {e}", dir.display())))?;
+        wasm.cache(Some(cache));
+    }
+    Ok(wasm)
+}
+
+/// The sha256 of a module, as 64 lowercase hex digits.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Engine {
+    /// A new engine; starts the thread that ticks the deadline clock (it stops with the
+    /// last clone of the engine).
+    pub fn new(config: EngineConfig) -> Result<Engine> {
+        let wasmtime = wasmtime::Engine::new(&wasmtime_config(&config)?)
+            .map_err(|e| PolicyError::Engine(format!("cannot configure wasmtime: {e}")))?;
+        let weak = wasmtime.weak();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| PolicyError::Engine(format!("cannot start the deadline thread: {e}")))?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_calls.unwrap_or(4).max(1)));
+        Ok(Engine { wasmtime, loaded: Arc::default(), permits })
+    }
+
+    /// Loads a module: compiled once per digest (and cached on disk when configured), its
+    /// exports checked against the ABI, its `abi-version` asked once.
+    #[tracing::instrument(skip_all, fields(digest, size = bytes.len()))]
+    pub fn load(&self, bytes: &[u8], limits: Limits) -> Result<Policy> {
+        let digest = digest(bytes);
+        tracing::Span::current().record("digest", digest.as_str());
+        let known = self.loaded.lock().map_err(|_| PolicyError::Engine("module table poisoned".into()))?.get(&digest).cloned();
+        let compiled = match known {
+            Some(compiled) => compiled,
+            None => {
+                let compiled = self.compile(bytes, limits)?;
+                let mut loaded = self.loaded.lock().map_err(|_| PolicyError::Engine("module table poisoned".into()))?;
+                loaded.insert(digest.clone(), compiled.clone());
+                compiled
+            }
+        };
+        Ok(Policy { engine: self.clone(), pre: compiled.pre, digest, abi_version: compiled.abi_version, limits })
+    }
+
+    fn compile(&self, bytes: &[u8], limits: Limits) -> Result<Compiled> {
+        let component = Component::new(&self.wasmtime, bytes).map_err(|e| PolicyError::Load(load_message(&e)))?;
+        let mut linker = Linker::<Sandbox>::new(&self.wasmtime);
+        // Whatever the module imports (WASI's stdio, environment...) traps when called.
+        linker.define_unknown_imports_as_traps(&component).map_err(|e| PolicyError::Load(e.to_string()))?;
+        let abi = |detail: String| PolicyError::AbiMismatch { expected: ABI_VERSION.into(), detail };
+        let pre = linker.instantiate_pre(&component).map_err(|e| abi(format!("{e:#}")))?;
+        let pre = PolicyPre::new(pre).map_err(|e| abi(format!("{e:#}")))?;
+        let probe = Policy { engine: self.clone(), pre: pre.clone(), digest: String::new(), abi_version: String::new(), limits };
+        let version = probe.call("abi-version", |p, s| p.call_abi_version(s).map(Ok))?;
+        if !compatible(&version) {
+            return Err(abi(format!("the module was built for ABI {version}")));
+        }
+        Ok(Compiled { pre, abi_version: version })
+    }
+}
+
+/// Same major (or, before 1.0, same minor) version as the host's ABI.
+fn compatible(version: &str) -> bool {
+    let parts = |v: &str| v.split('.').map(str::to_owned).collect::<Vec<_>>();
+    let (ours, theirs) = (parts(ABI_VERSION), parts(version));
+    theirs.len() == 3 && if ours[0] == "0" { ours[..2] == theirs[..2] } else { ours[0] == theirs[0] }
+}
+
+fn load_message(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains("expected a WebAssembly component") || text.contains("core module") {
+        return format!("it is a core WebAssembly module, not a component (build the policy for wasm32-wasip2): {text}");
+    }
+    text
+}
+
+impl Policy {
+    /// sha256 of the module.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The ABI version the module exports.
+    pub fn abi_version(&self) -> &str {
+        &self.abi_version
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// One sandboxed call: a fresh store and instance, the deadline and memory cap armed;
+    /// every failure classified. Blocking: at most the timeout.
+    pub(super) fn call<R>(
+        &self,
+        decision: &str,
+        f: impl FnOnce(&Bindings, &mut Store<Sandbox>) -> wasmtime::Result<std::result::Result<R, String>>,
+    ) -> Result<R> {
+        let sandbox = Sandbox { memory_cap: self.limits.memory_bytes, memory_cap_hit: false };
+        let mut store = Store::new(&self.engine.wasmtime, sandbox);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        let ticks = self.limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let outcome = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(PolicyError::Denied(message)),
+            Err(e) => Err(self.classify(decision, &e, store.data())),
+        }
+    }
+
+    fn classify(&self, decision: &str, e: &wasmtime::Error, sandbox: &Sandbox) -> PolicyError {
+        let decision = decision.to_string();
+        if sandbox.memory_cap_hit {
+            return PolicyError::MemoryCap { decision, limit_bytes: sandbox.memory_cap };
+        }
+        let text = format!("{e:#}");
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => PolicyError::Deadline { decision, timeout: self.limits.timeout },
+            Some(Trap::UnreachableCodeReached) => PolicyError::Trap {
+                decision,
+                detail: "it panicked or aborted (wasm `unreachable`)".into(),
+            },
+            Some(Trap::StackOverflow) => PolicyError::Trap { decision, detail: "stack overflow (too deep a recursion)".into() },
+            Some(trap) => PolicyError::Trap { decision, detail: trap.to_string() },
+            None if text.contains("unknown import") || text.contains("has not been defined") => {
+                let import = text.split('`').nth(1).unwrap_or("an import").to_string();
+                PolicyError::Capability { decision, import }
+            }
+            None => PolicyError::MalformedOutput { decision, detail: first_line(&text) },
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}

@@ -1,0 +1,29 @@
+//! pgwarden's default decisions (the seed's behaviour), as functions and builders that a
+//! custom policy starts from and adjusts.
+
+mod backup;
+mod pod;
+mod schedule;
+mod transition;
+
+pub use backup::{ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, retention, retention_window, target_pod};
+pub use pod::{DEFAULT_IMAGE, PodBuilder, instance_pod};
+pub use schedule::{parse_schedule, schedule};
+pub use transition::{AGENT_START_TIMEOUT_SECONDS, backup_transition};
+
+use pgwarden_crds::{Cluster, ObjectStore};
+
+/// The Cluster's name (empty if the object has none).
+pub fn cluster_name(cluster: &Cluster) -> &str {
+    cluster.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The Cluster's `spec.backup`, or a denial naming the Cluster and the missing field.
+pub fn require_backup(cluster: &Cluster) -> Result<&ObjectStore, String> {
+    cluster.spec.backup.as_ref().ok_or_else(|| {
+        format!(
+            "Cluster {} has no spec.backup: set spec.backup.destinationPath and spec.backup.s3Credentials to back it up",
+            cluster_name(cluster)
+        )
+    })
+}

@@ -1,0 +1,88 @@
+//! The raw WIT exports implemented on top of a [`Policy`]: parse the JSON inputs into the
+//! `crds` types, call the policy, convert the answer to WIT records. The same functions run
+//! natively under `cargo test` ([`crate::testing::Native`]) and as the component's exports.
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+
+use crate::convert::{
+    archive_to_wit, backup_settings_to_wit, instance_from_wit, pod_facts_from_wit, schedule_to_wit, time,
+    transition_to_wit,
+};
+use crate::policy::Policy;
+use crate::types::{ABI_VERSION, BackupFacts};
+use crate::wit;
+
+/// The component's exports for policy `P`.
+pub struct Exports<P>(PhantomData<P>);
+
+fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, String> {
+    serde_json::from_str(json).map_err(|e| format!("the policy cannot read the {what} it was given: {e}"))
+}
+
+impl<P: Policy> wit::Guest for Exports<P> {
+    fn abi_version() -> String {
+        ABI_VERSION.to_string()
+    }
+
+    fn instance_pod(cluster: String, instance: u32) -> Result<String, String> {
+        let cluster = parse("Cluster", &cluster)?;
+        let template = P::instance_pod(&cluster, instance)?;
+        serde_json::to_string(&template).map_err(|e| format!("cannot serialize the pod template: {e}"))
+    }
+
+    fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
+        let cluster = parse("Cluster", &cluster)?;
+        Ok(P::archive_settings(&cluster)?.map(archive_to_wit))
+    }
+
+    fn backup_settings(
+        backup: String,
+        cluster: String,
+        instances: Vec<wit::Instance>,
+    ) -> Result<wit::BackupSettings, String> {
+        let backup = parse("Backup", &backup)?;
+        let cluster = parse("Cluster", &cluster)?;
+        let instances: Vec<_> = instances.into_iter().map(instance_from_wit).collect();
+        Ok(backup_settings_to_wit(P::backup_settings(&backup, &cluster, &instances)?))
+    }
+
+    fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
+        let facts = BackupFacts {
+            backup: parse("Backup", &facts.backup)?,
+            cluster: facts.cluster.as_deref().map(|c| parse("Cluster", c)).transpose()?,
+            pod: facts.pod.map(pod_facts_from_wit),
+            now: time(facts.now),
+        };
+        Ok(transition_to_wit(P::backup_transition(&facts)?))
+    }
+
+    fn schedule(scheduled_backup: String, now: i64) -> Result<wit::ScheduleDecision, String> {
+        let scheduled = parse("ScheduledBackup", &scheduled_backup)?;
+        Ok(schedule_to_wit(P::schedule(&scheduled, time(now))?))
+    }
+
+    fn retention(cluster: String, backups: Vec<String>, now: i64) -> Result<Vec<String>, String> {
+        let cluster = parse("Cluster", &cluster)?;
+        let backups = backups.iter().map(|b| parse("Backup", b)).collect::<Result<Vec<_>, _>>()?;
+        P::retention(&cluster, &backups, time(now))
+    }
+}
+
+/// Exports a [`Policy`] as the component's `pgwarden:policy` world. Use it once, at the root of
+/// a policy crate: `pgwarden_sdk::export_policy!(MyPolicy);`. It expands to nothing outside
+/// WebAssembly, so the crate also builds (and tests) natively.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        mod __pgwarden_policy_exports {
+            #[allow(unused_imports)]
+            use super::*;
+            type Exports = $crate::glue::Exports<$policy>;
+            $crate::wit::export_raw!(Exports with_types_in $crate::wit);
+        }
+    };
+}

@@ -1,0 +1,226 @@
+//! Fixture tests of a policy: `Testcase { request, expect }` files, run natively by
+//! [`Native`] under `cargo test`, or through wasmtime by the host (`pgwarden policy test`),
+//! with the same runner and the same report.
+//!
+//! A case is a YAML (or JSON) file:
+//!
+//! ```yaml
+//! request:                     # a Request: the decision and its inputs
+//!   decision: archive-settings
+//!   cluster: { apiVersion: postgresql.k8s.2ndq.io/v1alpha1, kind: Cluster, ... }
+//! expect:
+//!   allowed: { destinationPath: s3://backups/pg, ... }   # the decision as JSON
+//!   # or: denied: "spec.backup.wal.encryption"          # a substring of the denial
+//! ```
+
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::convert::{archive_from_wit, backup_settings_from_wit, instance_to_wit, pod_facts_to_wit, schedule_from_wit, transition_from_wit};
+use crate::glue::Exports;
+use crate::policy::Policy;
+use crate::types::{Decision, Outcome, Request};
+use crate::wit::{self, Guest};
+
+/// Something that answers decisions: the native policy code, or a wasm module in the host.
+pub trait Evaluator {
+    /// The policy's outcome (a decision or a denial); `Err` when the policy itself failed
+    /// (a trap, a deadline, malformed output...).
+    fn evaluate(&self, request: &Request) -> Result<Outcome, String>;
+}
+
+impl Outcome {
+    /// A decision or a denial as an outcome.
+    pub fn from_decided(decided: Result<Decision, String>) -> Outcome {
+        match decided {
+            Ok(decision) => Outcome::Allowed(decision.to_json()),
+            Err(message) => Outcome::Denied(message),
+        }
+    }
+}
+
+/// The object as the JSON text the host sends across the boundary.
+pub fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Runs policy `P` natively through the very functions its component exports.
+pub struct Native<P>(PhantomData<P>);
+
+impl<P> Default for Native<P> {
+    fn default() -> Self {
+        Native(PhantomData)
+    }
+}
+
+impl<P: Policy> Native<P> {
+    /// One decision, natively, through the export glue.
+    pub fn decide(&self, request: &Request) -> Result<Decision, String> {
+        type E<P> = Exports<P>;
+        Ok(match request {
+            Request::InstancePod { cluster, instance } => {
+                let text = E::<P>::instance_pod(json(cluster), *instance)?;
+                Decision::InstancePod(serde_json::from_str(&text).map_err(|e| e.to_string())?)
+            }
+            Request::ArchiveSettings { cluster } => {
+                Decision::ArchiveSettings(E::<P>::archive_settings(json(cluster))?.map(archive_from_wit))
+            }
+            Request::BackupSettings { backup, cluster, instances } => {
+                let instances = instances.iter().map(instance_to_wit).collect();
+                Decision::BackupSettings(backup_settings_from_wit(E::<P>::backup_settings(json(backup), json(cluster), instances)?))
+            }
+            Request::BackupTransition(facts) => {
+                let facts = wit::BackupFacts {
+                    backup: json(&facts.backup),
+                    cluster: facts.cluster.as_ref().map(json),
+                    pod: facts.pod.as_ref().map(pod_facts_to_wit),
+                    now: facts.now.timestamp(),
+                };
+                Decision::BackupTransition(transition_from_wit(E::<P>::backup_transition(facts)?))
+            }
+            Request::Schedule { scheduled_backup, now } => {
+                Decision::Schedule(schedule_from_wit(E::<P>::schedule(json(scheduled_backup), now.timestamp())?))
+            }
+            Request::Retention { cluster, backups, now } => {
+                Decision::Retention(E::<P>::retention(json(cluster), backups.iter().map(json).collect(), now.timestamp())?)
+            }
+        })
+    }
+}
+
+impl<P: Policy> Evaluator for Native<P> {
+    fn evaluate(&self, request: &Request) -> Result<Outcome, String> {
+        Ok(Outcome::from_decided(self.decide(request)))
+    }
+}
+
+/// What a case expects.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum Expectation {
+    /// The decision, as JSON, exactly.
+    Allowed(serde_json::Value),
+    /// A denial whose message contains this text.
+    Denied(String),
+}
+
+/// One fixture: a request and the expected outcome.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Testcase {
+    /// The case's name (default: the file name).
+    #[serde(default)]
+    pub name: String,
+    pub request: Request,
+    pub expect: Expectation,
+}
+
+/// The result of one case.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub name: String,
+    pub passed: bool,
+    /// Why it failed: a diff of expected and actual, or the error.
+    pub detail: String,
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` case of `dir`, sorted by file name.
+pub fn load_dir(dir: &Path) -> Result<Vec<Testcase>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read fixture folder {}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| load_case(p)).collect()
+}
+
+/// Reads one case file.
+pub fn load_case(path: &Path) -> Result<Testcase, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut case: Testcase = serde_yaml::from_str(&text).map_err(|e| format!("{} is not a valid test case: {e}", path.display()))?;
+    if case.name.is_empty() {
+        case.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    }
+    Ok(case)
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+fn diff(expected: &str, actual: &str) -> String {
+    similar::TextDiff::from_lines(expected, actual).unified_diff().header("expected", "actual").to_string()
+}
+
+/// Runs one case and compares.
+pub fn run_case(case: &Testcase, evaluator: &dyn Evaluator) -> CaseResult {
+    let (passed, detail) = match (evaluator.evaluate(&case.request), &case.expect) {
+        (Err(failure), _) => (false, format!("the policy failed: {failure}")),
+        (Ok(Outcome::Allowed(actual)), Expectation::Allowed(expected)) => {
+            (&actual == expected, diff(&pretty(expected), &pretty(&actual)))
+        }
+        (Ok(Outcome::Denied(message)), Expectation::Denied(part)) => {
+            (message.contains(part.as_str()), format!("denial {message:?} does not contain {part:?}"))
+        }
+        (Ok(Outcome::Allowed(actual)), Expectation::Denied(part)) => {
+            (false, format!("expected a denial containing {part:?}, got a decision:\n{}", pretty(&actual)))
+        }
+        (Ok(Outcome::Denied(message)), Expectation::Allowed(expected)) => {
+            (false, format!("expected a decision:\n{}got a denial: {message}", pretty(expected)))
+        }
+    };
+    let detail = if passed { String::new() } else { detail };
+    CaseResult { name: case.name.clone(), passed, detail }
+}
+
+/// Runs every case of `dir`; prints a line per case (and the diff of failures) into `out`.
+pub fn run_dir(dir: &Path, evaluator: &dyn Evaluator, out: &mut String) -> Result<Vec<CaseResult>, String> {
+    let results: Vec<CaseResult> = load_dir(dir)?.iter().map(|c| run_case(c, evaluator)).collect();
+    for r in &results {
+        let _ = writeln!(out, "{} {}", if r.passed { "pass" } else { "FAIL" }, r.name);
+        if !r.passed {
+            for line in r.detail.lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| !r.passed).count();
+    let _ = writeln!(out, "{} cases: {} passed, {failed} failed", results.len(), results.len() - failed);
+    Ok(results)
+}
+
+/// Rewrites the `expect:` section of every case in `dir` with what `evaluator` answers
+/// (a golden-file "bless"); the request text is kept as written. Review the diff in git.
+pub fn bless_dir(dir: &Path, evaluator: &dyn Evaluator) -> Result<usize, String> {
+    let cases = load_dir(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    paths.sort();
+    for (path, case) in paths.iter().zip(&cases) {
+        let expect = match evaluator.evaluate(&case.request)? {
+            Outcome::Allowed(value) => Expectation::Allowed(value),
+            Outcome::Denied(message) => Expectation::Denied(message),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let head = text.split("\nexpect:").next().unwrap_or_default().trim_end().to_string();
+        let tail = serde_yaml::to_string(&serde_json::json!({ "expect": expect })).map_err(|e| e.to_string())?;
+        std::fs::write(path, format!("{head}\n{tail}")).map_err(|e| e.to_string())?;
+    }
+    Ok(cases.len())
+}
+
+/// For a policy crate's `cargo test`: runs the fixtures of `dir` natively with policy `P`
+/// and panics with the report if any case fails or there is none. With
+/// `PGWARDEN_BLESS=1`, first rewrites the expectations with the current answers.
+pub fn assert_fixtures<P: Policy>(dir: &Path) {
+    if std::env::var_os("PGWARDEN_BLESS").is_some() {
+        bless_dir(dir, &Native::<P>::default()).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut report = String::new();
+    let results = run_dir(dir, &Native::<P>::default(), &mut report).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!results.is_empty(), "no fixture cases in {}", dir.display());
+    assert!(results.iter().all(|r| r.passed), "fixture failures in {}:\n{report}", dir.display());
+}
