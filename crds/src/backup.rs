@@ -104,6 +104,8 @@ pub struct BackupStatus {
     pub instance_id: Option<InstanceId>,
     /// Why the backup failed, as barman reported it.
     pub error: Option<String>,
+    /// How the backup is taken, as the policy decided (read by the agent that runs it).
+    pub settings: Option<crate::settings::BackupSettings>,
     /// What the instance agent running the backup reported.
     pub agent: Option<BackupAgentStatus>,
     /// Conditions of the backup.

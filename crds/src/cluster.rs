@@ -49,6 +49,10 @@ pub struct ClusterSpec {
     pub bootstrap: Option<Bootstrap>,
     /// Name of the ReconcilePolicy that makes this cluster's decisions. Default: the
     /// operator's default policy.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(self) <= 253",
+         "message": "spec.policy must be the name of a ReconcilePolicy: lowercase letters, digits, '-' and '.'"}
+    ]))]
     pub policy: Option<String>,
     /// Continuous backup: WAL archiving and base backups to an S3-compatible object store.
     /// WAL archiving is enabled as soon as a destination path and credentials are set.
@@ -65,7 +69,10 @@ fn default_instances() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct StorageConfiguration {
     /// Size of the volume, as a Kubernetes quantity (e.g. `1Gi`).
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+         "message": "storage.size must be a positive Kubernetes quantity, like 1Gi or 500Mi"}
+    ]))]
     pub size: Option<String>,
     /// StorageClass of the volume. Default: the cluster's default StorageClass.
     pub storage_class: Option<String>,
@@ -80,7 +87,9 @@ pub struct PostgresConfiguration {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "!self.exists(k, k in ['archive_mode', 'archive_command', 'archive_timeout', 'restore_command'])",
-         "message": "spec.postgresql.parameters must not set archive_mode, archive_command, archive_timeout or restore_command: pgwarden manages them from spec.backup"}
+         "message": "spec.postgresql.parameters must not set archive_mode, archive_command, archive_timeout or restore_command: pgwarden manages them from spec.backup"},
+        {"rule": "!('wal_level' in self) || self['wal_level'] != 'minimal'",
+         "message": "spec.postgresql.parameters.wal_level minimal cannot archive WAL: use replica or logical"}
     ]))]
     pub parameters: BTreeMap<String, String>,
 }
@@ -188,6 +197,10 @@ pub struct ObjectStore {
     #[serde(rename = "endpointCA")]
     pub endpoint_ca: Option<SecretKeySelector>,
     /// Name of this server's folder in the store. Default: the Cluster's name.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')",
+         "message": "serverName is one folder name: letters, digits, dots, hyphens and underscores"}
+    ]))]
     pub server_name: Option<String>,
     /// Credentials for the object store, read by the instance pods from Secrets.
     pub s3_credentials: Option<S3Credentials>,

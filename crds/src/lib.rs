@@ -43,7 +43,34 @@ pub const VERSION: &str = "v1alpha1";
 
 /// The four CustomResourceDefinitions, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Cluster::crd(), Backup::crd(), ScheduledBackup::crd(), ReconcilePolicy::crd()]
+    [Cluster::crd(), Backup::crd(), ScheduledBackup::crd(), ReconcilePolicy::crd()].into_iter().map(tidy).collect()
+}
+
+/// Two touches on the generated schemas: an optional enum lists `null` among its values
+/// (nullability is already `nullable: true`, and `null` would show in the API server's
+/// "supported values"), and unsigned formats are unknown to the API server.
+fn tidy(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(node: &mut serde_json::Value) {
+        if let Some(map) = node.as_object_mut() {
+            if let Some(values) = map.get_mut("enum").and_then(|e| e.as_array_mut()) {
+                values.retain(|v| !v.is_null());
+            }
+            if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.starts_with("uint")) {
+                map.insert("format".into(), "int64".into());
+            }
+            map.values_mut().for_each(walk);
+        } else if let Some(items) = node.as_array_mut() {
+            items.iter_mut().for_each(walk);
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            let mut json = serde_json::to_value(&*schema).expect("a schema serializes");
+            walk(&mut json);
+            *schema = serde_json::from_value(json).expect("a tidied schema deserializes");
+        }
+    }
+    crd
 }
 
 /// One CRD as the YAML document committed under `crds/yaml/`.

@@ -48,17 +48,20 @@ pub struct ArchiveSettings {
 }
 
 /// How a base backup is taken: the arguments of barman-cloud-backup, without secrets.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSettings {
     /// The pod that takes the backup.
     pub target_pod: String,
+    /// Compression of the backup's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<DataCompression>,
+    /// Server-side encryption in the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
     /// Parallel upload jobs.
     pub jobs: u32,
+    /// Whether the backup starts with an immediate checkpoint.
     pub immediate_checkpoint: bool,
 }
 

@@ -114,6 +114,7 @@ fn enums_render_their_values() {
     let cluster = schema_of("Cluster");
     let wal = at(&cluster, &format!("{BACKUP}/wal/properties/compression"));
     assert_eq!(enum_values(wal), ["gzip", "bzip2", "snappy", "lz4", "xz", "zstd"]);
+    assert_eq!(wal["enum"].as_array().unwrap().len(), 6, "no null among the values: {wal}");
     let data = at(&cluster, &format!("{BACKUP}/data/properties/compression"));
     assert_eq!(enum_values(data), ["gzip", "bzip2", "snappy", "lz4"]);
     let backup = schema_of("Backup");
@@ -309,6 +310,10 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
         ("/spec/postgresql/parameters/archive_command", json!("/bin/true"), "must not set archive_mode, archive_command"),
         ("/spec/bootstrap", json!({"initdb": {}, "recovery": {"backup": {"name": "b"}}}), "set either initdb or recovery, not both"),
         ("/spec/bootstrap/recovery", json!({}), "set exactly one of backup"),
+        ("/spec/storage/size", json!("lots"), "storage.size must be a positive Kubernetes quantity"),
+        ("/spec/backup/serverName", json!("../other"), "serverName is one folder name"),
+        ("/spec/policy", json!("Bad Name!"), "spec.policy must be the name of a ReconcilePolicy"),
+        ("/spec/postgresql/parameters/wal_level", json!("minimal"), "wal_level minimal cannot archive WAL"),
         (
             "/spec/bootstrap/recovery",
             json!({"backup": {"name": "b"}, "recoveryTarget": {"targetLSN": "0/3000060", "targetName": "x"}}),
