@@ -10,5 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod instance;
+pub mod operator;
 pub mod plan;
 pub mod policy;

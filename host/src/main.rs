@@ -24,13 +24,20 @@ enum Command {
     Policy(pgwarden::policy::cli::PolicyArgs),
     /// The in-pod instance agent (run by the instance pods).
     Instance(pgwarden::instance::cli::InstanceArgs),
+    /// Run the operator: reconcile Clusters, Backups, ScheduledBackups and ReconcilePolicies.
+    Operator(pgwarden::operator::OperatorArgs),
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Crd { out } => crd(out),
         Command::Policy(args) => pgwarden::policy::cli::run(args),
         Command::Instance(args) => pgwarden::instance::cli::run(args),
+        Command::Operator(args) => pgwarden::operator::run(args),
     }
 }
 

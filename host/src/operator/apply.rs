@@ -1,0 +1,198 @@
+//! The applier: executes planned [`Action`]s against the API server, after the guardrails,
+//! and only where the observed state differs from the desired one — a steady-state reconcile
+//! sends no write at all.
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType as KubeEventType};
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use super::context::{Context, MANAGER};
+use super::errors::Result;
+use crate::plan::{Action, EventType, ObjectRef};
+
+/// `desired` is contained in `observed`: every field it sets has the same value there (lists
+/// element by element). Server-side defaults in `observed` do not count as a difference.
+pub fn contains(observed: &Value, desired: &Value) -> bool {
+    match (observed, desired) {
+        (Value::Object(o), Value::Object(d)) => d.iter().all(|(k, v)| match o.get(k) {
+            Some(w) => contains(w, v),
+            None => v.is_null() || v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty()),
+        }),
+        (Value::Array(o), Value::Array(d)) => o.len() == d.len() && o.iter().zip(d).all(|(w, v)| contains(w, v)),
+        _ => observed == desired,
+    }
+}
+
+/// What one action needs, given what is observed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Nothing,
+    Apply,
+    /// A Pod whose template changed: pods are immutable, so delete it; the next reconcile
+    /// creates it anew from the same PersistentVolumeClaim.
+    Recreate,
+    Delete,
+    PatchStatus,
+    Event,
+}
+
+/// Decides the write an action needs (pure).
+pub fn step(action: &Action, observed: Option<&Value>) -> Step {
+    match (action, observed) {
+        (Action::Apply { .. }, None) => Step::Apply,
+        (Action::Apply { target, .. }, Some(_)) if target.kind == "PersistentVolumeClaim" => Step::Nothing,
+        (Action::Apply { object, target }, Some(o)) => match (contains(o, &without_status(object)), target.kind.as_str()) {
+            (true, _) => Step::Nothing,
+            (false, "Pod") => Step::Recreate,
+            (false, _) => Step::Apply,
+        },
+        (Action::Delete { .. }, None) => Step::Nothing,
+        (Action::Delete { .. }, Some(_)) => Step::Delete,
+        (Action::PatchStatus { status, .. }, Some(o)) if contains(&o["status"], status) => Step::Nothing,
+        (Action::PatchStatus { .. }, _) => Step::PatchStatus,
+        (Action::Event { .. }, _) => Step::Event,
+        (Action::Requeue { .. }, _) => Step::Nothing,
+    }
+}
+
+fn without_status(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
+    object
+}
+
+fn api(ctx: &Context, target: &ObjectRef) -> Api<DynamicObject> {
+    let (group, version) = target.api_version.rsplit_once('/').unwrap_or(("", &target.api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &target.kind));
+    match &target.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
+    }
+}
+
+/// The shortest requeue the actions ask for.
+pub fn requeue(actions: &[Action]) -> Option<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Requeue { after_seconds } => Some(*after_seconds),
+            _ => None,
+        })
+        .min()
+}
+
+/// Executes the actions in order; returns how many writes were sent.
+pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
+    let mut writes = 0;
+    for action in actions {
+        let observed = action.target().and_then(|t| ctx.stores.observed(t));
+        let step = step(action, observed.as_ref());
+        debug!(?step, target = ?action.target().map(|t| t.to_string()), "action");
+        match (step, action) {
+            (Step::Nothing, _) => continue,
+            (Step::Apply, Action::Apply { target, object }) => {
+                let params = PatchParams::apply(MANAGER).force();
+                api(ctx, target).patch(&target.name, &params, &Patch::Apply(object)).await?;
+                info!(object = %target, "applied");
+                ctx.metrics.wrote("apply");
+            }
+            (Step::Recreate | Step::Delete, a) => {
+                let target = a.target().expect("delete has a target");
+                match api(ctx, target).delete(&target.name, &DeleteParams::default()).await {
+                    Ok(_) => info!(object = %target, "deleted"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                ctx.metrics.wrote("delete");
+            }
+            (Step::PatchStatus, Action::PatchStatus { target, status }) => {
+                // A merge patch: the operator sets the fields it decides and leaves the agent's.
+                let patch = Patch::Merge(json!({ "status": status }));
+                api(ctx, target).patch_status(&target.name, &PatchParams::default(), &patch).await?;
+                ctx.metrics.wrote("status");
+            }
+            (Step::Event, Action::Event { regarding, event_type, reason, note }) => {
+                publish(ctx, regarding, *event_type, reason, note).await?;
+            }
+            _ => continue,
+        }
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// Records an Event about `regarding`.
+pub async fn publish(ctx: &Context, regarding: &ObjectRef, kind: EventType, reason: &str, note: &str) -> Result<()> {
+    let observed = ctx.stores.observed(regarding).unwrap_or_default();
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(regarding.api_version.clone()),
+        kind: Some(regarding.kind.clone()),
+        name: Some(regarding.name.clone()),
+        namespace: regarding.namespace.clone(),
+        uid: observed.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: match kind {
+            EventType::Normal => KubeEventType::Normal,
+            EventType::Warning => KubeEventType::Warning,
+        },
+        reason: reason.chars().take(128).collect(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.recorder.publish(&event, &reference).await?;
+    ctx.metrics.wrote("event");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(kind: &str) -> ObjectRef {
+        ObjectRef { api_version: "v1".into(), kind: kind.into(), namespace: Some("ns".into()), name: "x".into() }
+    }
+
+    #[test]
+    fn server_defaults_are_not_a_difference() {
+        let desired = json!({"spec": {"containers": [{"name": "postgres", "image": "pg"}]}});
+        let observed = json!({"spec": {"containers": [{"name": "postgres", "image": "pg", "imagePullPolicy": "IfNotPresent"}], "dnsPolicy": "ClusterFirst"}});
+        assert!(contains(&observed, &desired));
+        let changed = json!({"spec": {"containers": [{"name": "postgres", "image": "pg2"}]}});
+        assert!(!contains(&observed, &changed));
+        let more = json!({"spec": {"containers": [{"name": "postgres"}, {"name": "sidecar"}]}});
+        assert!(!contains(&observed, &more));
+    }
+
+    #[test]
+    fn steady_state_needs_no_write() {
+        let object = json!({"metadata": {"name": "x"}, "data": {"a": "1"}});
+        let apply = Action::Apply { target: target("ConfigMap"), object: object.clone() };
+        assert_eq!(step(&apply, Some(&object)), Step::Nothing);
+        assert_eq!(step(&apply, None), Step::Apply);
+        assert_eq!(step(&apply, Some(&json!({"metadata": {"name": "x"}, "data": {"a": "2"}}))), Step::Apply);
+        let status = Action::PatchStatus { target: target("Backup"), status: json!({"phase": "running"}) };
+        assert_eq!(step(&status, Some(&json!({"status": {"phase": "running", "backupId": "b"}}))), Step::Nothing);
+        assert_eq!(step(&status, Some(&json!({"status": {"phase": "pending"}}))), Step::PatchStatus);
+    }
+
+    #[test]
+    fn a_changed_pod_is_recreated_a_claim_never_updated() {
+        let pod = Action::Apply { target: target("Pod"), object: json!({"spec": {"containers": [{"name": "a"}]}}) };
+        assert_eq!(step(&pod, Some(&json!({"spec": {"containers": [{"name": "b"}]}}))), Step::Recreate);
+        let claim = Action::Apply { target: target("PersistentVolumeClaim"), object: json!({"spec": {"x": 1}}) };
+        assert_eq!(step(&claim, Some(&json!({"spec": {"x": 2}}))), Step::Nothing);
+    }
+
+    #[test]
+    fn shortest_requeue_wins() {
+        let actions = [Action::Requeue { after_seconds: 30 }, Action::Requeue { after_seconds: 5 }];
+        assert_eq!(requeue(&actions), Some(5));
+        assert_eq!(requeue(&[]), None);
+    }
+}

@@ -1,0 +1,88 @@
+//! The Backup controller: the policy picks the instance and settings, then decides each phase
+//! from the facts (the agent's report on the Backup, the target pod as observed). The agent
+//! on the target pod runs barman-cloud-backup when the Backup is `running` with its pod in
+//! `status.instanceID` and the decided `status.settings`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use kube::ResourceExt;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::reflector::ObjectRef;
+use pgwarden_crds::settings::BackupSettings;
+use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
+use pgwarden_crds::{Backup, Cluster};
+use pgwarden_sdk::types::{BackupFacts, Instance, Role};
+use tracing::instrument;
+
+use super::apply;
+use super::context::Context;
+use super::errors::{Error, Result};
+use crate::plan::{self, Action, guardrails};
+use crate::policy::cli::pod_facts;
+
+/// The Cluster's instances as the policy sees them.
+fn instances(ctx: &Context, cluster: &Cluster) -> Vec<Instance> {
+    let (ns, name) = (cluster.namespace(), cluster.name_any());
+    ctx.stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
+        .map(|p| {
+            let facts = pod_facts(&p);
+            let primary = p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary");
+            Instance { name: facts.name, role: if primary { Role::Primary } else { Role::Replica }, ready: facts.ready }
+        })
+        .collect()
+}
+
+/// Adds the decided settings to the status patch that starts the backup.
+fn with_settings(mut actions: Vec<Action>, settings: Option<&BackupSettings>) -> Vec<Action> {
+    let Some(settings) = settings else { return actions };
+    for action in &mut actions {
+        if let Action::PatchStatus { status, .. } = action {
+            if status.get("instanceID").is_some() {
+                status["settings"] = serde_json::to_value(settings).unwrap_or_default();
+            }
+        }
+    }
+    actions
+}
+
+#[instrument(skip(backup, ctx), fields(backup = %backup.name_any(), namespace = backup.namespace().unwrap_or_default()))]
+pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue> {
+    ctx.metrics.reconciled("Backup");
+    let status = backup.status.clone().unwrap_or_default();
+    if status.phase.is_some_and(|p| p.is_final()) {
+        return Ok(Requeue::await_change());
+    }
+    let ns = backup.namespace().unwrap_or_default();
+    let cluster = ctx.stores.clusters.get(&ObjectRef::new(&backup.spec.cluster.name).within(&ns));
+    let named = match &cluster {
+        Some(c) => ctx.policies.for_cluster(c)?,
+        None => ctx.policies.for_cluster(&Cluster::new(&backup.spec.cluster.name, Default::default()))?,
+    };
+    let started = Instant::now();
+    let settings = match (&cluster, &status.instance_id) {
+        (Some(c), None) => {
+            let (b, c2, inst) = ((*backup).clone(), (**c).clone(), instances(&ctx, c));
+            Some(named.policy.run(move |p| p.backup_settings(&b, &c2, &inst)).await?)
+        }
+        _ => None,
+    };
+    let target = status.instance_id.as_ref().and_then(|i| i.pod_name.clone()).or_else(|| settings.as_ref().map(|s| s.target_pod.clone()));
+    let pod = target.and_then(|name| ctx.stores.pods.get(&ObjectRef::new(&name).within(&ns))).map(|p| pod_facts(&p));
+    let facts = BackupFacts { backup: (*backup).clone(), cluster: cluster.as_deref().cloned(), pod, now: Utc::now() };
+    let transition = named.policy.run(move |p| p.backup_transition(&facts)).await?;
+    ctx.metrics.policy_call("backup", started.elapsed());
+    let actions = plan::plan_backup(&backup, cluster.as_deref(), &transition, settings.as_ref(), Utc::now());
+    let actions = with_settings(actions, settings.as_ref());
+    guardrails::check(&plan::backup_subject(&backup), &actions).map_err(Error::from)?;
+    apply::apply(&ctx, &actions).await?;
+    Ok(match apply::requeue(&actions) {
+        Some(seconds) => Requeue::requeue(Duration::from_secs(seconds)),
+        None => Requeue::requeue(Duration::from_secs(60)),
+    })
+}

@@ -1,0 +1,210 @@
+//! The Cluster controller: asks the Cluster's policy for its pods and archive settings, plans
+//! the objects, checks them against the guardrails, applies what differs, and reports
+//! `Ready`, `ContinuousArchiving`, `LastBackupSucceeded` and `PolicyApplied`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action as Requeue;
+use kube::{Resource, ResourceExt};
+use pgwarden_crds::settings::pod::LABEL_CLUSTER;
+use pgwarden_crds::{ArchiveStatus, BackupPhase, Cluster, condition_types as types};
+use pgwarden_sdk::names;
+use serde_json::json;
+use tracing::{instrument, warn};
+
+use super::apply;
+use super::conditions::{self, Wanted};
+use super::context::Context;
+use super::errors::{Error, Result};
+use super::observe::{self, Instances, MissingSecret};
+use super::registry::Named;
+use crate::plan::{self, Action, ClusterDecisions, EventType, guardrails, reference};
+
+/// Asks the policy, plans, checks and applies; returns the policy that decided.
+async fn decide_and_apply(cluster: &Cluster, ctx: &Context) -> Result<Named> {
+    let named = ctx.policies.for_cluster(cluster)?;
+    let input = cluster.clone();
+    let started = Instant::now();
+    let decisions = named.policy.run(move |p| ClusterDecisions::from_policy(p, &input)).await;
+    ctx.metrics.policy_call("cluster", started.elapsed());
+    let actions = plan::plan_cluster(cluster, &decisions?)?;
+    guardrails::check(&plan::subject(cluster), &actions)?;
+    apply::apply(ctx, &actions).await?;
+    Ok(named)
+}
+
+/// `ContinuousArchiving` from the agent's facts.
+pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
+    let Some(a) = archive else {
+        return Wanted::failed(types::CONTINUOUS_ARCHIVING, "WaitingForFirstReport", "the primary's agent has not reported WAL archiving yet");
+    };
+    let failed_last = match (&a.last_failed_time, &a.last_archived_time) {
+        (Some(failed), Some(archived)) => failed > archived,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if a.destination_checked == Some(false) || failed_last {
+        let wal = a.last_failed_wal.as_deref().unwrap_or("a WAL file");
+        let why = a.last_failure.as_deref().unwrap_or("no detail reported");
+        let waiting = a.ready_segments.unwrap_or(0);
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "ArchiveFailing",
+            format!("archiving {wal} failed: {why}; {waiting} WAL files wait, kept by PostgreSQL until archived"),
+        );
+    }
+    Wanted::ok(types::CONTINUOUS_ARCHIVING, "Archiving", "WAL files are archived to the object store")
+}
+
+/// `ContinuousArchiving` when credentials are missing.
+fn secrets_missing(missing: &[MissingSecret], namespace: &str) -> Wanted {
+    let message = missing.iter().map(|m| m.message(namespace)).collect::<Vec<_>>().join("; ");
+    Wanted::failed(types::CONTINUOUS_ARCHIVING, "SecretNotFound", message)
+}
+
+/// `Ready` from the instance pods.
+pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
+    let message = format!("{} of {wanted} instances ready", instances.ready);
+    if instances.ready >= wanted { Wanted::ok(types::READY, "InstancesReady", message) } else { Wanted::failed(types::READY, "InstancesNotReady", message) }
+}
+
+/// `PolicyApplied` from the outcome of the decisions.
+fn applied(outcome: &Result<Named>) -> Wanted {
+    match outcome {
+        Ok(named) => Wanted::ok(
+            types::POLICY_APPLIED,
+            "Applied",
+            format!("decisions of policy {} (sha256:{}) applied", named.name, named.policy.digest()),
+        ),
+        Err(e) => Wanted::failed(types::POLICY_APPLIED, e.reason(), e.to_string()),
+    }
+}
+
+/// The newest completed and failed Backups of the Cluster.
+fn last_backups(ctx: &Context, cluster: &Cluster) -> (Option<String>, Option<String>, Option<Wanted>) {
+    let (ns, name) = (cluster.namespace(), cluster.name_any());
+    let mut ended: Vec<_> = ctx
+        .stores
+        .backups
+        .state()
+        .into_iter()
+        .filter(|b| b.namespace() == ns && b.spec.cluster.name == name)
+        .filter_map(|b| {
+            let status = b.status.clone()?;
+            let phase = status.phase.filter(|p| p.is_final())?;
+            Some((status.stopped_at.unwrap_or_default(), b.name_any(), phase, status.message.unwrap_or_default()))
+        })
+        .collect();
+    ended.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let last_of = |phase: BackupPhase| ended.iter().rev().find(|e| e.2 == phase).map(|e| e.1.clone());
+    let condition = ended.last().map(|(_, backup, phase, message)| match phase {
+        BackupPhase::Completed => Wanted::ok(types::LAST_BACKUP_SUCCEEDED, "BackupCompleted", format!("Backup {backup} completed")),
+        _ => Wanted::failed(types::LAST_BACKUP_SUCCEEDED, "BackupFailed", format!("Backup {backup} failed: {message}")),
+    });
+    (last_of(BackupPhase::Completed), last_of(BackupPhase::Failed), condition)
+}
+
+#[instrument(skip(cluster, ctx), fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    ctx.metrics.reconciled("Cluster");
+    let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let now = Timestamp::now();
+    let outcome = decide_and_apply(&cluster, &ctx).await;
+    if let Err(Error::Kube(e)) = outcome {
+        return Err(Error::Kube(e));
+    }
+    let missing = observe::missing_secrets(&cluster, |secret| ctx.stores.secret(&ns, secret));
+    let pods: Vec<_> = ctx
+        .stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(LABEL_CLUSTER) == Some(&name))
+        .collect();
+    let instances = observe::instances(&pods, &names::instance(&name, 0));
+    let status = cluster.status.clone().unwrap_or_default();
+    let archiving = match (&cluster.spec.backup, missing.is_empty()) {
+        (None, _) => Wanted::failed(types::CONTINUOUS_ARCHIVING, "NotConfigured", "spec.backup is not set: WAL is not archived"),
+        (Some(_), false) => secrets_missing(&missing, &ns),
+        (Some(_), true) => archiving(status.archive.as_ref()),
+    };
+    let (last_ok, last_failed, last_backup) = last_backups(&ctx, &cluster);
+    let mut wanted = vec![readiness(cluster.spec.instances, &instances), archiving, applied(&outcome)];
+    wanted.extend(last_backup);
+    let generation = cluster.meta().generation;
+    let conditions = conditions::set_all(&status.conditions, &wanted, generation, now);
+    let phase = match (&outcome, instances.ready >= cluster.spec.instances) {
+        (Err(_), _) => "Policy not applied",
+        (Ok(_), true) => "Cluster in healthy state",
+        (Ok(_), false) => "Setting up instances",
+    };
+    let policy = outcome.as_ref().ok().map(|n| json!({"name": n.name, "digest": n.policy.digest()}));
+    let patch = json!({
+        "phase": phase,
+        "instances": instances.total,
+        "readyInstances": instances.ready,
+        "currentPrimary": instances.primary,
+        "conditions": conditions,
+        "policy": policy,
+        "lastSuccessfulBackup": last_ok,
+        "lastFailedBackup": last_failed,
+        "observedGeneration": generation,
+    });
+    let mut actions = vec![Action::PatchStatus { target: reference(&*cluster), status: patch }];
+    actions.extend(events(&status.conditions, &wanted, &cluster));
+    apply::apply(&ctx, &actions).await?;
+    match outcome {
+        Err(e) => {
+            warn!(error = %e, "cluster not reconciled");
+            ctx.metrics.failed("Cluster", e.metric_label());
+            Ok(Requeue::requeue(Duration::from_secs(30)))
+        }
+        Ok(_) if !missing.is_empty() => Ok(Requeue::requeue(Duration::from_secs(15))),
+        Ok(_) => Ok(Requeue::requeue(Duration::from_secs(300))),
+    }
+}
+
+/// A Warning Event for each condition that turns False or changes its failure message.
+fn events(before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], wanted: &[Wanted], cluster: &Cluster) -> Vec<Action> {
+    wanted
+        .iter()
+        .filter(|w| !w.ok)
+        .filter(|w| !before.iter().any(|c| c.type_ == w.type_ && c.status == "False" && c.message == w.message))
+        .filter(|w| w.reason != "WaitingForFirstReport" && w.reason != "InstancesNotReady")
+        .map(|w| Action::Event { regarding: reference(cluster), event_type: EventType::Warning, reason: w.reason.clone(), note: w.message.clone() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archiving_condition_follows_the_facts() {
+        assert!(!archiving(None).ok);
+        let healthy = ArchiveStatus { last_archived_time: Some("2026-11-25T10:00:00Z".into()), ..Default::default() };
+        assert!(archiving(Some(&healthy)).ok);
+        let failing = ArchiveStatus {
+            last_archived_time: Some("2026-11-25T10:00:00Z".into()),
+            last_failed_time: Some("2026-11-25T10:01:00Z".into()),
+            last_failed_wal: Some("000000010000000000000007".into()),
+            last_failure: Some("the object store is unreachable".into()),
+            ready_segments: Some(3),
+            ..Default::default()
+        };
+        let w = archiving(Some(&failing));
+        assert!(!w.ok);
+        assert_eq!(w.reason, "ArchiveFailing");
+        assert!(w.message.contains("000000010000000000000007") && w.message.contains("unreachable") && w.message.contains("3 WAL files wait"), "{}", w.message);
+    }
+
+    #[test]
+    fn readiness_counts_ready_instances() {
+        let some = Instances { total: 2, ready: 1, primary: None };
+        assert_eq!(readiness(2, &some).message, "1 of 2 instances ready");
+        assert!(!readiness(2, &some).ok);
+        assert!(readiness(1, &some).ok);
+    }
+}

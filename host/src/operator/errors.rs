@@ -1,0 +1,46 @@
+//! The operator's errors. Each becomes a condition and an Event on the object at fault and a
+//! metric label; none stops the operator.
+
+use crate::plan::GuardrailError;
+use crate::policy::PolicyError;
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("guardrail: {0}")]
+    Guardrail(#[from] GuardrailError),
+    #[error("{0}")]
+    NoPolicy(String),
+    #[error("cannot load policy module: {0}")]
+    Module(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The label of the error in `pgwarden_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Policy(e) => e.label(),
+            Error::Guardrail(_) => "guardrail",
+            Error::NoPolicy(_) => "no_policy",
+            Error::Module(_) => "module",
+        }
+    }
+
+    /// The reason of the condition and Event that report it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "ApiError",
+            Error::Policy(e) if e.is_denial() => "PolicyDenied",
+            Error::Policy(_) => "PolicyFailed",
+            Error::Guardrail(_) => "GuardrailRefused",
+            Error::NoPolicy(_) => "PolicyNotFound",
+            Error::Module(_) => "ModuleLoadFailed",
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The operator: controllers for Cluster, Backup, ScheduledBackup and ReconcilePolicy that ask
+//! the policy, plan, check and apply.
+//!
+//! ```text
+//!   watchers ─► reflector stores (observed state) ─► reconcile(object)
+//!     reconcile: policy (registry) ─► decisions ─► plan (Actions) ─► guardrails ─► apply
+//!     apply: skip what is already so (zero writes in a steady state), server-side apply,
+//!            merge-patch status, Events
+//!   ReconcilePolicy: load module ─► registry swap ─► every Cluster reconciled again
+//!   Lease: one replica leads, the others wait; /metrics, /healthz, /readyz
+//! ```
+
+pub mod apply;
+mod backup;
+mod cluster;
+pub mod conditions;
+mod context;
+mod errors;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+mod reconcile_policy;
+mod registry;
+mod scheduled;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use pgwarden_crds::settings::pod::LABEL_CLUSTER;
+use pgwarden_crds::{Backup, Cluster, ReconcilePolicy, ScheduledBackup};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+pub use context::{Context, MANAGER, Stores};
+pub use errors::{Error, Result};
+pub use registry::Registry;
+
+use crate::policy::{Engine, EngineConfig, Limits};
+
+/// `pgwarden operator`.
+#[derive(clap::Args, Debug)]
+pub struct OperatorArgs {
+    /// Where /metrics, /healthz and /readyz listen.
+    #[arg(long, env = "PGWARDEN_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    pub metrics_addr: String,
+    /// The default policy module (.wasm), used by Clusters that name no ReconcilePolicy.
+    #[arg(long, env = "PGWARDEN_DEFAULT_POLICY")]
+    pub default_policy: Option<PathBuf>,
+    /// Folder of the compiled-module cache.
+    #[arg(long, env = "PGWARDEN_POLICY_CACHE")]
+    pub policy_cache: Option<PathBuf>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "pgwarden-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease. Default: pod name, else host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Runs the operator until SIGINT/SIGTERM or lost leadership.
+pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")?.block_on(serve(args))
+}
+
+fn identity(args: &OperatorArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// A reflector over `api`: the store to read and the stream that keeps it current.
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    (store, stream)
+}
+
+/// Per-object failure counts, for exponential backoff.
+#[derive(Default)]
+struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    fn delay(&self, key: String) -> Duration {
+        let mut failures = self.0.lock().unwrap();
+        let n = failures.entry(key).or_default();
+        *n = (*n + 1).min(6);
+        Duration::from_secs(5 << (*n - 1))
+    }
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ctx: Arc<(Arc<Context>, Backoff)>) -> Requeue {
+    let kind = K::kind(&());
+    let key = format!("{kind}/{}/{}", object.meta().namespace.as_deref().unwrap_or_default(), object.meta().name.as_deref().unwrap_or_default());
+    let delay = ctx.1.delay(key.clone());
+    warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    ctx.0.metrics.failed(static_kind(&kind), error.metric_label());
+    Requeue::requeue(delay)
+}
+
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
+        "Cluster" => "Cluster",
+        "Backup" => "Backup",
+        "ScheduledBackup" => "ScheduledBackup",
+        _ => "ReconcilePolicy",
+    }
+}
+
+async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("cannot reach the API server (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr).await.with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tokio::spawn(http::serve(listener, metrics.clone()));
+
+    let identity = identity(&args);
+    let lease = leader::LeaderElection::new(Api::<Lease>::namespaced(client.clone(), &args.lease_namespace), &args.lease_name, &identity, Duration::from_secs(15));
+    tokio::select! {
+        acquired = lease.acquire() => acquired.context("leader election")?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    }
+    metrics.set_ready(true);
+
+    let engine = Engine::new(EngineConfig { cache_dir: args.policy_cache.clone(), ..Default::default() })?;
+    let default = match &args.default_policy {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read the default policy {}", path.display()))?;
+            let policy = engine.load(&bytes, Limits::default()).with_context(|| format!("cannot load the default policy {}", path.display()))?;
+            info!(path = %path.display(), digest = policy.digest(), "default policy loaded");
+            Some(policy)
+        }
+        None => None,
+    };
+
+    let owned = watcher::Config::default().labels(LABEL_CLUSTER);
+    let (clusters, cluster_stream) = reflect(Api::<Cluster>::all(client.clone()), watcher::Config::default());
+    let (backups, backup_stream) = reflect(Api::<Backup>::all(client.clone()), watcher::Config::default());
+    let (scheduled, scheduled_stream) = reflect(Api::<ScheduledBackup>::all(client.clone()), watcher::Config::default());
+    let (policies_store, policy_stream) = reflect(Api::<ReconcilePolicy>::all(client.clone()), watcher::Config::default());
+    let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), owned.clone());
+    let (claims, claim_stream) = reflect(Api::<PersistentVolumeClaim>::all(client.clone()), owned.clone());
+    let (services, service_stream) = reflect(Api::<Service>::all(client.clone()), owned.clone());
+    let (config_maps, config_map_stream) = reflect(Api::<ConfigMap>::all(client.clone()), owned);
+    let (secrets, secret_stream) = reflect(Api::<Secret>::all(client.clone()), watcher::Config::default());
+
+    let (swapped_tx, swapped_rx) = futures::channel::mpsc::unbounded();
+    let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.clone()) };
+    let stores = Stores { clusters: clusters.clone(), backups: backups.clone(), scheduled: scheduled.clone(), pods, claims, services, config_maps, secrets };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores,
+        policies: Registry::new(default),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        engine,
+        policy_swapped: swapped_tx,
+    });
+    let shared = |ctx: &Arc<Context>| Arc::new((ctx.clone(), Backoff::default()));
+
+    let by_secret = clusters.clone();
+    let cluster_controller = Controller::for_stream(cluster_stream, clusters)
+        .owns_stream(pod_stream)
+        .owns_stream(claim_stream)
+        .owns_stream(service_stream)
+        .owns_stream(config_map_stream)
+        .watches_stream(secret_stream, move |secret: Secret| {
+            // A Secret appearing or changing: the Clusters of its namespace that name it.
+            let (ns, name) = (secret.namespace(), secret.name_any());
+            by_secret
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace() == ns && observe::secret_references(c).iter().any(|(_, s)| s.name == name))
+                .map(|c| reflector::ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_all_on(swapped_rx)
+        .shutdown_on_signal()
+        .run(|c, x: Arc<(Arc<Context>, Backoff)>| cluster::reconcile(c, x.0.clone()), error_policy, shared(&ctx))
+        .for_each(|_| async {});
+    let backup_controller = Controller::for_stream(backup_stream, backups)
+        .shutdown_on_signal()
+        .run(|b, x: Arc<(Arc<Context>, Backoff)>| backup::reconcile(b, x.0.clone()), error_policy, shared(&ctx))
+        .for_each(|_| async {});
+    let scheduled_controller = Controller::for_stream(scheduled_stream, scheduled)
+        .shutdown_on_signal()
+        .run(|s, x: Arc<(Arc<Context>, Backoff)>| scheduled::reconcile(s, x.0.clone()), error_policy, shared(&ctx))
+        .for_each(|_| async {});
+    let policy_controller = Controller::for_stream(policy_stream, policies_store)
+        .shutdown_on_signal()
+        .run(|p, x: Arc<(Arc<Context>, Backoff)>| reconcile_policy::reconcile(p, x.0.clone()), error_policy, shared(&ctx))
+        .for_each(|_| async {});
+
+    info!(%identity, "operator running");
+    tokio::select! {
+        _ = futures::future::join4(cluster_controller, backup_controller, scheduled_controller, policy_controller) => info!("controllers stopped"),
+        _ = lease.keep() => warn!("leadership lost: stopping so a leader can take over"),
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Pure checks of observed objects: credentials that must exist, and what the instance pods
+//! say about the Cluster.
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use pgwarden_crds::{Cluster, SecretKeySelector};
+
+/// A reference the operator cannot resolve, with the field that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingSecret {
+    /// e.g. `spec.backup.s3Credentials.accessKeyId`.
+    pub field: String,
+    pub selector: SecretKeySelector,
+    /// Whether the Secret exists (then only the key is missing).
+    pub secret_exists: bool,
+}
+
+impl MissingSecret {
+    /// A message that names the object, the field and the fix.
+    pub fn message(&self, namespace: &str) -> String {
+        let SecretKeySelector { name, key } = &self.selector;
+        if self.secret_exists {
+            format!(
+                "Secret {namespace}/{name} has no key {key} (referenced by {}): add it, e.g. kubectl create secret generic {name} --from-literal={key}=... --dry-run=client -o yaml | kubectl apply -f -",
+                self.field
+            )
+        } else {
+            format!(
+                "Secret {namespace}/{name} not found (referenced by {}): create it, e.g. kubectl create secret generic {name} --from-literal={key}=...",
+                self.field
+            )
+        }
+    }
+}
+
+/// Every Secret key the Cluster's backup needs, with the field naming it.
+pub fn secret_references(cluster: &Cluster) -> Vec<(String, SecretKeySelector)> {
+    let Some(backup) = &cluster.spec.backup else { return Vec::new() };
+    let mut refs = Vec::new();
+    if let Some(creds) = &backup.s3_credentials {
+        let fields = [
+            ("accessKeyId", &creds.access_key_id),
+            ("secretAccessKey", &creds.secret_access_key),
+            ("sessionToken", &creds.session_token),
+            ("region", &creds.region),
+        ];
+        for (field, selector) in fields {
+            if let Some(s) = selector {
+                refs.push((format!("spec.backup.s3Credentials.{field}"), s.clone()));
+            }
+        }
+    }
+    if let Some(ca) = &backup.endpoint_ca {
+        refs.push(("spec.backup.endpointCA".into(), ca.clone()));
+    }
+    refs
+}
+
+/// The references that do not resolve, given a lookup of Secrets by name.
+pub fn missing_secrets<S: std::ops::Deref<Target = Secret>>(cluster: &Cluster, lookup: impl Fn(&str) -> Option<S>) -> Vec<MissingSecret> {
+    secret_references(cluster)
+        .into_iter()
+        .filter_map(|(field, selector)| {
+            let secret = lookup(&selector.name);
+            let has_key = secret.as_deref().is_some_and(|s| {
+                s.data.as_ref().is_some_and(|d| d.contains_key(&selector.key))
+                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(&selector.key))
+            });
+            (!has_key).then(|| MissingSecret { field, selector, secret_exists: secret.is_some() })
+        })
+        .collect()
+}
+
+/// What the instance pods say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Instances {
+    pub total: i32,
+    pub ready: i32,
+    /// The ready pod with the lowest ordinal (the primary of this single-primary design).
+    pub primary: Option<String>,
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Summarises the instance pods of a Cluster (already filtered by its label).
+pub fn instances<P: std::ops::Deref<Target = Pod>>(pods: &[P], primary_name: &str) -> Instances {
+    let ready = pods.iter().filter(|p| is_ready(p)).count() as i32;
+    let primary = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(primary_name))
+        .map(|_| primary_name.to_string());
+    Instances { total: pods.len() as i32, ready, primary }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn cluster(yaml: &str) -> Cluster {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const SEED: &str = r#"
+apiVersion: postgresql.k8s.2ndq.io/v1alpha1
+kind: Cluster
+metadata: {name: postgresql-bkp, namespace: default}
+spec:
+  backup:
+    destinationPath: s3://bucket/path
+    s3Credentials:
+      accessKeyId: {name: aws-creds, key: ACCESS_KEY_ID}
+      secretAccessKey: {name: aws-creds, key: ACCESS_SECRET_KEY}
+"#;
+
+    fn secret(keys: &[&str]) -> Secret {
+        let data = keys.iter().map(|k| (k.to_string(), k8s_openapi::ByteString(b"x".to_vec()))).collect::<BTreeMap<_, _>>();
+        Secret { data: Some(data), ..Secret::default() }
+    }
+
+    #[test]
+    fn resolved_references_are_not_reported() {
+        let s = secret(&["ACCESS_KEY_ID", "ACCESS_SECRET_KEY"]);
+        assert!(missing_secrets(&cluster(SEED), |_| Some(&s)).is_empty());
+    }
+
+    #[test]
+    fn a_missing_secret_names_field_and_fix() {
+        let missing = missing_secrets(&cluster(SEED), |_| None::<&Secret>);
+        assert_eq!(missing.len(), 2);
+        let msg = missing[0].message("default");
+        assert!(msg.contains("Secret default/aws-creds not found"), "{msg}");
+        assert!(msg.contains("spec.backup.s3Credentials.accessKeyId"), "{msg}");
+        assert!(msg.contains("kubectl create secret generic aws-creds"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_key_is_told_apart_from_a_missing_secret() {
+        let s = secret(&["ACCESS_KEY_ID"]);
+        let missing = missing_secrets(&cluster(SEED), |_| Some(&s));
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].secret_exists);
+        assert!(missing[0].message("default").contains("has no key ACCESS_SECRET_KEY"));
+    }
+}

@@ -1,0 +1,117 @@
+//! The ReconcilePolicy controller: loads a module (ConfigMap key or file; checked against
+//! `sha256` when set), compiles it once per digest, puts it in force without a restart, and
+//! keeps the last good module when a new one fails — saying why on the status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::{Resource, ResourceExt};
+use pgwarden_crds::{ModuleSource, ReconcilePolicy};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use super::apply::publish;
+use super::conditions::{self, Wanted};
+use super::context::Context;
+use super::errors::{Error, Result};
+use crate::plan::{EventType, reference};
+use crate::policy::{Limits, digest};
+
+/// Reads the module bytes from their source.
+async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
+    if let Some(cm) = &source.config_map {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &cm.namespace);
+        let map = api.get_opt(&cm.name).await?.ok_or_else(|| {
+            Error::Module(format!("ConfigMap {}/{} not found (spec.module.configMap)", cm.namespace, cm.name))
+        })?;
+        let binary = map.binary_data.as_ref().and_then(|d| d.get(&cm.key)).map(|b| b.0.clone());
+        return binary.ok_or_else(|| {
+            Error::Module(format!(
+                "ConfigMap {}/{} has no binaryData key {} (spec.module.configMap.key): create it with kubectl create configmap {} --from-file={}=policy.wasm",
+                cm.namespace, cm.name, cm.key, cm.name, cm.key
+            ))
+        });
+    }
+    if let Some(path) = &source.file {
+        return tokio::fs::read(path).await.map_err(|e| Error::Module(format!("cannot read {path} (spec.module.file): {e}")));
+    }
+    Err(Error::Module("spec.module.url is not supported by this operator build yet: use spec.module.configMap or spec.module.file".into()))
+}
+
+/// Loads the module if its digest is new; returns the digest and ABI version in force.
+async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String)> {
+    let name = policy.name_any();
+    let bytes = fetch(ctx, &policy.spec.module).await?;
+    let found = digest(&bytes);
+    if let Some(expected) = policy.spec.module.sha256.as_deref().filter(|e| *e != found) {
+        return Err(Error::Module(format!("the module's sha256 is {found}, spec.module.sha256 expects {expected}")));
+    }
+    if ctx.policies.digest(&name).as_deref() == Some(found.as_str()) {
+        let abi = policy.status.as_ref().and_then(|s| s.abi_version.clone()).unwrap_or_default();
+        return Ok((found, abi));
+    }
+    let engine = ctx.engine.clone();
+    let limits = Limits::from(policy.spec.limits.as_ref());
+    let loaded = tokio::task::spawn_blocking(move || engine.load(&bytes, limits))
+        .await
+        .map_err(|e| Error::Module(format!("the loader thread failed: {e}")))??;
+    let abi = loaded.abi_version().to_string();
+    ctx.policies.insert(&name, loaded);
+    info!(policy = %name, digest = %found, "module in force");
+    let _ = ctx.policy_swapped.unbounded_send(());
+    Ok((found, abi))
+}
+
+#[instrument(skip(policy, ctx), fields(policy = %policy.name_any()))]
+pub async fn reconcile(policy: Arc<ReconcilePolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+    ctx.metrics.reconciled("ReconcilePolicy");
+    let status = policy.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let generation = policy.meta().generation;
+    let (patch, outcome) = match load(&ctx, &policy).await {
+        Ok((digest, abi)) => {
+            let wanted = Wanted::ok("Ready", "ModuleLoaded", format!("module sha256:{digest} (ABI {abi}) is in force"));
+            let loaded_at = if status.digest.as_deref() == Some(digest.as_str()) { status.loaded_at.clone() } else { Some(now.to_string()) };
+            let patch = json!({
+                "digest": digest, "abiVersion": abi, "lastError": null, "loadedAt": loaded_at,
+                "observedGeneration": generation,
+                "conditions": conditions::set(&status.conditions, &wanted, generation, now),
+            });
+            (patch, Ok(()))
+        }
+        Err(e) => {
+            let message = format!("{e}; the module in force stays {}", status.digest.as_deref().unwrap_or("none"));
+            let wanted = Wanted::failed("Ready", e.reason(), message.clone());
+            let patch = json!({
+                "lastError": message, "observedGeneration": generation,
+                "conditions": conditions::set(&status.conditions, &wanted, generation, now),
+            });
+            (patch, Err((e, message)))
+        }
+    };
+    let current = serde_json::to_value(&status).unwrap_or_default();
+    if !super::apply::contains(&current, &patch) {
+        let api: Api<ReconcilePolicy> = Api::all(ctx.client.clone());
+        api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
+        ctx.metrics.wrote("status");
+        match &outcome {
+            Ok(()) => {
+                let note = format!("module sha256:{} (ABI {}) is in force", patch["digest"].as_str().unwrap_or_default(), patch["abiVersion"].as_str().unwrap_or_default());
+                publish(&ctx, &reference(&*policy), EventType::Normal, "ModuleLoaded", &note).await?
+            }
+            Err((e, message)) => publish(&ctx, &reference(&*policy), EventType::Warning, e.reason(), message).await?,
+        }
+    }
+    match outcome {
+        Ok(()) => Ok(Requeue::requeue(Duration::from_secs(300))),
+        Err((e, _)) => {
+            warn!(error = %e, "module not loaded");
+            ctx.metrics.failed("ReconcilePolicy", e.metric_label());
+            Ok(Requeue::requeue(Duration::from_secs(30)))
+        }
+    }
+}
