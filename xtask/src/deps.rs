@@ -11,6 +11,9 @@
 //!   PGWARDEN_S3_SERVER   .cache/garage/<version>/bin/garage      (cargo install garage)
 //! ```
 
+// Wired into `cargo xtask setup` by `test::setup()`; until then some items are unused.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     pub parameters: Vec<(String, String)>,
     pub report_interval: Duration,
+    /// Replaces `pgwarden instance wal-archive %p` (benchmarks compare against plain barman).
+    pub archive_command: Option<String>,
     pub restore: Option<RestoreOptions>,
 }
 
@@ -86,13 +88,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     pg.write_config(&conf.render())?;
     let mut child = pg.spawn()?;
-    let ready = tokio::task::block_in_place(|| pg.wait_ready(Duration::from_secs(120)));
+    let ready = tokio::task::block_in_place(|| pg.wait_ready(&mut child, Duration::from_secs(120)));
     if let Err(e) = ready {
         let _ = child.kill();
         return Err(e);
     }
     if restoring {
-        tokio::task::block_in_place(|| pg.wait_promoted(Duration::from_secs(600)))?;
+        tokio::task::block_in_place(|| pg.wait_promoted(&mut child, Duration::from_secs(3600)))?;
         conf.recovery.clear();
         pg.write_config(&conf.render())?;
         eprintln!("pgwarden-agent: recovery ended, instance promoted");

@@ -106,6 +106,9 @@ struct RunArgs {
     /// Stop just before the target instead of just after it.
     #[arg(long, requires = "restore_backup")]
     target_exclusive: bool,
+    /// Benchmarks only: use this archive_command instead of `pgwarden instance wal-archive`.
+    #[arg(long, hide = true)]
+    archive_command: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +190,7 @@ fn run_agent(a: RunArgs) -> Result<()> {
         namespace: a.common.namespace,
         parameters: a.parameters,
         report_interval: Duration::from_secs(a.report_interval.max(1)),
+        archive_command: a.archive_command,
         restore: a.restore_backup.map(|backup_id| RestoreOptions {
             backup_id,
             source: a.restore_source,

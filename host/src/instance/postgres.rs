@@ -165,10 +165,13 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// Waits until PostgreSQL answers queries.
-    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+    /// Waits until PostgreSQL answers queries; fails at once if the postmaster exits.
+    pub fn wait_ready(&self, child: &mut std::process::Child, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("postgres exited during start-up ({status}); see its log above");
+            }
             match self.query("SELECT 1") {
                 Ok(_) => return Ok(()),
                 Err(e) if start.elapsed() > timeout => {
@@ -180,9 +183,12 @@ impl Postgres {
     }
 
     /// Waits until recovery has ended and the instance is promoted.
-    pub fn wait_promoted(&self, timeout: Duration) -> Result<()> {
+    pub fn wait_promoted(&self, child: &mut std::process::Child, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
+            if let Some(status) = child.try_wait()? {
+                bail!("postgres exited during recovery ({status}); see its log above");
+            }
             if self.query("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f") {
                 return Ok(());
             }
@@ -258,8 +264,9 @@ pub fn recovery_settings(
         ("recovery_target_timeline".into(), "latest".into()),
     ];
     let Some(t) = target else { return out };
+    let time = t.target_time.as_deref().map(pg_timestamp);
     let one = [
-        ("recovery_target_time", &t.target_time),
+        ("recovery_target_time", &time),
         ("recovery_target_lsn", &t.target_lsn),
         ("recovery_target_xid", &t.target_xid),
         ("recovery_target_name", &t.target_name),
@@ -282,6 +289,18 @@ pub fn recovery_settings(
         }
     }
     out
+}
+
+/// An RFC 3339 timestamp in the form `recovery_target_time` accepts (`2026-11-25 10:00:00.5+00`);
+/// anything else is passed on for PostgreSQL to judge.
+fn pg_timestamp(ts: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%S%.f+00")
+                .to_string()
+        })
+        .unwrap_or_else(|_| ts.to_string())
 }
 
 #[cfg(test)]
@@ -313,7 +332,14 @@ mod tests {
             ..Default::default()
         };
         let s = recovery_settings("fetch %f %p", Some(&t));
-        assert!(s.contains(&("recovery_target_time".into(), "2026-11-25T10:00:00Z".into())));
+        assert!(s.contains(&(
+            "recovery_target_time".into(),
+            "2026-11-25 10:00:00+00".into()
+        )));
+        assert_eq!(
+            pg_timestamp("2026-11-25T10:00:00.25+01:00"),
+            "2026-11-25 09:00:00.250+00"
+        );
         assert!(s.contains(&("recovery_target_action".into(), "promote".into())));
         let t = RecoveryTarget {
             target_immediate: Some(true),

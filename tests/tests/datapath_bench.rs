@@ -1,0 +1,185 @@
+//! `cargo xtask bench wal`: WAL archiving throughput and lag under pgbench at full speed,
+//! `pgwarden instance wal-archive` (parallel, maxParallel = 8) against plain
+//! `barman-cloud-wal-archive` as archive_command, one after the other in one run, same load.
+//!
+//! Ignored by `cargo test`; run with `--ignored`. Knobs: `PGWARDEN_BENCH_SECONDS` (load per
+//! mode, default 60), `PGWARDEN_BENCH_CLIENTS` (default 8), `PGWARDEN_BENCH_OUT` (JSON file,
+//! default `target/bench/wal.json`).
+
+use std::time::{Duration, Instant};
+
+use pgwarden_tests::datapath::{Instance, InstanceOptions, S3Server, archive_settings, deps};
+use serde_json::json;
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Segment number (timeline-less) of a WAL file name.
+fn segno(wal: &str) -> u64 {
+    if wal.len() < 24 {
+        return 0;
+    }
+    let log = u64::from_str_radix(&wal[8..16], 16).unwrap_or(0);
+    let seg = u64::from_str_radix(&wal[16..24], 16).unwrap_or(0);
+    log * 0x100 + seg
+}
+
+struct Sample {
+    t: f64,
+    written: u64,
+    archived: u64,
+    ready: u64,
+}
+
+fn sample(pg: &Instance, t0: Instant) -> Sample {
+    let row = pg.psql(
+        "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, ''), \
+         (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') FROM pg_stat_archiver",
+    );
+    let f: Vec<&str> = row.split('|').collect();
+    Sample {
+        t: t0.elapsed().as_secs_f64(),
+        written: segno(f[0]),
+        archived: segno(f[1]),
+        ready: f[2].parse().unwrap_or(0),
+    }
+}
+
+fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json::Value {
+    let bucket = format!("bench-{mode}");
+    s3.create_bucket(&bucket);
+    let mut settings = archive_settings(s3, &bucket, mode);
+    settings.max_parallel = 8;
+    settings.compression = None;
+    let mut extra_args = vec![];
+    if mode == "plain" {
+        let mut words = vec![
+            deps()
+                .barman_bin
+                .join("barman-cloud-wal-archive")
+                .display()
+                .to_string(),
+        ];
+        words.extend(["--cloud-provider", "aws-s3", "--endpoint-url"].map(String::from));
+        words.extend([s3.endpoint(), "--addressing-style".into(), "path".into()]);
+        words.extend([
+            settings.destination_path.clone(),
+            settings.server_name.clone(),
+            "%p".into(),
+        ]);
+        extra_args = vec!["--archive-command".into(), words.join(" ")];
+    }
+    let pg = Instance::start(InstanceOptions {
+        settings,
+        credentials: s3.credentials.clone(),
+        extra_args,
+    });
+    pg.pgbench_init(10);
+    let first = pg.switch_wal();
+    assert!(
+        pg.wait_archived(&first, Duration::from_secs(120)),
+        "{mode}: initial WAL not archived"
+    );
+
+    let t0 = Instant::now();
+    let start = sample(&pg, t0);
+    let bench = pg.pgbench_spawn(clients, seconds);
+    let mut samples = vec![];
+    while t0.elapsed() < Duration::from_secs(seconds as u64) {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push(sample(&pg, t0));
+    }
+    let out = bench.wait_with_output().expect("pgbench");
+    let tps = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let end = sample(&pg, t0);
+    // Catch-up: until everything written during the load is archived (bounded: 10 min).
+    let target = end.written;
+    let drain_start = Instant::now();
+    let mut last = sample(&pg, t0);
+    while last.archived + 1 < target && drain_start.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(500));
+        last = sample(&pg, t0);
+    }
+    let drained = last.archived + 1 >= target;
+    let load_secs = end.t - start.t;
+    let written = end.written - start.written;
+    let archived = end.archived.saturating_sub(start.archived);
+    let max_ready = samples.iter().map(|s| s.ready).max().unwrap_or(0);
+    let max_lag = samples
+        .iter()
+        .map(|s| s.written.saturating_sub(s.archived + 1))
+        .max()
+        .unwrap_or(0);
+    let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
+    json!({
+        "mode": mode,
+        "archive_command": if mode == "plain" { "barman-cloud-wal-archive %p" } else { "pgwarden instance wal-archive %p (maxParallel 8)" },
+        "load_seconds": load_secs,
+        "pgbench_clients": clients,
+        "pgbench_tps": tps,
+        "segments_written": written,
+        "segments_archived_during_load": archived,
+        "written_segments_per_second": written as f64 / load_secs,
+        "archived_segments_per_second": archived as f64 / load_secs,
+        "lag_segments_at_end_of_load": end.written.saturating_sub(end.archived + 1),
+        "max_lag_segments": max_lag,
+        "max_ready_files": max_ready,
+        "catch_up_seconds": drained.then(|| drain_start.elapsed().as_secs_f64()),
+        "failed_count": failed.parse::<i64>().unwrap_or(-1),
+    })
+}
+
+#[test]
+#[ignore = "benchmark: cargo xtask bench wal"]
+fn bench_wal_archiving_parallel_vs_plain() {
+    let seconds = env_u32("PGWARDEN_BENCH_SECONDS", 60);
+    let clients = env_u32("PGWARDEN_BENCH_CLIENTS", 8);
+    let s3 = S3Server::start();
+    let results: Vec<_> = ["parallel", "plain"]
+        .iter()
+        .map(|m| run_mode(&s3, m, seconds, clients))
+        .collect();
+    let doc = json!({
+        "benchmark": "wal-archiving",
+        "store": "garage (single node, 127.0.0.1)",
+        "wal_segment_bytes": 16 * 1024 * 1024,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "results": results,
+    });
+    let out = std::env::var("PGWARDEN_BENCH_OUT")
+        .unwrap_or_else(|_| format!("{}/../target/bench/wal.json", env!("CARGO_MANIFEST_DIR")));
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap());
+    println!(
+        "{:<10} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "mode", "tps", "written/s", "archived/s", "lag@end", "max lag", "catch-up s"
+    );
+    for r in &results {
+        println!(
+            "{:<10} {:>9.0} {:>12.2} {:>12.2} {:>10} {:>10} {:>10}",
+            r["mode"].as_str().unwrap(),
+            r["pgbench_tps"].as_f64().unwrap_or(0.0),
+            r["written_segments_per_second"].as_f64().unwrap_or(0.0),
+            r["archived_segments_per_second"].as_f64().unwrap_or(0.0),
+            r["lag_segments_at_end_of_load"],
+            r["max_lag_segments"],
+            r["catch_up_seconds"]
+                .as_f64()
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or("—".into()),
+        );
+    }
+    println!("written to {out}");
+}
