@@ -4,6 +4,7 @@
 //! the barman venv, policy modules) are cached under `.cache/` keyed by version, sandbox
 //! state lives under `.state/`; both are gitignored.
 
+mod bench_wal;
 mod controlplane;
 mod deps;
 mod paths;
@@ -35,11 +36,22 @@ enum Command {
     Setup,
     /// Build the policy modules (`policies/*`) to `.wasm` components.
     BuildPolicies,
+    /// Benchmarks that print their figures and write them under target/bench/.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// Start, stop or inspect the local control plane.
     Sandbox {
         #[command(subcommand)]
         action: sandbox::Action,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// WAL archiving under pgbench: the parallel wrapper vs plain barman-cloud-wal-archive.
+    Wal,
 }
 
 fn main() -> Result<()> {
@@ -49,8 +61,9 @@ fn main() -> Result<()> {
         Command::Demo { once: _ } => {
             anyhow::bail!("`cargo xtask demo` is not implemented yet (issue 7)")
         }
-        Command::Setup => test::setup(),
+        Command::Setup => test::setup().map(|_| ()),
         Command::BuildPolicies => policies::build().map(|_| ()),
         Command::Sandbox { action } => sandbox::run(action),
+        Command::Bench { which: Bench::Wal } => bench_wal::run(),
     }
 }

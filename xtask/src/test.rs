@@ -1,27 +1,57 @@
 //! `cargo xtask test` and `cargo xtask setup`: installs what the tests need, then runs them.
+//!
+//! ```text
+//!   setup: control plane (Go build, cached) · PostgreSQL, barman venv, S3 server (cached)
+//!          · policy modules (wasm32-wasip2) · the pgwarden binary the tests start
+//!   test:  setup, then `cargo test --workspace` with the paths in the environment
+//! ```
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use std::process::Command;
 
 use crate::paths;
 
-/// Installs and builds every dependency the tests need.
-pub fn setup() -> Result<()> {
-    crate::controlplane::ensure_built()?;
-    Ok(())
+/// What the set-up produced, as the environment the tests read.
+pub struct Prepared {
+    pub env: Vec<(&'static str, PathBuf)>,
+}
+
+/// Installs and builds every dependency the tests need (idempotent; fast when done).
+pub fn setup() -> Result<Prepared> {
+    let mut env = Vec::new();
+    step("control plane", || crate::controlplane::ensure_built().map(|_| ()))?;
+    let deps = step("PostgreSQL, barman cloud, S3 server", crate::deps::ensure_all)?;
+    env.extend(deps.env());
+    let policies = step("policy modules", crate::policies::build)?;
+    env.push(("PGWARDEN_POLICY_DIR", policies));
+    step("pgwarden binary", || cargo(&["build", "--locked", "-p", "pgwarden"], &[]))?;
+    env.push(("PGWARDEN_BIN", paths::root().join("target/debug/pgwarden")));
+    Ok(Prepared { env })
 }
 
 /// Set-up, then every test in the workspace.
 pub fn run() -> Result<()> {
-    setup()?;
-    cargo(&["test", "--workspace", "--all-targets"])?;
-    Ok(())
+    let prepared = setup()?;
+    step("tests", || cargo(&["test", "--locked", "--workspace", "--all-targets"], &prepared.env))
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+/// Runs one named step, printing its progress and duration.
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("==> {name}");
+    let started = Instant::now();
+    let out = f().with_context(|| format!("set-up step failed: {name}"))?;
+    eprintln!("==> {name}: done in {:.1?}", started.elapsed());
+    Ok(out)
+}
+
+fn cargo(args: &[&str], env: &[(&str, PathBuf)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(paths::root())
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;
