@@ -4,3 +4,4 @@
 
 pub mod controlplane;
 pub mod datapath;
+pub mod operator;

@@ -71,6 +71,21 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease. Default: pod name, else host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Reconcile only this namespace's objects (ReconcilePolicies stay cluster-wide). Default:
+    /// every namespace.
+    #[arg(long, env = "PGWARDEN_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+}
+
+/// An Api over every namespace, or over the one the operator is limited to.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs the operator until SIGINT/SIGTERM or lost leadership.
@@ -151,16 +166,17 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let ns = args.watch_namespace.as_deref();
     let owned = watcher::Config::default().labels(LABEL_CLUSTER);
-    let (clusters, cluster_stream) = reflect(Api::<Cluster>::all(client.clone()), watcher::Config::default());
-    let (backups, backup_stream) = reflect(Api::<Backup>::all(client.clone()), watcher::Config::default());
-    let (scheduled, scheduled_stream) = reflect(Api::<ScheduledBackup>::all(client.clone()), watcher::Config::default());
+    let (clusters, cluster_stream) = reflect(scoped::<Cluster>(&client, ns), watcher::Config::default());
+    let (backups, backup_stream) = reflect(scoped::<Backup>(&client, ns), watcher::Config::default());
+    let (scheduled, scheduled_stream) = reflect(scoped::<ScheduledBackup>(&client, ns), watcher::Config::default());
     let (policies_store, policy_stream) = reflect(Api::<ReconcilePolicy>::all(client.clone()), watcher::Config::default());
-    let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), owned.clone());
-    let (claims, claim_stream) = reflect(Api::<PersistentVolumeClaim>::all(client.clone()), owned.clone());
-    let (services, service_stream) = reflect(Api::<Service>::all(client.clone()), owned.clone());
-    let (config_maps, config_map_stream) = reflect(Api::<ConfigMap>::all(client.clone()), owned);
-    let (secrets, secret_stream) = reflect(Api::<Secret>::all(client.clone()), watcher::Config::default());
+    let (pods, pod_stream) = reflect(scoped::<Pod>(&client, ns), owned.clone());
+    let (claims, claim_stream) = reflect(scoped::<PersistentVolumeClaim>(&client, ns), owned.clone());
+    let (services, service_stream) = reflect(scoped::<Service>(&client, ns), owned.clone());
+    let (config_maps, config_map_stream) = reflect(scoped::<ConfigMap>(&client, ns), owned);
+    let (secrets, secret_stream) = reflect(scoped::<Secret>(&client, ns), watcher::Config::default());
 
     let (swapped_tx, swapped_rx) = futures::channel::mpsc::unbounded();
     let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.clone()) };

@@ -1,0 +1,379 @@
+//! The operator under test: `pgwarden operator` started as a process against a control plane
+//! of [`crate::controlplane`], limited to one namespace, on a free `/metrics` port; stopped
+//! (its whole process group) when dropped, also when the test panics, and by a watchdog when
+//! the test binary dies without unwinding.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use serde_json::Value;
+
+use crate::controlplane::{ControlPlane, Namespace, stop_pids, workspace_root};
+
+/// Env naming the operator binary (default `<workspace>/target/debug/pgwarden`).
+pub const BIN_ENV: &str = "PGWARDEN_BIN";
+/// Env naming the folder of built policies (default `<workspace>/target/policies`).
+pub const POLICY_DIR_ENV: &str = "PGWARDEN_POLICY_DIR";
+
+/// The `pgwarden` binary; panics naming the command that builds it.
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os(BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/pgwarden"));
+    assert!(
+        path.is_file(),
+        "the operator binary {} is missing: run `cargo build -p pgwarden` (or set ${BIN_ENV})",
+        path.display()
+    );
+    path
+}
+
+/// A built policy module, e.g. `policy("production")`; panics naming the command that builds it.
+pub fn policy(name: &str) -> PathBuf {
+    let dir = std::env::var_os(POLICY_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/policies"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "the policy module {} is missing: run `cargo xtask build-policies` (or set ${POLICY_DIR_ENV})",
+        path.display()
+    );
+    path
+}
+
+/// A running `pgwarden operator`.
+pub struct Operator {
+    child: Child,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub metrics_addr: String,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Operator {
+    /// Starts the operator on `cp`, reconciling `namespace` only, with the default policy,
+    /// and waits until it leads (`/readyz`).
+    pub fn start(cp: &ControlPlane, namespace: &str) -> Operator {
+        Self::try_start(cp, Some(namespace)).unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
+    }
+
+    /// Starts the operator (every namespace when `namespace` is `None`).
+    pub fn try_start(cp: &ControlPlane, namespace: Option<&str>) -> Result<Operator> {
+        let port = free_port()?;
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let label = namespace.unwrap_or("all");
+        let logs = cp.dir.join("operators");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("{label}-{port}.log"));
+        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(binary());
+        cmd.arg("operator")
+            .args(["--metrics-addr", &metrics_addr])
+            .arg("--default-policy")
+            .arg(policy("default"))
+            .args(["--lease-name", &format!("pgwarden-{label}-{port}")])
+            .args(["--identity", &format!("test-{port}")])
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0);
+        if let Some(ns) = namespace {
+            cmd.args(["--watch-namespace", ns, "--lease-namespace", ns]);
+        }
+        let child = cmd.spawn().context("cannot spawn pgwarden operator")?;
+        spawn_watchdog(child.id())?;
+        let mut operator = Operator { child, metrics_addr, log };
+        operator.wait_ready(Duration::from_secs(60))?;
+        Ok(operator)
+    }
+
+    /// The operator's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the operator exited ({status}):\n{}", self.log_tail(40));
+            }
+            if self.get("/readyz").is_ok_and(|(code, _)| code == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the operator was not ready within {timeout:?}:\n{}", self.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A plain HTTP GET on the metrics listener: status code and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.metrics_addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", self.metrics_addr)?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").map(|(_, body)| body).unwrap_or_else(|e| panic!("cannot read /metrics: {e}"))
+    }
+
+    /// The sum of every sample of `name` whose labels contain `labels` (e.g. `kind="Cluster"`).
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+
+    /// Peak resident set size in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        status_field(self.pid(), "VmHWM:")
+    }
+
+    /// The last `n` lines of the operator's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::controlplane::log_tail(&self.log, n)
+    }
+}
+
+/// The sum of every sample of `name` whose label set contains `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SIGTERM to the group, a grace period, then SIGKILL.
+            let _ = Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+            stop_pids(&[pid], Duration::from_secs(5));
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("operator log ({}):\n{}", self.log.display(), self.log_tail(60));
+        }
+    }
+}
+
+/// Kills the operator's process group when this test binary ends without dropping it.
+fn spawn_watchdog(pgid: u32) -> Result<()> {
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
+        kill -TERM "-$2" 2>/dev/null; sleep 2; kill -KILL "-$2" 2>/dev/null
+    "#;
+    Command::new("sh")
+        .args(["-c", script, "operator-watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(pgid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the operator watchdog")?;
+    Ok(())
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, or panics after `timeout` with `what`
+/// and the last value seen by `last`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => panic!("{what}: not so within {timeout:?}; last seen: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A file of `tests/fixtures/operator/`.
+pub fn fixture(name: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures/operator").join(name)
+}
+
+/// A file of `examples/seed/`.
+pub fn seed(name: &str) -> PathBuf {
+    workspace_root().join("examples/seed").join(name)
+}
+
+// ---------------------------------------------------------------------------------------
+// kubectl helpers of the operator tests: every wait polls with a timeout.
+
+/// How long the operator has to get something done.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// `kubectl apply -f <path>` in the namespace.
+pub fn apply_file(ns: &Namespace<'_>, path: &std::path::Path) {
+    let out = ns.kubectl(&["apply", "-f", &path.display().to_string()]);
+    assert!(out.success, "kubectl apply -f {} failed: {}", path.display(), out.stderr);
+}
+
+/// `kubectl apply -f -` of `yaml` in the namespace.
+pub fn apply_yaml(ns: &Namespace<'_>, yaml: &str) {
+    let out = ns.kubectl_with_input(&["apply", "-f", "-"], Some(yaml));
+    assert!(out.success, "kubectl apply failed: {}\n{yaml}", out.stderr);
+}
+
+/// A Cluster like the seed's (`backup` with the seed's credentials and WAL settings) or one
+/// without `spec.backup`, optionally naming a ReconcilePolicy.
+pub fn cluster_yaml(name: &str, policy: Option<&str>, backup: bool) -> String {
+    let mut yaml = format!("apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n");
+    if let Some(policy) = policy {
+        yaml.push_str(&format!("  policy: {policy}\n"));
+    }
+    if backup {
+        yaml.push_str(
+            "  backup:\n    destinationPath: s3://BUCKET_NAME/path/to/folder\n    s3Credentials:\n      accessKeyId: {name: aws-creds, key: ACCESS_KEY_ID}\n      secretAccessKey: {name: aws-creds, key: ACCESS_SECRET_KEY}\n    wal:\n      encryption: AES256\n",
+        );
+    }
+    yaml
+}
+
+/// The object as JSON, or `None` when it does not exist.
+pub fn get(ns: &Namespace<'_>, kind: &str, name: &str) -> Option<Value> {
+    let out = ns.kubectl(&["get", kind, name, "-o", "json", "--ignore-not-found"]);
+    assert!(out.success, "kubectl get {kind} {name}: {}", out.stderr);
+    (!out.stdout.trim().is_empty()).then(|| serde_json::from_str(&out.stdout).unwrap())
+}
+
+/// The items of a kind in the namespace.
+pub fn list(ns: &Namespace<'_>, kind: &str) -> Vec<Value> {
+    let out = ns.kubectl(&["get", kind, "-o", "json"]);
+    assert!(out.success, "kubectl get {kind}: {}", out.stderr);
+    let list: Value = serde_json::from_str(&out.stdout).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the object exists.
+pub fn wait_get(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
+    eventually(&format!("{kind} {}/{name} exists", ns.name), WAIT, || get(ns, kind, name).ok_or_else(|| "absent".to_string()))
+}
+
+/// Waits until the object is gone.
+pub fn wait_gone(ns: &Namespace<'_>, kind: &str, name: &str) {
+    eventually(&format!("{kind} {}/{name} is deleted", ns.name), WAIT, || match get(ns, kind, name) {
+        None => Ok(()),
+        Some(o) => Err(o["metadata"].to_string()),
+    })
+}
+
+/// Waits until `test` holds of the object.
+pub fn wait_json(ns: &Namespace<'_>, kind: &str, name: &str, what: &str, test: impl Fn(&Value) -> bool) -> Value {
+    eventually(&format!("{kind} {}/{name}: {what}", ns.name), WAIT, || match get(ns, kind, name) {
+        Some(o) if test(&o) => Ok(o),
+        Some(o) => Err(o["status"].to_string()),
+        None => Err("absent".into()),
+    })
+}
+
+/// A status condition: (status, reason, message).
+pub fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
+    let conditions = object["status"]["conditions"].as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == type_)?;
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((s("status"), s("reason"), s("message")))
+}
+
+/// Waits until the condition has this status.
+pub fn wait_condition(ns: &Namespace<'_>, kind: &str, name: &str, type_: &str, status: &str) -> Value {
+    wait_json(ns, kind, name, &format!("{type_}={status}"), |o| condition(o, type_).is_some_and(|c| c.0 == status))
+}
+
+/// Waits until the condition's message contains `message`.
+pub fn wait_condition_message(ns: &Namespace<'_>, kind: &str, name: &str, type_: &str, message: &str) -> Value {
+    wait_json(ns, kind, name, &format!("{type_} says {message:?}"), |o| condition(o, type_).is_some_and(|c| c.2.contains(message)))
+}
+
+/// Waits until the object's `status.observedGeneration` is its generation and
+/// `PolicyApplied` is True.
+pub fn wait_converged(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
+    wait_json(ns, kind, name, "observedGeneration current and PolicyApplied=True", |o| {
+        o["status"]["observedGeneration"] == o["metadata"]["generation"] && condition(o, "PolicyApplied").is_some_and(|c| c.0 == "True")
+    })
+}
+
+/// The Events (events.k8s.io) about `regarding` in the namespace: (reason, note).
+pub fn events(ns: &Namespace<'_>, regarding: &str) -> Vec<(String, String)> {
+    list(ns, "events.events.k8s.io")
+        .iter()
+        .filter(|e| e["regarding"]["name"] == regarding)
+        .map(|e| (e["reason"].as_str().unwrap_or_default().to_string(), e["note"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+/// Waits for an Event about `regarding` with this reason whose note contains `note`.
+pub fn wait_event(ns: &Namespace<'_>, regarding: &str, reason: &str, note: &str) {
+    eventually(&format!("an Event {reason} about {regarding} saying {note:?}"), WAIT, || {
+        let all = events(ns, regarding);
+        if all.iter().any(|(r, n)| r == reason && n.contains(note)) { Ok(()) } else { Err(format!("{all:?}")) }
+    })
+}
+
+/// Waits until the metric exceeds `floor`; returns its value.
+pub fn wait_metric_above(op: &Operator, name: &str, labels: &str, floor: f64) -> f64 {
+    eventually(&format!("{name}{{{labels}}} above {floor}"), WAIT, || {
+        let v = op.metric(name, labels);
+        if v > floor { Ok(v) } else { Err(v.to_string()) }
+    })
+}
+
+/// Server-side apply of a status body (`apiVersion`, `kind`, `metadata.name`, `status`) with
+/// a field manager, as the instance agent does.
+pub fn server_side_apply_status(ns: &Namespace<'_>, body: &Value, manager: &str) {
+    let out = ns.kubectl_with_input(
+        &["apply", "--server-side", "--force-conflicts", "--subresource=status", &format!("--field-manager={manager}"), "-f", "-"],
+        Some(&body.to_string()),
+    );
+    assert!(out.success, "server-side apply of {body} failed: {}", out.stderr);
+}
+
+/// Asserts `kubectl describe` shows each `Label:  value` line.
+pub fn assert_describe(describe: &str, lines: &[(&str, &str)]) {
+    for (label, value) in lines {
+        let found = describe.lines().any(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(label).is_some_and(|rest| rest.trim() == *value)
+        });
+        assert!(found, "kubectl describe lacks `{label}  {value}`:\n{describe}");
+    }
+}
+
+/// The current UTC time, RFC 3339 seconds.
+pub fn now_rfc3339() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
