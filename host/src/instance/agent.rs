@@ -109,7 +109,8 @@ async fn supervise(
     pg: &Postgres,
     mut child: std::process::Child,
 ) -> Result<()> {
-    let reporter = Reporter::connect(opts.namespace.clone()).await;
+    let reporter = std::sync::Arc::new(Reporter::connect(opts.namespace.clone()).await);
+    watch_backups(opts, layout, &reporter).await;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.report_interval);
@@ -128,6 +129,15 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Takes the Backups the operator assigns to this pod, when it runs in a cluster.
+async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync::Arc<Reporter>) {
+    let (Some(namespace), Some(pod)) = (opts.namespace.clone(), opts.pod_name.clone()) else { return };
+    let Ok(client) = kube::Client::try_default().await else { return };
+    let pg = barman::PgConn { host: opts.socket_dir.display().to_string(), port: opts.port, user: "postgres".into() };
+    let here = super::backups::Here { namespace, pod, layout: layout.clone(), settings_dir: opts.settings_dir.clone(), pg: std::sync::Arc::new(pg) };
+    tokio::spawn(super::backups::watch(client, here, reporter.clone()));
 }
 
 /// Fast shutdown: SIGINT to the postmaster, then wait for it.

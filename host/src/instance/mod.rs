@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod archive;
 pub mod backup;
+pub mod backups;
 pub mod barman;
 pub mod cli;
 pub mod facts;

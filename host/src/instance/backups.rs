@@ -1,0 +1,134 @@
+//! The agent's side of a Backup: it watches the Backups of its namespace and takes the one
+//! the operator marked `running` on this pod (`status.instanceID.podName`), with the settings
+//! the policy decided (`status.settings`). The barman backup is named after the Backup's uid,
+//! so the store and the agent's memory (see [`super::backup`]) tell whether it was already
+//! taken: a restarted agent reports it truthfully and never takes it twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use pgwarden_crds::settings::BackupSettings;
+use pgwarden_crds::{Backup, BackupAgentState, BackupPhase};
+
+use super::archive::now;
+use super::barman::{PgConn, scrub};
+use super::facts::{self, BackupFacts};
+use super::layout::{self, Layout};
+use super::report::Reporter;
+
+/// The settings of the backup this pod must take, if `backup` is assigned to it and its
+/// agent report is not final yet.
+pub fn assigned(backup: &Backup, pod: &str) -> Option<BackupSettings> {
+    let status = backup.status.as_ref()?;
+    let here = status.instance_id.as_ref()?.pod_name.as_deref() == Some(pod);
+    let running = status.phase == Some(BackupPhase::Running);
+    let reported = status.agent.as_ref().and_then(|a| a.state).is_some_and(|s| s != BackupAgentState::Running);
+    (here && running && !reported).then(|| status.settings.clone().unwrap_or_else(|| default_settings(pod)))
+}
+
+fn default_settings(pod: &str) -> BackupSettings {
+    BackupSettings { target_pod: pod.into(), compression: None, encryption: None, jobs: 2, immediate_checkpoint: true }
+}
+
+/// Where the agent runs.
+#[derive(Clone)]
+pub struct Here {
+    pub namespace: String,
+    pub pod: String,
+    pub layout: Layout,
+    pub settings_dir: std::path::PathBuf,
+    pub pg: Arc<PgConn>,
+}
+
+/// Watches Backups until the task is dropped.
+pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
+    let api: Api<Backup> = Api::namespaced(client, &here.namespace);
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut events = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+    while let Some(event) = events.next().await {
+        let Ok(backup) = event else { continue };
+        let Some(settings) = assigned(&backup, &here.pod) else { continue };
+        let uid = backup.uid().unwrap_or_else(|| backup.name_any());
+        if !taken.insert(uid.clone()) {
+            continue;
+        }
+        let (here, reporter) = (here.clone(), reporter.clone());
+        tokio::spawn(async move { take(&backup.name_any(), &uid, settings, &here, &reporter).await });
+    }
+}
+
+async fn take(object: &str, uid: &str, settings: BackupSettings, here: &Here, reporter: &Reporter) {
+    eprintln!("pgwarden-agent: taking backup {object} ({uid})");
+    let started = BackupFacts { name: uid.into(), pod_name: Some(here.pod.clone()), state: Some(BackupAgentState::Running), started_at: Some(now()), ..Default::default() };
+    report(reporter, object, &started).await;
+    let (name, here2) = (uid.to_string(), here.clone());
+    let facts = tokio::task::spawn_blocking(move || {
+        let archive = layout::read_archive_settings(&here2.settings_dir)?;
+        super::backup::backup(&here2.layout, &archive, &settings, &name, &here2.pg, Some(here2.pod.clone()))
+    })
+    .await;
+    let facts = match facts {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => failed(uid, here, format!("{e:#}")),
+        Err(e) => failed(uid, here, format!("the backup thread failed: {e}")),
+    };
+    eprintln!("pgwarden-agent: backup {object}: {:?}", facts.state);
+    report(reporter, object, &facts).await;
+}
+
+fn failed(uid: &str, here: &Here, error: String) -> BackupFacts {
+    BackupFacts {
+        name: uid.into(),
+        pod_name: Some(here.pod.clone()),
+        state: Some(BackupAgentState::Failed),
+        finished_at: Some(now()),
+        error: Some(scrub(&error)),
+        ..Default::default()
+    }
+}
+
+async fn report(reporter: &Reporter, object: &str, facts: &BackupFacts) {
+    let patch = facts::backup_status_patch(object, facts);
+    if let Err(e) = reporter.apply_status("Backup", "backups", object, &patch).await {
+        eprintln!("pgwarden-agent: cannot report backup {object}: {}", scrub(&format!("{e:#}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_crds::{BackupAgentStatus, BackupStatus, InstanceId};
+
+    fn backup(phase: BackupPhase, pod: &str, agent: Option<BackupAgentState>) -> Backup {
+        let mut b = Backup::new("b", Default::default());
+        b.status = Some(BackupStatus {
+            phase: Some(phase),
+            instance_id: Some(InstanceId { pod_name: Some(pod.into()) }),
+            agent: agent.map(|state| BackupAgentStatus { state: Some(state), ..Default::default() }),
+            ..Default::default()
+        });
+        b
+    }
+
+    #[test]
+    fn takes_only_running_backups_assigned_here_and_not_reported_final() {
+        assert!(assigned(&backup(BackupPhase::Running, "pg-1", None), "pg-1").is_some());
+        assert!(assigned(&backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Running)), "pg-1").is_some());
+        assert!(assigned(&backup(BackupPhase::Running, "pg-2", None), "pg-1").is_none());
+        assert!(assigned(&backup(BackupPhase::Pending, "pg-1", None), "pg-1").is_none());
+        assert!(assigned(&backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Succeeded)), "pg-1").is_none());
+        assert!(assigned(&backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Failed)), "pg-1").is_none());
+    }
+
+    #[test]
+    fn uses_the_decided_settings() {
+        let mut b = backup(BackupPhase::Running, "pg-1", None);
+        let decided = BackupSettings { target_pod: "pg-1".into(), compression: None, encryption: None, jobs: 4, immediate_checkpoint: false };
+        b.status.as_mut().unwrap().settings = Some(decided.clone());
+        assert_eq!(assigned(&b, "pg-1"), Some(decided));
+    }
+}
