@@ -618,16 +618,22 @@ impl Instance {
         serde_json::from_str(&text).ok()
     }
 
-    /// `pgwarden instance backup --name NAME`; returns the exit success and the facts JSON.
-    pub fn backup(&self, name: &str) -> (bool, serde_json::Value, String) {
-        let out = Command::new(&deps().pgwarden)
-            .args(["instance", "backup", "--name", name])
+    /// Runs `pgwarden instance <args>` with this instance's environment.
+    pub fn pgwarden(&self, args: &[&str]) -> Output {
+        Command::new(&deps().pgwarden)
+            .arg("instance")
+            .args(args)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .envs(self.env())
             .stdin(Stdio::null())
             .output()
-            .expect("pgwarden instance backup");
+            .expect("pgwarden instance")
+    }
+
+    /// `pgwarden instance backup --name NAME`; returns the exit success and the facts JSON.
+    pub fn backup(&self, name: &str) -> (bool, serde_json::Value, String) {
+        let out = self.pgwarden(&["backup", "--name", name]);
         let facts = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (
             out.status.success(),

@@ -232,6 +232,7 @@ fn store_errors_name_their_cause_and_never_the_secret() {
     });
 
     let failure_of = |pg: &Instance| {
+        pg.psql("SELECT txid_current()");
         pg.switch_wal();
         wait_for(MIN, Duration::from_millis(500), || {
             pg.archive_facts().and_then(|f| f.last_failure)
@@ -254,13 +255,14 @@ fn store_errors_name_their_cause_and_never_the_secret() {
     ));
     other.write_settings(&unknown);
     let before = other.archive_facts().and_then(|f| f.last_failed_time);
-    let unreachable = wait_for(2 * MIN, Duration::from_millis(500), || {
+    let unreachable = wait_for(2 * MIN, Duration::from_secs(2), || {
+        other.psql("SELECT txid_current()");
         other.switch_wal();
         other
             .archive_facts()
             .filter(|f| f.last_failed_time != before)
             .and_then(|f| f.last_failure)
-            .filter(|m| !m.contains("bucket"))
+            .filter(|m| !m.contains("does not exist"))
     })
     .expect("unreachable endpoint reported");
     assert!(
@@ -280,4 +282,43 @@ fn store_errors_name_their_cause_and_never_the_secret() {
     }
     let facts = other.archive_facts().unwrap();
     assert_eq!(facts.destination_checked, Some(false));
+}
+
+#[test]
+fn retention_keeps_backups_inside_the_window_and_deletion_removes_one() {
+    let s3 = S3Server::start();
+    let pg = primary(&s3, "retention", "pg-ret");
+    let first = take_backup(&pg, "backup-ret-1");
+    pg.psql("CREATE TABLE r AS SELECT generate_series(1, 1000) AS i");
+    pg.switch_wal();
+    let second = take_backup(&pg, "backup-ret-2");
+    let infos = || {
+        s3.list("retention", "pg/pg-ret/base/")
+            .into_iter()
+            .filter(|k| k.ends_with("backup.info"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(infos().len(), 2);
+
+    let kept = pg.pgwarden(&["delete-backups", "--retention", "30d"]);
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    assert_eq!(infos().len(), 2, "both backups are inside a 30 day window");
+
+    let id = first["backupId"].as_str().unwrap();
+    let deleted = pg.pgwarden(&["delete-backups", "--backup-id", id]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let left = infos();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0].contains(second["backupId"].as_str().unwrap()),
+        "{left:?}"
+    );
 }
