@@ -146,10 +146,7 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
         .args(["--no-default-features", "--features", GARAGE_FEATURES])
         .arg("--root")
         .arg(&root)
-        .env(
-            "CARGO_TARGET_DIR",
-            paths::root().join("target/garage-build"),
-        ))?;
+        .env("CARGO_TARGET_DIR", paths::machine_cache().join("garage-build")))?;
     Ok(bin)
 }
 

@@ -19,3 +19,17 @@ pub fn cache() -> PathBuf {
 pub fn state() -> PathBuf {
     root().join(".state")
 }
+
+/// A build cache shared by every clone on this machine (like Go's build cache): it only
+/// speeds up rebuilds, and a fresh machine starts without it. `$PGWARDEN_MACHINE_CACHE`, else
+/// `$XDG_CACHE_HOME/pgwarden`, else `~/.cache/pgwarden`.
+pub fn machine_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGWARDEN_MACHINE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| cache().join("machine"));
+    base.join("pgwarden")
+}
