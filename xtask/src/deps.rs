@@ -139,6 +139,13 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
+    // Another clone on this machine built the same pinned version: reuse its binary.
+    let shared = paths::machine_cache().join("garage").join(GARAGE_VERSION).join("garage");
+    if shared.exists() {
+        std::fs::create_dir_all(root.join("bin"))?;
+        std::fs::copy(&shared, &bin).with_context(|| format!("cannot copy {}", shared.display()))?;
+        return Ok(bin);
+    }
     eprintln!("datapath: building garage {GARAGE_VERSION} from crates.io (a few minutes)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
@@ -147,6 +154,8 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
         .arg("--root")
         .arg(&root)
         .env("CARGO_TARGET_DIR", paths::machine_cache().join("garage-build")))?;
+    std::fs::create_dir_all(shared.parent().expect("a folder"))?;
+    std::fs::copy(&bin, &shared).with_context(|| format!("cannot copy to {}", shared.display()))?;
     Ok(bin)
 }
 
