@@ -17,22 +17,32 @@ use crate::wit;
 /// The component's exports for policy `P`.
 pub struct Exports<P>(PhantomData<P>);
 
+/// Panics go straight to the trap: std's default hook would read the environment
+/// (`RUST_BACKTRACE`) and write to stderr, which the sandbox does not grant.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
+
 fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, String> {
     serde_json::from_str(json).map_err(|e| format!("the policy cannot read the {what} it was given: {e}"))
 }
 
 impl<P: Policy> wit::Guest for Exports<P> {
     fn abi_version() -> String {
+        quiet_panics();
         ABI_VERSION.to_string()
     }
 
     fn instance_pod(cluster: String, instance: u32) -> Result<String, String> {
+        quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
         let template = P::instance_pod(&cluster, instance)?;
         serde_json::to_string(&template).map_err(|e| format!("cannot serialize the pod template: {e}"))
     }
 
     fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
+        quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
         Ok(P::archive_settings(&cluster)?.map(archive_to_wit))
     }
@@ -42,6 +52,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
         cluster: String,
         instances: Vec<wit::Instance>,
     ) -> Result<wit::BackupSettings, String> {
+        quiet_panics();
         let backup = parse("Backup", &backup)?;
         let cluster = parse("Cluster", &cluster)?;
         let instances: Vec<_> = instances.into_iter().map(instance_from_wit).collect();
@@ -49,6 +60,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
     }
 
     fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
+        quiet_panics();
         let facts = BackupFacts {
             backup: parse("Backup", &facts.backup)?,
             cluster: facts.cluster.as_deref().map(|c| parse("Cluster", c)).transpose()?,
@@ -59,11 +71,13 @@ impl<P: Policy> wit::Guest for Exports<P> {
     }
 
     fn schedule(scheduled_backup: String, now: i64) -> Result<wit::ScheduleDecision, String> {
+        quiet_panics();
         let scheduled = parse("ScheduledBackup", &scheduled_backup)?;
         Ok(schedule_to_wit(P::schedule(&scheduled, time(now))?))
     }
 
     fn retention(cluster: String, backups: Vec<String>, now: i64) -> Result<Vec<String>, String> {
+        quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
         let backups = backups.iter().map(|b| parse("Backup", b)).collect::<Result<Vec<_>, _>>()?;
         P::retention(&cluster, &backups, time(now))

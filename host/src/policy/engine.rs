@@ -155,6 +155,11 @@ impl Engine {
         Ok(Policy { engine: self.clone(), pre: compiled.pre, digest, abi_version: compiled.abi_version, limits })
     }
 
+    /// How many distinct modules (by digest) this engine has compiled.
+    pub fn modules_compiled(&self) -> usize {
+        self.loaded.lock().map_or(0, |l| l.len())
+    }
+
     fn compile(&self, bytes: &[u8], limits: Limits) -> Result<Compiled> {
         let component = Component::new(&self.wasmtime, bytes).map_err(|e| PolicyError::Load(load_message(&e)))?;
         let mut linker = Linker::<Sandbox>::new(&self.wasmtime);

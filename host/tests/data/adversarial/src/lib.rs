@@ -11,6 +11,7 @@
 //! | `secret-value`    | a secret's value written into the pod's env    |
 //! | `foreign-claim`   | mounts another cluster's volume claim          |
 //! | `huge`            | a 2 MiB pod template                           |
+//! | `large`           | a 700 KiB pod template                         |
 //! | anything else     | the default decisions                          |
 
 use pgwarden_sdk::prelude::*;
@@ -47,6 +48,7 @@ impl Policy for Adversarial {
                 }
             }
             "huge" => pod = pod.label("padding", &"x".repeat(2 << 20)),
+            "large" => pod = pod.label("padding", &"x".repeat(700 << 10)),
             _ => {}
         }
         Ok(pod.build())

@@ -1,0 +1,2 @@
+;; A component that exports nothing: it does not implement pgwarden:policy.
+(component)

@@ -1,0 +1,210 @@
+//! Adversarial guests: each is stopped or refused with its own error, and the engine (the same
+//! loaded policy) keeps serving the next call.
+//!
+//! The misbehaving policy is a tiny Rust crate, `host/tests/data/adversarial/`, built with the
+//! others by `cargo xtask build-policies` (its behaviour depends on the Cluster's name); the
+//! ABI cases are `.wat` text fixtures in `host/tests/data/`.
+//!
+//! Bounds: a decision is stopped at its deadline (50 ms here, checked every 5 ms epoch tick);
+//! memory at its cap (16 MiB here). The tests assert a loose wall-clock ceiling (2 s) only to
+//! catch a sandbox that does not stop at all; the benchmark prints real figures.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgwarden::plan::{self, ClusterDecisions, GuardrailError};
+use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
+use pgwarden_crds::Cluster;
+
+const LIMITS: Limits = Limits { timeout: Duration::from_millis(50), memory_bytes: 16 << 20 };
+const CEILING: Duration = Duration::from_secs(2);
+
+fn module(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("PGWARDEN_POLICY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read policy module {} ({e}): run `cargo xtask build-policies` first", path.display())
+    })
+}
+
+/// A disk cache shared by the tests: each compiles the module once per digest.
+fn engine() -> Engine {
+    let cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache"));
+    Engine::new(EngineConfig { cache_dir, ..Default::default() }).unwrap()
+}
+
+fn adversarial() -> Policy {
+    engine().load(&module("adversarial"), LIMITS).unwrap()
+}
+
+fn cluster(name: &str) -> Cluster {
+    let yaml = format!(
+        r#"
+apiVersion: postgresql.k8s.2ndq.io/v1alpha1
+kind: Cluster
+metadata: {{ name: {name}, namespace: default, uid: 00000000-0000-4000-8000-00000000000c }}
+spec:
+  instances: 1
+  backup:
+    destinationPath: s3://backups/pg
+    s3Credentials:
+      accessKeyId: {{ name: aws-creds, key: ACCESS_KEY_ID }}
+      secretAccessKey: {{ name: aws-creds, key: ACCESS_SECRET_KEY }}
+"#
+    );
+    serde_yaml::from_str(&yaml).unwrap()
+}
+
+/// The policy still answers a well-behaved call.
+fn still_serves(policy: &Policy) {
+    let pod = policy.instance_pod(&cluster("fine"), 0).expect("the next call is served");
+    assert_eq!(pod.spec.unwrap().containers[0].name, "postgres");
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    let elapsed = started.elapsed();
+    eprintln!("stopped after {elapsed:?}");
+    assert!(elapsed < CEILING, "took {elapsed:?}");
+    out
+}
+
+#[test]
+fn an_endless_loop_hits_the_deadline() {
+    let policy = adversarial();
+    let err = timed(|| policy.instance_pod(&cluster("loop"), 0)).unwrap_err();
+    assert!(matches!(err, PolicyError::Deadline { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "the policy ran past its 50ms limit in instance-pod and was stopped");
+    still_serves(&policy);
+}
+
+#[test]
+fn a_1gib_allocation_hits_the_memory_cap() {
+    let policy = adversarial();
+    let err = timed(|| policy.archive_settings(&cluster("alloc"))).unwrap_err();
+    assert!(matches!(err, PolicyError::MemoryCap { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "the policy tried to use more than 16 MiB of memory in archive-settings and was stopped");
+    still_serves(&policy);
+}
+
+#[test]
+fn a_panic_is_a_trap() {
+    let policy = adversarial();
+    let err = timed(|| policy.instance_pod(&cluster("panic"), 0)).unwrap_err();
+    assert!(matches!(err, PolicyError::Trap { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("the policy crashed in instance-pod: it panicked"), "{err}");
+    still_serves(&policy);
+}
+
+#[test]
+fn garbage_output_is_malformed() {
+    let policy = adversarial();
+    let err = policy.instance_pod(&cluster("garbage"), 0).unwrap_err();
+    assert!(matches!(err, PolicyError::MalformedOutput { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("the policy answered a malformed instance-pod: not a PodTemplateSpec"), "{err}");
+    still_serves(&policy);
+}
+
+#[test]
+fn unusable_settings_are_malformed() {
+    let policy = adversarial();
+    let err = policy.archive_settings(&cluster("bad-settings")).unwrap_err();
+    assert_eq!(err.to_string(), "the policy answered a malformed archive-settings: destinationPath \"ftp://nowhere\" is not an s3:// URL");
+    still_serves(&policy);
+}
+
+fn planned(name: &str) -> Result<(), GuardrailError> {
+    let policy = adversarial();
+    let cluster = cluster(name);
+    let decisions = ClusterDecisions::from_policy(&policy, &cluster).expect("the policy answers");
+    let actions = plan::plan_cluster(&cluster, &decisions)?;
+    plan::guardrails::check(&plan::subject(&cluster), &actions)
+}
+
+#[test]
+fn a_pod_in_another_namespace_is_refused() {
+    let err = planned("other-namespace").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refused Pod kube-system/other-namespace-1: it is in namespace kube-system, outside Cluster default/other-namespace's namespace default"
+    );
+}
+
+#[test]
+fn a_credential_by_value_is_refused() {
+    let err = planned("secret-value").unwrap_err();
+    assert!(matches!(err, GuardrailError::SecretValue { .. }), "{err:?}");
+    assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY carries a credential by value"), "{err}");
+}
+
+#[test]
+fn another_clusters_volume_is_refused() {
+    let err = planned("foreign-claim").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refused Pod default/foreign-claim-1: it refers to PersistentVolumeClaim someone-else-1, which does not belong to Cluster foreign-claim"
+    );
+}
+
+#[test]
+fn an_oversized_pod_template_is_malformed() {
+    let err = adversarial().instance_pod(&cluster("huge"), 0).unwrap_err();
+    assert!(err.to_string().contains("over the 1048576-byte bound"), "{err}");
+}
+
+#[test]
+fn an_oversized_pod_is_refused() {
+    let err = planned("large").unwrap_err();
+    assert!(matches!(err, GuardrailError::TooLarge { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("refused Pod default/large-1: 718219 bytes, over the 524288-byte bound"), "{err}");
+}
+
+#[test]
+fn a_well_behaved_cluster_passes_the_guardrails() {
+    planned("fine").unwrap();
+}
+
+fn load_wat(file: &str) -> PolicyError {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
+    let text = std::fs::read_to_string(path).unwrap();
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    engine.load(text.as_bytes(), LIMITS).err().expect("the module must be refused")
+}
+
+#[test]
+fn a_core_module_is_not_a_component() {
+    let err = load_wat("core-module.wat");
+    assert!(matches!(err, PolicyError::Load(_)), "{err:?}");
+}
+
+#[test]
+fn a_component_without_the_exports_is_an_abi_mismatch() {
+    let err = load_wat("empty-component.wat");
+    assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("the policy module does not match ABI pgwarden:policy@0.1.0"), "{err}");
+}
+
+#[test]
+fn a_wrongly_typed_export_is_an_abi_mismatch() {
+    let err = load_wat("wrong-abi.wat");
+    assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
+}
+
+#[test]
+fn calls_run_off_the_executor_under_the_semaphore() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let policy = adversarial();
+    runtime.block_on(async {
+        let looping = tokio::spawn({
+            let policy = policy.clone();
+            async move { policy.run(|p| p.instance_pod(&cluster("loop"), 0)).await }
+        });
+        let fine = policy.run(|p| p.instance_pod(&cluster("fine"), 0)).await;
+        assert!(fine.is_ok(), "{fine:?}");
+        let looped = looping.await.unwrap();
+        assert!(matches!(looped, Err(PolicyError::Deadline { .. })), "{looped:?}");
+    });
+}
