@@ -23,3 +23,6 @@ pub use cluster::{
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
+
+#[cfg(test)]
+mod tests;
