@@ -55,7 +55,15 @@ fn module_path() -> PathBuf {
 
 fn requests() -> Vec<Request> {
     let cluster: Box<pgwarden_crds::Cluster> = Box::new(serde_yaml::from_str(CLUSTER).unwrap());
-    vec![Request::ArchiveSettings { cluster: cluster.clone() }, Request::InstancePod { cluster, instance: 1 }]
+    vec![
+        Request::ArchiveSettings {
+            cluster: cluster.clone(),
+        },
+        Request::InstancePod {
+            cluster,
+            instance: 1,
+        },
+    ]
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -83,14 +91,26 @@ fn figures(policy: &Policy, bytes: &[u8], cold: &[Duration]) {
     let native = Native::<DefaultPolicy>::default();
     let mut rows = Vec::new();
     for request in requests() {
-        assert_eq!(policy.decide(&request).unwrap().to_json(), native.decide(&request).unwrap().to_json());
+        assert_eq!(
+            policy.decide(&request).unwrap().to_json(),
+            native.decide(&request).unwrap().to_json()
+        );
         let wasm = sample(2000, || drop(policy.decide(&request).unwrap()));
         let nat = sample(2000, || drop(native.decide(&request).unwrap()));
-        let (w50, w99, n50, n99) = (percentile(&wasm, 0.5), percentile(&wasm, 0.99), percentile(&nat, 0.5), percentile(&nat, 0.99));
+        let (w50, w99, n50, n99) = (
+            percentile(&wasm, 0.5),
+            percentile(&wasm, 0.99),
+            percentile(&nat, 0.5),
+            percentile(&nat, 0.99),
+        );
         let ratio = micros(w50) / micros(n50);
         println!(
             "{:<17} wasm p50 {:>8.1} µs  p99 {:>8.1} µs | native p50 {:>7.1} µs  p99 {:>7.1} µs | ratio p50 {ratio:.1}x",
-            request.decision(), micros(w50), micros(w99), micros(n50), micros(n99)
+            request.decision(),
+            micros(w50),
+            micros(w99),
+            micros(n50),
+            micros(n99)
         );
         rows.push(serde_json::json!({
             "decision": request.decision(), "calls": 2000,
@@ -99,11 +119,21 @@ fn figures(policy: &Policy, bytes: &[u8], cold: &[Duration]) {
         }));
     }
     let cold_ms: Vec<f64> = cold.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    println!("module default.wasm: {} bytes; cold compile + load: {:?} ms", bytes.len(), cold_ms.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>());
+    println!(
+        "module default.wasm: {} bytes; cold compile + load: {:?} ms",
+        bytes.len(),
+        cold_ms
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect::<Vec<_>>()
+    );
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
     let report = serde_json::json!({ "moduleBytes": bytes.len(), "coldCompileMillis": cold_ms, "decisions": rows });
-    let _ = std::fs::write(out.join("policy.json"), serde_json::to_string_pretty(&report).unwrap());
+    let _ = std::fs::write(
+        out.join("policy.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -112,11 +142,17 @@ fn bench(c: &mut Criterion) {
     let cold: Vec<Duration> = (0..3)
         .map(|_| {
             let t = Instant::now();
-            Engine::new(EngineConfig::default()).unwrap().load(&bytes, Limits::default()).unwrap();
+            Engine::new(EngineConfig::default())
+                .unwrap()
+                .load(&bytes, Limits::default())
+                .unwrap();
             t.elapsed()
         })
         .collect();
-    let policy = Engine::new(EngineConfig::default()).unwrap().load(&bytes, Limits::default()).unwrap();
+    let policy = Engine::new(EngineConfig::default())
+        .unwrap()
+        .load(&bytes, Limits::default())
+        .unwrap();
     figures(&policy, &bytes, &cold);
     let native = Native::<DefaultPolicy>::default();
     for request in requests() {

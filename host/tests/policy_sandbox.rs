@@ -16,7 +16,10 @@ use pgwarden::plan::{self, ClusterDecisions, GuardrailError};
 use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
 use pgwarden_crds::Cluster;
 
-const LIMITS: Limits = Limits { timeout: Duration::from_millis(50), memory_bytes: 16 << 20 };
+const LIMITS: Limits = Limits {
+    timeout: Duration::from_millis(50),
+    memory_bytes: 16 << 20,
+};
 const CEILING: Duration = Duration::from_secs(2);
 
 fn module(name: &str) -> Vec<u8> {
@@ -25,14 +28,21 @@ fn module(name: &str) -> Vec<u8> {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("cannot read policy module {} ({e}): run `cargo xtask build-policies` first", path.display())
+        panic!(
+            "cannot read policy module {} ({e}): run `cargo xtask build-policies` first",
+            path.display()
+        )
     })
 }
 
 /// A disk cache shared by the tests: each compiles the module once per digest.
 fn engine() -> Engine {
     let cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache"));
-    Engine::new(EngineConfig { cache_dir, ..Default::default() }).unwrap()
+    Engine::new(EngineConfig {
+        cache_dir,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 fn adversarial() -> Policy {
@@ -59,7 +69,9 @@ spec:
 
 /// The policy still answers a well-behaved call.
 fn still_serves(policy: &Policy) {
-    let pod = policy.instance_pod(&cluster("fine"), 0).expect("the next call is served");
+    let pod = policy
+        .instance_pod(&cluster("fine"), 0)
+        .expect("the next call is served");
     assert_eq!(pod.spec.unwrap().containers[0].name, "postgres");
 }
 
@@ -77,7 +89,10 @@ fn an_endless_loop_hits_the_deadline() {
     let policy = adversarial();
     let err = timed(|| policy.instance_pod(&cluster("loop"), 0)).unwrap_err();
     assert!(matches!(err, PolicyError::Deadline { .. }), "{err:?}");
-    assert_eq!(err.to_string(), "the policy ran past its 50ms limit in instance-pod and was stopped");
+    assert_eq!(
+        err.to_string(),
+        "the policy ran past its 50ms limit in instance-pod and was stopped"
+    );
     still_serves(&policy);
 }
 
@@ -86,7 +101,10 @@ fn a_1gib_allocation_hits_the_memory_cap() {
     let policy = adversarial();
     let err = timed(|| policy.archive_settings(&cluster("alloc"))).unwrap_err();
     assert!(matches!(err, PolicyError::MemoryCap { .. }), "{err:?}");
-    assert_eq!(err.to_string(), "the policy tried to use more than 16 MiB of memory in archive-settings and was stopped");
+    assert_eq!(
+        err.to_string(),
+        "the policy tried to use more than 16 MiB of memory in archive-settings and was stopped"
+    );
     still_serves(&policy);
 }
 
@@ -95,7 +113,11 @@ fn a_panic_is_a_trap() {
     let policy = adversarial();
     let err = timed(|| policy.instance_pod(&cluster("panic"), 0)).unwrap_err();
     assert!(matches!(err, PolicyError::Trap { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("the policy crashed in instance-pod: it panicked"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("the policy crashed in instance-pod: it panicked"),
+        "{err}"
+    );
     still_serves(&policy);
 }
 
@@ -103,16 +125,28 @@ fn a_panic_is_a_trap() {
 fn garbage_output_is_malformed() {
     let policy = adversarial();
     let err = policy.instance_pod(&cluster("garbage"), 0).unwrap_err();
-    assert!(matches!(err, PolicyError::MalformedOutput { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("the policy answered a malformed instance-pod: not a PodTemplateSpec"), "{err}");
+    assert!(
+        matches!(err, PolicyError::MalformedOutput { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("the policy answered a malformed instance-pod: not a PodTemplateSpec"),
+        "{err}"
+    );
     still_serves(&policy);
 }
 
 #[test]
 fn unusable_settings_are_malformed() {
     let policy = adversarial();
-    let err = policy.archive_settings(&cluster("bad-settings")).unwrap_err();
-    assert_eq!(err.to_string(), "the policy answered a malformed archive-settings: destinationPath \"ftp://nowhere\" is not an s3:// URL");
+    let err = policy
+        .archive_settings(&cluster("bad-settings"))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the policy answered a malformed archive-settings: destinationPath \"ftp://nowhere\" is not an s3:// URL"
+    );
     still_serves(&policy);
 }
 
@@ -137,7 +171,11 @@ fn a_pod_in_another_namespace_is_refused() {
 fn a_credential_by_value_is_refused() {
     let err = planned("secret-value").unwrap_err();
     assert!(matches!(err, GuardrailError::SecretValue { .. }), "{err:?}");
-    assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY carries a credential by value"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("AWS_SECRET_ACCESS_KEY carries a credential by value"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -152,14 +190,21 @@ fn another_clusters_volume_is_refused() {
 #[test]
 fn an_oversized_pod_template_is_malformed() {
     let err = adversarial().instance_pod(&cluster("huge"), 0).unwrap_err();
-    assert!(err.to_string().contains("over the 1048576-byte bound"), "{err}");
+    assert!(
+        err.to_string().contains("over the 1048576-byte bound"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_oversized_pod_is_refused() {
     let err = planned("large").unwrap_err();
     assert!(matches!(err, GuardrailError::TooLarge { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("refused Pod default/large-1: 718219 bytes, over the 524288-byte bound"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("refused Pod default/large-1: 718219 bytes, over the 524288-byte bound"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -168,10 +213,15 @@ fn a_well_behaved_cluster_passes_the_guardrails() {
 }
 
 fn load_wat(file: &str) -> PolicyError {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file);
     let text = std::fs::read_to_string(path).unwrap();
     let engine = Engine::new(EngineConfig::default()).unwrap();
-    engine.load(text.as_bytes(), LIMITS).err().expect("the module must be refused")
+    engine
+        .load(text.as_bytes(), LIMITS)
+        .err()
+        .expect("the module must be refused")
 }
 
 #[test]
@@ -184,7 +234,11 @@ fn a_core_module_is_not_a_component() {
 fn a_component_without_the_exports_is_an_abi_mismatch() {
     let err = load_wat("empty-component.wat");
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("the policy module does not match ABI pgwarden:policy@0.1.0"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("the policy module does not match ABI pgwarden:policy@0.1.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -195,7 +249,11 @@ fn a_wrongly_typed_export_is_an_abi_mismatch() {
 
 #[test]
 fn calls_run_off_the_executor_under_the_semaphore() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let policy = adversarial();
     runtime.block_on(async {
         let looping = tokio::spawn({
@@ -205,6 +263,9 @@ fn calls_run_off_the_executor_under_the_semaphore() {
         let fine = policy.run(|p| p.instance_pod(&cluster("fine"), 0)).await;
         assert!(fine.is_ok(), "{fine:?}");
         let looped = looping.await.unwrap();
-        assert!(matches!(looped, Err(PolicyError::Deadline { .. })), "{looped:?}");
+        assert!(
+            matches!(looped, Err(PolicyError::Deadline { .. })),
+            "{looped:?}"
+        );
     });
 }

@@ -197,14 +197,20 @@ pub(crate) fn transition_from_wit(t: wit::Transition) -> Transition {
 
 pub(crate) fn schedule_to_wit(d: ScheduleDecision) -> wit::ScheduleDecision {
     wit::ScheduleDecision {
-        create: d.create.map(|r| wit::ScheduledRun { name: r.name, scheduled_at: r.scheduled_at.timestamp() }),
+        create: d.create.map(|r| wit::ScheduledRun {
+            name: r.name,
+            scheduled_at: r.scheduled_at.timestamp(),
+        }),
         next_run: d.next_run.map(|t| t.timestamp()),
     }
 }
 
 pub(crate) fn schedule_from_wit(d: wit::ScheduleDecision) -> ScheduleDecision {
     ScheduleDecision {
-        create: d.create.map(|r| ScheduledRun { name: r.name, scheduled_at: time(r.scheduled_at) }),
+        create: d.create.map(|r| ScheduledRun {
+            name: r.name,
+            scheduled_at: time(r.scheduled_at),
+        }),
         next_run: d.next_run.map(time),
     }
 }

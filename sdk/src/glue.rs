@@ -7,8 +7,8 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 
 use crate::convert::{
-    archive_to_wit, backup_settings_to_wit, instance_from_wit, pod_facts_from_wit, schedule_to_wit, time,
-    transition_to_wit,
+    archive_to_wit, backup_settings_to_wit, instance_from_wit, pod_facts_from_wit, schedule_to_wit,
+    time, transition_to_wit,
 };
 use crate::policy::Policy;
 use crate::types::{ABI_VERSION, BackupFacts};
@@ -25,7 +25,8 @@ fn quiet_panics() {
 }
 
 fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, String> {
-    serde_json::from_str(json).map_err(|e| format!("the policy cannot read the {what} it was given: {e}"))
+    serde_json::from_str(json)
+        .map_err(|e| format!("the policy cannot read the {what} it was given: {e}"))
 }
 
 impl<P: Policy> wit::Guest for Exports<P> {
@@ -38,7 +39,8 @@ impl<P: Policy> wit::Guest for Exports<P> {
         quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
         let template = P::instance_pod(&cluster, instance)?;
-        serde_json::to_string(&template).map_err(|e| format!("cannot serialize the pod template: {e}"))
+        serde_json::to_string(&template)
+            .map_err(|e| format!("cannot serialize the pod template: {e}"))
     }
 
     fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
@@ -56,14 +58,20 @@ impl<P: Policy> wit::Guest for Exports<P> {
         let backup = parse("Backup", &backup)?;
         let cluster = parse("Cluster", &cluster)?;
         let instances: Vec<_> = instances.into_iter().map(instance_from_wit).collect();
-        Ok(backup_settings_to_wit(P::backup_settings(&backup, &cluster, &instances)?))
+        Ok(backup_settings_to_wit(P::backup_settings(
+            &backup, &cluster, &instances,
+        )?))
     }
 
     fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
         quiet_panics();
         let facts = BackupFacts {
             backup: parse("Backup", &facts.backup)?,
-            cluster: facts.cluster.as_deref().map(|c| parse("Cluster", c)).transpose()?,
+            cluster: facts
+                .cluster
+                .as_deref()
+                .map(|c| parse("Cluster", c))
+                .transpose()?,
             pod: facts.pod.map(pod_facts_from_wit),
             now: time(facts.now),
         };
@@ -79,7 +87,10 @@ impl<P: Policy> wit::Guest for Exports<P> {
     fn retention(cluster: String, backups: Vec<String>, now: i64) -> Result<Vec<String>, String> {
         quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
-        let backups = backups.iter().map(|b| parse("Backup", b)).collect::<Result<Vec<_>, _>>()?;
+        let backups = backups
+            .iter()
+            .map(|b| parse("Backup", b))
+            .collect::<Result<Vec<_>, _>>()?;
         P::retention(&cluster, &backups, time(now))
     }
 }

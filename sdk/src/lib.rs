@@ -45,7 +45,9 @@ pub mod prelude {
     pub use crate::defaults;
     pub use crate::names;
     pub use crate::policy::{Decided, Policy};
-    pub use crate::types::{BackupFacts, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition};
+    pub use crate::types::{
+        BackupFacts, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition,
+    };
     pub use chrono::{DateTime, Duration, Utc};
     pub use k8s_openapi::api::core::v1::PodTemplateSpec;
     pub use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};

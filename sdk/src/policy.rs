@@ -26,7 +26,11 @@ pub trait Policy {
     }
 
     /// How a Backup is taken, and on which instance.
-    fn backup_settings(backup: &Backup, cluster: &Cluster, instances: &[Instance]) -> Decided<BackupSettings> {
+    fn backup_settings(
+        backup: &Backup,
+        cluster: &Cluster,
+        instances: &[Instance],
+    ) -> Decided<BackupSettings> {
         defaults::backup_settings(backup, cluster, instances)
     }
 
@@ -41,7 +45,11 @@ pub trait Policy {
     }
 
     /// Names of the Backups of `cluster` to delete.
-    fn retention(cluster: &Cluster, backups: &[Backup], now: DateTime<Utc>) -> Decided<Vec<String>> {
+    fn retention(
+        cluster: &Cluster,
+        backups: &[Backup],
+        now: DateTime<Utc>,
+    ) -> Decided<Vec<String>> {
         defaults::retention(cluster, backups, now)
     }
 }

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{archive_from_wit, backup_settings_from_wit, instance_to_wit, pod_facts_to_wit, schedule_from_wit, transition_from_wit};
+use crate::convert::{
+    archive_from_wit, backup_settings_from_wit, instance_to_wit, pod_facts_to_wit,
+    schedule_from_wit, transition_from_wit,
+};
 use crate::glue::Exports;
 use crate::policy::Policy;
 use crate::types::{Decision, Outcome, Request};
@@ -65,12 +68,20 @@ impl<P: Policy> Native<P> {
                 let text = E::<P>::instance_pod(json(cluster), *instance)?;
                 Decision::InstancePod(serde_json::from_str(&text).map_err(|e| e.to_string())?)
             }
-            Request::ArchiveSettings { cluster } => {
-                Decision::ArchiveSettings(E::<P>::archive_settings(json(cluster))?.map(archive_from_wit))
-            }
-            Request::BackupSettings { backup, cluster, instances } => {
+            Request::ArchiveSettings { cluster } => Decision::ArchiveSettings(
+                E::<P>::archive_settings(json(cluster))?.map(archive_from_wit),
+            ),
+            Request::BackupSettings {
+                backup,
+                cluster,
+                instances,
+            } => {
                 let instances = instances.iter().map(instance_to_wit).collect();
-                Decision::BackupSettings(backup_settings_from_wit(E::<P>::backup_settings(json(backup), json(cluster), instances)?))
+                Decision::BackupSettings(backup_settings_from_wit(E::<P>::backup_settings(
+                    json(backup),
+                    json(cluster),
+                    instances,
+                )?))
             }
             Request::BackupTransition(facts) => {
                 let facts = wit::BackupFacts {
@@ -81,12 +92,22 @@ impl<P: Policy> Native<P> {
                 };
                 Decision::BackupTransition(transition_from_wit(E::<P>::backup_transition(facts)?))
             }
-            Request::Schedule { scheduled_backup, now } => {
-                Decision::Schedule(schedule_from_wit(E::<P>::schedule(json(scheduled_backup), now.timestamp())?))
-            }
-            Request::Retention { cluster, backups, now } => {
-                Decision::Retention(E::<P>::retention(json(cluster), backups.iter().map(json).collect(), now.timestamp())?)
-            }
+            Request::Schedule {
+                scheduled_backup,
+                now,
+            } => Decision::Schedule(schedule_from_wit(E::<P>::schedule(
+                json(scheduled_backup),
+                now.timestamp(),
+            )?)),
+            Request::Retention {
+                cluster,
+                backups,
+                now,
+            } => Decision::Retention(E::<P>::retention(
+                json(cluster),
+                backups.iter().map(json).collect(),
+                now.timestamp(),
+            )?),
         })
     }
 }
@@ -128,10 +149,14 @@ pub struct CaseResult {
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` case of `dir`, sorted by file name.
 pub fn load_dir(dir: &Path) -> Result<Vec<Testcase>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read fixture folder {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read fixture folder {}: {e}", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        })
         .collect();
     paths.sort();
     paths.iter().map(|p| load_case(p)).collect()
@@ -139,13 +164,18 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Testcase>, String> {
 
 /// Reads one case file.
 pub fn load_case(path: &Path) -> Result<Testcase, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // Through JSON values: serde_yaml would want YAML tags (`!allowed`) for the enums.
-    let invalid = |e: &dyn std::fmt::Display| format!("{} is not a valid test case: {e}", path.display());
+    let invalid =
+        |e: &dyn std::fmt::Display| format!("{} is not a valid test case: {e}", path.display());
     let value: serde_json::Value = serde_yaml::from_str(&text).map_err(|e| invalid(&e))?;
     let mut case: Testcase = serde_json::from_value(value).map_err(|e| invalid(&e))?;
     if case.name.is_empty() {
-        case.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        case.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
     }
     Ok(case)
 }
@@ -155,33 +185,57 @@ fn pretty(value: &serde_json::Value) -> String {
 }
 
 fn diff(expected: &str, actual: &str) -> String {
-    similar::TextDiff::from_lines(expected, actual).unified_diff().header("expected", "actual").to_string()
+    similar::TextDiff::from_lines(expected, actual)
+        .unified_diff()
+        .header("expected", "actual")
+        .to_string()
 }
 
 /// Runs one case and compares.
 pub fn run_case(case: &Testcase, evaluator: &dyn Evaluator) -> CaseResult {
     let (passed, detail) = match (evaluator.evaluate(&case.request), &case.expect) {
         (Err(failure), _) => (false, format!("the policy failed: {failure}")),
-        (Ok(Outcome::Allowed(actual)), Expectation::Allowed(expected)) => {
-            (&actual == expected, diff(&pretty(expected), &pretty(&actual)))
-        }
-        (Ok(Outcome::Denied(message)), Expectation::Denied(part)) => {
-            (message.contains(part.as_str()), format!("denial {message:?} does not contain {part:?}"))
-        }
-        (Ok(Outcome::Allowed(actual)), Expectation::Denied(part)) => {
-            (false, format!("expected a denial containing {part:?}, got a decision:\n{}", pretty(&actual)))
-        }
-        (Ok(Outcome::Denied(message)), Expectation::Allowed(expected)) => {
-            (false, format!("expected a decision:\n{}got a denial: {message}", pretty(expected)))
-        }
+        (Ok(Outcome::Allowed(actual)), Expectation::Allowed(expected)) => (
+            &actual == expected,
+            diff(&pretty(expected), &pretty(&actual)),
+        ),
+        (Ok(Outcome::Denied(message)), Expectation::Denied(part)) => (
+            message.contains(part.as_str()),
+            format!("denial {message:?} does not contain {part:?}"),
+        ),
+        (Ok(Outcome::Allowed(actual)), Expectation::Denied(part)) => (
+            false,
+            format!(
+                "expected a denial containing {part:?}, got a decision:\n{}",
+                pretty(&actual)
+            ),
+        ),
+        (Ok(Outcome::Denied(message)), Expectation::Allowed(expected)) => (
+            false,
+            format!(
+                "expected a decision:\n{}got a denial: {message}",
+                pretty(expected)
+            ),
+        ),
     };
     let detail = if passed { String::new() } else { detail };
-    CaseResult { name: case.name.clone(), passed, detail }
+    CaseResult {
+        name: case.name.clone(),
+        passed,
+        detail,
+    }
 }
 
 /// Runs every case of `dir`; prints a line per case (and the diff of failures) into `out`.
-pub fn run_dir(dir: &Path, evaluator: &dyn Evaluator, out: &mut String) -> Result<Vec<CaseResult>, String> {
-    let results: Vec<CaseResult> = load_dir(dir)?.iter().map(|c| run_case(c, evaluator)).collect();
+pub fn run_dir(
+    dir: &Path,
+    evaluator: &dyn Evaluator,
+    out: &mut String,
+) -> Result<Vec<CaseResult>, String> {
+    let results: Vec<CaseResult> = load_dir(dir)?
+        .iter()
+        .map(|c| run_case(c, evaluator))
+        .collect();
     for r in &results {
         let _ = writeln!(out, "{} {}", if r.passed { "pass" } else { "FAIL" }, r.name);
         if !r.passed {
@@ -191,7 +245,12 @@ pub fn run_dir(dir: &Path, evaluator: &dyn Evaluator, out: &mut String) -> Resul
         }
     }
     let failed = results.iter().filter(|r| !r.passed).count();
-    let _ = writeln!(out, "{} cases: {} passed, {failed} failed", results.len(), results.len() - failed);
+    let _ = writeln!(
+        out,
+        "{} cases: {} passed, {failed} failed",
+        results.len(),
+        results.len() - failed
+    );
     Ok(results)
 }
 
@@ -200,7 +259,10 @@ pub fn run_dir(dir: &Path, evaluator: &dyn Evaluator, out: &mut String) -> Resul
 pub fn bless_dir(dir: &Path, evaluator: &dyn Evaluator) -> Result<usize, String> {
     let cases = load_dir(dir)?;
     let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
     paths.sort();
     for (path, case) in paths.iter().zip(&cases) {
         let expect = match evaluator.evaluate(&case.request)? {
@@ -208,8 +270,14 @@ pub fn bless_dir(dir: &Path, evaluator: &dyn Evaluator) -> Result<usize, String>
             Outcome::Denied(message) => Expectation::Denied(message),
         };
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let head = text.split("\nexpect:").next().unwrap_or_default().trim_end().to_string();
-        let tail = serde_yaml::to_string(&serde_json::json!({ "expect": expect })).map_err(|e| e.to_string())?;
+        let head = text
+            .split("\nexpect:")
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_string();
+        let tail = serde_yaml::to_string(&serde_json::json!({ "expect": expect }))
+            .map_err(|e| e.to_string())?;
         std::fs::write(path, format!("{head}\n{tail}")).map_err(|e| e.to_string())?;
     }
     Ok(cases.len())
@@ -223,7 +291,12 @@ pub fn assert_fixtures<P: Policy>(dir: &Path) {
         bless_dir(dir, &Native::<P>::default()).unwrap_or_else(|e| panic!("{e}"));
     }
     let mut report = String::new();
-    let results = run_dir(dir, &Native::<P>::default(), &mut report).unwrap_or_else(|e| panic!("{e}"));
+    let results =
+        run_dir(dir, &Native::<P>::default(), &mut report).unwrap_or_else(|e| panic!("{e}"));
     assert!(!results.is_empty(), "no fixture cases in {}", dir.display());
-    assert!(results.iter().all(|r| r.passed), "fixture failures in {}:\n{report}", dir.display());
+    assert!(
+        results.iter().all(|r| r.passed),
+        "fixture failures in {}:\n{report}",
+        dir.display()
+    );
 }

@@ -109,14 +109,25 @@ pub enum Request {
     /// `archive-settings`: how WAL is archived.
     ArchiveSettings { cluster: Box<Cluster> },
     /// `backup-settings`: how a Backup is taken, and where.
-    BackupSettings { backup: Box<Backup>, cluster: Box<Cluster>, instances: Vec<Instance> },
+    BackupSettings {
+        backup: Box<Backup>,
+        cluster: Box<Cluster>,
+        instances: Vec<Instance>,
+    },
     /// `backup-transition`: the next phase of a Backup.
     BackupTransition(Box<BackupFacts>),
     /// `schedule`: whether a ScheduledBackup creates a Backup now.
     #[serde(rename_all = "camelCase")]
-    Schedule { scheduled_backup: Box<ScheduledBackup>, now: DateTime<Utc> },
+    Schedule {
+        scheduled_backup: Box<ScheduledBackup>,
+        now: DateTime<Utc>,
+    },
     /// `retention`: which Backups to delete.
-    Retention { cluster: Box<Cluster>, backups: Vec<Backup>, now: DateTime<Utc> },
+    Retention {
+        cluster: Box<Cluster>,
+        backups: Vec<Backup>,
+        now: DateTime<Utc>,
+    },
 }
 
 impl Request {
@@ -134,8 +145,14 @@ impl Request {
 }
 
 /// The names of every decision, in WIT export order.
-pub const DECISIONS: [&str; 6] =
-    ["instance-pod", "archive-settings", "backup-settings", "backup-transition", "schedule", "retention"];
+pub const DECISIONS: [&str; 6] = [
+    "instance-pod",
+    "archive-settings",
+    "backup-settings",
+    "backup-transition",
+    "schedule",
+    "retention",
+];
 
 /// A decision's answer, typed.
 #[derive(Serialize, Clone, Debug, PartialEq)]

@@ -16,8 +16,10 @@ const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "policy";
 
 /// The policy crates of the workspace: (package, module name).
-const POLICIES: [(&str, &str); 2] =
-    [("pgwarden-policy-default", "default"), ("pgwarden-policy-production", "production")];
+const POLICIES: [(&str, &str); 2] = [
+    ("pgwarden-policy-default", "default"),
+    ("pgwarden-policy-production", "production"),
+];
 
 /// The adversarial guest used by the host's sandbox tests (its own Cargo workspace).
 const ADVERSARIAL: &str = "host/tests/data/adversarial";
@@ -31,21 +33,40 @@ pub fn out_dir() -> PathBuf {
 pub fn build() -> Result<PathBuf> {
     let root = paths::root();
     let target_dir = root.join("target").join("wasm");
-    run(Command::new("rustup").args(["target", "add", TARGET]).current_dir(&root))?;
-    let mut args = vec!["build", "--locked", "--target", TARGET, "--profile", PROFILE];
+    run(Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .current_dir(&root))?;
+    let mut args = vec![
+        "build",
+        "--locked",
+        "--target",
+        TARGET,
+        "--profile",
+        PROFILE,
+    ];
     for (package, _) in POLICIES {
         args.extend(["-p", package]);
     }
     run(cargo(&root, &target_dir).args(&args))?;
     let manifest = root.join(ADVERSARIAL).join("Cargo.toml");
     run(cargo(&root, &target_dir)
-        .args(["build", "--target", TARGET, "--profile", PROFILE, "--manifest-path"])
+        .args([
+            "build",
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+            "--manifest-path",
+        ])
         .arg(&manifest))?;
 
     let built = target_dir.join(TARGET).join(PROFILE);
     let out = out_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let modules = POLICIES.iter().map(|(p, m)| (p.to_string(), *m)).chain([("pgwarden-policy-adversarial".into(), "adversarial")]);
+    let modules = POLICIES
+        .iter()
+        .map(|(p, m)| (p.to_string(), *m))
+        .chain([("pgwarden-policy-adversarial".into(), "adversarial")]);
     for (package, module) in modules {
         let from = built.join(format!("{}.wasm", package.replace('-', "_")));
         copy_if_changed(&from, &out.join(format!("{module}.wasm")))?;
@@ -65,7 +86,9 @@ fn cargo(root: &Path, target_dir: &Path) -> Command {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -73,7 +96,8 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
-    let new = std::fs::read(from).with_context(|| format!("cannot read the built module {}", from.display()))?;
+    let new = std::fs::read(from)
+        .with_context(|| format!("cannot read the built module {}", from.display()))?;
     if std::fs::read(to).ok().as_deref() == Some(new.as_slice()) {
         return Ok(());
     }

@@ -33,16 +33,31 @@ pub enum EventType {
 #[serde(tag = "action", rename_all = "camelCase")]
 pub enum Action {
     /// Server-side apply of a whole object (JSON with apiVersion, kind, metadata).
-    Apply { target: ObjectRef, object: serde_json::Value },
+    Apply {
+        target: ObjectRef,
+        object: serde_json::Value,
+    },
     /// Delete an object. `ownerUids` and `cluster` are what the planner observed on it: the
     /// guardrails check them against the subject.
     #[serde(rename_all = "camelCase")]
-    Delete { target: ObjectRef, owner_uids: Vec<String>, cluster: Option<String> },
+    Delete {
+        target: ObjectRef,
+        owner_uids: Vec<String>,
+        cluster: Option<String>,
+    },
     /// Server-side apply of the status of an object (the operator's field manager).
-    PatchStatus { target: ObjectRef, status: serde_json::Value },
+    PatchStatus {
+        target: ObjectRef,
+        status: serde_json::Value,
+    },
     /// Record an Event about an object.
     #[serde(rename_all = "camelCase")]
-    Event { regarding: ObjectRef, event_type: EventType, reason: String, note: String },
+    Event {
+        regarding: ObjectRef,
+        event_type: EventType,
+        reason: String,
+        note: String,
+    },
     /// Reconcile the subject again after this many seconds.
     #[serde(rename_all = "camelCase")]
     Requeue { after_seconds: u64 },
@@ -52,7 +67,9 @@ impl Action {
     /// The object the action touches, if any.
     pub fn target(&self) -> Option<&ObjectRef> {
         match self {
-            Action::Apply { target, .. } | Action::Delete { target, .. } | Action::PatchStatus { target, .. } => Some(target),
+            Action::Apply { target, .. }
+            | Action::Delete { target, .. }
+            | Action::PatchStatus { target, .. } => Some(target),
             Action::Event { regarding, .. } => Some(regarding),
             Action::Requeue { .. } => None,
         }

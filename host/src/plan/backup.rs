@@ -5,7 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use pgwarden_crds::settings::{BackupSettings, pod};
 use pgwarden_crds::{
-    Backup, BackupOwnerReference, BackupPhase, BackupSpec, Cluster, LocalObjectReference, ScheduledBackup,
+    Backup, BackupOwnerReference, BackupPhase, BackupSpec, Cluster, LocalObjectReference,
+    ScheduledBackup,
 };
 use pgwarden_sdk::types::{ScheduleDecision, Transition};
 use serde_json::json;
@@ -19,12 +20,19 @@ fn stamp(t: DateTime<Utc>) -> String {
 }
 
 fn phase_name(phase: BackupPhase) -> String {
-    serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The subject of a Backup's reconcile.
 pub fn backup_subject(backup: &Backup) -> Subject {
-    Subject { object: reference(backup), uid: backup.metadata.uid.clone().unwrap_or_default(), cluster: backup.spec.cluster.name.clone() }
+    Subject {
+        object: reference(backup),
+        uid: backup.metadata.uid.clone().unwrap_or_default(),
+        cluster: backup.spec.cluster.name.clone(),
+    }
 }
 
 /// The subject of a ScheduledBackup's reconcile.
@@ -63,7 +71,10 @@ pub fn plan_backup(
         patch["instanceID"] = json!({ "podName": settings.target_pod });
         if let Some(store) = cluster.and_then(|c| c.spec.backup.as_ref()) {
             patch["destinationPath"] = json!(store.destination_path);
-            let server = store.server_name.clone().or_else(|| cluster.and_then(|c| c.metadata.name.clone()));
+            let server = store
+                .server_name
+                .clone()
+                .or_else(|| cluster.and_then(|c| c.metadata.name.clone()));
             patch["serverName"] = json!(server);
         }
     }
@@ -73,58 +84,107 @@ pub fn plan_backup(
     let target = reference(backup);
     let mut actions = Vec::new();
     if !unchanged {
-        actions.push(Action::PatchStatus { target: target.clone(), status: patch });
+        actions.push(Action::PatchStatus {
+            target: target.clone(),
+            status: patch,
+        });
     }
-    if before.unwrap_or(BackupPhase::Pending) != transition.phase || before.is_none() && transition.phase == BackupPhase::Pending {
-        let event_type = if transition.phase == BackupPhase::Failed { EventType::Warning } else { EventType::Normal };
-        actions.push(Action::Event { regarding: target, event_type, reason: transition.reason.clone(), note: transition.message.clone() });
+    if before.unwrap_or(BackupPhase::Pending) != transition.phase
+        || before.is_none() && transition.phase == BackupPhase::Pending
+    {
+        let event_type = if transition.phase == BackupPhase::Failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        actions.push(Action::Event {
+            regarding: target,
+            event_type,
+            reason: transition.reason.clone(),
+            note: transition.message.clone(),
+        });
     }
     if let Some(after) = transition.requeue_after_seconds {
-        actions.push(Action::Requeue { after_seconds: after.into() });
+        actions.push(Action::Requeue {
+            after_seconds: after.into(),
+        });
     }
     actions
 }
 
 /// A scheduled run as a new Backup (owned as `backupOwnerReference` says, labelled with its
 /// Cluster), the ScheduledBackup's status, and a requeue at the next run.
-pub fn plan_schedule(scheduled: &ScheduledBackup, cluster: Option<&Cluster>, decision: &ScheduleDecision, now: DateTime<Utc>) -> Vec<Action> {
+pub fn plan_schedule(
+    scheduled: &ScheduledBackup,
+    cluster: Option<&Cluster>,
+    decision: &ScheduleDecision,
+    now: DateTime<Utc>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
-    let mut status = json!({ "lastCheckTime": stamp(now), "nextScheduleTime": decision.next_run.map(stamp) });
+    let mut status =
+        json!({ "lastCheckTime": stamp(now), "nextScheduleTime": decision.next_run.map(stamp) });
     if let Some(run) = &decision.create {
-        let owner: Option<OwnerReference> = match scheduled.spec.backup_owner_reference.unwrap_or_default() {
-            BackupOwnerReference::None => None,
-            BackupOwnerReference::OwnedBySelf => scheduled.controller_owner_ref(&()),
-            BackupOwnerReference::Cluster => cluster.and_then(|c| c.controller_owner_ref(&())),
-        };
+        let owner: Option<OwnerReference> =
+            match scheduled.spec.backup_owner_reference.unwrap_or_default() {
+                BackupOwnerReference::None => None,
+                BackupOwnerReference::OwnedBySelf => scheduled.controller_owner_ref(&()),
+                BackupOwnerReference::Cluster => cluster.and_then(|c| c.controller_owner_ref(&())),
+            };
         let backup = Backup {
             metadata: ObjectMeta {
                 name: Some(run.name.clone()),
                 namespace: scheduled.metadata.namespace.clone(),
                 labels: Some(
                     [
-                        (pod::LABEL_CLUSTER.to_string(), scheduled.spec.cluster.name.clone()),
-                        ("postgresql.k8s.2ndq.io/scheduled-backup".to_string(), scheduled.metadata.name.clone().unwrap_or_default()),
+                        (
+                            pod::LABEL_CLUSTER.to_string(),
+                            scheduled.spec.cluster.name.clone(),
+                        ),
+                        (
+                            "postgresql.k8s.2ndq.io/scheduled-backup".to_string(),
+                            scheduled.metadata.name.clone().unwrap_or_default(),
+                        ),
                     ]
                     .into(),
                 ),
                 owner_references: owner.map(|o| vec![o]),
                 ..Default::default()
             },
-            spec: BackupSpec { cluster: LocalObjectReference { name: scheduled.spec.cluster.name.clone() }, target: None },
+            spec: BackupSpec {
+                cluster: LocalObjectReference {
+                    name: scheduled.spec.cluster.name.clone(),
+                },
+                target: None,
+            },
             status: None,
         };
-        actions.push(Action::Apply { target: reference(&backup), object: serde_json::to_value(&backup).unwrap_or_default() });
+        actions.push(Action::Apply {
+            target: reference(&backup),
+            object: serde_json::to_value(&backup).unwrap_or_default(),
+        });
         status["lastScheduleTime"] = json!(stamp(run.scheduled_at));
         actions.push(Action::Event {
             regarding: reference(scheduled),
             event_type: EventType::Normal,
             reason: "BackupCreated".into(),
-            note: format!("created Backup {} for the run of {}", run.name, stamp(run.scheduled_at)),
+            note: format!(
+                "created Backup {} for the run of {}",
+                run.name,
+                stamp(run.scheduled_at)
+            ),
         });
     }
-    actions.insert(0, Action::PatchStatus { target: reference(scheduled), status });
+    actions.insert(
+        0,
+        Action::PatchStatus {
+            target: reference(scheduled),
+            status,
+        },
+    );
     if let Some(next) = decision.next_run {
-        actions.push(Action::Requeue { after_seconds: (next - now).num_seconds().max(1) as u64 });
+        actions.push(Action::Requeue {
+            after_seconds: (next - now).num_seconds().max(1) as u64,
+        });
     }
     actions
 }
@@ -133,14 +193,30 @@ pub fn plan_schedule(scheduled: &ScheduledBackup, cluster: Option<&Cluster>, dec
 /// the Cluster it backs up) for the guardrails. Names it does not know are skipped.
 pub fn plan_retention(cluster: &Cluster, backups: &[Backup], doomed: &[String]) -> Vec<Action> {
     let mut actions = Vec::new();
-    for backup in backups.iter().filter(|b| b.metadata.name.as_ref().is_some_and(|n| doomed.contains(n))) {
-        let owner_uids = backup.metadata.owner_references.iter().flatten().map(|o| o.uid.clone()).collect();
-        actions.push(Action::Delete { target: reference(backup), owner_uids, cluster: Some(backup.spec.cluster.name.clone()) });
+    for backup in backups
+        .iter()
+        .filter(|b| b.metadata.name.as_ref().is_some_and(|n| doomed.contains(n)))
+    {
+        let owner_uids = backup
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| o.uid.clone())
+            .collect();
+        actions.push(Action::Delete {
+            target: reference(backup),
+            owner_uids,
+            cluster: Some(backup.spec.cluster.name.clone()),
+        });
         actions.push(Action::Event {
             regarding: reference(cluster),
             event_type: EventType::Normal,
             reason: "BackupExpired".into(),
-            note: format!("deleting Backup {}: older than the retention policy", backup.metadata.name.as_deref().unwrap_or_default()),
+            note: format!(
+                "deleting Backup {}: older than the retention policy",
+                backup.metadata.name.as_deref().unwrap_or_default()
+            ),
         });
     }
     actions

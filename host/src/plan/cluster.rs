@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodTemplateSpec, Service, ServicePort,
-    ServiceSpec, VolumeResourceRequirements,
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodTemplateSpec, Service,
+    ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
-use pgwarden_crds::settings::{ARCHIVE_SETTINGS_KEY, ArchiveSettings, env, pod};
 use pgwarden_crds::Cluster;
+use pgwarden_crds::settings::{ARCHIVE_SETTINGS_KEY, ArchiveSettings, env, pod};
 use pgwarden_sdk::names;
 use serde::Serialize;
 
@@ -34,14 +34,20 @@ impl ClusterDecisions {
     pub fn from_policy(policy: &Policy, cluster: &Cluster) -> Result<Self, PolicyError> {
         let archive = policy.archive_settings(cluster)?;
         let count = cluster.spec.instances.max(0) as u32;
-        let pods = (0..count).map(|i| policy.instance_pod(cluster, i)).collect::<Result<_, _>>()?;
+        let pods = (0..count)
+            .map(|i| policy.instance_pod(cluster, i))
+            .collect::<Result<_, _>>()?;
         Ok(ClusterDecisions { archive, pods })
     }
 }
 
 /// The subject of a Cluster's reconcile.
 pub fn subject(cluster: &Cluster) -> Subject {
-    Subject { object: reference(cluster), uid: cluster.metadata.uid.clone().unwrap_or_default(), cluster: name(cluster).into() }
+    Subject {
+        object: reference(cluster),
+        uid: cluster.metadata.uid.clone().unwrap_or_default(),
+        cluster: name(cluster).into(),
+    }
 }
 
 /// An object's reference.
@@ -76,20 +82,33 @@ fn meta(cluster: &Cluster, object_name: String, extra: BTreeMap<String, String>)
 }
 
 fn apply<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Action {
-    Action::Apply { target: reference(object), object: serde_json::to_value(object).unwrap_or_default() }
+    Action::Apply {
+        target: reference(object),
+        object: serde_json::to_value(object).unwrap_or_default(),
+    }
 }
 
 /// The actions that bring a Cluster's objects to what the policy decided. Refuses a pod
 /// template that reaches outside the Cluster (see [`check_template`]).
-pub fn plan_cluster(cluster: &Cluster, decisions: &ClusterDecisions) -> Result<Vec<Action>, GuardrailError> {
+pub fn plan_cluster(
+    cluster: &Cluster,
+    decisions: &ClusterDecisions,
+) -> Result<Vec<Action>, GuardrailError> {
     let cluster_name = name(cluster);
-    let mut actions = vec![apply(&settings_config_map(cluster, decisions.archive.as_ref()))];
+    let mut actions = vec![apply(&settings_config_map(
+        cluster,
+        decisions.archive.as_ref(),
+    ))];
     for (i, template) in decisions.pods.iter().enumerate() {
         let pod = instance_pod(cluster, i as u32, template)?;
         actions.push(apply(&claim(cluster, i as u32)));
         actions.push(apply(&pod));
     }
-    for (service, role) in [(names::service_rw(cluster_name), Some("primary")), (names::service_r(cluster_name), Some("replica")), (names::service_any(cluster_name), None)] {
+    for (service, role) in [
+        (names::service_rw(cluster_name), Some("primary")),
+        (names::service_r(cluster_name), Some("replica")),
+        (names::service_any(cluster_name), None),
+    ] {
         actions.push(apply(&self::service(cluster, service, role)));
     }
     Ok(actions)
@@ -97,8 +116,21 @@ pub fn plan_cluster(cluster: &Cluster, decisions: &ClusterDecisions) -> Result<V
 
 /// `<cluster>-settings` with `archive.json` (absent when archiving is off).
 pub fn settings_config_map(cluster: &Cluster, archive: Option<&ArchiveSettings>) -> ConfigMap {
-    let data = archive.map(|a| BTreeMap::from([(ARCHIVE_SETTINGS_KEY.to_string(), serde_json::to_string_pretty(a).unwrap_or_default())]));
-    ConfigMap { metadata: meta(cluster, names::settings_config_map(name(cluster)), BTreeMap::new()), data, ..Default::default() }
+    let data = archive.map(|a| {
+        BTreeMap::from([(
+            ARCHIVE_SETTINGS_KEY.to_string(),
+            serde_json::to_string_pretty(a).unwrap_or_default(),
+        )])
+    });
+    ConfigMap {
+        metadata: meta(
+            cluster,
+            names::settings_config_map(name(cluster)),
+            BTreeMap::new(),
+        ),
+        data,
+        ..Default::default()
+    }
 }
 
 /// The data volume claim of instance `instance`.
@@ -106,7 +138,11 @@ pub fn claim(cluster: &Cluster, instance: u32) -> PersistentVolumeClaim {
     let storage = cluster.spec.storage.clone().unwrap_or_default();
     let size = storage.size.unwrap_or_else(|| "1Gi".into());
     PersistentVolumeClaim {
-        metadata: meta(cluster, names::instance(name(cluster), instance), BTreeMap::new()),
+        metadata: meta(
+            cluster,
+            names::instance(name(cluster), instance),
+            BTreeMap::new(),
+        ),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.storage_class,
@@ -122,7 +158,8 @@ pub fn claim(cluster: &Cluster, instance: u32) -> PersistentVolumeClaim {
 
 /// A Service selecting the Cluster's pods, optionally of one role.
 pub fn service(cluster: &Cluster, service_name: String, role: Option<&str>) -> Service {
-    let mut selector = BTreeMap::from([(pod::LABEL_CLUSTER.to_string(), name(cluster).to_string())]);
+    let mut selector =
+        BTreeMap::from([(pod::LABEL_CLUSTER.to_string(), name(cluster).to_string())]);
     if let Some(role) = role {
         selector.insert(pod::LABEL_ROLE.into(), role.into());
     }
@@ -130,7 +167,11 @@ pub fn service(cluster: &Cluster, service_name: String, role: Option<&str>) -> S
         metadata: meta(cluster, service_name, BTreeMap::new()),
         spec: Some(ServiceSpec {
             selector: Some(selector),
-            ports: Some(vec![ServicePort { name: Some("postgres".into()), port: pod::PORT, ..Default::default() }]),
+            ports: Some(vec![ServicePort {
+                name: Some("postgres".into()),
+                port: pod::PORT,
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
@@ -140,7 +181,11 @@ pub fn service(cluster: &Cluster, service_name: String, role: Option<&str>) -> S
 /// The Pod of instance `instance` from the policy's template: name, owner and cluster label
 /// set by the host; the namespace is the template's if it has one (the guardrails refuse a
 /// foreign one), else the Cluster's.
-pub fn instance_pod(cluster: &Cluster, instance: u32, template: &PodTemplateSpec) -> Result<Pod, GuardrailError> {
+pub fn instance_pod(
+    cluster: &Cluster,
+    instance: u32,
+    template: &PodTemplateSpec,
+) -> Result<Pod, GuardrailError> {
     let pod_name = names::instance(name(cluster), instance);
     check_template(cluster, &pod_name, template)?;
     let template_meta = template.metadata.clone().unwrap_or_default();
@@ -149,12 +194,18 @@ pub fn instance_pod(cluster: &Cluster, instance: u32, template: &PodTemplateSpec
     if let Some(ns) = template_meta.namespace {
         metadata.namespace = Some(ns);
     }
-    Ok(Pod { metadata, spec: template.spec.clone(), ..Default::default() })
+    Ok(Pod {
+        metadata,
+        spec: template.spec.clone(),
+        ..Default::default()
+    })
 }
 
 /// The secrets the Cluster's spec names: the only ones its pods may read.
 fn cluster_secrets(cluster: &Cluster) -> BTreeSet<String> {
-    let Some(store) = cluster.spec.backup.as_ref() else { return BTreeSet::new() };
+    let Some(store) = cluster.spec.backup.as_ref() else {
+        return BTreeSet::new();
+    };
     let creds = store.s3_credentials.as_ref();
     let selectors = [
         creds.and_then(|c| c.access_key_id.as_ref()),
@@ -163,13 +214,24 @@ fn cluster_secrets(cluster: &Cluster) -> BTreeSet<String> {
         creds.and_then(|c| c.region.as_ref()),
         store.endpoint_ca.as_ref(),
     ];
-    selectors.into_iter().flatten().map(|s| s.name.clone()).collect()
+    selectors
+        .into_iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// Refuses a template without the `postgres` container, with a credential by value, or
 /// referring to a claim, ConfigMap or Secret that is not the Cluster's.
-pub fn check_template(cluster: &Cluster, pod_name: &str, template: &PodTemplateSpec) -> Result<(), GuardrailError> {
-    let object = format!("Pod {}/{pod_name}", cluster.metadata.namespace.as_deref().unwrap_or_default());
+pub fn check_template(
+    cluster: &Cluster,
+    pod_name: &str,
+    template: &PodTemplateSpec,
+) -> Result<(), GuardrailError> {
+    let object = format!(
+        "Pod {}/{pod_name}",
+        cluster.metadata.namespace.as_deref().unwrap_or_default()
+    );
     let foreign = |reference: String| GuardrailError::ForeignReference {
         object: object.clone(),
         reference,
@@ -177,16 +239,33 @@ pub fn check_template(cluster: &Cluster, pod_name: &str, template: &PodTemplateS
     };
     let spec = template.spec.clone().unwrap_or_default();
     if !spec.containers.iter().any(|c| c.name == pod::CONTAINER) {
-        return Err(GuardrailError::Invalid { object, detail: format!("the pod template has no container named {}", pod::CONTAINER) });
+        return Err(GuardrailError::Invalid {
+            object,
+            detail: format!("the pod template has no container named {}", pod::CONTAINER),
+        });
     }
-    let credentials = [env::ACCESS_KEY_ID, env::SECRET_ACCESS_KEY, env::SESSION_TOKEN, env::REGION];
+    let credentials = [
+        env::ACCESS_KEY_ID,
+        env::SECRET_ACCESS_KEY,
+        env::SESSION_TOKEN,
+        env::REGION,
+    ];
     let secrets = cluster_secrets(cluster);
-    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
     for var in containers.flat_map(|c| c.env.iter().flatten()) {
         if credentials.contains(&var.name.as_str()) && var.value.is_some() {
-            return Err(GuardrailError::SecretValue { object: object.clone(), env: var.name.clone() });
+            return Err(GuardrailError::SecretValue {
+                object: object.clone(),
+                env: var.name.clone(),
+            });
         }
-        let secret = var.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref());
+        let secret = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref());
         if let Some(secret) = secret.filter(|s| !secrets.contains(&s.name)) {
             return Err(foreign(format!("Secret {}", secret.name)));
         }
@@ -194,8 +273,15 @@ pub fn check_template(cluster: &Cluster, pod_name: &str, template: &PodTemplateS
     let own_claim = names::instance(name(cluster), pod_name_index(cluster, pod_name));
     let own_config = names::settings_config_map(name(cluster));
     for volume in spec.volumes.iter().flatten() {
-        if let Some(claim) = volume.persistent_volume_claim.as_ref().filter(|c| c.claim_name != own_claim) {
-            return Err(foreign(format!("PersistentVolumeClaim {}", claim.claim_name)));
+        if let Some(claim) = volume
+            .persistent_volume_claim
+            .as_ref()
+            .filter(|c| c.claim_name != own_claim)
+        {
+            return Err(foreign(format!(
+                "PersistentVolumeClaim {}",
+                claim.claim_name
+            )));
         }
         if let Some(config) = volume.config_map.as_ref().filter(|c| c.name != own_config) {
             return Err(foreign(format!("ConfigMap {}", config.name)));
@@ -209,6 +295,9 @@ pub fn check_template(cluster: &Cluster, pod_name: &str, template: &PodTemplateS
 }
 
 fn pod_name_index(cluster: &Cluster, pod_name: &str) -> u32 {
-    let number = pod_name.strip_prefix(name(cluster)).and_then(|s| s.strip_prefix('-')).and_then(|n| n.parse::<u32>().ok());
+    let number = pod_name
+        .strip_prefix(name(cluster))
+        .and_then(|s| s.strip_prefix('-'))
+        .and_then(|n| n.parse::<u32>().ok());
     number.unwrap_or(1).saturating_sub(1)
 }

@@ -4,18 +4,35 @@
 /// objects safely.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuardrailError {
-    #[error("refused {object}: it is in namespace {namespace}, outside {subject}'s namespace {expected}")]
-    WrongNamespace { object: String, namespace: String, subject: String, expected: String },
+    #[error(
+        "refused {object}: it is in namespace {namespace}, outside {subject}'s namespace {expected}"
+    )]
+    WrongNamespace {
+        object: String,
+        namespace: String,
+        subject: String,
+        expected: String,
+    },
     #[error("refused {object}: kind {kind} is not one the operator manages")]
     KindNotAllowed { object: String, kind: String },
     #[error("refused {object}: it is not owned by {subject}")]
     NotOwned { object: String, subject: String },
     #[error("refused {object}: {bytes} bytes, over the {limit}-byte bound")]
-    TooLarge { object: String, bytes: usize, limit: usize },
-    #[error("refused {object}: environment variable {env} carries a credential by value; credentials come from secretKeyRef only")]
+    TooLarge {
+        object: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(
+        "refused {object}: environment variable {env} carries a credential by value; credentials come from secretKeyRef only"
+    )]
     SecretValue { object: String, env: String },
     #[error("refused {object}: it refers to {reference}, which does not belong to {subject}")]
-    ForeignReference { object: String, reference: String, subject: String },
+    ForeignReference {
+        object: String,
+        reference: String,
+        subject: String,
+    },
     #[error("refused {object}: {detail}")]
     Invalid { object: String, detail: String },
 }

@@ -46,27 +46,42 @@ pub fn check(subject: &Subject, actions: &[Action]) -> Result<(), GuardrailError
 
 /// Checks one action.
 pub fn check_one(subject: &Subject, action: &Action) -> Result<(), GuardrailError> {
-    let Some(target) = action.target() else { return Ok(()) };
+    let Some(target) = action.target() else {
+        return Ok(());
+    };
     check_namespace(subject, target)?;
     match action {
         Action::Apply { object, .. } => {
             check_kind(target)?;
             check_size(target, object)?;
             let owners = owner_uids(object);
-            let cluster = object.pointer(&format!("/metadata/labels/{}", LABEL_CLUSTER.replace('/', "~1")));
+            let cluster = object.pointer(&format!(
+                "/metadata/labels/{}",
+                LABEL_CLUSTER.replace('/', "~1")
+            ));
             check_owned(subject, target, &owners, cluster.and_then(|c| c.as_str()))
         }
-        Action::Delete { owner_uids, cluster, .. } => {
+        Action::Delete {
+            owner_uids,
+            cluster,
+            ..
+        } => {
             check_kind(target)?;
             check_owned(subject, target, owner_uids, cluster.as_deref())
         }
         Action::PatchStatus { status, .. } => {
             if !STATUS_KINDS.contains(&target.kind.as_str()) {
-                return Err(GuardrailError::KindNotAllowed { object: target.to_string(), kind: target.kind.clone() });
+                return Err(GuardrailError::KindNotAllowed {
+                    object: target.to_string(),
+                    kind: target.kind.clone(),
+                });
             }
             check_size(target, status)?;
             if target != &subject.object {
-                return Err(GuardrailError::NotOwned { object: target.to_string(), subject: subject.object.to_string() });
+                return Err(GuardrailError::NotOwned {
+                    object: target.to_string(),
+                    subject: subject.object.to_string(),
+                });
             }
             Ok(())
         }
@@ -80,7 +95,11 @@ fn check_namespace(subject: &Subject, target: &ObjectRef) -> Result<(), Guardrai
     if namespace != subject.namespace() {
         return Err(GuardrailError::WrongNamespace {
             object: target.to_string(),
-            namespace: if namespace.is_empty() { "(cluster scope)".into() } else { namespace.into() },
+            namespace: if namespace.is_empty() {
+                "(cluster scope)".into()
+            } else {
+                namespace.into()
+            },
             subject: subject.object.to_string(),
             expected: subject.namespace().into(),
         });
@@ -92,28 +111,54 @@ fn check_kind(target: &ObjectRef) -> Result<(), GuardrailError> {
     if ALLOWED_KINDS.contains(&(target.api_version.as_str(), target.kind.as_str())) {
         return Ok(());
     }
-    Err(GuardrailError::KindNotAllowed { object: target.to_string(), kind: format!("{}/{}", target.api_version, target.kind) })
+    Err(GuardrailError::KindNotAllowed {
+        object: target.to_string(),
+        kind: format!("{}/{}", target.api_version, target.kind),
+    })
 }
 
 fn check_size(target: &ObjectRef, value: &serde_json::Value) -> Result<(), GuardrailError> {
-    let bytes = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    let bytes = serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if bytes > MAX_OBJECT_BYTES {
-        return Err(GuardrailError::TooLarge { object: target.to_string(), bytes, limit: MAX_OBJECT_BYTES });
+        return Err(GuardrailError::TooLarge {
+            object: target.to_string(),
+            bytes,
+            limit: MAX_OBJECT_BYTES,
+        });
     }
     Ok(())
 }
 
 fn owner_uids(object: &serde_json::Value) -> Vec<String> {
-    let owners = object.pointer("/metadata/ownerReferences").and_then(|o| o.as_array());
-    owners.into_iter().flatten().filter_map(|o| o.get("uid")?.as_str().map(str::to_owned)).collect()
+    let owners = object
+        .pointer("/metadata/ownerReferences")
+        .and_then(|o| o.as_array());
+    owners
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("uid")?.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Owned: an owner reference to the subject; or, for a Backup, the subject's Cluster's label.
-fn check_owned(subject: &Subject, target: &ObjectRef, owners: &[String], cluster: Option<&str>) -> Result<(), GuardrailError> {
-    let by_ref = owners.iter().collect::<BTreeSet<_>>().contains(&subject.uid);
+fn check_owned(
+    subject: &Subject,
+    target: &ObjectRef,
+    owners: &[String],
+    cluster: Option<&str>,
+) -> Result<(), GuardrailError> {
+    let by_ref = owners
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .contains(&subject.uid);
     let by_cluster = target.kind == "Backup" && cluster == Some(subject.cluster.as_str());
     if by_ref || by_cluster {
         return Ok(());
     }
-    Err(GuardrailError::NotOwned { object: target.to_string(), subject: subject.object.to_string() })
+    Err(GuardrailError::NotOwned {
+        object: target.to_string(),
+        subject: subject.object.to_string(),
+    })
 }

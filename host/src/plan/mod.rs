@@ -19,7 +19,8 @@ pub mod guardrails;
 pub use actions::{Action, EventType, ObjectRef};
 pub use backup::{backup_subject, plan_backup, plan_retention, plan_schedule, scheduled_subject};
 pub use cluster::{
-    ClusterDecisions, check_template, claim, instance_pod, owner, plan_cluster, reference, service, settings_config_map, subject,
+    ClusterDecisions, check_template, claim, instance_pod, owner, plan_cluster, reference, service,
+    settings_config_map, subject,
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;

@@ -38,15 +38,22 @@ fn now() -> DateTime<Utc> {
 }
 
 fn decisions(cluster: &Cluster) -> ClusterDecisions {
-    let pods = (0..2).map(|i| defaults::instance_pod(cluster, i).unwrap().build()).collect();
-    ClusterDecisions { archive: defaults::archive_settings(cluster).unwrap(), pods }
+    let pods = (0..2)
+        .map(|i| defaults::instance_pod(cluster, i).unwrap().build())
+        .collect();
+    ClusterDecisions {
+        archive: defaults::archive_settings(cluster).unwrap(),
+        pods,
+    }
 }
 
 fn applied<'a>(actions: &'a [Action], kind: &str, name: &str) -> &'a Value {
     actions
         .iter()
         .find_map(|a| match a {
-            Action::Apply { target, object } if target.kind == kind && target.name == name => Some(object),
+            Action::Apply { target, object } if target.kind == kind && target.name == name => {
+                Some(object)
+            }
             _ => None,
         })
         .unwrap_or_else(|| panic!("no {kind} {name} in {actions:#?}"))
@@ -56,19 +63,33 @@ fn applied<'a>(actions: &'a [Action], kind: &str, name: &str) -> &'a Value {
 fn a_cluster_plans_its_objects_all_owned_and_labelled() {
     let cluster = cluster();
     let actions = plan_cluster(&cluster, &decisions(&cluster)).unwrap();
-    let kinds: Vec<String> = actions.iter().map(|a| a.target().unwrap().to_string()).collect();
+    let kinds: Vec<String> = actions
+        .iter()
+        .map(|a| a.target().unwrap().to_string())
+        .collect();
     assert_eq!(
         kinds,
         [
-            "ConfigMap prod/pg-settings", "PersistentVolumeClaim prod/pg-1", "Pod prod/pg-1", "PersistentVolumeClaim prod/pg-2",
-            "Pod prod/pg-2", "Service prod/pg-rw", "Service prod/pg-r", "Service prod/pg-any",
+            "ConfigMap prod/pg-settings",
+            "PersistentVolumeClaim prod/pg-1",
+            "Pod prod/pg-1",
+            "PersistentVolumeClaim prod/pg-2",
+            "Pod prod/pg-2",
+            "Service prod/pg-rw",
+            "Service prod/pg-r",
+            "Service prod/pg-any",
         ]
     );
     for action in &actions {
-        let Action::Apply { object, .. } = action else { panic!("{action:?}") };
+        let Action::Apply { object, .. } = action else {
+            panic!("{action:?}")
+        };
         assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], UID);
         assert_eq!(object["metadata"]["ownerReferences"][0]["controller"], true);
-        assert_eq!(object["metadata"]["labels"]["postgresql.k8s.2ndq.io/cluster"], "pg");
+        assert_eq!(
+            object["metadata"]["labels"]["postgresql.k8s.2ndq.io/cluster"],
+            "pg"
+        );
     }
     guardrails::check(&subject(&cluster), &actions).unwrap();
 }
@@ -78,11 +99,15 @@ fn the_settings_config_map_holds_the_decided_archive_settings() {
     let cluster = cluster();
     let actions = plan_cluster(&cluster, &decisions(&cluster)).unwrap();
     let config = applied(&actions, "ConfigMap", "pg-settings");
-    let settings: Value = serde_json::from_str(config["data"][ARCHIVE_SETTINGS_KEY].as_str().unwrap()).unwrap();
-    assert_eq!(settings, json!({
-        "destinationPath": "s3://backups/pg", "serverName": "pg", "compression": "gzip", "encryption": "AES256",
-        "maxParallel": 1, "archiveTimeoutSeconds": 300,
-    }));
+    let settings: Value =
+        serde_json::from_str(config["data"][ARCHIVE_SETTINGS_KEY].as_str().unwrap()).unwrap();
+    assert_eq!(
+        settings,
+        json!({
+            "destinationPath": "s3://backups/pg", "serverName": "pg", "compression": "gzip", "encryption": "AES256",
+            "maxParallel": 1, "archiveTimeoutSeconds": 300,
+        })
+    );
 }
 
 #[test]
@@ -93,12 +118,29 @@ fn pods_run_the_agent_with_credentials_by_secret_name_only() {
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["command"], json!(["pgwarden", "instance", "run"]));
     let env = container["env"].as_array().unwrap();
-    let secret = env.iter().find(|e| e["name"] == "AWS_SECRET_ACCESS_KEY").unwrap();
-    assert_eq!(secret, &json!({ "name": "AWS_SECRET_ACCESS_KEY", "valueFrom": { "secretKeyRef": { "name": "aws-creds", "key": "SECRET" } } }));
+    let secret = env
+        .iter()
+        .find(|e| e["name"] == "AWS_SECRET_ACCESS_KEY")
+        .unwrap();
+    assert_eq!(
+        secret,
+        &json!({ "name": "AWS_SECRET_ACCESS_KEY", "valueFrom": { "secretKeyRef": { "name": "aws-creds", "key": "SECRET" } } })
+    );
     let mounts = container["volumeMounts"].as_array().unwrap();
-    assert!(mounts.iter().any(|m| m["mountPath"] == SETTINGS_MOUNT_PATH && m["name"] == "settings"));
-    assert_eq!(pod["metadata"]["labels"]["postgresql.k8s.2ndq.io/role"], "replica");
-    let claim = pod["spec"]["volumes"].as_array().unwrap().iter().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str());
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == SETTINGS_MOUNT_PATH && m["name"] == "settings")
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["postgresql.k8s.2ndq.io/role"],
+        "replica"
+    );
+    let claim = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str());
     assert_eq!(claim, Some("pg-2"));
 }
 
@@ -108,49 +150,113 @@ fn a_template_reading_an_unnamed_secret_is_refused() {
     let mut decisions = decisions(&cluster);
     let pod = defaults::instance_pod(&cluster, 0).unwrap();
     let mut template = pod.build();
-    let env = template.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap();
-    env.push(pgwarden_sdk::defaults::secret_env("EXTRA", &pgwarden_crds::SecretKeySelector { name: "db-admin".into(), key: "password".into() }));
+    let env = template.spec.as_mut().unwrap().containers[0]
+        .env
+        .as_mut()
+        .unwrap();
+    env.push(pgwarden_sdk::defaults::secret_env(
+        "EXTRA",
+        &pgwarden_crds::SecretKeySelector {
+            name: "db-admin".into(),
+            key: "password".into(),
+        },
+    ));
     decisions.pods[0] = template;
     let err = plan_cluster(&cluster, &decisions).unwrap_err();
-    assert_eq!(err.to_string(), "refused Pod prod/pg-1: it refers to Secret db-admin, which does not belong to Cluster pg");
+    assert_eq!(
+        err.to_string(),
+        "refused Pod prod/pg-1: it refers to Secret db-admin, which does not belong to Cluster pg"
+    );
 }
 
 #[test]
 fn guardrails_refuse_foreign_kinds_namespaces_and_owners() {
     let subject = subject(&cluster());
-    let secret = ObjectRef { api_version: "v1".into(), kind: "Secret".into(), namespace: Some("prod".into()), name: "x".into() };
-    let apply = Action::Apply { target: secret, object: json!({ "metadata": { "ownerReferences": [{ "uid": UID }] } }) };
-    assert_eq!(guardrails::check_one(&subject, &apply).unwrap_err().to_string(), "refused Secret prod/x: kind v1/Secret is not one the operator manages");
+    let secret = ObjectRef {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        namespace: Some("prod".into()),
+        name: "x".into(),
+    };
+    let apply = Action::Apply {
+        target: secret,
+        object: json!({ "metadata": { "ownerReferences": [{ "uid": UID }] } }),
+    };
+    assert_eq!(
+        guardrails::check_one(&subject, &apply)
+            .unwrap_err()
+            .to_string(),
+        "refused Secret prod/x: kind v1/Secret is not one the operator manages"
+    );
 
     let foreign = reference(&backup("theirs", "other"));
-    let delete = Action::Delete { target: foreign, owner_uids: vec![], cluster: Some("other".into()) };
-    assert_eq!(guardrails::check_one(&subject, &delete).unwrap_err().to_string(), "refused Backup prod/theirs: it is not owned by Cluster prod/pg");
+    let delete = Action::Delete {
+        target: foreign,
+        owner_uids: vec![],
+        cluster: Some("other".into()),
+    };
+    assert_eq!(
+        guardrails::check_one(&subject, &delete)
+            .unwrap_err()
+            .to_string(),
+        "refused Backup prod/theirs: it is not owned by Cluster prod/pg"
+    );
 
     let mut elsewhere = reference(&backup("b", "pg"));
     elsewhere.namespace = Some("kube-system".into());
-    let patch = Action::PatchStatus { target: elsewhere, status: json!({}) };
-    assert!(matches!(guardrails::check_one(&subject, &patch), Err(GuardrailError::WrongNamespace { .. })));
+    let patch = Action::PatchStatus {
+        target: elsewhere,
+        status: json!({}),
+    };
+    assert!(matches!(
+        guardrails::check_one(&subject, &patch),
+        Err(GuardrailError::WrongNamespace { .. })
+    ));
 
-    let status_of_other = Action::PatchStatus { target: reference(&backup("b", "pg")), status: json!({}) };
-    assert!(matches!(guardrails::check_one(&subject, &status_of_other), Err(GuardrailError::NotOwned { .. })));
+    let status_of_other = Action::PatchStatus {
+        target: reference(&backup("b", "pg")),
+        status: json!({}),
+    };
+    assert!(matches!(
+        guardrails::check_one(&subject, &status_of_other),
+        Err(GuardrailError::NotOwned { .. })
+    ));
 }
 
 #[test]
 fn a_backup_that_starts_gets_its_start_time_pod_and_store() {
     let (cluster, backup) = (cluster(), backup("b1", "pg"));
-    let settings = defaults::backup_settings(&backup, &cluster, &[pgwarden_sdk::types::Instance {
-        name: "pg-1".into(), role: pgwarden_sdk::types::Role::Primary, ready: true,
-    }])
+    let settings = defaults::backup_settings(
+        &backup,
+        &cluster,
+        &[pgwarden_sdk::types::Instance {
+            name: "pg-1".into(),
+            role: pgwarden_sdk::types::Role::Primary,
+            ready: true,
+        }],
+    )
     .unwrap();
-    let t = Transition { phase: BackupPhase::Running, reason: "Started".into(), message: "running".into(), requeue_after_seconds: Some(10) };
+    let t = Transition {
+        phase: BackupPhase::Running,
+        reason: "Started".into(),
+        message: "running".into(),
+        requeue_after_seconds: Some(10),
+    };
     let actions = plan_backup(&backup, Some(&cluster), &t, Some(&settings), now());
     assert_eq!(actions.len(), 3, "{actions:#?}");
-    let Action::PatchStatus { status, .. } = &actions[0] else { panic!() };
-    assert_eq!(status, &json!({
-        "phase": "running", "reason": "Started", "message": "running", "startedAt": "2026-11-25T10:00:00Z",
-        "instanceID": { "podName": "pg-1" }, "destinationPath": "s3://backups/pg", "serverName": "pg",
-    }));
-    assert!(matches!(&actions[1], Action::Event { event_type: EventType::Normal, reason, .. } if reason == "Started"));
+    let Action::PatchStatus { status, .. } = &actions[0] else {
+        panic!()
+    };
+    assert_eq!(
+        status,
+        &json!({
+            "phase": "running", "reason": "Started", "message": "running", "startedAt": "2026-11-25T10:00:00Z",
+            "instanceID": { "podName": "pg-1" }, "destinationPath": "s3://backups/pg", "serverName": "pg",
+        })
+    );
+    assert!(
+        matches!(&actions[1], Action::Event { event_type: EventType::Normal, reason, .. } if reason == "Started")
+    );
     assert_eq!(actions[2], Action::Requeue { after_seconds: 10 });
     guardrails::check(&backup_subject(&backup), &actions).unwrap();
 }
@@ -158,12 +264,30 @@ fn a_backup_that_starts_gets_its_start_time_pod_and_store() {
 #[test]
 fn an_unchanged_backup_is_not_patched_and_a_failure_is_a_warning() {
     let mut backup = backup("b1", "pg");
-    let t = Transition { phase: BackupPhase::Failed, reason: "PodGone".into(), message: "pod pg-1 vanished".into(), requeue_after_seconds: None };
+    let t = Transition {
+        phase: BackupPhase::Failed,
+        reason: "PodGone".into(),
+        message: "pod pg-1 vanished".into(),
+        requeue_after_seconds: None,
+    };
     let actions = plan_backup(&backup, None, &t, None, now());
-    let Action::PatchStatus { status, .. } = &actions[0] else { panic!() };
+    let Action::PatchStatus { status, .. } = &actions[0] else {
+        panic!()
+    };
     assert_eq!(status["stoppedAt"], "2026-11-25T10:00:00Z");
-    assert!(matches!(&actions[1], Action::Event { event_type: EventType::Warning, .. }));
-    backup.status = Some(serde_json::from_value(json!({ "phase": "failed", "reason": "PodGone", "message": "pod pg-1 vanished" })).unwrap());
+    assert!(matches!(
+        &actions[1],
+        Action::Event {
+            event_type: EventType::Warning,
+            ..
+        }
+    ));
+    backup.status = Some(
+        serde_json::from_value(
+            json!({ "phase": "failed", "reason": "PodGone", "message": "pod pg-1 vanished" }),
+        )
+        .unwrap(),
+    );
     assert!(plan_backup(&backup, None, &t, None, now()).is_empty());
 }
 
@@ -178,16 +302,32 @@ fn a_scheduled_run_creates_a_labelled_backup_owned_as_asked() {
     .unwrap();
     let at: DateTime<Utc> = "2026-11-25T02:00:00Z".parse().unwrap();
     let next: DateTime<Utc> = "2026-11-26T02:00:00Z".parse().unwrap();
-    let decision = ScheduleDecision { create: Some(ScheduledRun { name: "nightly-20261125020000".into(), scheduled_at: at }), next_run: Some(next) };
+    let decision = ScheduleDecision {
+        create: Some(ScheduledRun {
+            name: "nightly-20261125020000".into(),
+            scheduled_at: at,
+        }),
+        next_run: Some(next),
+    };
     let actions = plan_schedule(&scheduled, Some(&cluster), &decision, now());
     let backup = applied(&actions, "Backup", "nightly-20261125020000");
     assert_eq!(backup["spec"]["cluster"]["name"], "pg");
     assert_eq!(backup["metadata"]["ownerReferences"][0]["uid"], UID);
-    assert_eq!(backup["metadata"]["labels"]["postgresql.k8s.2ndq.io/cluster"], "pg");
-    let Action::PatchStatus { status, .. } = &actions[0] else { panic!() };
+    assert_eq!(
+        backup["metadata"]["labels"]["postgresql.k8s.2ndq.io/cluster"],
+        "pg"
+    );
+    let Action::PatchStatus { status, .. } = &actions[0] else {
+        panic!()
+    };
     assert_eq!(status["lastScheduleTime"], "2026-11-25T02:00:00Z");
     assert_eq!(status["nextScheduleTime"], "2026-11-26T02:00:00Z");
-    assert_eq!(actions.last(), Some(&Action::Requeue { after_seconds: 16 * 3600 }));
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Requeue {
+            after_seconds: 16 * 3600
+        })
+    );
     guardrails::check(&scheduled_subject(&scheduled), &actions).unwrap();
 }
 
@@ -195,7 +335,11 @@ fn a_scheduled_run_creates_a_labelled_backup_owned_as_asked() {
 fn retention_deletes_only_the_named_backups_of_the_cluster() {
     let cluster = cluster();
     let backups = [backup("old", "pg"), backup("new", "pg")];
-    let actions = plan_retention(&cluster, &backups, &["old".to_string(), "unknown".to_string()]);
+    let actions = plan_retention(
+        &cluster,
+        &backups,
+        &["old".to_string(), "unknown".to_string()],
+    );
     assert_eq!(actions.len(), 2);
     assert!(matches!(&actions[0], Action::Delete { target, .. } if target.name == "old"));
     guardrails::check(&subject(&cluster), &actions).unwrap();

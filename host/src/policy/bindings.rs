@@ -62,7 +62,11 @@ pub fn instance(i: &Instance) -> wit::Instance {
         Role::Primary => wit::Role::Primary,
         Role::Replica => wit::Role::Replica,
     };
-    wit::Instance { name: i.name.clone(), role, ready: i.ready }
+    wit::Instance {
+        name: i.name.clone(),
+        role,
+        ready: i.ready,
+    }
 }
 
 pub fn pod_facts(p: &PodFacts) -> wit::PodFacts {
@@ -82,12 +86,20 @@ pub fn transition(t: wit::Transition) -> Transition {
         wit::BackupPhase::Completed => BackupPhase::Completed,
         wit::BackupPhase::Failed => BackupPhase::Failed,
     };
-    Transition { phase, reason: t.reason, message: t.message, requeue_after_seconds: t.requeue_after_seconds }
+    Transition {
+        phase,
+        reason: t.reason,
+        message: t.message,
+        requeue_after_seconds: t.requeue_after_seconds,
+    }
 }
 
 pub fn schedule(d: wit::ScheduleDecision) -> ScheduleDecision {
     ScheduleDecision {
-        create: d.create.map(|r| ScheduledRun { name: r.name, scheduled_at: time(r.scheduled_at) }),
+        create: d.create.map(|r| ScheduledRun {
+            name: r.name,
+            scheduled_at: time(r.scheduled_at),
+        }),
         next_run: d.next_run.map(time),
     }
 }

@@ -63,34 +63,58 @@ struct ModuleArgs {
 
 impl ModuleArgs {
     fn load(&self) -> Result<Policy> {
-        let bytes = std::fs::read(&self.module).with_context(|| format!("cannot read {}", self.module.display()))?;
+        let bytes = std::fs::read(&self.module)
+            .with_context(|| format!("cannot read {}", self.module.display()))?;
         let engine = Engine::new(EngineConfig::default())?;
-        let limits = Limits { timeout: Duration::from_millis(self.timeout_ms), memory_bytes: self.memory_mib << 20 };
-        Ok(engine.load(&bytes, limits).with_context(|| format!("cannot load {}", self.module.display()))?)
+        let limits = Limits {
+            timeout: Duration::from_millis(self.timeout_ms),
+            memory_bytes: self.memory_mib << 20,
+        };
+        Ok(engine
+            .load(&bytes, limits)
+            .with_context(|| format!("cannot load {}", self.module.display()))?)
     }
 }
 
 /// Runs `pgwarden policy ...`.
 pub fn run(args: PolicyArgs) -> Result<()> {
     match args.command {
-        PolicyCommand::Eval { module, input, decision, now } => {
+        PolicyCommand::Eval {
+            module,
+            input,
+            decision,
+            now,
+        } => {
             if let Some(d) = decision.as_deref().filter(|d| !DECISIONS.contains(d)) {
-                bail!("unknown decision {d:?}: expected one of {}", DECISIONS.join(", "));
+                bail!(
+                    "unknown decision {d:?}: expected one of {}",
+                    DECISIONS.join(", ")
+                );
             }
             let policy = module.load()?;
             let objects = Objects::read(&input)?;
-            let report = eval(&policy, &objects, decision.as_deref(), now.unwrap_or_else(Utc::now));
+            let report = eval(
+                &policy,
+                &objects,
+                decision.as_deref(),
+                now.unwrap_or_else(Utc::now),
+            );
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         PolicyCommand::Test { module, dir } => {
             let policy = module.load()?;
             let mut out = String::new();
-            let results = pgwarden_sdk::testing::run_dir(&dir, &policy, &mut out).map_err(anyhow::Error::msg)?;
+            let results = pgwarden_sdk::testing::run_dir(&dir, &policy, &mut out)
+                .map_err(anyhow::Error::msg)?;
             print!("{out}");
             let failed = results.iter().filter(|r| !r.passed).count();
             if failed > 0 || results.is_empty() {
-                bail!("{failed} of {} cases failed in {}", results.len(), dir.display());
+                bail!(
+                    "{failed} of {} cases failed in {}",
+                    results.len(),
+                    dir.display()
+                );
             }
             Ok(())
         }
@@ -109,7 +133,8 @@ pub struct Objects {
 impl Objects {
     /// Reads a multi-document YAML file; unknown kinds are an error naming them.
     pub fn read(path: &Path) -> Result<Objects> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         Objects::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -118,51 +143,108 @@ impl Objects {
         let mut objects = Objects::default();
         for doc in serde_yaml::Deserializer::from_str(text) {
             let value: Value = serde::Deserialize::deserialize(doc)?;
-            let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+            let kind = value
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             match kind.as_str() {
                 "" if value.is_null() => {}
-                "Cluster" => objects.clusters.push(serde_json::from_value(value).context("not a valid Cluster")?),
-                "Backup" => objects.backups.push(serde_json::from_value(value).context("not a valid Backup")?),
-                "ScheduledBackup" => objects.scheduled.push(serde_json::from_value(value).context("not a valid ScheduledBackup")?),
-                "Pod" => objects.pods.push(serde_json::from_value(value).context("not a valid Pod")?),
-                other => bail!("cannot evaluate objects of kind {other:?}: expected Cluster, Backup, ScheduledBackup or Pod"),
+                "Cluster" => objects
+                    .clusters
+                    .push(serde_json::from_value(value).context("not a valid Cluster")?),
+                "Backup" => objects
+                    .backups
+                    .push(serde_json::from_value(value).context("not a valid Backup")?),
+                "ScheduledBackup" => objects
+                    .scheduled
+                    .push(serde_json::from_value(value).context("not a valid ScheduledBackup")?),
+                "Pod" => objects
+                    .pods
+                    .push(serde_json::from_value(value).context("not a valid Pod")?),
+                other => bail!(
+                    "cannot evaluate objects of kind {other:?}: expected Cluster, Backup, ScheduledBackup or Pod"
+                ),
             }
         }
         Ok(objects)
     }
 
     fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters.iter().find(|c| c.metadata.name.as_deref() == Some(name))
+        self.clusters
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
     }
 
     /// The Cluster's instances: its Pods in the input, or (none given) the instances its spec
     /// asks for, the first one primary, all ready.
     pub fn instances(&self, cluster: &Cluster) -> Vec<Instance> {
         let cluster_name = cluster.metadata.name.clone().unwrap_or_default();
-        let labelled = |p: &&Pod| p.metadata.labels.as_ref().and_then(|l| l.get(conventions::LABEL_CLUSTER)) == Some(&cluster_name);
+        let labelled = |p: &&Pod| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(conventions::LABEL_CLUSTER))
+                == Some(&cluster_name)
+        };
         let pods: Vec<Instance> = self.pods.iter().filter(labelled).map(instance_of).collect();
         if !pods.is_empty() {
             return pods;
         }
         let count = cluster.spec.instances.max(0) as u32;
         let role = |i| if i == 0 { Role::Primary } else { Role::Replica };
-        (0..count).map(|i| Instance { name: names::instance(&cluster_name, i), role: role(i), ready: true }).collect()
+        (0..count)
+            .map(|i| Instance {
+                name: names::instance(&cluster_name, i),
+                role: role(i),
+                ready: true,
+            })
+            .collect()
     }
 }
 
 fn instance_of(pod: &Pod) -> Instance {
-    let role = pod.metadata.labels.as_ref().and_then(|l| l.get(conventions::LABEL_ROLE));
+    let role = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(conventions::LABEL_ROLE));
     let facts = pod_facts(pod);
-    let role = if role.map(String::as_str) == Some("primary") { Role::Primary } else { Role::Replica };
-    Instance { name: facts.name, role, ready: facts.ready }
+    let role = if role.map(String::as_str) == Some("primary") {
+        Role::Primary
+    } else {
+        Role::Replica
+    };
+    Instance {
+        name: facts.name,
+        role,
+        ready: facts.ready,
+    }
 }
 
 /// What the host observes about a pod, for backup transitions.
 pub fn pod_facts(pod: &Pod) -> PodFacts {
     let status = pod.status.clone().unwrap_or_default();
-    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-    let container = status.container_statuses.iter().flatten().find(|c| c.name == conventions::CONTAINER).cloned();
-    let started = container.as_ref().and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(|t| t.0));
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let container = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == conventions::CONTAINER)
+        .cloned();
+    let started = container.as_ref().and_then(|c| {
+        c.state
+            .as_ref()?
+            .running
+            .as_ref()?
+            .started_at
+            .as_ref()
+            .map(|t| t.0)
+    });
     PodFacts {
         name: pod.metadata.name.clone().unwrap_or_default(),
         phase: status.phase.unwrap_or_else(|| "Unknown".into()),
@@ -177,16 +259,29 @@ fn wanted(filter: Option<&str>, decision: &str) -> bool {
 }
 
 /// One decision's entry in the report.
-fn entry<T: serde::Serialize>(decision: &str, subject: &str, result: &Result<T, PolicyError>) -> Value {
+fn entry<T: serde::Serialize>(
+    decision: &str,
+    subject: &str,
+    result: &Result<T, PolicyError>,
+) -> Value {
     match result {
         Ok(value) => json!({ "decision": decision, "subject": subject, "allowed": value }),
-        Err(PolicyError::Denied(message)) => json!({ "decision": decision, "subject": subject, "denied": message }),
-        Err(e) => json!({ "decision": decision, "subject": subject, "failed": { "error": e.label(), "message": e.to_string() } }),
+        Err(PolicyError::Denied(message)) => {
+            json!({ "decision": decision, "subject": subject, "denied": message })
+        }
+        Err(e) => {
+            json!({ "decision": decision, "subject": subject, "failed": { "error": e.label(), "message": e.to_string() } })
+        }
     }
 }
 
 /// Checked actions: those the guardrails pass, and refusals.
-fn guarded(subject: &plan::Subject, actions: Vec<Action>, out: &mut Vec<Value>, refused: &mut Vec<Value>) {
+fn guarded(
+    subject: &plan::Subject,
+    actions: Vec<Action>,
+    out: &mut Vec<Value>,
+    refused: &mut Vec<Value>,
+) {
     for action in actions {
         match plan::guardrails::check_one(subject, &action) {
             Ok(()) => out.push(serde_json::to_value(&action).unwrap_or_default()),
@@ -206,7 +301,9 @@ pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateT
             decisions.push(entry("archive-settings", &name, &archive));
         }
         let count = cluster.spec.instances.max(0) as u32;
-        let pods: Vec<_> = (0..count).map(|i| policy.instance_pod(cluster, i)).collect();
+        let pods: Vec<_> = (0..count)
+            .map(|i| policy.instance_pod(cluster, i))
+            .collect();
         if wanted(filter, "instance-pod") {
             decisions.extend(pods.iter().map(|p| entry("instance-pod", &name, p)));
         }
@@ -218,17 +315,36 @@ pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateT
                 }
             }
         }
-        let backups: Vec<Backup> = objects.backups.iter().filter(|b| b.spec.cluster.name == subject.object.name).cloned().collect();
+        let backups: Vec<Backup> = objects
+            .backups
+            .iter()
+            .filter(|b| b.spec.cluster.name == subject.object.name)
+            .cloned()
+            .collect();
         if wanted(filter, "retention") && !backups.is_empty() {
             let doomed = policy.retention(cluster, &backups, now);
             decisions.push(entry("retention", &name, &doomed));
             if let Ok(doomed) = doomed {
-                guarded(&subject, plan::plan_retention(cluster, &backups, &doomed), &mut actions, &mut refused);
+                guarded(
+                    &subject,
+                    plan::plan_retention(cluster, &backups, &doomed),
+                    &mut actions,
+                    &mut refused,
+                );
             }
         }
     }
     for backup in &objects.backups {
-        eval_backup(policy, objects, backup, filter, now, &mut decisions, &mut actions, &mut refused);
+        eval_backup(
+            policy,
+            objects,
+            backup,
+            filter,
+            now,
+            &mut decisions,
+            &mut actions,
+            &mut refused,
+        );
     }
     for scheduled in &objects.scheduled {
         if !wanted(filter, "schedule") {
@@ -236,10 +352,19 @@ pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateT
         }
         let subject = plan::scheduled_subject(scheduled);
         let decision = policy.schedule(scheduled, now);
-        decisions.push(entry("schedule", &format!("ScheduledBackup {}", subject.object.name), &decision));
+        decisions.push(entry(
+            "schedule",
+            &format!("ScheduledBackup {}", subject.object.name),
+            &decision,
+        ));
         if let Ok(decision) = decision {
             let cluster = objects.cluster(&scheduled.spec.cluster.name);
-            guarded(&subject, plan::plan_schedule(scheduled, cluster, &decision, now), &mut actions, &mut refused);
+            guarded(
+                &subject,
+                plan::plan_schedule(scheduled, cluster, &decision, now),
+                &mut actions,
+                &mut refused,
+            );
         }
     }
     json!({
@@ -265,7 +390,12 @@ fn eval_backup(
     let subject = plan::backup_subject(backup);
     let name = format!("Backup {}", subject.object.name);
     let cluster = objects.cluster(&backup.spec.cluster.name);
-    let pending = backup.status.as_ref().and_then(|s| s.phase).unwrap_or(BackupPhase::Pending) == BackupPhase::Pending;
+    let pending = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(BackupPhase::Pending)
+        == BackupPhase::Pending;
     let settings = match cluster.filter(|_| pending) {
         Some(cluster) => Some(policy.backup_settings(backup, cluster, &objects.instances(cluster))),
         None => None,
@@ -274,17 +404,39 @@ fn eval_backup(
         decisions.push(entry("backup-settings", &name, settings));
     }
     let settings = settings.and_then(Result::ok);
-    let pod_name = settings
-        .as_ref()
-        .map(|s| s.target_pod.clone())
-        .or_else(|| backup.status.as_ref()?.instance_id.as_ref()?.pod_name.clone());
-    let pod = pod_name.and_then(|n| objects.pods.iter().find(|p| p.metadata.name.as_deref() == Some(&n))).map(pod_facts);
-    let facts = BackupFacts { backup: backup.clone(), cluster: cluster.cloned(), pod, now };
+    let pod_name = settings.as_ref().map(|s| s.target_pod.clone()).or_else(|| {
+        backup
+            .status
+            .as_ref()?
+            .instance_id
+            .as_ref()?
+            .pod_name
+            .clone()
+    });
+    let pod = pod_name
+        .and_then(|n| {
+            objects
+                .pods
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(&n))
+        })
+        .map(pod_facts);
+    let facts = BackupFacts {
+        backup: backup.clone(),
+        cluster: cluster.cloned(),
+        pod,
+        now,
+    };
     if wanted(filter, "backup-transition") {
         let transition = policy.backup_transition(&facts);
         decisions.push(entry("backup-transition", &name, &transition));
         if let Ok(t) = transition {
-            guarded(&subject, plan::plan_backup(backup, cluster, &t, settings.as_ref(), now), actions, refused);
+            guarded(
+                &subject,
+                plan::plan_backup(backup, cluster, &t, settings.as_ref(), now),
+                actions,
+                refused,
+            );
         }
     }
 }

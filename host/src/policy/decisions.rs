@@ -6,7 +6,9 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 use pgwarden_sdk::testing::{Evaluator, json};
-use pgwarden_sdk::types::{BackupFacts, Decision, Instance, Outcome, Request, ScheduleDecision, Transition};
+use pgwarden_sdk::types::{
+    BackupFacts, Decision, Instance, Outcome, Request, ScheduleDecision, Transition,
+};
 use tracing::Instrument;
 
 use super::bindings::{self, wit};
@@ -19,18 +21,27 @@ pub const MAX_POD_TEMPLATE_BYTES: usize = 1 << 20;
 pub const MAX_MESSAGE_BYTES: usize = 32 << 10;
 
 fn malformed(decision: &str, detail: impl Into<String>) -> PolicyError {
-    PolicyError::MalformedOutput { decision: decision.into(), detail: detail.into() }
+    PolicyError::MalformedOutput {
+        decision: decision.into(),
+        detail: detail.into(),
+    }
 }
 
 fn check(decision: &str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
-    if ok { Ok(()) } else { Err(malformed(decision, detail())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(malformed(decision, detail()))
+    }
 }
 
 /// A Kubernetes object name: a DNS subdomain.
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -43,7 +54,10 @@ impl Policy {
         const D: &str = "instance-pod";
         let text = self.call(D, |p, s| p.call_instance_pod(s, &json(cluster), instance))?;
         check(D, text.len() <= MAX_POD_TEMPLATE_BYTES, || {
-            format!("the pod template is {} bytes, over the {MAX_POD_TEMPLATE_BYTES}-byte bound", text.len())
+            format!(
+                "the pod template is {} bytes, over the {MAX_POD_TEMPLATE_BYTES}-byte bound",
+                text.len()
+            )
         })?;
         serde_json::from_str(&text).map_err(|e| malformed(D, format!("not a PodTemplateSpec: {e}")))
     }
@@ -52,29 +66,56 @@ impl Policy {
     #[tracing::instrument(skip_all, fields(digest = self.digest()))]
     pub fn archive_settings(&self, cluster: &Cluster) -> Result<Option<ArchiveSettings>> {
         const D: &str = "archive-settings";
-        let settings = self.call(D, |p, s| p.call_archive_settings(s, &json(cluster)))?.map(bindings::archive);
+        let settings = self
+            .call(D, |p, s| p.call_archive_settings(s, &json(cluster)))?
+            .map(bindings::archive);
         if let Some(s) = &settings {
-            check(D, s.destination_path.starts_with("s3://") && s.destination_path.len() > 5, || {
-                format!("destinationPath {:?} is not an s3:// URL", s.destination_path)
+            check(
+                D,
+                s.destination_path.starts_with("s3://") && s.destination_path.len() > 5,
+                || {
+                    format!(
+                        "destinationPath {:?} is not an s3:// URL",
+                        s.destination_path
+                    )
+                },
+            )?;
+            check(D, !s.server_name.is_empty(), || {
+                "serverName is empty".into()
             })?;
-            check(D, !s.server_name.is_empty(), || "serverName is empty".into())?;
-            check(D, (1..=32).contains(&s.max_parallel), || format!("maxParallel {} is not within 1..=32", s.max_parallel))?;
+            check(D, (1..=32).contains(&s.max_parallel), || {
+                format!("maxParallel {} is not within 1..=32", s.max_parallel)
+            })?;
         }
         Ok(settings)
     }
 
     /// How `backup` is taken, and on which of `instances`.
     #[tracing::instrument(skip_all, fields(digest = self.digest()))]
-    pub fn backup_settings(&self, backup: &Backup, cluster: &Cluster, instances: &[Instance]) -> Result<BackupSettings> {
+    pub fn backup_settings(
+        &self,
+        backup: &Backup,
+        cluster: &Cluster,
+        instances: &[Instance],
+    ) -> Result<BackupSettings> {
         const D: &str = "backup-settings";
         let wit_instances: Vec<wit::Instance> = instances.iter().map(bindings::instance).collect();
-        let settings = bindings::backup_settings(
-            self.call(D, |p, s| p.call_backup_settings(s, &json(backup), &json(cluster), &wit_instances))?,
-        );
-        check(D, instances.iter().any(|i| i.name == settings.target_pod), || {
-            format!("target pod {:?} is not an instance of the Cluster", settings.target_pod)
+        let settings = bindings::backup_settings(self.call(D, |p, s| {
+            p.call_backup_settings(s, &json(backup), &json(cluster), &wit_instances)
+        })?);
+        check(
+            D,
+            instances.iter().any(|i| i.name == settings.target_pod),
+            || {
+                format!(
+                    "target pod {:?} is not an instance of the Cluster",
+                    settings.target_pod
+                )
+            },
+        )?;
+        check(D, (1..=64).contains(&settings.jobs), || {
+            format!("jobs {} is not within 1..=64", settings.jobs)
         })?;
-        check(D, (1..=64).contains(&settings.jobs), || format!("jobs {} is not within 1..=64", settings.jobs))?;
         Ok(settings)
     }
 
@@ -89,34 +130,59 @@ impl Policy {
             now: facts.now.timestamp(),
         };
         let t = bindings::transition(self.call(D, |p, s| p.call_backup_transition(s, &input))?);
-        check(D, !t.reason.is_empty() && t.reason.len() <= 64 && t.reason.chars().all(|c| c.is_ascii_alphanumeric()), || {
-            format!("reason {:?} is not one CamelCase word", t.reason)
+        check(
+            D,
+            !t.reason.is_empty()
+                && t.reason.len() <= 64
+                && t.reason.chars().all(|c| c.is_ascii_alphanumeric()),
+            || format!("reason {:?} is not one CamelCase word", t.reason),
+        )?;
+        check(D, t.message.len() <= MAX_MESSAGE_BYTES, || {
+            format!("the message is over {MAX_MESSAGE_BYTES} bytes")
         })?;
-        check(D, t.message.len() <= MAX_MESSAGE_BYTES, || format!("the message is over {MAX_MESSAGE_BYTES} bytes"))?;
         Ok(t)
     }
 
     /// Whether `scheduled` creates a Backup at `now`, and when it runs next.
     #[tracing::instrument(skip_all, fields(digest = self.digest()))]
-    pub fn schedule(&self, scheduled: &ScheduledBackup, now: DateTime<Utc>) -> Result<ScheduleDecision> {
+    pub fn schedule(
+        &self,
+        scheduled: &ScheduledBackup,
+        now: DateTime<Utc>,
+    ) -> Result<ScheduleDecision> {
         const D: &str = "schedule";
-        let d = bindings::schedule(self.call(D, |p, s| p.call_schedule(s, &json(scheduled), now.timestamp()))?);
+        let d = bindings::schedule(self.call(D, |p, s| {
+            p.call_schedule(s, &json(scheduled), now.timestamp())
+        })?);
         if let Some(run) = &d.create {
-            check(D, is_dns_subdomain(&run.name), || format!("Backup name {:?} is not a valid object name", run.name))?;
+            check(D, is_dns_subdomain(&run.name), || {
+                format!("Backup name {:?} is not a valid object name", run.name)
+            })?;
         }
         Ok(d)
     }
 
     /// Names of the Backups of `cluster` to delete at `now`.
     #[tracing::instrument(skip_all, fields(digest = self.digest(), backups = backups.len()))]
-    pub fn retention(&self, cluster: &Cluster, backups: &[Backup], now: DateTime<Utc>) -> Result<Vec<String>> {
+    pub fn retention(
+        &self,
+        cluster: &Cluster,
+        backups: &[Backup],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
         const D: &str = "retention";
         let texts: Vec<String> = backups.iter().map(json).collect();
-        let doomed = self.call(D, |p, s| p.call_retention(s, &json(cluster), &texts, now.timestamp()))?;
+        let doomed = self.call(D, |p, s| {
+            p.call_retention(s, &json(cluster), &texts, now.timestamp())
+        })?;
         for name in &doomed {
-            check(D, backups.iter().any(|b| b.metadata.name.as_deref() == Some(name)), || {
-                format!("Backup {name:?} is not one of the Backups it was given")
-            })?;
+            check(
+                D,
+                backups
+                    .iter()
+                    .any(|b| b.metadata.name.as_deref() == Some(name)),
+                || format!("Backup {name:?} is not one of the Backups it was given"),
+            )?;
         }
         Ok(doomed)
     }
@@ -124,14 +190,29 @@ impl Policy {
     /// Any decision, by request (what `pgwarden policy eval|test` use).
     pub fn decide(&self, request: &Request) -> Result<Decision> {
         Ok(match request {
-            Request::InstancePod { cluster, instance } => Decision::InstancePod(Box::new(self.instance_pod(cluster, *instance)?)),
-            Request::ArchiveSettings { cluster } => Decision::ArchiveSettings(self.archive_settings(cluster)?),
-            Request::BackupSettings { backup, cluster, instances } => {
-                Decision::BackupSettings(self.backup_settings(backup, cluster, instances)?)
+            Request::InstancePod { cluster, instance } => {
+                Decision::InstancePod(Box::new(self.instance_pod(cluster, *instance)?))
             }
-            Request::BackupTransition(facts) => Decision::BackupTransition(self.backup_transition(facts)?),
-            Request::Schedule { scheduled_backup, now } => Decision::Schedule(self.schedule(scheduled_backup, *now)?),
-            Request::Retention { cluster, backups, now } => Decision::Retention(self.retention(cluster, backups, *now)?),
+            Request::ArchiveSettings { cluster } => {
+                Decision::ArchiveSettings(self.archive_settings(cluster)?)
+            }
+            Request::BackupSettings {
+                backup,
+                cluster,
+                instances,
+            } => Decision::BackupSettings(self.backup_settings(backup, cluster, instances)?),
+            Request::BackupTransition(facts) => {
+                Decision::BackupTransition(self.backup_transition(facts)?)
+            }
+            Request::Schedule {
+                scheduled_backup,
+                now,
+            } => Decision::Schedule(self.schedule(scheduled_backup, *now)?),
+            Request::Retention {
+                cluster,
+                backups,
+                now,
+            } => Decision::Retention(self.retention(cluster, backups, *now)?),
         })
     }
 
@@ -144,8 +225,15 @@ impl Policy {
         F: FnOnce(&Policy) -> Result<T> + Send + 'static,
     {
         let span = tracing::info_span!("policy", digest = self.digest());
-        let permit = self.engine.permits.clone().acquire_owned().instrument(span.clone()).await;
-        let permit = permit.map_err(|e| PolicyError::Engine(format!("the call queue is closed: {e}")))?;
+        let permit = self
+            .engine
+            .permits
+            .clone()
+            .acquire_owned()
+            .instrument(span.clone())
+            .await;
+        let permit =
+            permit.map_err(|e| PolicyError::Engine(format!("the call queue is closed: {e}")))?;
         let policy = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;

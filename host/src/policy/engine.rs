@@ -31,7 +31,10 @@ pub struct Limits {
 impl Default for Limits {
     /// 200 ms and 64 MiB, as `ReconcilePolicy.spec.limits` documents.
     fn default() -> Self {
-        Limits { timeout: Duration::from_millis(200), memory_bytes: 64 << 20 }
+        Limits {
+            timeout: Duration::from_millis(200),
+            memory_bytes: 64 << 20,
+        }
     }
 }
 
@@ -40,8 +43,12 @@ impl From<Option<&PolicyLimits>> for Limits {
         let default = Limits::default();
         let limits = limits.cloned().unwrap_or_default();
         Limits {
-            timeout: limits.timeout_millis.map_or(default.timeout, |ms| Duration::from_millis(ms.into())),
-            memory_bytes: limits.memory_mib.map_or(default.memory_bytes, |mib| (mib as usize) << 20),
+            timeout: limits
+                .timeout_millis
+                .map_or(default.timeout, |ms| Duration::from_millis(ms.into())),
+            memory_bytes: limits
+                .memory_mib
+                .map_or(default.memory_bytes, |mib| (mib as usize) << 20),
         }
     }
 }
@@ -87,24 +94,41 @@ pub(super) struct Sandbox {
 }
 
 impl ResourceLimiter for Sandbox {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.memory_cap;
         self.memory_cap_hit |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
 
 fn wasmtime_config(config: &EngineConfig) -> Result<Config> {
     let mut wasm = Config::new();
-    wasm.wasm_component_model(true).epoch_interruption(true).max_wasm_stack(1 << 20);
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(1 << 20);
     if let Some(dir) = &config.cache_dir {
         let mut cache = CacheConfig::new();
         cache.with_directory(dir.join(format!("wasmtime-{WASMTIME_VERSION}")));
-        let cache = Cache::new(cache).map_err(|e| PolicyError::Engine(format!("cannot open the module cache {}: {e}", dir.display())))?;
+        let cache = Cache::new(cache).map_err(|e| {
+            PolicyError::Engine(format!(
+                "cannot open the module cache {}: {e}",
+                dir.display()
+            ))
+        })?;
         wasm.cache(Some(cache));
     }
     Ok(wasm)
@@ -132,8 +156,14 @@ impl Engine {
                 }
             })
             .map_err(|e| PolicyError::Engine(format!("cannot start the deadline thread: {e}")))?;
-        let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_calls.unwrap_or(4).max(1)));
-        Ok(Engine { wasmtime, loaded: Arc::default(), permits })
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_calls.unwrap_or(4).max(1),
+        ));
+        Ok(Engine {
+            wasmtime,
+            loaded: Arc::default(),
+            permits,
+        })
     }
 
     /// Loads a module: compiled once per digest (and cached on disk when configured), its
@@ -142,17 +172,31 @@ impl Engine {
     pub fn load(&self, bytes: &[u8], limits: Limits) -> Result<Policy> {
         let digest = digest(bytes);
         tracing::Span::current().record("digest", digest.as_str());
-        let known = self.loaded.lock().map_err(|_| PolicyError::Engine("module table poisoned".into()))?.get(&digest).cloned();
+        let known = self
+            .loaded
+            .lock()
+            .map_err(|_| PolicyError::Engine("module table poisoned".into()))?
+            .get(&digest)
+            .cloned();
         let compiled = match known {
             Some(compiled) => compiled,
             None => {
                 let compiled = self.compile(bytes, limits)?;
-                let mut loaded = self.loaded.lock().map_err(|_| PolicyError::Engine("module table poisoned".into()))?;
+                let mut loaded = self
+                    .loaded
+                    .lock()
+                    .map_err(|_| PolicyError::Engine("module table poisoned".into()))?;
                 loaded.insert(digest.clone(), compiled.clone());
                 compiled
             }
         };
-        Ok(Policy { engine: self.clone(), pre: compiled.pre, digest, abi_version: compiled.abi_version, limits })
+        Ok(Policy {
+            engine: self.clone(),
+            pre: compiled.pre,
+            digest,
+            abi_version: compiled.abi_version,
+            limits,
+        })
     }
 
     /// How many distinct modules (by digest) this engine has compiled.
@@ -161,19 +205,36 @@ impl Engine {
     }
 
     fn compile(&self, bytes: &[u8], limits: Limits) -> Result<Compiled> {
-        let component = Component::new(&self.wasmtime, bytes).map_err(|e| PolicyError::Load(load_message(&e)))?;
+        let component = Component::new(&self.wasmtime, bytes)
+            .map_err(|e| PolicyError::Load(load_message(&e)))?;
         let mut linker = Linker::<Sandbox>::new(&self.wasmtime);
         // Whatever the module imports (WASI's stdio, environment...) traps when called.
-        linker.define_unknown_imports_as_traps(&component).map_err(|e| PolicyError::Load(e.to_string()))?;
-        let abi = |detail: String| PolicyError::AbiMismatch { expected: ABI_VERSION.into(), detail };
-        let pre = linker.instantiate_pre(&component).map_err(|e| abi(format!("{e:#}")))?;
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        let abi = |detail: String| PolicyError::AbiMismatch {
+            expected: ABI_VERSION.into(),
+            detail,
+        };
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| abi(format!("{e:#}")))?;
         let pre = PolicyPre::new(pre).map_err(|e| abi(format!("{e:#}")))?;
-        let probe = Policy { engine: self.clone(), pre: pre.clone(), digest: String::new(), abi_version: String::new(), limits };
+        let probe = Policy {
+            engine: self.clone(),
+            pre: pre.clone(),
+            digest: String::new(),
+            abi_version: String::new(),
+            limits,
+        };
         let version = probe.call("abi-version", |p, s| p.call_abi_version(s).map(Ok))?;
         if !compatible(&version) {
             return Err(abi(format!("the module was built for ABI {version}")));
         }
-        Ok(Compiled { pre, abi_version: version })
+        Ok(Compiled {
+            pre,
+            abi_version: version,
+        })
     }
 }
 
@@ -181,13 +242,20 @@ impl Engine {
 fn compatible(version: &str) -> bool {
     let parts = |v: &str| v.split('.').map(str::to_owned).collect::<Vec<_>>();
     let (ours, theirs) = (parts(ABI_VERSION), parts(version));
-    theirs.len() == 3 && if ours[0] == "0" { ours[..2] == theirs[..2] } else { ours[0] == theirs[0] }
+    theirs.len() == 3
+        && if ours[0] == "0" {
+            ours[..2] == theirs[..2]
+        } else {
+            ours[0] == theirs[0]
+        }
 }
 
 fn load_message(e: &wasmtime::Error) -> String {
     let text = format!("{e:#}");
     if text.contains("expected a WebAssembly component") || text.contains("core module") {
-        return format!("it is a core WebAssembly module, not a component (build the policy for wasm32-wasip2): {text}");
+        return format!(
+            "it is a core WebAssembly module, not a component (build the policy for wasm32-wasip2): {text}"
+        );
     }
     text
 }
@@ -213,15 +281,29 @@ impl Policy {
     pub(super) fn call<R>(
         &self,
         decision: &str,
-        f: impl FnOnce(&Bindings, &mut Store<Sandbox>) -> wasmtime::Result<std::result::Result<R, String>>,
+        f: impl FnOnce(
+            &Bindings,
+            &mut Store<Sandbox>,
+        ) -> wasmtime::Result<std::result::Result<R, String>>,
     ) -> Result<R> {
-        let sandbox = Sandbox { memory_cap: self.limits.memory_bytes, memory_cap_hit: false };
+        let sandbox = Sandbox {
+            memory_cap: self.limits.memory_bytes,
+            memory_cap_hit: false,
+        };
         let mut store = Store::new(&self.engine.wasmtime, sandbox);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        let ticks = self.limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
+        let ticks = self
+            .limits
+            .timeout
+            .as_micros()
+            .div_ceil(EPOCH_TICK.as_micros())
+            .max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let outcome = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
+        let outcome = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| f(&instance, &mut store));
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(PolicyError::Denied(message)),
@@ -232,22 +314,37 @@ impl Policy {
     fn classify(&self, decision: &str, e: &wasmtime::Error, sandbox: &Sandbox) -> PolicyError {
         let decision = decision.to_string();
         if sandbox.memory_cap_hit {
-            return PolicyError::MemoryCap { decision, limit_bytes: sandbox.memory_cap };
+            return PolicyError::MemoryCap {
+                decision,
+                limit_bytes: sandbox.memory_cap,
+            };
         }
         let text = format!("{e:#}");
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => PolicyError::Deadline { decision, timeout: self.limits.timeout },
+            Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => PolicyError::Deadline {
+                decision,
+                timeout: self.limits.timeout,
+            },
             Some(Trap::UnreachableCodeReached) => PolicyError::Trap {
                 decision,
                 detail: "it panicked or aborted (wasm `unreachable`)".into(),
             },
-            Some(Trap::StackOverflow) => PolicyError::Trap { decision, detail: "stack overflow (too deep a recursion)".into() },
-            Some(trap) => PolicyError::Trap { decision, detail: trap.to_string() },
+            Some(Trap::StackOverflow) => PolicyError::Trap {
+                decision,
+                detail: "stack overflow (too deep a recursion)".into(),
+            },
+            Some(trap) => PolicyError::Trap {
+                decision,
+                detail: trap.to_string(),
+            },
             None if text.contains("unknown import") || text.contains("has not been defined") => {
                 let import = text.split('`').nth(1).unwrap_or("an import").to_string();
                 PolicyError::Capability { decision, import }
             }
-            None => PolicyError::MalformedOutput { decision, detail: first_line(&text) },
+            None => PolicyError::MalformedOutput {
+                decision,
+                detail: first_line(&text),
+            },
         }
     }
 }

@@ -20,9 +20,14 @@ pub enum PolicyError {
     Deadline { decision: String, timeout: Duration },
     /// The policy tried to use more memory than its cap and was stopped.
     #[error("the policy tried to use more than {} MiB of memory in {decision} and was stopped", limit_bytes >> 20)]
-    MemoryCap { decision: String, limit_bytes: usize },
+    MemoryCap {
+        decision: String,
+        limit_bytes: usize,
+    },
     /// The policy called a host function the sandbox does not grant.
-    #[error("the policy called {import} in {decision}, which the sandbox does not grant (no filesystem, network, clock or environment)")]
+    #[error(
+        "the policy called {import} in {decision}, which the sandbox does not grant (no filesystem, network, clock or environment)"
+    )]
     Capability { decision: String, import: String },
     /// The policy answered something the host cannot use.
     #[error("the policy answered a malformed {decision}: {detail}")]

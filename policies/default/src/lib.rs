@@ -23,6 +23,8 @@ mod tests {
 
     #[test]
     fn fixtures() {
-        pgwarden_sdk::testing::assert_fixtures::<DefaultPolicy>(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
+        pgwarden_sdk::testing::assert_fixtures::<DefaultPolicy>(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+        );
     }
 }

@@ -9,8 +9,8 @@
 //! - Instance pods request at least 500m CPU and 1Gi of memory.
 //! - Backups run on a ready standby when there is one.
 
-use pgwarden_sdk::prelude::*;
 use pgwarden_sdk::crds::BackupTarget;
+use pgwarden_sdk::prelude::*;
 
 /// The production policy.
 pub struct ProductionPolicy;
@@ -32,7 +32,9 @@ fn require_encrypted_backup(cluster: &Cluster) -> Decided<Encryption> {
 impl Policy for ProductionPolicy {
     fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodTemplateSpec> {
         require_encrypted_backup(cluster)?;
-        Ok(defaults::instance_pod(cluster, instance)?.default_requests(&DEFAULT_REQUESTS).build())
+        Ok(defaults::instance_pod(cluster, instance)?
+            .default_requests(&DEFAULT_REQUESTS)
+            .build())
     }
 
     fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
@@ -48,7 +50,11 @@ impl Policy for ProductionPolicy {
         Ok(settings)
     }
 
-    fn backup_settings(backup: &Backup, cluster: &Cluster, instances: &[Instance]) -> Decided<BackupSettings> {
+    fn backup_settings(
+        backup: &Backup,
+        cluster: &Cluster,
+        instances: &[Instance],
+    ) -> Decided<BackupSettings> {
         let wal_encryption = require_encrypted_backup(cluster)?;
         let mut settings = defaults::backup_settings(backup, cluster, instances)?;
         let target = backup.spec.target.unwrap_or(BackupTarget::PreferStandby);
@@ -73,6 +79,8 @@ mod tests {
 
     #[test]
     fn fixtures() {
-        pgwarden_sdk::testing::assert_fixtures::<ProductionPolicy>(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
+        pgwarden_sdk::testing::assert_fixtures::<ProductionPolicy>(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+        );
     }
 }

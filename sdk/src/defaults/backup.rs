@@ -18,13 +18,21 @@ pub const DEFAULT_JOBS: u32 = 2;
 /// the Cluster's destination, endpoint, compression and encryption. No `spec.backup`: no
 /// archiving.
 pub fn archive_settings(cluster: &Cluster) -> Result<Option<ArchiveSettings>, String> {
-    let Some(store) = cluster.spec.backup.as_ref() else { return Ok(None) };
+    let Some(store) = cluster.spec.backup.as_ref() else {
+        return Ok(None);
+    };
     let wal = store.wal.clone().unwrap_or_default();
     Ok(Some(ArchiveSettings {
         destination_path: store.destination_path.clone(),
         endpoint_url: store.endpoint_url.clone(),
-        endpoint_ca_file: store.endpoint_ca.as_ref().map(|_| format!("{}/{}", names::CA_MOUNT_PATH, names::CA_FILE)),
-        server_name: store.server_name.clone().unwrap_or_else(|| cluster_name(cluster).to_string()),
+        endpoint_ca_file: store
+            .endpoint_ca
+            .as_ref()
+            .map(|_| format!("{}/{}", names::CA_MOUNT_PATH, names::CA_FILE)),
+        server_name: store
+            .server_name
+            .clone()
+            .unwrap_or_else(|| cluster_name(cluster).to_string()),
         compression: wal.compression,
         encryption: wal.encryption,
         max_parallel: wal.max_parallel.unwrap_or(1).clamp(1, 32) as u32,
@@ -34,9 +42,17 @@ pub fn archive_settings(cluster: &Cluster) -> Result<Option<ArchiveSettings>, St
 
 /// The seed's base backup: barman-cloud-backup on the primary (or a ready replica when the
 /// Backup asks `prefer-standby`), with the Cluster's data compression, encryption and jobs.
-pub fn backup_settings(backup: &Backup, cluster: &Cluster, instances: &[Instance]) -> Result<BackupSettings, String> {
+pub fn backup_settings(
+    backup: &Backup,
+    cluster: &Cluster,
+    instances: &[Instance],
+) -> Result<BackupSettings, String> {
     let store = require_backup(cluster)?;
-    let target = target_pod(backup.spec.target.unwrap_or(BackupTarget::Primary), cluster, instances)?;
+    let target = target_pod(
+        backup.spec.target.unwrap_or(BackupTarget::Primary),
+        cluster,
+        instances,
+    )?;
     let data = store.data.clone().unwrap_or_default();
     Ok(BackupSettings {
         target_pod: target,
@@ -49,21 +65,35 @@ pub fn backup_settings(backup: &Backup, cluster: &Cluster, instances: &[Instance
 
 /// The pod that takes a backup: a ready replica if `prefer-standby` and one exists, else the
 /// primary.
-pub fn target_pod(target: BackupTarget, cluster: &Cluster, instances: &[Instance]) -> Result<String, String> {
-    let standby = instances.iter().find(|i| i.role == Role::Replica && i.ready);
+pub fn target_pod(
+    target: BackupTarget,
+    cluster: &Cluster,
+    instances: &[Instance],
+) -> Result<String, String> {
+    let standby = instances
+        .iter()
+        .find(|i| i.role == Role::Replica && i.ready);
     if let (BackupTarget::PreferStandby, Some(standby)) = (target, standby) {
         return Ok(standby.name.clone());
     }
     match instances.iter().find(|i| i.role == Role::Primary) {
         Some(primary) => Ok(primary.name.clone()),
-        None => Err(format!("Cluster {} has no primary instance yet: the backup waits for one", cluster_name(cluster))),
+        None => Err(format!(
+            "Cluster {} has no primary instance yet: the backup waits for one",
+            cluster_name(cluster)
+        )),
     }
 }
 
 /// The retention window of `spec.backup.retentionPolicy` (`30d`, `4w`, `6m`; a month is 30
 /// days). `None`: keep backups forever.
 pub fn retention_window(cluster: &Cluster) -> Result<Option<Duration>, String> {
-    let Some(policy) = cluster.spec.backup.as_ref().and_then(|b| b.retention_policy.as_deref()) else {
+    let Some(policy) = cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.retention_policy.as_deref())
+    else {
         return Ok(None);
     };
     let bad = || {
@@ -84,14 +114,21 @@ pub fn retention_window(cluster: &Cluster) -> Result<Option<Duration>, String> {
 }
 
 fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value.and_then(|v| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc))
+    value
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// When a backup ended (or was created, if it never ended).
 fn ended_at(backup: &Backup) -> Option<DateTime<Utc>> {
     let status = backup.status.as_ref();
-    stamp(status.and_then(|s| s.stopped_at.as_deref()))
-        .or_else(|| backup.metadata.creation_timestamp.as_ref().map(|t| crate::convert::from_jiff(t.0)))
+    stamp(status.and_then(|s| s.stopped_at.as_deref())).or_else(|| {
+        backup
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| crate::convert::from_jiff(t.0))
+    })
 }
 
 fn phase(backup: &Backup) -> Option<BackupPhase> {
@@ -100,10 +137,19 @@ fn phase(backup: &Backup) -> Option<BackupPhase> {
 
 /// Deletes the Cluster's completed and failed Backups that ended before the retention
 /// window, but always keeps the newest completed one, so the Cluster stays recoverable.
-pub fn retention(cluster: &Cluster, backups: &[Backup], now: DateTime<Utc>) -> Result<Vec<String>, String> {
-    let Some(window) = retention_window(cluster)? else { return Ok(vec![]) };
+pub fn retention(
+    cluster: &Cluster,
+    backups: &[Backup],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, String> {
+    let Some(window) = retention_window(cluster)? else {
+        return Ok(vec![]);
+    };
     let name = cluster_name(cluster);
-    let own: Vec<&Backup> = backups.iter().filter(|b| b.spec.cluster.name == name).collect();
+    let own: Vec<&Backup> = backups
+        .iter()
+        .filter(|b| b.spec.cluster.name == name)
+        .collect();
     let newest_completed = own
         .iter()
         .filter(|b| phase(b) == Some(BackupPhase::Completed))

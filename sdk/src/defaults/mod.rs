@@ -6,7 +6,10 @@ mod pod;
 mod schedule;
 mod transition;
 
-pub use backup::{ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, retention, retention_window, target_pod};
+pub use backup::{
+    ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, retention,
+    retention_window, target_pod,
+};
 pub use pod::{DEFAULT_IMAGE, PodBuilder, instance_pod, secret_env};
 pub use schedule::{parse_schedule, schedule};
 pub use transition::{AGENT_START_TIMEOUT_SECONDS, backup_transition};

@@ -42,7 +42,13 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
     let role = if instance == 0 { "primary" } else { "replica" };
     let container = Container {
         name: pod::CONTAINER.into(),
-        image: Some(cluster.spec.image_name.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        image: Some(
+            cluster
+                .spec
+                .image_name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_IMAGE.into()),
+        ),
         command: Some(vec!["pgwarden".into(), "instance".into(), "run".into()]),
         env: Some(instance_env(cluster)),
         ports: Some(vec![ContainerPort {
@@ -53,7 +59,9 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
         volume_mounts: Some(mounts(cluster)),
         resources: cluster.spec.resources.clone(),
         readiness_probe: Some(Probe {
-            exec: Some(ExecAction { command: Some(vec!["pg_isready".into(), "-q".into()]) }),
+            exec: Some(ExecAction {
+                command: Some(vec!["pg_isready".into(), "-q".into()]),
+            }),
             period_seconds: Some(5),
             ..Default::default()
         }),
@@ -65,7 +73,10 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
     ]);
     Ok(PodBuilder {
         template: PodTemplateSpec {
-            metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..Default::default()
+            }),
             spec: Some(PodSpec {
                 containers: vec![container],
                 volumes: Some(volumes(cluster, instance)),
@@ -76,14 +87,21 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
 }
 
 fn value(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 fn field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -115,7 +133,11 @@ fn instance_env(cluster: &Cluster) -> Vec<EnvVar> {
         value(pod::ENV_PGDATA, pod::PGDATA),
         value(pod::ENV_SETTINGS_DIR, SETTINGS_MOUNT_PATH),
     ];
-    let creds = cluster.spec.backup.as_ref().and_then(|b| b.s3_credentials.as_ref());
+    let creds = cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.s3_credentials.as_ref());
     if let Some(creds) = creds {
         let pairs = [
             (env::ACCESS_KEY_ID, &creds.access_key_id),
@@ -123,7 +145,11 @@ fn instance_env(cluster: &Cluster) -> Vec<EnvVar> {
             (env::SESSION_TOKEN, &creds.session_token),
             (env::REGION, &creds.region),
         ];
-        env.extend(pairs.into_iter().filter_map(|(n, s)| s.as_ref().map(|s| secret_env(n, s))));
+        env.extend(
+            pairs
+                .into_iter()
+                .filter_map(|(n, s)| s.as_ref().map(|s| secret_env(n, s))),
+        );
     }
     env
 }
@@ -177,7 +203,11 @@ fn volumes(cluster: &Cluster, instance: u32) -> Vec<Volume> {
             name: names::CA_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(ca.name.clone()),
-                items: Some(vec![KeyToPath { key: ca.key.clone(), path: names::CA_FILE.into(), ..Default::default() }]),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: names::CA_FILE.into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -191,17 +221,28 @@ impl PodBuilder {
     pub fn postgres(&mut self) -> &mut Container {
         let spec = self.template.spec.get_or_insert_with(Default::default);
         if !spec.containers.iter().any(|c| c.name == pod::CONTAINER) {
-            spec.containers.push(Container { name: pod::CONTAINER.into(), ..Default::default() });
+            spec.containers.push(Container {
+                name: pod::CONTAINER.into(),
+                ..Default::default()
+            });
         }
-        spec.containers.iter_mut().find(|c| c.name == pod::CONTAINER).expect("inserted above")
+        spec.containers
+            .iter_mut()
+            .find(|c| c.name == pod::CONTAINER)
+            .expect("inserted above")
     }
 
     /// Sets resource requests that the Cluster leaves unset (`cpu`, `memory`...).
     pub fn default_requests(mut self, requests: &[(&str, &str)]) -> Self {
-        let resources = self.postgres().resources.get_or_insert_with(ResourceRequirements::default);
+        let resources = self
+            .postgres()
+            .resources
+            .get_or_insert_with(ResourceRequirements::default);
         let current = resources.requests.get_or_insert_with(BTreeMap::new);
         for (name, quantity) in requests {
-            current.entry((*name).to_string()).or_insert_with(|| Quantity((*quantity).to_string()));
+            current
+                .entry((*name).to_string())
+                .or_insert_with(|| Quantity((*quantity).to_string()));
         }
         self
     }
@@ -217,7 +258,9 @@ impl PodBuilder {
     /// Adds a label to the pod.
     pub fn label(mut self, key: &str, val: &str) -> Self {
         let meta = self.template.metadata.get_or_insert_with(Default::default);
-        meta.labels.get_or_insert_with(BTreeMap::new).insert(key.into(), val.into());
+        meta.labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), val.into());
         self
     }
 

@@ -25,7 +25,9 @@ pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
 }
 
 fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value.and_then(|v| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc))
+    value
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The Backup name of a run: `<scheduledbackup>-<yyyymmddhhmmss>`.
@@ -36,27 +38,62 @@ pub fn run_name(scheduled: &ScheduledBackup, at: DateTime<Utc>) -> String {
 
 /// Creates one Backup when a scheduled time has passed since the last one (missed runs are
 /// not replayed), or at once when `immediate` and none was ever created. Suspended: nothing.
-pub fn schedule(scheduled: &ScheduledBackup, now: DateTime<Utc>) -> Result<ScheduleDecision, String> {
+pub fn schedule(
+    scheduled: &ScheduledBackup,
+    now: DateTime<Utc>,
+) -> Result<ScheduleDecision, String> {
     let cron = parse_schedule(&scheduled.spec.schedule)?;
     if scheduled.spec.suspend.unwrap_or(false) {
         return Ok(ScheduleDecision::default());
     }
     let next_after = |t: DateTime<Utc>| {
-        cron.find_next_occurrence(&t, false)
-            .map_err(|e| format!("spec.schedule {:?} has no next run after {t}: {e}", scheduled.spec.schedule))
+        cron.find_next_occurrence(&t, false).map_err(|e| {
+            format!(
+                "spec.schedule {:?} has no next run after {t}: {e}",
+                scheduled.spec.schedule
+            )
+        })
     };
-    let last = stamp(scheduled.status.as_ref().and_then(|s| s.last_schedule_time.as_deref()));
+    let last = stamp(
+        scheduled
+            .status
+            .as_ref()
+            .and_then(|s| s.last_schedule_time.as_deref()),
+    );
     let next_run = Some(next_after(now)?);
     if last.is_none() && scheduled.spec.immediate.unwrap_or(false) {
-        let create = Some(ScheduledRun { name: run_name(scheduled, now), scheduled_at: now });
+        let create = Some(ScheduledRun {
+            name: run_name(scheduled, now),
+            scheduled_at: now,
+        });
         return Ok(ScheduleDecision { create, next_run });
     }
-    let since = last.or_else(|| scheduled.metadata.creation_timestamp.as_ref().map(|t| crate::convert::from_jiff(t.0))).unwrap_or(now);
+    let since = last
+        .or_else(|| {
+            scheduled
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| crate::convert::from_jiff(t.0))
+        })
+        .unwrap_or(now);
     let due = next_after(since)?;
     if due > now {
-        return Ok(ScheduleDecision { create: None, next_run: Some(due) });
+        return Ok(ScheduleDecision {
+            create: None,
+            next_run: Some(due),
+        });
     }
     // The latest scheduled time not after now: the run that stands for the missed ones.
-    let latest = cron.find_previous_occurrence(&now, true).unwrap_or(due).max(due);
-    Ok(ScheduleDecision { create: Some(ScheduledRun { name: run_name(scheduled, latest), scheduled_at: latest }), next_run })
+    let latest = cron
+        .find_previous_occurrence(&now, true)
+        .unwrap_or(due)
+        .max(due);
+    Ok(ScheduleDecision {
+        create: Some(ScheduledRun {
+            name: run_name(scheduled, latest),
+            scheduled_at: latest,
+        }),
+        next_run,
+    })
 }

@@ -13,11 +13,18 @@ pub const AGENT_START_TIMEOUT_SECONDS: i64 = 300;
 const POLL_SECONDS: u32 = 10;
 
 fn to(phase: BackupPhase, reason: &str, message: String, requeue: Option<u32>) -> Transition {
-    Transition { phase, reason: reason.into(), message, requeue_after_seconds: requeue }
+    Transition {
+        phase,
+        reason: reason.into(),
+        message,
+        requeue_after_seconds: requeue,
+    }
 }
 
 fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value.and_then(|v| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc))
+    value
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The seed's phases. A final phase never changes; a pending backup starts once its target
@@ -29,7 +36,12 @@ pub fn backup_transition(facts: &BackupFacts) -> Result<Transition, String> {
     let cluster_ref = &facts.backup.spec.cluster.name;
     if phase.is_final() {
         let reason = status.reason.clone().unwrap_or_else(|| "Final".into());
-        return Ok(to(phase, &reason, status.message.clone().unwrap_or_default(), None));
+        return Ok(to(
+            phase,
+            &reason,
+            status.message.clone().unwrap_or_default(),
+            None,
+        ));
     }
     let Some(cluster) = facts.cluster.as_ref() else {
         return Ok(match phase {
@@ -39,14 +51,22 @@ pub fn backup_transition(facts: &BackupFacts) -> Result<Transition, String> {
                 format!("waiting for Cluster {cluster_ref}, which does not exist"),
                 Some(30),
             ),
-            _ => to(BackupPhase::Failed, "ClusterDeleted", format!("Cluster {cluster_ref} was deleted during the backup"), None),
+            _ => to(
+                BackupPhase::Failed,
+                "ClusterDeleted",
+                format!("Cluster {cluster_ref} was deleted during the backup"),
+                None,
+            ),
         });
     };
     if cluster.spec.backup.is_none() {
         return Ok(to(
             BackupPhase::Failed,
             "BackupNotConfigured",
-            format!("Cluster {} has no spec.backup: set spec.backup.destinationPath and spec.backup.s3Credentials, then create a new Backup", cluster_name(cluster)),
+            format!(
+                "Cluster {} has no spec.backup: set spec.backup.destinationPath and spec.backup.s3Credentials, then create a new Backup",
+                cluster_name(cluster)
+            ),
             None,
         ));
     }
@@ -67,36 +87,75 @@ fn pending(pod: Option<&PodFacts>) -> Transition {
         Some(p) => to(
             BackupPhase::Pending,
             "WaitingForInstance",
-            format!("waiting for pod {} to be running and ready (phase {})", p.name, p.phase),
+            format!(
+                "waiting for pod {} to be running and ready (phase {})",
+                p.name, p.phase
+            ),
             Some(POLL_SECONDS),
         ),
-        None => to(BackupPhase::Pending, "WaitingForInstance", "waiting for the target instance pod".into(), Some(POLL_SECONDS)),
+        None => to(
+            BackupPhase::Pending,
+            "WaitingForInstance",
+            "waiting for the target instance pod".into(),
+            Some(POLL_SECONDS),
+        ),
     }
 }
 
 fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) -> Transition {
     let agent = status.agent.clone().unwrap_or_default();
-    let pod_name = status.instance_id.as_ref().and_then(|i| i.pod_name.clone()).unwrap_or_else(|| "(unknown)".into());
+    let pod_name = status
+        .instance_id
+        .as_ref()
+        .and_then(|i| i.pod_name.clone())
+        .unwrap_or_else(|| "(unknown)".into());
     match agent.state {
         Some(BackupAgentState::Succeeded) => {
             let id = status.backup_id.as_deref().unwrap_or("(no id reported)");
-            return to(BackupPhase::Completed, "Completed", format!("backup {id} completed on pod {pod_name}"), None);
+            return to(
+                BackupPhase::Completed,
+                "Completed",
+                format!("backup {id} completed on pod {pod_name}"),
+                None,
+            );
         }
         Some(BackupAgentState::Failed) => {
-            let code = agent.exit_code.map_or("unknown".to_string(), |c| c.to_string());
+            let code = agent
+                .exit_code
+                .map_or("unknown".to_string(), |c| c.to_string());
             let why = status.error.as_deref().unwrap_or("no error output");
-            return to(BackupPhase::Failed, "BarmanFailed", format!("barman-cloud-backup exited with code {code}: {why}"), None);
+            return to(
+                BackupPhase::Failed,
+                "BarmanFailed",
+                format!("barman-cloud-backup exited with code {code}: {why}"),
+                None,
+            );
         }
         _ => {}
     }
     let Some(pod) = pod else {
-        return to(BackupPhase::Failed, "PodGone", format!("pod {pod_name} vanished while the backup was running"), None);
+        return to(
+            BackupPhase::Failed,
+            "PodGone",
+            format!("pod {pod_name} vanished while the backup was running"),
+            None,
+        );
     };
     if pod.phase != "Running" {
-        return to(BackupPhase::Failed, "PodNotRunning", format!("pod {} is {} while the backup was running", pod.name, pod.phase), None);
+        return to(
+            BackupPhase::Failed,
+            "PodNotRunning",
+            format!(
+                "pod {} is {} while the backup was running",
+                pod.name, pod.phase
+            ),
+            None,
+        );
     }
     let agent_started = stamp(agent.started_at.as_deref());
-    if let (Some(BackupAgentState::Running), Some(started), Some(container)) = (agent.state, agent_started, pod.container_started_at) {
+    if let (Some(BackupAgentState::Running), Some(started), Some(container)) =
+        (agent.state, agent_started, pod.container_started_at)
+    {
         if container > started {
             return to(
                 BackupPhase::Failed,
@@ -115,10 +174,18 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
             return to(
                 BackupPhase::Failed,
                 "AgentNotStarted",
-                format!("the agent of pod {} did not start barman-cloud-backup within {AGENT_START_TIMEOUT_SECONDS}s", pod.name),
+                format!(
+                    "the agent of pod {} did not start barman-cloud-backup within {AGENT_START_TIMEOUT_SECONDS}s",
+                    pod.name
+                ),
                 None,
             );
         }
     }
-    to(BackupPhase::Running, "Running", format!("barman-cloud-backup runs on pod {}", pod.name), Some(POLL_SECONDS))
+    to(
+        BackupPhase::Running,
+        "Running",
+        format!("barman-cloud-backup runs on pod {}", pod.name),
+        Some(POLL_SECONDS),
+    )
 }

@@ -38,12 +38,18 @@ impl Policy for Adversarial {
         let mut pod = defaults::instance_pod(cluster, instance)?;
         match defaults::cluster_name(cluster) {
             "other-namespace" => {
-                pod.template.metadata.get_or_insert_with(Default::default).namespace = Some("kube-system".into());
+                pod.template
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .namespace = Some("kube-system".into());
             }
             "secret-value" => pod = pod.env("AWS_SECRET_ACCESS_KEY", "hunter2"),
             "foreign-claim" => {
                 let volumes = pod.template.spec.as_mut().and_then(|s| s.volumes.as_mut());
-                if let Some(claim) = volumes.and_then(|v| v.iter_mut().find_map(|v| v.persistent_volume_claim.as_mut())) {
+                if let Some(claim) = volumes.and_then(|v| {
+                    v.iter_mut()
+                        .find_map(|v| v.persistent_volume_claim.as_mut())
+                }) {
                     claim.claim_name = "someone-else-1".into();
                 }
             }
@@ -87,7 +93,11 @@ impl Guest for Raw {
     fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
         Glue::archive_settings(cluster)
     }
-    fn backup_settings(backup: String, cluster: String, instances: Vec<wit::Instance>) -> Result<wit::BackupSettings, String> {
+    fn backup_settings(
+        backup: String,
+        cluster: String,
+        instances: Vec<wit::Instance>,
+    ) -> Result<wit::BackupSettings, String> {
         Glue::backup_settings(backup, cluster, instances)
     }
     fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
