@@ -82,10 +82,14 @@ impl Operator {
             .args(["--metrics-addr", &metrics_addr])
             .arg("--default-policy")
             .arg(policy("default"))
+            // Compiling a module takes long in a debug build: once per digest for all tests.
+            .arg("--policy-cache")
+            .arg(workspace_root().join("target/tmp/operator-policy-cache"))
             .args(["--lease-name", &format!("pgwarden-{label}-{port}")])
             .args(["--identity", &format!("test-{port}")])
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -125,7 +129,9 @@ impl Operator {
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
         let mut stream = TcpStream::connect(&self.metrics_addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", self.metrics_addr)?;
+        // One write: the server answers what its first read holds.
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", self.metrics_addr);
+        stream.write_all(request.as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -183,7 +189,7 @@ impl Drop for Operator {
         }
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("operator log ({}):\n{}", self.log.display(), self.log_tail(60));
+            eprintln!("operator log ({}):\n{}", self.log.display(), self.log_tail(30));
         }
     }
 }

@@ -3,7 +3,6 @@
 //! sends no write at all.
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType as KubeEventType};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
@@ -17,10 +16,48 @@ pub fn contains(observed: &Value, desired: &Value) -> bool {
     match (observed, desired) {
         (Value::Object(o), Value::Object(d)) => d.iter().all(|(k, v)| match o.get(k) {
             Some(w) => contains(w, v),
-            None => v.is_null() || v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty()),
+            None => is_empty(v),
         }),
-        (Value::Array(o), Value::Array(d)) => o.len() == d.len() && o.iter().zip(d).all(|(w, v)| contains(w, v)),
+        (Value::Array(o), Value::Array(d)) => match keyed(d) {
+            // A list map (containers, env, volumes, volumeMounts...): admission plugins add
+            // elements of their own (the service account token's volume and mount), so each
+            // desired element is looked up by its key and extra observed ones do not count.
+            Some(keys) => keys.iter().zip(d).all(|(key, v)| o.iter().any(|w| element_key(w) == Some(key) && contains(w, v))),
+            None => o.len() == d.len() && o.iter().zip(d).all(|(w, v)| contains(w, v)),
+        },
         _ => observed == desired,
+    }
+}
+
+/// The key of an element of a Kubernetes list map: `name`, or `mountPath` for volume mounts.
+fn element_key(element: &Value) -> Option<&str> {
+    element.get("name").or_else(|| element.get("mountPath")).and_then(Value::as_str)
+}
+
+/// The keys of a list whose elements all have one, without duplicates.
+fn keyed(list: &[Value]) -> Option<Vec<&str>> {
+    let keys = list.iter().map(element_key).collect::<Option<Vec<_>>>()?;
+    let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+    (!keys.is_empty() && unique.len() == keys.len()).then_some(keys)
+}
+
+fn is_empty(v: &Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+}
+
+/// The first place (a JSON pointer) where `desired` is not contained in `observed`, for logs.
+pub fn difference(observed: &Value, desired: &Value, at: &str) -> Option<String> {
+    match (observed, desired) {
+        (Value::Object(o), Value::Object(d)) => d.iter().find_map(|(k, v)| match o.get(k) {
+            Some(w) => difference(w, v, &format!("{at}/{k}")),
+            None if is_empty(v) => None,
+            None => Some(format!("{at}/{k}: absent, desired {v}")),
+        }),
+        (Value::Array(o), Value::Array(d)) if keyed(d).is_none() && o.len() == d.len() => {
+            o.iter().zip(d).enumerate().find_map(|(i, (w, v))| difference(w, v, &format!("{at}/{i}")))
+        }
+        _ if contains(observed, desired) => None,
+        _ => Some(format!("{at}: observed {observed}, desired {desired}")),
     }
 }
 
@@ -101,6 +138,9 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
             }
             (Step::Recreate | Step::Delete, a) => {
                 let target = a.target().expect("delete has a target");
+                if let (Action::Apply { object, .. }, Some(o)) = (a, &observed) {
+                    info!(object = %target, difference = ?difference(o, &without_status(object), ""), "recreating");
+                }
                 match api(ctx, target).delete(&target.name, &DeleteParams::default()).await {
                     Ok(_) => info!(object = %target, "deleted"),
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -135,17 +175,12 @@ pub async fn publish(ctx: &Context, regarding: &ObjectRef, kind: EventType, reas
         uid: observed.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned),
         ..Default::default()
     };
-    let event = Event {
-        type_: match kind {
-            EventType::Normal => KubeEventType::Normal,
-            EventType::Warning => KubeEventType::Warning,
-        },
-        reason: reason.chars().take(128).collect(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
+    let type_ = match kind {
+        EventType::Normal => "Normal",
+        EventType::Warning => "Warning",
     };
-    ctx.recorder.publish(&event, &reference).await?;
+    let event = super::events::event(&ctx.reporter, &reference, type_, reason, note, k8s_openapi::jiff::Timestamp::now());
+    super::events::publish(&ctx.client, event).await?;
     ctx.metrics.wrote("event");
     Ok(())
 }
@@ -167,6 +202,24 @@ mod tests {
         assert!(!contains(&observed, &changed));
         let more = json!({"spec": {"containers": [{"name": "postgres"}, {"name": "sidecar"}]}});
         assert!(!contains(&observed, &more));
+    }
+
+    #[test]
+    fn list_maps_match_by_key_and_tolerate_admitted_elements() {
+        let desired = json!({"volumeMounts": [{"name": "pgdata", "mountPath": "/data"}, {"name": "settings", "mountPath": "/etc/pgwarden"}]});
+        let admitted = json!({"volumeMounts": [
+            {"name": "settings", "mountPath": "/etc/pgwarden", "readOnly": true},
+            {"name": "pgdata", "mountPath": "/data"},
+            {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+        ]});
+        assert!(contains(&admitted, &desired));
+        assert_eq!(difference(&admitted, &desired, ""), None);
+        let moved = json!({"volumeMounts": [{"name": "pgdata", "mountPath": "/elsewhere"}, {"name": "settings", "mountPath": "/etc/pgwarden"}]});
+        assert!(!contains(&admitted, &moved));
+        let unkeyed = json!({"args": ["instance", "run"]});
+        assert!(!contains(&json!({"args": ["instance", "run", "--x"]}), &unkeyed));
+        let diff = difference(&json!({"spec": {"image": "a"}}), &json!({"spec": {"image": "b"}}), "").unwrap();
+        assert!(diff.starts_with("/spec/image: observed \"a\""), "{diff}");
     }
 
     #[test]

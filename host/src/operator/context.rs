@@ -1,12 +1,11 @@
 //! What every reconcile shares: the client, the reflector caches (the observed state), the
-//! policies, the event recorder and the metrics.
+//! policies, who reports Events and the metrics.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use futures::channel::mpsc::UnboundedSender;
 use kube::Client;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 use serde_json::Value;
@@ -74,7 +73,7 @@ pub struct Context {
     pub client: Client,
     pub stores: Stores,
     pub policies: Registry,
-    pub recorder: Recorder,
+    pub reporter: super::events::Reporter,
     pub metrics: Arc<Metrics>,
     /// Compiles ReconcilePolicy modules.
     pub engine: Engine,

@@ -16,6 +16,7 @@ mod cluster;
 pub mod conditions;
 mod context;
 mod errors;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -35,7 +36,6 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -179,13 +179,12 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let (secrets, secret_stream) = reflect(scoped::<Secret>(&client, ns), watcher::Config::default());
 
     let (swapped_tx, swapped_rx) = futures::channel::mpsc::unbounded();
-    let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.clone()) };
     let stores = Stores { clusters: clusters.clone(), backups: backups.clone(), scheduled: scheduled.clone(), pods, claims, services, config_maps, secrets };
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores,
         policies: Registry::new(default),
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter: events::Reporter { instance: identity.clone() },
         metrics: metrics.clone(),
         engine,
         policy_swapped: swapped_tx,
@@ -207,6 +206,14 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
                 .filter(|c| c.namespace() == ns && observe::secret_references(c).iter().any(|(_, s)| s.name == name))
                 .map(|c| reflector::ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
+        })
+        .watches(scoped::<Backup>(&client, ns), watcher::Config::default(), |backup: Backup| {
+            // A Backup ending: its Cluster reports LastBackupSucceeded and the last backups.
+            let cluster = reflector::ObjectRef::new(&backup.spec.cluster.name);
+            Some(match backup.namespace() {
+                Some(ns) => cluster.within(&ns),
+                None => cluster,
+            })
         })
         .reconcile_all_on(swapped_rx)
         .shutdown_on_signal()
