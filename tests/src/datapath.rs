@@ -405,6 +405,8 @@ pub struct InstanceOptions {
     pub credentials: Credentials,
     /// `pgwarden instance run` extra arguments (e.g. `--restore-backup ID --target-time T`).
     pub extra_args: Vec<String>,
+    /// Extra environment of the agent (e.g. `KUBECONFIG`, `POD_NAMESPACE`).
+    pub env: Vec<(String, String)>,
 }
 
 /// One PostgreSQL instance run by `pgwarden instance run`.
@@ -480,6 +482,7 @@ impl Instance {
             ("POD_NAME".into(), "pg-1".into()),
             ("HOME".into(), self.dir.path().display().to_string()),
         ];
+        env.extend(self.opts.env.iter().cloned());
         env.extend(
             self.opts
                 .credentials
@@ -605,6 +608,36 @@ impl Instance {
                 &seconds.to_string(),
                 "postgres",
             ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pgbench")
+    }
+
+    /// Starts `pgbench -f script` (no vacuum) for `seconds` in the background.
+    pub fn pgbench_script_spawn(&self, script: &Path, clients: u32, seconds: u32) -> Child {
+        Command::new(deps().pg_bin.join("pgbench"))
+            .args([
+                "-h",
+                &self.socket_dir().display().to_string(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-n",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "2",
+                "-T",
+                &seconds.to_string(),
+                "-f",
+            ])
+            .arg(script)
+            .arg("postgres")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

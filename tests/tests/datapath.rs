@@ -16,6 +16,7 @@ fn primary(s3: &S3Server, bucket: &str, server: &str) -> Instance {
         settings: archive_settings(s3, bucket, server),
         credentials: s3.credentials.clone(),
         extra_args: vec![],
+        env: vec![],
     })
 }
 
@@ -42,6 +43,7 @@ fn restored(
         settings,
         credentials: s3.credentials.clone(),
         extra_args,
+        env: vec![],
     })
 }
 
@@ -223,12 +225,14 @@ fn store_errors_name_their_cause_and_never_the_secret() {
         settings: archive_settings(&s3, "errors", "pg-bad-creds"),
         credentials: wrong.clone(),
         extra_args: vec![],
+        env: vec![],
     });
     let mut unknown = archive_settings(&s3, "no-such-bucket", "pg-errors");
     let other = Instance::start(InstanceOptions {
         settings: unknown.clone(),
         credentials: s3.credentials.clone(),
         extra_args: vec![],
+        env: vec![],
     });
 
     let failure_of = |pg: &Instance| {
