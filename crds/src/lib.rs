@@ -22,7 +22,10 @@ mod policy;
 mod scheduled;
 pub mod settings;
 
-pub use backup::{Backup, BackupAgentState, BackupAgentStatus, BackupPhase, BackupSpec, BackupStatus, BackupTarget, InstanceId};
+pub use backup::{
+    Backup, BackupAgentState, BackupAgentStatus, BackupPhase, BackupSpec, BackupStatus,
+    BackupTarget, InstanceId,
+};
 pub use cluster::{
     ArchiveStatus, Bootstrap, BootstrapInitDb, BootstrapRecovery, Cluster, ClusterSpec,
     ClusterStatus, DataBackupConfiguration, DataCompression, Encryption, ObjectStore,
@@ -30,8 +33,13 @@ pub use cluster::{
     WalBackupConfiguration, WalCompression,
 };
 pub use common::{LocalObjectReference, SecretKeySelector, condition_types};
-pub use policy::{ConfigMapKey, ModuleSource, PolicyLimits, ReconcilePolicy, ReconcilePolicySpec, ReconcilePolicyStatus};
-pub use scheduled::{BackupOwnerReference, ScheduledBackup, ScheduledBackupSpec, ScheduledBackupStatus};
+pub use policy::{
+    ConfigMapKey, ModuleSource, PolicyLimits, ReconcilePolicy, ReconcilePolicySpec,
+    ReconcilePolicyStatus,
+};
+pub use scheduled::{
+    BackupOwnerReference, ScheduledBackup, ScheduledBackupSpec, ScheduledBackupStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -43,7 +51,15 @@ pub const VERSION: &str = "v1alpha1";
 
 /// The four CustomResourceDefinitions, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [Cluster::crd(), Backup::crd(), ScheduledBackup::crd(), ReconcilePolicy::crd()].into_iter().map(tidy).collect()
+    [
+        Cluster::crd(),
+        Backup::crd(),
+        ScheduledBackup::crd(),
+        ReconcilePolicy::crd(),
+    ]
+    .into_iter()
+    .map(tidy)
+    .collect()
 }
 
 /// Two touches on the generated schemas: an optional enum lists `null` among its values
@@ -55,7 +71,11 @@ fn tidy(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
             if let Some(values) = map.get_mut("enum").and_then(|e| e.as_array_mut()) {
                 values.retain(|v| !v.is_null());
             }
-            if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.starts_with("uint")) {
+            if map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"))
+            {
                 map.insert("format".into(), "int64".into());
             }
             map.values_mut().for_each(walk);
@@ -64,7 +84,11 @@ fn tidy(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
         }
     }
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             let mut json = serde_json::to_value(&*schema).expect("a schema serializes");
             walk(&mut json);
             *schema = serde_json::from_value(json).expect("a tidied schema deserializes");

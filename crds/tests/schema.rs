@@ -6,20 +6,34 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use pgwarden_crds::{Backup, Cluster, ReconcilePolicy, ScheduledBackup, crd_file_name, crd_yaml, crds};
+use pgwarden_crds::{
+    Backup, Cluster, ReconcilePolicy, ScheduledBackup, crd_file_name, crd_yaml, crds,
+};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn crd_of(kind: &str) -> CustomResourceDefinition {
-    crds().into_iter().find(|c| c.spec.names.kind == kind).unwrap()
+    crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap()
 }
 
 fn schema_of(kind: &str) -> Value {
     let crd = crd_of(kind);
-    let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
     serde_json::to_value(schema).unwrap()
 }
 
@@ -66,7 +80,13 @@ fn walk<'a>(node: &'a Value, at: String, visit: &mut dyn FnMut(&str, &'a Value))
         }
     }
     for key in ["anyOf", "oneOf", "allOf"] {
-        for (i, child) in node.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, child) in node
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             walk(child, format!("{at}/{key}/{i}"), visit);
         }
     }
@@ -79,7 +99,8 @@ fn schemas_are_structural() {
         let mut problems = Vec::new();
         walk(&schema, String::new(), &mut |at, node| {
             let int_or_string = node.get("x-kubernetes-int-or-string") == Some(&json!(true));
-            let in_junctor = at.contains("/anyOf/") || at.contains("/oneOf/") || at.contains("/allOf/");
+            let in_junctor =
+                at.contains("/anyOf/") || at.contains("/oneOf/") || at.contains("/allOf/");
             if node.get("$ref").is_some() {
                 problems.push(format!("{kind}{at}: $ref"));
             }
@@ -95,16 +116,27 @@ fn schemas_are_structural() {
                 problems.push(format!("{kind}{at}: no type"));
             }
         });
-        assert!(problems.is_empty(), "not structural:\n{}", problems.join("\n"));
+        assert!(
+            problems.is_empty(),
+            "not structural:\n{}",
+            problems.join("\n")
+        );
     }
 }
 
 fn at<'a>(schema: &'a Value, pointer: &str) -> &'a Value {
-    schema.pointer(pointer).unwrap_or_else(|| panic!("no schema node at {pointer}"))
+    schema
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no schema node at {pointer}"))
 }
 
 fn enum_values(node: &Value) -> Vec<&str> {
-    node["enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect()
+    node["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 const BACKUP: &str = "/properties/spec/properties/backup/properties";
@@ -113,8 +145,15 @@ const BACKUP: &str = "/properties/spec/properties/backup/properties";
 fn enums_render_their_values() {
     let cluster = schema_of("Cluster");
     let wal = at(&cluster, &format!("{BACKUP}/wal/properties/compression"));
-    assert_eq!(enum_values(wal), ["gzip", "bzip2", "snappy", "lz4", "xz", "zstd"]);
-    assert_eq!(wal["enum"].as_array().unwrap().len(), 6, "no null among the values: {wal}");
+    assert_eq!(
+        enum_values(wal),
+        ["gzip", "bzip2", "snappy", "lz4", "xz", "zstd"]
+    );
+    assert_eq!(
+        wal["enum"].as_array().unwrap().len(),
+        6,
+        "no null among the values: {wal}"
+    );
     let data = at(&cluster, &format!("{BACKUP}/data/properties/compression"));
     assert_eq!(enum_values(data), ["gzip", "bzip2", "snappy", "lz4"]);
     let backup = schema_of("Backup");
@@ -124,7 +163,10 @@ fn enums_render_their_values() {
     );
     let scheduled = schema_of("ScheduledBackup");
     assert_eq!(
-        enum_values(at(&scheduled, "/properties/spec/properties/backupOwnerReference")),
+        enum_values(at(
+            &scheduled,
+            "/properties/spec/properties/backupOwnerReference"
+        )),
         ["none", "self", "cluster"]
     );
 }
@@ -139,17 +181,32 @@ fn cel_rules_are_where_promised() {
         ("Cluster", format!("{BACKUP}/wal/properties/encryption")),
         ("Cluster", format!("{BACKUP}/data/properties/encryption")),
         ("Cluster", "/properties/spec/properties/bootstrap".into()),
-        ("Cluster", "/properties/spec/properties/bootstrap/properties/recovery".into()),
-        ("Cluster", "/properties/spec/properties/postgresql/properties/parameters".into()),
+        (
+            "Cluster",
+            "/properties/spec/properties/bootstrap/properties/recovery".into(),
+        ),
+        (
+            "Cluster",
+            "/properties/spec/properties/postgresql/properties/parameters".into(),
+        ),
         ("Backup", "/properties/spec".into()),
         ("ScheduledBackup", "/properties/spec".into()),
-        ("ScheduledBackup", "/properties/spec/properties/schedule".into()),
-        ("ReconcilePolicy", "/properties/spec/properties/module".into()),
+        (
+            "ScheduledBackup",
+            "/properties/spec/properties/schedule".into(),
+        ),
+        (
+            "ReconcilePolicy",
+            "/properties/spec/properties/module".into(),
+        ),
     ];
     for (kind, pointer) in promised {
         let schema = schema_of(kind);
         let rules = at(&schema, &pointer)["x-kubernetes-validations"].as_array();
-        assert!(rules.is_some_and(|r| !r.is_empty()), "{kind}{pointer} has no x-kubernetes-validations");
+        assert!(
+            rules.is_some_and(|r| !r.is_empty()),
+            "{kind}{pointer} has no x-kubernetes-validations"
+        );
         for rule in rules.unwrap() {
             assert!(
                 rule.get("message").is_some() || rule.get("messageExpression").is_some(),
@@ -163,9 +220,23 @@ fn cel_rules_are_where_promised() {
 fn kinds_have_printer_columns_short_names_and_categories() {
     for crd in crds() {
         let kind = &crd.spec.names.kind;
-        assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{kind}: no short name");
-        assert_eq!(crd.spec.names.categories.as_deref(), Some(&["pgwarden".to_string()][..]), "{kind}");
-        let columns = crd.spec.versions[0].additional_printer_columns.as_ref().unwrap();
+        assert!(
+            crd.spec
+                .names
+                .short_names
+                .as_ref()
+                .is_some_and(|s| !s.is_empty()),
+            "{kind}: no short name"
+        );
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["pgwarden".to_string()][..]),
+            "{kind}"
+        );
+        let columns = crd.spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap();
         assert_eq!(columns.last().unwrap().name, "Age", "{kind}: last column");
     }
     let backup = crd_of("Backup");
@@ -183,7 +254,9 @@ fn kinds_have_printer_columns_short_names_and_categories() {
 /// `a` is contained in `b`: every field of `a` is in `b` with the same value.
 fn is_subset(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Object(a), Value::Object(b)) => a.iter().all(|(k, v)| b.get(k).is_some_and(|w| is_subset(v, w))),
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| is_subset(v, w))),
         _ => a == b,
     }
 }
@@ -205,9 +278,15 @@ fn round_trip(doc: &Value) -> Value {
 fn example_documents() -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
     for dir in ["examples/seed", "examples/local"] {
-        let mut files: Vec<_> = std::fs::read_dir(root().join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
-        for file in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+        for file in files
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
+        {
             out.extend(documents(&file).into_iter().map(|d| (file.clone(), d)));
         }
     }
@@ -217,10 +296,18 @@ fn example_documents() -> Vec<(PathBuf, Value)> {
 #[test]
 fn examples_round_trip_through_the_types() {
     let docs = example_documents();
-    assert!(docs.len() >= 9, "expected the seed and local examples, found {}", docs.len());
+    assert!(
+        docs.len() >= 9,
+        "expected the seed and local examples, found {}",
+        docs.len()
+    );
     for (file, doc) in docs {
         let back = round_trip(&doc);
-        assert!(is_subset(&doc, &back), "{} lost data in a round trip:\n{doc}\n{back}", file.display());
+        assert!(
+            is_subset(&doc, &back),
+            "{} lost data in a round trip:\n{doc}\n{back}",
+            file.display()
+        );
     }
 }
 
@@ -243,7 +330,10 @@ fn admission_errors(object: &Value, old: Option<&Value>) -> Vec<String> {
 
 #[test]
 fn examples_pass_admission() {
-    for (file, doc) in example_documents().into_iter().filter(|(_, d)| d["kind"] != "Secret") {
+    for (file, doc) in example_documents()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] != "Secret")
+    {
         let errors = admission_errors(&doc, None);
         assert!(errors.is_empty(), "{} rejected: {errors:?}", file.display());
     }
@@ -268,7 +358,11 @@ fn with(mut doc: Value, pointer: &str, value: Value) -> Value {
 
 fn without(mut doc: Value, pointer: &str) -> Value {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
-    doc.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    doc.pointer_mut(parent)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove(key);
     doc
 }
 
@@ -282,38 +376,119 @@ fn assert_rejected(object: &Value, old: Option<&Value>, expected: &str) {
 
 #[test]
 fn seed_sha256_encryption_is_rejected_as_a_hash() {
-    let bad = with(seed_cluster(), "/spec/backup/wal", json!({"compression": "gzip", "encryption": "SHA256"}));
-    assert_rejected(&bad, None, "SHA256 is a hash, not an encryption: accepted values are AES256 and aws:kms");
+    let bad = with(
+        seed_cluster(),
+        "/spec/backup/wal",
+        json!({"compression": "gzip", "encryption": "SHA256"}),
+    );
+    assert_rejected(
+        &bad,
+        None,
+        "SHA256 is a hash, not an encryption: accepted values are AES256 and aws:kms",
+    );
     let other = with(seed_cluster(), "/spec/backup/data/encryption", json!("des"));
-    assert_rejected(&other, None, "unsupported encryption des: accepted values are AES256 and aws:kms");
+    assert_rejected(
+        &other,
+        None,
+        "unsupported encryption des: accepted values are AES256 and aws:kms",
+    );
     for good in ["AES256", "aws:kms"] {
         let ok = with(seed_cluster(), "/spec/backup/wal/encryption", json!(good));
-        let e = admission_errors(&ok, None); assert!(e.is_empty(), "{good} rejected: {e:?}");
+        let e = admission_errors(&ok, None);
+        assert!(e.is_empty(), "{good} rejected: {e:?}");
     }
 }
 
 #[test]
 fn cluster_bad_values_are_rejected_with_their_rule() {
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("/spec/backup/destinationPath", json!("https://bucket/path"), "destinationPath must be an S3 URL"),
-        ("/spec/backup/destinationPath", json!("s3://"), "destinationPath must be an S3 URL"),
-        ("/spec/backup/destinationPath", json!("s3://my bucket/x"), "destinationPath must be an S3 URL"),
-        ("/spec/backup/endpointURL", json!("127.0.0.1:9000"), "endpointURL must be an http:// or https:// URL"),
-        ("/spec/backup/wal/compression", json!("rar"), "\"rar\" is not one of"),
-        ("/spec/backup/data/compression", json!("zstd"), "\"zstd\" is not one of"),
+        (
+            "/spec/backup/destinationPath",
+            json!("https://bucket/path"),
+            "destinationPath must be an S3 URL",
+        ),
+        (
+            "/spec/backup/destinationPath",
+            json!("s3://"),
+            "destinationPath must be an S3 URL",
+        ),
+        (
+            "/spec/backup/destinationPath",
+            json!("s3://my bucket/x"),
+            "destinationPath must be an S3 URL",
+        ),
+        (
+            "/spec/backup/endpointURL",
+            json!("127.0.0.1:9000"),
+            "endpointURL must be an http:// or https:// URL",
+        ),
+        (
+            "/spec/backup/wal/compression",
+            json!("rar"),
+            "\"rar\" is not one of",
+        ),
+        (
+            "/spec/backup/data/compression",
+            json!("zstd"),
+            "\"zstd\" is not one of",
+        ),
         ("/spec/backup/wal/maxParallel", json!(0), "minimum of 1"),
         ("/spec/instances", json!(0), "minimum of 1"),
-        ("/spec/backup/retentionPolicy", json!("30 days"), "retentionPolicy must be a positive number of days, weeks or months"),
-        ("/spec/backup/retentionPolicy", json!("0d"), "like 30d, 4w or 6m"),
-        ("/spec/backup/s3Credentials/accessKeyId", json!({"name": "aws-creds"}), "\"key\" is a required property"),
-        ("/spec/backup/s3Credentials/secretAccessKey", json!({"key": "K"}), "\"name\" is a required property"),
-        ("/spec/postgresql/parameters/archive_command", json!("/bin/true"), "must not set archive_mode, archive_command"),
-        ("/spec/bootstrap", json!({"initdb": {}, "recovery": {"backup": {"name": "b"}}}), "set either initdb or recovery, not both"),
-        ("/spec/bootstrap/recovery", json!({}), "set exactly one of backup"),
-        ("/spec/storage/size", json!("lots"), "storage.size must be a positive Kubernetes quantity"),
-        ("/spec/backup/serverName", json!("../other"), "serverName is one folder name"),
-        ("/spec/policy", json!("Bad Name!"), "spec.policy must be the name of a ReconcilePolicy"),
-        ("/spec/postgresql/parameters/wal_level", json!("minimal"), "wal_level minimal cannot archive WAL"),
+        (
+            "/spec/backup/retentionPolicy",
+            json!("30 days"),
+            "retentionPolicy must be a positive number of days, weeks or months",
+        ),
+        (
+            "/spec/backup/retentionPolicy",
+            json!("0d"),
+            "like 30d, 4w or 6m",
+        ),
+        (
+            "/spec/backup/s3Credentials/accessKeyId",
+            json!({"name": "aws-creds"}),
+            "\"key\" is a required property",
+        ),
+        (
+            "/spec/backup/s3Credentials/secretAccessKey",
+            json!({"key": "K"}),
+            "\"name\" is a required property",
+        ),
+        (
+            "/spec/postgresql/parameters/archive_command",
+            json!("/bin/true"),
+            "must not set archive_mode, archive_command",
+        ),
+        (
+            "/spec/bootstrap",
+            json!({"initdb": {}, "recovery": {"backup": {"name": "b"}}}),
+            "set either initdb or recovery, not both",
+        ),
+        (
+            "/spec/bootstrap/recovery",
+            json!({}),
+            "set exactly one of backup",
+        ),
+        (
+            "/spec/storage/size",
+            json!("lots"),
+            "storage.size must be a positive Kubernetes quantity",
+        ),
+        (
+            "/spec/backup/serverName",
+            json!("../other"),
+            "serverName is one folder name",
+        ),
+        (
+            "/spec/policy",
+            json!("Bad Name!"),
+            "spec.policy must be the name of a ReconcilePolicy",
+        ),
+        (
+            "/spec/postgresql/parameters/wal_level",
+            json!("minimal"),
+            "wal_level minimal cannot archive WAL",
+        ),
         (
             "/spec/bootstrap/recovery",
             json!({"backup": {"name": "b"}, "recoveryTarget": {"targetLSN": "0/3000060", "targetName": "x"}}),
@@ -331,7 +506,11 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
     }
     let half = without(seed_cluster(), "/spec/backup/s3Credentials/secretAccessKey");
     assert_rejected(&half, None, "accessKeyId and secretAccessKey go together");
-    let both = with(seed_cluster(), "/spec/backup/s3Credentials/inheritFromIAMRole", json!(true));
+    let both = with(
+        seed_cluster(),
+        "/spec/backup/s3Credentials/inheritFromIAMRole",
+        json!(true),
+    );
     assert_rejected(&both, None, "or inheritFromIAMRole: true (not both)");
 }
 
@@ -345,7 +524,11 @@ fn seed_scheduled() -> Value {
 
 #[test]
 fn backup_needs_a_cluster_and_never_changes() {
-    assert_rejected(&without(seed_backup(), "/spec/cluster"), None, "\"cluster\" is a required property");
+    assert_rejected(
+        &without(seed_backup(), "/spec/cluster"),
+        None,
+        "\"cluster\" is a required property",
+    );
     let changed = with(seed_backup(), "/spec/cluster/name", json!("another"));
     assert_rejected(&changed, Some(&seed_backup()), "Backup spec is immutable");
     assert!(admission_errors(&seed_backup(), Some(&seed_backup())).is_empty());
@@ -359,13 +542,18 @@ fn scheduled_backup_schedule_and_cluster_rules() {
     }
     for schedule in ["*/5 * * * *", "0 0 2 * * *", "@daily", "0 30 1 * * MON-FRI"] {
         let ok = with(seed_scheduled(), "/spec/schedule", json!(schedule));
-        let e = admission_errors(&ok, None); assert!(e.is_empty(), "{schedule} rejected: {e:?}");
+        let e = admission_errors(&ok, None);
+        assert!(e.is_empty(), "{schedule} rejected: {e:?}");
     }
     let moved = with(seed_scheduled(), "/spec/cluster/name", json!("another"));
     assert_rejected(&moved, Some(&seed_scheduled()), "spec.cluster is immutable");
     let suspended = with(seed_scheduled(), "/spec/suspend", json!(true));
     assert!(admission_errors(&suspended, Some(&seed_scheduled())).is_empty());
-    let owner = with(seed_scheduled(), "/spec/backupOwnerReference", json!("parent"));
+    let owner = with(
+        seed_scheduled(),
+        "/spec/backupOwnerReference",
+        json!("parent"),
+    );
     assert_rejected(&owner, None, "\"parent\" is not one of");
 }
 
@@ -377,13 +565,31 @@ fn reconcile_policy_module_source_rules() {
     };
     let digest = "a".repeat(64);
     assert!(admission_errors(&policy(json!({"file": "/policies/default.wasm"})), None).is_empty());
-    assert!(admission_errors(&policy(json!({"url": "https://x/p.wasm", "sha256": digest})), None).is_empty());
-    assert_rejected(&policy(json!({})), None, "set exactly one of configMap, file or url");
+    assert!(
+        admission_errors(
+            &policy(json!({"url": "https://x/p.wasm", "sha256": digest})),
+            None
+        )
+        .is_empty()
+    );
+    assert_rejected(
+        &policy(json!({})),
+        None,
+        "set exactly one of configMap, file or url",
+    );
     assert_rejected(
         &policy(json!({"file": "/a.wasm", "url": "https://x/p.wasm", "sha256": digest})),
         None,
         "set exactly one of configMap, file or url",
     );
-    assert_rejected(&policy(json!({"url": "https://x/p.wasm"})), None, "must be pinned by its digest");
-    assert_rejected(&policy(json!({"file": "/a.wasm", "sha256": "ABC"})), None, "64 lowercase hex digits");
+    assert_rejected(
+        &policy(json!({"url": "https://x/p.wasm"})),
+        None,
+        "must be pinned by its digest",
+    );
+    assert_rejected(
+        &policy(json!({"file": "/a.wasm", "sha256": "ABC"})),
+        None,
+        "64 lowercase hex digits",
+    );
 }

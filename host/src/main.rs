@@ -6,7 +6,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pgwarden", version, about = "PostgreSQL continuous backup operator with WebAssembly reconcile policies")]
+#[command(
+    name = "pgwarden",
+    version,
+    about = "PostgreSQL continuous backup operator with WebAssembly reconcile policies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,9 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -49,7 +55,8 @@ fn crd(out: Option<PathBuf>) -> Result<()> {
             print!("{}", docs.join("---\n"));
         }
         Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             for crd in &crds {
                 let path = dir.join(pgwarden_crds::crd_file_name(crd));
                 std::fs::write(&path, pgwarden_crds::crd_yaml(crd))

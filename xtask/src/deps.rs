@@ -140,10 +140,14 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
         return Ok(bin);
     }
     // Another clone on this machine built the same pinned version: reuse its binary.
-    let shared = paths::machine_cache().join("garage").join(GARAGE_VERSION).join("garage");
+    let shared = paths::machine_cache()
+        .join("garage")
+        .join(GARAGE_VERSION)
+        .join("garage");
     if shared.exists() {
         std::fs::create_dir_all(root.join("bin"))?;
-        std::fs::copy(&shared, &bin).with_context(|| format!("cannot copy {}", shared.display()))?;
+        std::fs::copy(&shared, &bin)
+            .with_context(|| format!("cannot copy {}", shared.display()))?;
         return Ok(bin);
     }
     eprintln!("datapath: building garage {GARAGE_VERSION} from crates.io (a few minutes)");
@@ -153,7 +157,10 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
         .args(["--no-default-features", "--features", GARAGE_FEATURES])
         .arg("--root")
         .arg(&root)
-        .env("CARGO_TARGET_DIR", paths::machine_cache().join("garage-build")))?;
+        .env(
+            "CARGO_TARGET_DIR",
+            paths::machine_cache().join("garage-build"),
+        ))?;
     std::fs::create_dir_all(shared.parent().expect("a folder"))?;
     std::fs::copy(&bin, &shared).with_context(|| format!("cannot copy to {}", shared.display()))?;
     Ok(bin)

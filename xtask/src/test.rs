@@ -22,12 +22,19 @@ pub struct Prepared {
 /// Installs and builds every dependency the tests need (idempotent; fast when done).
 pub fn setup() -> Result<Prepared> {
     let mut env = Vec::new();
-    step("control plane", || crate::controlplane::ensure_built().map(|_| ()))?;
-    let deps = step("PostgreSQL, barman cloud, S3 server", crate::deps::ensure_all)?;
+    step("control plane", || {
+        crate::controlplane::ensure_built().map(|_| ())
+    })?;
+    let deps = step(
+        "PostgreSQL, barman cloud, S3 server",
+        crate::deps::ensure_all,
+    )?;
     env.extend(deps.env());
     let policies = step("policy modules", crate::policies::build)?;
     env.push(("PGWARDEN_POLICY_DIR", policies));
-    step("pgwarden binary", || cargo(&["build", "--locked", "-p", "pgwarden"], &[]))?;
+    step("pgwarden binary", || {
+        cargo(&["build", "--locked", "-p", "pgwarden"], &[])
+    })?;
     env.push(("PGWARDEN_BIN", paths::root().join("target/debug/pgwarden")));
     Ok(Prepared { env })
 }
@@ -35,7 +42,12 @@ pub fn setup() -> Result<Prepared> {
 /// Set-up, then every test in the workspace.
 pub fn run() -> Result<()> {
     let prepared = setup()?;
-    step("tests", || cargo(&["test", "--locked", "--workspace", "--all-targets"], &prepared.env))
+    step("tests", || {
+        cargo(
+            &["test", "--locked", "--workspace", "--all-targets"],
+            &prepared.env,
+        )
+    })
 }
 
 /// Runs one named step, printing its progress and duration.

@@ -26,12 +26,27 @@ pub fn assigned(backup: &Backup, pod: &str) -> Option<BackupSettings> {
     let status = backup.status.as_ref()?;
     let here = status.instance_id.as_ref()?.pod_name.as_deref() == Some(pod);
     let running = status.phase == Some(BackupPhase::Running);
-    let reported = status.agent.as_ref().and_then(|a| a.state).is_some_and(|s| s != BackupAgentState::Running);
-    (here && running && !reported).then(|| status.settings.clone().unwrap_or_else(|| default_settings(pod)))
+    let reported = status
+        .agent
+        .as_ref()
+        .and_then(|a| a.state)
+        .is_some_and(|s| s != BackupAgentState::Running);
+    (here && running && !reported).then(|| {
+        status
+            .settings
+            .clone()
+            .unwrap_or_else(|| default_settings(pod))
+    })
 }
 
 fn default_settings(pod: &str) -> BackupSettings {
-    BackupSettings { target_pod: pod.into(), compression: None, encryption: None, jobs: 2, immediate_checkpoint: true }
+    BackupSettings {
+        target_pod: pod.into(),
+        compression: None,
+        encryption: None,
+        jobs: 2,
+        immediate_checkpoint: true,
+    }
 }
 
 /// Where the agent runs.
@@ -48,27 +63,47 @@ pub struct Here {
 pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
     let api: Api<Backup> = Api::namespaced(client, &here.namespace);
     let mut taken: HashSet<String> = HashSet::new();
-    let mut events = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     while let Some(event) = events.next().await {
         let Ok(backup) = event else { continue };
-        let Some(settings) = assigned(&backup, &here.pod) else { continue };
+        let Some(settings) = assigned(&backup, &here.pod) else {
+            continue;
+        };
         let uid = backup.uid().unwrap_or_else(|| backup.name_any());
         if !taken.insert(uid.clone()) {
             continue;
         }
         let (here, reporter) = (here.clone(), reporter.clone());
-        tokio::spawn(async move { take(&backup.name_any(), &uid, settings, &here, &reporter).await });
+        tokio::spawn(
+            async move { take(&backup.name_any(), &uid, settings, &here, &reporter).await },
+        );
     }
 }
 
 async fn take(object: &str, uid: &str, settings: BackupSettings, here: &Here, reporter: &Reporter) {
     eprintln!("pgwarden-agent: taking backup {object} ({uid})");
-    let started = BackupFacts { name: uid.into(), pod_name: Some(here.pod.clone()), state: Some(BackupAgentState::Running), started_at: Some(now()), ..Default::default() };
+    let started = BackupFacts {
+        name: uid.into(),
+        pod_name: Some(here.pod.clone()),
+        state: Some(BackupAgentState::Running),
+        started_at: Some(now()),
+        ..Default::default()
+    };
     report(reporter, object, &started).await;
     let (name, here2) = (uid.to_string(), here.clone());
     let facts = tokio::task::spawn_blocking(move || {
         let archive = layout::read_archive_settings(&here2.settings_dir)?;
-        super::backup::backup(&here2.layout, &archive, &settings, &name, &here2.pg, Some(here2.pod.clone()))
+        super::backup::backup(
+            &here2.layout,
+            &archive,
+            &settings,
+            &name,
+            &here2.pg,
+            Some(here2.pod.clone()),
+        )
     })
     .await;
     let facts = match facts {
@@ -93,8 +128,14 @@ fn failed(uid: &str, here: &Here, error: String) -> BackupFacts {
 
 async fn report(reporter: &Reporter, object: &str, facts: &BackupFacts) {
     let patch = facts::backup_status_patch(object, facts);
-    if let Err(e) = reporter.apply_status("Backup", "backups", object, &patch).await {
-        eprintln!("pgwarden-agent: cannot report backup {object}: {}", scrub(&format!("{e:#}")));
+    if let Err(e) = reporter
+        .apply_status("Backup", "backups", object, &patch)
+        .await
+    {
+        eprintln!(
+            "pgwarden-agent: cannot report backup {object}: {}",
+            scrub(&format!("{e:#}"))
+        );
     }
 }
 
@@ -107,8 +148,13 @@ mod tests {
         let mut b = Backup::new("b", Default::default());
         b.status = Some(BackupStatus {
             phase: Some(phase),
-            instance_id: Some(InstanceId { pod_name: Some(pod.into()) }),
-            agent: agent.map(|state| BackupAgentStatus { state: Some(state), ..Default::default() }),
+            instance_id: Some(InstanceId {
+                pod_name: Some(pod.into()),
+            }),
+            agent: agent.map(|state| BackupAgentStatus {
+                state: Some(state),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         b
@@ -117,17 +163,49 @@ mod tests {
     #[test]
     fn takes_only_running_backups_assigned_here_and_not_reported_final() {
         assert!(assigned(&backup(BackupPhase::Running, "pg-1", None), "pg-1").is_some());
-        assert!(assigned(&backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Running)), "pg-1").is_some());
+        assert!(
+            assigned(
+                &backup(
+                    BackupPhase::Running,
+                    "pg-1",
+                    Some(BackupAgentState::Running)
+                ),
+                "pg-1"
+            )
+            .is_some()
+        );
         assert!(assigned(&backup(BackupPhase::Running, "pg-2", None), "pg-1").is_none());
         assert!(assigned(&backup(BackupPhase::Pending, "pg-1", None), "pg-1").is_none());
-        assert!(assigned(&backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Succeeded)), "pg-1").is_none());
-        assert!(assigned(&backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Failed)), "pg-1").is_none());
+        assert!(
+            assigned(
+                &backup(
+                    BackupPhase::Running,
+                    "pg-1",
+                    Some(BackupAgentState::Succeeded)
+                ),
+                "pg-1"
+            )
+            .is_none()
+        );
+        assert!(
+            assigned(
+                &backup(BackupPhase::Running, "pg-1", Some(BackupAgentState::Failed)),
+                "pg-1"
+            )
+            .is_none()
+        );
     }
 
     #[test]
     fn uses_the_decided_settings() {
         let mut b = backup(BackupPhase::Running, "pg-1", None);
-        let decided = BackupSettings { target_pod: "pg-1".into(), compression: None, encryption: None, jobs: 4, immediate_checkpoint: false };
+        let decided = BackupSettings {
+            target_pod: "pg-1".into(),
+            compression: None,
+            encryption: None,
+            jobs: 4,
+            immediate_checkpoint: false,
+        };
         b.status.as_mut().unwrap().settings = Some(decided.clone());
         assert_eq!(assigned(&b, "pg-1"), Some(decided));
     }
