@@ -70,6 +70,10 @@ impl Operator {
 
     /// Starts the operator (every namespace when `namespace` is `None`).
     pub fn try_start(cp: &ControlPlane, namespace: Option<&str>) -> Result<Operator> {
+        // One start at a time: the first compiles the default policy into the shared cache
+        // (tens of seconds in a debug build), the others then load it from there.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let port = free_port()?;
         let metrics_addr = format!("127.0.0.1:{port}");
         let label = namespace.unwrap_or("all");
@@ -100,7 +104,7 @@ impl Operator {
         let child = cmd.spawn().context("cannot spawn pgwarden operator")?;
         spawn_watchdog(child.id())?;
         let mut operator = Operator { child, metrics_addr, log };
-        operator.wait_ready(Duration::from_secs(60))?;
+        operator.wait_ready(LOAD_WAIT)?;
         Ok(operator)
     }
 
@@ -241,6 +245,8 @@ pub fn seed(name: &str) -> PathBuf {
 
 /// How long the operator has to get something done.
 pub const WAIT: Duration = Duration::from_secs(60);
+/// How long compiling a policy module may take (a debug build, a cold cache, a busy machine).
+pub const LOAD_WAIT: Duration = Duration::from_secs(240);
 
 /// `kubectl apply -f <path>` in the namespace.
 pub fn apply_file(ns: &Namespace<'_>, path: &std::path::Path) {
@@ -332,19 +338,30 @@ pub fn wait_converged(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
     })
 }
 
-/// The Events (events.k8s.io) about `regarding` in the namespace: (reason, note).
-pub fn events(ns: &Namespace<'_>, regarding: &str) -> Vec<(String, String)> {
-    list(ns, "events.events.k8s.io")
-        .iter()
+/// The Events (events.k8s.io) about `regarding` in a namespace: (reason, note). Events about
+/// cluster-scoped objects (ReconcilePolicy) are in `default`.
+pub fn events_in(cp: &ControlPlane, namespace: &str, regarding: &str) -> Vec<(String, String)> {
+    let out = cp.kubectl(&["get", "events.events.k8s.io", "-n", namespace, "-o", "json"]).unwrap_or_else(|e| panic!("kubectl get events: {e}"));
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter(|e| e["regarding"]["name"] == regarding)
         .map(|e| (e["reason"].as_str().unwrap_or_default().to_string(), e["note"].as_str().unwrap_or_default().to_string()))
         .collect()
 }
 
-/// Waits for an Event about `regarding` with this reason whose note contains `note`.
+/// Waits for an Event about `regarding` in the test's namespace with this reason whose note
+/// contains `note`.
 pub fn wait_event(ns: &Namespace<'_>, regarding: &str, reason: &str, note: &str) {
+    wait_event_in(ns.cp, &ns.name, regarding, reason, note)
+}
+
+/// [`wait_event`] in any namespace.
+pub fn wait_event_in(cp: &ControlPlane, namespace: &str, regarding: &str, reason: &str, note: &str) {
     eventually(&format!("an Event {reason} about {regarding} saying {note:?}"), WAIT, || {
-        let all = events(ns, regarding);
+        let all = events_in(cp, namespace, regarding);
         if all.iter().any(|(r, n)| r == reason && n.contains(note)) { Ok(()) } else { Err(format!("{all:?}")) }
     })
 }

@@ -4,6 +4,7 @@
 //! the barman venv, policy modules) are cached under `.cache/` keyed by version, sandbox
 //! state lives under `.state/`; both are gitignored.
 
+mod bench;
 mod bench_wal;
 mod controlplane;
 mod deps;
@@ -52,6 +53,13 @@ enum Command {
 enum Bench {
     /// WAL archiving under pgbench: the parallel wrapper vs plain barman-cloud-wal-archive.
     Wal,
+    /// N Clusters against a real control plane: time to steady state, API writes per
+    /// reconcile, operator peak RSS.
+    Reconcile {
+        /// How many Clusters to create.
+        #[arg(long, default_value_t = 100)]
+        clusters: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -65,5 +73,6 @@ fn main() -> Result<()> {
         Command::BuildPolicies => policies::build().map(|_| ()),
         Command::Sandbox { action } => sandbox::run(action),
         Command::Bench { which: Bench::Wal } => bench_wal::run(),
+        Command::Bench { which: Bench::Reconcile { clusters } } => bench::reconcile(clusters),
     }
 }

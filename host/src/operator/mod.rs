@@ -153,7 +153,6 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         acquired = lease.acquire() => acquired.context("leader election")?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
-    metrics.set_ready(true);
 
     let engine = Engine::new(EngineConfig { cache_dir: args.policy_cache.clone(), ..Default::default() })?;
     let default = match &args.default_policy {
@@ -232,6 +231,8 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         .run(|p, x: Arc<(Arc<Context>, Backoff)>| reconcile_policy::reconcile(p, x.0.clone()), error_policy, shared(&ctx))
         .for_each(|_| async {});
 
+    // Ready: leading, with the default policy compiled, about to reconcile.
+    metrics.set_ready(true);
     info!(%identity, "operator running");
     tokio::select! {
         _ = futures::future::join4(cluster_controller, backup_controller, scheduled_controller, policy_controller) => info!("controllers stopped"),

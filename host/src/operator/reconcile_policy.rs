@@ -19,7 +19,7 @@ use super::conditions::{self, Wanted};
 use super::context::Context;
 use super::errors::{Error, Result};
 use crate::plan::{EventType, reference};
-use crate::policy::{Limits, digest};
+use crate::policy::{Limits, PolicyError, digest};
 
 /// Reads the module bytes from their source.
 async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
@@ -42,6 +42,15 @@ async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
     Err(Error::Module("spec.module.url is not supported by this operator build yet: use spec.module.configMap or spec.module.file".into()))
 }
 
+/// A module that does not load is the ReconcilePolicy's fault (`ModuleLoadFailed`), not a
+/// failed decision (`PolicyFailed`).
+fn module_error(e: PolicyError) -> Error {
+    match e {
+        PolicyError::Load(detail) => Error::Module(detail),
+        other => Error::Module(other.to_string()),
+    }
+}
+
 /// Loads the module if its digest is new; returns the digest and ABI version in force.
 async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String)> {
     let name = policy.name_any();
@@ -58,7 +67,8 @@ async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String
     let limits = Limits::from(policy.spec.limits.as_ref());
     let loaded = tokio::task::spawn_blocking(move || engine.load(&bytes, limits))
         .await
-        .map_err(|e| Error::Module(format!("the loader thread failed: {e}")))??;
+        .map_err(|e| Error::Module(format!("the loader thread failed: {e}")))?
+        .map_err(module_error)?;
     let abi = loaded.abi_version().to_string();
     ctx.policies.insert(&name, loaded);
     info!(policy = %name, digest = %found, "module in force");

@@ -1,0 +1,155 @@
+//! `cargo xtask bench reconcile --clusters N`: the operator against a real control plane with
+//! N Clusters. Figures: time to steady state (every Cluster `PolicyApplied` True at its
+//! current generation), API writes per reconcile while converging and in the steady state
+//! (goal 0), and the operator's peak RSS. Printed, and written to
+//! `target/bench/reconcile.json`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pgwarden_tests::controlplane::{ControlPlane, isolated};
+use pgwarden_tests::operator::{Operator, binary, policy};
+use serde_json::{Value, json};
+
+use crate::paths;
+
+const NS: &str = "bench";
+
+/// The figures of one run.
+#[derive(Debug, Default)]
+struct Figures {
+    clusters: usize,
+    seconds_to_steady: f64,
+    converge_reconciles: f64,
+    converge_writes: f64,
+    steady_reconciles: f64,
+    steady_writes: f64,
+    peak_rss_mib: f64,
+}
+
+fn cluster(i: usize) -> String {
+    format!(
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: pg-{i:05}\n  namespace: {NS}\nspec:\n  backup:\n    destinationPath: s3://bench/pg-{i:05}\n    s3Credentials:\n      accessKeyId: {{name: aws-creds, key: ACCESS_KEY_ID}}\n      secretAccessKey: {{name: aws-creds, key: ACCESS_SECRET_KEY}}\n    wal: {{compression: gzip, encryption: AES256}}\n"
+    )
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str], input: Option<&str>) -> Result<String> {
+    cp.kubectl_with_input(args, input).into_result().map_err(|e| anyhow::anyhow!("kubectl {}: {e}", args.join(" ")))
+}
+
+/// How many Clusters are converged: `PolicyApplied` True for their current generation.
+fn converged(cp: &ControlPlane) -> Result<usize> {
+    let out = kubectl(cp, &["get", "clusters", "-n", NS, "-o", "json"], None)?;
+    let list: Value = serde_json::from_str(&out)?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    Ok(items
+        .iter()
+        .filter(|c| {
+            let applied = c["status"]["conditions"].as_array().into_iter().flatten().any(|x| x["type"] == "PolicyApplied" && x["status"] == "True");
+            applied && c["status"]["observedGeneration"] == c["metadata"]["generation"]
+        })
+        .count())
+}
+
+fn counters(op: &Operator) -> (f64, f64) {
+    (op.metric("pgwarden_reconciles_total", "kind=\"Cluster\""), op.metric("pgwarden_api_writes_total", ""))
+}
+
+/// Waits until the write counter stays put for `quiet`: the convergence's tail is done.
+fn settle(op: &Operator, quiet: Duration, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = counters(op).1;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        if Instant::now() > deadline {
+            bail!("the operator kept writing for {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let now = counters(op).1;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    Ok(())
+}
+
+fn measure(clusters: usize) -> Result<Figures> {
+    let cp = isolated();
+    cp.install_crds().map_err(|e| anyhow::anyhow!("cannot install the CRDs: {e}"))?;
+    kubectl(&cp, &["create", "namespace", NS], None)?;
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws-creds\n  namespace: {NS}\nstringData:\n  ACCESS_KEY_ID: bench\n  ACCESS_SECRET_KEY: bench\n"
+    );
+    kubectl(&cp, &["apply", "-f", "-"], Some(&secret))?;
+    let op = Operator::try_start(&cp, None).context("cannot start the operator")?;
+    eprintln!("operator {} (pid {}) ready; creating {clusters} Clusters", binary().display(), op.pid());
+
+    let started = Instant::now();
+    for chunk in (0..clusters).collect::<Vec<_>>().chunks(100) {
+        let yaml: Vec<String> = chunk.iter().map(|i| cluster(*i)).collect();
+        kubectl(&cp, &["apply", "-f", "-"], Some(&yaml.join("---\n")))?;
+    }
+    let timeout = Duration::from_secs(120 + clusters as u64);
+    loop {
+        let done = converged(&cp)?;
+        if done == clusters {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!("{done} of {clusters} Clusters converged within {timeout:?}:\n{}", op.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let seconds_to_steady = started.elapsed().as_secs_f64();
+    eprintln!("{clusters} Clusters converged in {seconds_to_steady:.1}s; waiting for writes to stop");
+    settle(&op, Duration::from_secs(5), Duration::from_secs(120 + clusters as u64 / 2))?;
+    let (r0, w0) = counters(&op);
+
+    // The steady state: every Cluster reconciled again (an annotation: no new generation).
+    kubectl(&cp, &["annotate", "clusters", "--all", "-n", NS, "--overwrite", "pgwarden.bench/poke=1"], None)?;
+    let deadline = Instant::now() + Duration::from_secs(60 + clusters as u64 / 5);
+    while counters(&op).0 < r0 + clusters as f64 {
+        if Instant::now() > deadline {
+            bail!("only {} of {clusters} steady-state reconciles ran", counters(&op).0 - r0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    settle(&op, Duration::from_secs(3), Duration::from_secs(60))?;
+    let (r1, w1) = counters(&op);
+    Ok(Figures {
+        clusters,
+        seconds_to_steady,
+        converge_reconciles: r0,
+        converge_writes: w0,
+        steady_reconciles: r1 - r0,
+        steady_writes: w1 - w0,
+        peak_rss_mib: op.peak_rss_kib().unwrap_or(0) as f64 / 1024.0,
+    })
+}
+
+/// Runs the benchmark with `clusters` Clusters.
+pub fn reconcile(clusters: usize) -> Result<()> {
+    policy("default");
+    let f = measure(clusters)?;
+    let per = |w: f64, r: f64| if r > 0.0 { w / r } else { 0.0 };
+    println!("reconcile benchmark, {} Clusters (operator {})", f.clusters, binary().display());
+    println!("  time to steady state        {:>10.1} s", f.seconds_to_steady);
+    println!("  converging: reconciles      {:>10}   writes {:>8}   writes/reconcile {:.2}", f.converge_reconciles, f.converge_writes, per(f.converge_writes, f.converge_reconciles));
+    println!("  steady:     reconciles      {:>10}   writes {:>8}   writes/reconcile {:.2}", f.steady_reconciles, f.steady_writes, per(f.steady_writes, f.steady_reconciles));
+    println!("  operator peak RSS (VmHWM)   {:>10.1} MiB", f.peak_rss_mib);
+    let report = json!({
+        "clusters": f.clusters,
+        "operator": binary().display().to_string(),
+        "seconds_to_steady_state": f.seconds_to_steady,
+        "converge": {"reconciles": f.converge_reconciles, "writes": f.converge_writes, "writes_per_reconcile": per(f.converge_writes, f.converge_reconciles)},
+        "steady": {"reconciles": f.steady_reconciles, "writes": f.steady_writes, "writes_per_reconcile": per(f.steady_writes, f.steady_reconciles)},
+        "reads": "none per reconcile: the operator reads its reflector caches (one watch per kind)",
+        "operator_peak_rss_mib": f.peak_rss_mib,
+    });
+    let out = paths::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let file = out.join("reconcile.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("figures in {}", file.display());
+    Ok(())
+}
