@@ -5,8 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,8 @@ impl Operator {
     /// Starts the operator on `cp`, reconciling `namespace` only, with the default policy,
     /// and waits until it leads (`/readyz`).
     pub fn start(cp: &ControlPlane, namespace: &str) -> Operator {
-        Self::try_start(cp, Some(namespace)).unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
+        Self::try_start(cp, Some(namespace))
+            .unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
     }
 
     /// Starts the operator (every namespace when `namespace` is `None`).
@@ -80,7 +81,8 @@ impl Operator {
         let logs = cp.dir.join("operators");
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("{label}-{port}.log"));
-        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let out = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(binary());
         cmd.arg("operator")
             .args(["--metrics-addr", &metrics_addr])
@@ -92,7 +94,10 @@ impl Operator {
             .args(["--lease-name", &format!("pgwarden-{label}-{port}")])
             .args(["--identity", &format!("test-{port}")])
             .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -103,7 +108,11 @@ impl Operator {
         }
         let child = cmd.spawn().context("cannot spawn pgwarden operator")?;
         spawn_watchdog(child.id())?;
-        let mut operator = Operator { child, metrics_addr, log };
+        let mut operator = Operator {
+            child,
+            metrics_addr,
+            log,
+        };
         operator.wait_ready(LOAD_WAIT)?;
         Ok(operator)
     }
@@ -123,7 +132,10 @@ impl Operator {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the operator was not ready within {timeout:?}:\n{}", self.log_tail(40));
+                bail!(
+                    "the operator was not ready within {timeout:?}:\n{}",
+                    self.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -134,18 +146,30 @@ impl Operator {
         let mut stream = TcpStream::connect(&self.metrics_addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         // One write: the server answers what its first read holds.
-        let request = format!("GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", self.metrics_addr);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            self.metrics_addr
+        );
         stream.write_all(request.as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     }
 
     /// The `/metrics` text.
     pub fn metrics(&self) -> String {
-        self.get("/metrics").map(|(_, body)| body).unwrap_or_else(|e| panic!("cannot read /metrics: {e}"))
+        self.get("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_else(|e| panic!("cannot read /metrics: {e}"))
     }
 
     /// The sum of every sample of `name` whose labels contain `labels` (e.g. `kind="Cluster"`).
@@ -187,13 +211,20 @@ impl Drop for Operator {
         let pid = self.child.id();
         if self.child.try_wait().ok().flatten().is_none() {
             // SIGTERM to the group, a grace period, then SIGKILL.
-            let _ = Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
             stop_pids(&[pid], Duration::from_secs(5));
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("operator log ({}):\n{}", self.log.display(), self.log_tail(30));
+            eprintln!(
+                "operator log ({}):\n{}",
+                self.log.display(),
+                self.log_tail(30)
+            );
         }
     }
 }
@@ -219,12 +250,18 @@ fn spawn_watchdog(pgid: u32) -> Result<()> {
 
 /// Polls `probe` every 200 ms until it returns `Some`, or panics after `timeout` with `what`
 /// and the last value seen by `last`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match probe() {
             Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not so within {timeout:?}; last seen: {last}"),
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not so within {timeout:?}; last seen: {last}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
@@ -251,7 +288,12 @@ pub const LOAD_WAIT: Duration = Duration::from_secs(240);
 /// `kubectl apply -f <path>` in the namespace.
 pub fn apply_file(ns: &Namespace<'_>, path: &std::path::Path) {
     let out = ns.kubectl(&["apply", "-f", &path.display().to_string()]);
-    assert!(out.success, "kubectl apply -f {} failed: {}", path.display(), out.stderr);
+    assert!(
+        out.success,
+        "kubectl apply -f {} failed: {}",
+        path.display(),
+        out.stderr
+    );
 }
 
 /// `kubectl apply -f -` of `yaml` in the namespace.
@@ -263,7 +305,9 @@ pub fn apply_yaml(ns: &Namespace<'_>, yaml: &str) {
 /// A Cluster like the seed's (`backup` with the seed's credentials and WAL settings) or one
 /// without `spec.backup`, optionally naming a ReconcilePolicy.
 pub fn cluster_yaml(name: &str, policy: Option<&str>, backup: bool) -> String {
-    let mut yaml = format!("apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n");
+    let mut yaml = format!(
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n"
+    );
     if let Some(policy) = policy {
         yaml.push_str(&format!("  policy: {policy}\n"));
     }
@@ -292,24 +336,40 @@ pub fn list(ns: &Namespace<'_>, kind: &str) -> Vec<Value> {
 
 /// Waits until the object exists.
 pub fn wait_get(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
-    eventually(&format!("{kind} {}/{name} exists", ns.name), WAIT, || get(ns, kind, name).ok_or_else(|| "absent".to_string()))
+    eventually(&format!("{kind} {}/{name} exists", ns.name), WAIT, || {
+        get(ns, kind, name).ok_or_else(|| "absent".to_string())
+    })
 }
 
 /// Waits until the object is gone.
 pub fn wait_gone(ns: &Namespace<'_>, kind: &str, name: &str) {
-    eventually(&format!("{kind} {}/{name} is deleted", ns.name), WAIT, || match get(ns, kind, name) {
-        None => Ok(()),
-        Some(o) => Err(o["metadata"].to_string()),
-    })
+    eventually(
+        &format!("{kind} {}/{name} is deleted", ns.name),
+        WAIT,
+        || match get(ns, kind, name) {
+            None => Ok(()),
+            Some(o) => Err(o["metadata"].to_string()),
+        },
+    )
 }
 
 /// Waits until `test` holds of the object.
-pub fn wait_json(ns: &Namespace<'_>, kind: &str, name: &str, what: &str, test: impl Fn(&Value) -> bool) -> Value {
-    eventually(&format!("{kind} {}/{name}: {what}", ns.name), WAIT, || match get(ns, kind, name) {
-        Some(o) if test(&o) => Ok(o),
-        Some(o) => Err(o["status"].to_string()),
-        None => Err("absent".into()),
-    })
+pub fn wait_json(
+    ns: &Namespace<'_>,
+    kind: &str,
+    name: &str,
+    what: &str,
+    test: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(
+        &format!("{kind} {}/{name}: {what}", ns.name),
+        WAIT,
+        || match get(ns, kind, name) {
+            Some(o) if test(&o) => Ok(o),
+            Some(o) => Err(o["status"].to_string()),
+            None => Err("absent".into()),
+        },
+    )
 }
 
 /// A status condition: (status, reason, message).
@@ -321,34 +381,64 @@ pub fn condition(object: &Value, type_: &str) -> Option<(String, String, String)
 }
 
 /// Waits until the condition has this status.
-pub fn wait_condition(ns: &Namespace<'_>, kind: &str, name: &str, type_: &str, status: &str) -> Value {
-    wait_json(ns, kind, name, &format!("{type_}={status}"), |o| condition(o, type_).is_some_and(|c| c.0 == status))
+pub fn wait_condition(
+    ns: &Namespace<'_>,
+    kind: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> Value {
+    wait_json(ns, kind, name, &format!("{type_}={status}"), |o| {
+        condition(o, type_).is_some_and(|c| c.0 == status)
+    })
 }
 
 /// Waits until the condition's message contains `message`.
-pub fn wait_condition_message(ns: &Namespace<'_>, kind: &str, name: &str, type_: &str, message: &str) -> Value {
-    wait_json(ns, kind, name, &format!("{type_} says {message:?}"), |o| condition(o, type_).is_some_and(|c| c.2.contains(message)))
+pub fn wait_condition_message(
+    ns: &Namespace<'_>,
+    kind: &str,
+    name: &str,
+    type_: &str,
+    message: &str,
+) -> Value {
+    wait_json(ns, kind, name, &format!("{type_} says {message:?}"), |o| {
+        condition(o, type_).is_some_and(|c| c.2.contains(message))
+    })
 }
 
 /// Waits until the object's `status.observedGeneration` is its generation and
 /// `PolicyApplied` is True.
 pub fn wait_converged(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
-    wait_json(ns, kind, name, "observedGeneration current and PolicyApplied=True", |o| {
-        o["status"]["observedGeneration"] == o["metadata"]["generation"] && condition(o, "PolicyApplied").is_some_and(|c| c.0 == "True")
-    })
+    wait_json(
+        ns,
+        kind,
+        name,
+        "observedGeneration current and PolicyApplied=True",
+        |o| {
+            o["status"]["observedGeneration"] == o["metadata"]["generation"]
+                && condition(o, "PolicyApplied").is_some_and(|c| c.0 == "True")
+        },
+    )
 }
 
 /// The Events (events.k8s.io) about `regarding` in a namespace: (reason, note). Events about
 /// cluster-scoped objects (ReconcilePolicy) are in `default`.
 pub fn events_in(cp: &ControlPlane, namespace: &str, regarding: &str) -> Vec<(String, String)> {
-    let out = cp.kubectl(&["get", "events.events.k8s.io", "-n", namespace, "-o", "json"]).unwrap_or_else(|e| panic!("kubectl get events: {e}"));
+    let out = cp
+        .kubectl(&["get", "events.events.k8s.io", "-n", namespace, "-o", "json"])
+        .unwrap_or_else(|e| panic!("kubectl get events: {e}"));
     let list: Value = serde_json::from_str(&out).unwrap();
     list["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|e| e["regarding"]["name"] == regarding)
-        .map(|e| (e["reason"].as_str().unwrap_or_default().to_string(), e["note"].as_str().unwrap_or_default().to_string()))
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -359,11 +449,25 @@ pub fn wait_event(ns: &Namespace<'_>, regarding: &str, reason: &str, note: &str)
 }
 
 /// [`wait_event`] in any namespace.
-pub fn wait_event_in(cp: &ControlPlane, namespace: &str, regarding: &str, reason: &str, note: &str) {
-    eventually(&format!("an Event {reason} about {regarding} saying {note:?}"), WAIT, || {
-        let all = events_in(cp, namespace, regarding);
-        if all.iter().any(|(r, n)| r == reason && n.contains(note)) { Ok(()) } else { Err(format!("{all:?}")) }
-    })
+pub fn wait_event_in(
+    cp: &ControlPlane,
+    namespace: &str,
+    regarding: &str,
+    reason: &str,
+    note: &str,
+) {
+    eventually(
+        &format!("an Event {reason} about {regarding} saying {note:?}"),
+        WAIT,
+        || {
+            let all = events_in(cp, namespace, regarding);
+            if all.iter().any(|(r, n)| r == reason && n.contains(note)) {
+                Ok(())
+            } else {
+                Err(format!("{all:?}"))
+            }
+        },
+    )
 }
 
 /// Waits until the metric exceeds `floor`; returns its value.
@@ -378,10 +482,22 @@ pub fn wait_metric_above(op: &Operator, name: &str, labels: &str, floor: f64) ->
 /// a field manager, as the instance agent does.
 pub fn server_side_apply_status(ns: &Namespace<'_>, body: &Value, manager: &str) {
     let out = ns.kubectl_with_input(
-        &["apply", "--server-side", "--force-conflicts", "--subresource=status", &format!("--field-manager={manager}"), "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--subresource=status",
+            &format!("--field-manager={manager}"),
+            "-f",
+            "-",
+        ],
         Some(&body.to_string()),
     );
-    assert!(out.success, "server-side apply of {body} failed: {}", out.stderr);
+    assert!(
+        out.success,
+        "server-side apply of {body} failed: {}",
+        out.stderr
+    );
 }
 
 /// Asserts `kubectl describe` shows each `Label:  value` line.
@@ -389,14 +505,21 @@ pub fn assert_describe(describe: &str, lines: &[(&str, &str)]) {
     for (label, value) in lines {
         let found = describe.lines().any(|l| {
             let l = l.trim_start();
-            l.strip_prefix(label).is_some_and(|rest| rest.trim() == *value)
+            l.strip_prefix(label)
+                .is_some_and(|rest| rest.trim() == *value)
         });
-        assert!(found, "kubectl describe lacks `{label}  {value}`:\n{describe}");
+        assert!(
+            found,
+            "kubectl describe lacks `{label}  {value}`:\n{describe}"
+        );
     }
 }
 
 /// The current UTC time, RFC 3339 seconds.
 pub fn now_rfc3339() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().expect("date");
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

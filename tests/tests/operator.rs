@@ -27,9 +27,16 @@ fn seed_cluster_reconciles_to_owned_objects_and_is_collected() {
     let cluster = wait_condition(&ns, "cluster", CLUSTER, "PolicyApplied", "True");
     let uid = cluster["metadata"]["uid"].as_str().unwrap().to_string();
     let message = condition(&cluster, "PolicyApplied").unwrap().2;
-    assert!(message.starts_with("decisions of policy default (sha256:"), "{message}");
+    assert!(
+        message.starts_with("decisions of policy default (sha256:"),
+        "{message}"
+    );
     for type_ in ["Ready", "ContinuousArchiving", "PolicyApplied"] {
-        assert!(condition(&cluster, type_).is_some(), "condition {type_} missing: {}", cluster["status"]);
+        assert!(
+            condition(&cluster, type_).is_some(),
+            "condition {type_} missing: {}",
+            cluster["status"]
+        );
     }
     assert_eq!(cluster["status"]["policy"]["name"], "default");
 
@@ -46,7 +53,10 @@ fn seed_cluster_reconciles_to_owned_objects_and_is_collected() {
         .flat_map(|k| container[k].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
         .collect();
-    assert!(command.join(" ").contains("instance run"), "the container does not run `pgwarden instance run`: {command:?}");
+    assert!(
+        command.join(" ").contains("instance run"),
+        "the container does not run `pgwarden instance run`: {command:?}"
+    );
     let env = container["env"].as_array().cloned().unwrap_or_default();
     for key in ["ACCESS_KEY_ID", "ACCESS_SECRET_KEY"] {
         let by_ref = env.iter().any(|e| {
@@ -57,26 +67,47 @@ fn seed_cluster_reconciles_to_owned_objects_and_is_collected() {
     }
     let text = pod.to_string();
     for literal in ["<access key here>", "<secret key here>"] {
-        assert!(!text.contains(literal), "the pod carries a secret value {literal:?}");
+        assert!(
+            !text.contains(literal),
+            "the pod carries a secret value {literal:?}"
+        );
     }
 
     // Claim, Services, settings.
     let claim = wait_get(&ns, "pvc", "postgresql-bkp-1");
-    let services: Vec<Value> = ["postgresql-bkp-rw", "postgresql-bkp-r", "postgresql-bkp-any"]
-        .iter()
-        .map(|s| wait_get(&ns, "service", s))
-        .collect();
+    let services: Vec<Value> = [
+        "postgresql-bkp-rw",
+        "postgresql-bkp-r",
+        "postgresql-bkp-any",
+    ]
+    .iter()
+    .map(|s| wait_get(&ns, "service", s))
+    .collect();
     let settings = wait_get(&ns, "configmap", "postgresql-bkp-settings");
-    let archive = settings["data"]["archive.json"].as_str().unwrap_or_else(|| panic!("no archive.json: {settings}"));
+    let archive = settings["data"]["archive.json"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no archive.json: {settings}"));
     let archive: ArchiveSettings = serde_json::from_str(archive).unwrap();
     let as_json = serde_json::to_value(&archive).unwrap();
-    assert_eq!(as_json["destinationPath"], "s3://BUCKET_NAME/path/to/folder");
+    assert_eq!(
+        as_json["destinationPath"],
+        "s3://BUCKET_NAME/path/to/folder"
+    );
     assert_eq!(as_json["compression"], "gzip");
     assert_eq!(as_json["encryption"], "AES256");
-    let args = pgwarden::instance::barman::wal_archive_args(&archive, Path::new("pg_wal/000000010000000000000001"));
+    let args = pgwarden::instance::barman::wal_archive_args(
+        &archive,
+        Path::new("pg_wal/000000010000000000000001"),
+    );
     assert!(args.iter().any(|a| a == "--gzip"), "{args:?}");
-    assert!(args.windows(2).any(|w| w[0] == "-e" && w[1] == "AES256"), "{args:?}");
-    assert!(args.iter().any(|a| a == "s3://BUCKET_NAME/path/to/folder"), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w[0] == "-e" && w[1] == "AES256"),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a == "s3://BUCKET_NAME/path/to/folder"),
+        "{args:?}"
+    );
 
     let mut owned = vec![("pod", pod), ("pvc", claim), ("configmap", settings)];
     owned.extend(services.into_iter().map(|s| ("service", s)));
@@ -105,17 +136,36 @@ fn steady_state_reconciles_write_nothing() {
     // One annotation to let whatever the convergence still had in flight settle.
     let mut reconciles = op.metric("pgwarden_reconciles_total", "kind=\"Cluster\"");
     annotate(&ns, CLUSTER, 0);
-    reconciles = wait_metric_above(&op, "pgwarden_reconciles_total", "kind=\"Cluster\"", reconciles);
+    reconciles = wait_metric_above(
+        &op,
+        "pgwarden_reconciles_total",
+        "kind=\"Cluster\"",
+        reconciles,
+    );
     let writes = op.metric("pgwarden_api_writes_total", "");
     let generation = get(&ns, "cluster", CLUSTER).unwrap()["metadata"]["generation"].clone();
 
     for n in 1..=3 {
         annotate(&ns, CLUSTER, n);
-        reconciles = wait_metric_above(&op, "pgwarden_reconciles_total", "kind=\"Cluster\"", reconciles);
+        reconciles = wait_metric_above(
+            &op,
+            "pgwarden_reconciles_total",
+            "kind=\"Cluster\"",
+            reconciles,
+        );
     }
-    assert_eq!(get(&ns, "cluster", CLUSTER).unwrap()["metadata"]["generation"], generation, "annotations changed the generation");
+    assert_eq!(
+        get(&ns, "cluster", CLUSTER).unwrap()["metadata"]["generation"],
+        generation,
+        "annotations changed the generation"
+    );
     let after = op.metric("pgwarden_api_writes_total", "");
-    assert_eq!(after, writes, "steady-state reconciles wrote to the API server:\n{}", op.metrics());
+    assert_eq!(
+        after,
+        writes,
+        "steady-state reconciles wrote to the API server:\n{}",
+        op.metrics()
+    );
 }
 
 #[test]
@@ -128,14 +178,27 @@ fn missing_secret_then_missing_key_are_reported() {
         "Secret {}/aws-creds not found (referenced by spec.backup.s3Credentials.accessKeyId): create it, e.g. kubectl create secret generic aws-creds",
         ns.name
     );
-    let cluster = wait_condition_message(&ns, "cluster", CLUSTER, "ContinuousArchiving", &not_found);
-    assert_eq!(condition(&cluster, "ContinuousArchiving").unwrap().1, "SecretNotFound");
+    let cluster =
+        wait_condition_message(&ns, "cluster", CLUSTER, "ContinuousArchiving", &not_found);
+    assert_eq!(
+        condition(&cluster, "ContinuousArchiving").unwrap().1,
+        "SecretNotFound"
+    );
     wait_event(&ns, CLUSTER, "SecretNotFound", &not_found);
 
     // The Secret, without one of its keys.
-    let out = ns.kubectl(&["create", "secret", "generic", "aws-creds", "--from-literal=ACCESS_KEY_ID=x"]);
+    let out = ns.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "aws-creds",
+        "--from-literal=ACCESS_KEY_ID=x",
+    ]);
     assert!(out.success, "{}", out.stderr);
-    let no_key = format!("Secret {}/aws-creds has no key ACCESS_SECRET_KEY (referenced by spec.backup.s3Credentials.secretAccessKey)", ns.name);
+    let no_key = format!(
+        "Secret {}/aws-creds has no key ACCESS_SECRET_KEY (referenced by spec.backup.s3Credentials.secretAccessKey)",
+        ns.name
+    );
     wait_condition_message(&ns, "cluster", CLUSTER, "ContinuousArchiving", &no_key);
     wait_event(&ns, CLUSTER, "SecretNotFound", &no_key);
 
@@ -143,7 +206,13 @@ fn missing_secret_then_missing_key_are_reported() {
     let out = ns.kubectl(&["delete", "secret", "aws-creds"]);
     assert!(out.success, "{}", out.stderr);
     apply_file(&ns, &seed("secret.yaml"));
-    wait_condition_message(&ns, "cluster", CLUSTER, "ContinuousArchiving", "the primary's agent has not reported WAL archiving yet");
+    wait_condition_message(
+        &ns,
+        "cluster",
+        CLUSTER,
+        "ContinuousArchiving",
+        "the primary's agent has not reported WAL archiving yet",
+    );
 }
 
 #[test]
@@ -153,7 +222,9 @@ fn backup_of_an_absent_cluster_waits_and_says_so() {
     let _op = Operator::start(cp, &ns.name);
     apply_file(&ns, &seed("backup.yaml"));
     let message = "waiting for Cluster postgresql-bkp, which does not exist";
-    let backup = wait_json(&ns, "backup", "backup-example", "status.message", |b| b["status"]["message"] == message);
+    let backup = wait_json(&ns, "backup", "backup-example", "status.message", |b| {
+        b["status"]["message"] == message
+    });
     assert_eq!(backup["status"]["phase"], "pending");
     assert_eq!(backup["status"]["reason"], "ClusterNotFound");
     wait_event(&ns, "backup-example", "ClusterNotFound", message);
@@ -169,10 +240,16 @@ fn an_unknown_policy_is_reported_and_others_keep_reconciling() {
     apply_yaml(&ns, &cluster_yaml("healthy", None, true));
     let message = "ReconcilePolicy no-such-policy (spec.policy) is not loaded: create it, or check `kubectl get reconcilepolicy no-such-policy` for its last error";
     let orphan = wait_condition_message(&ns, "cluster", "orphan", "PolicyApplied", message);
-    assert_eq!(condition(&orphan, "PolicyApplied").unwrap(), ("False".into(), "PolicyNotFound".into(), message.into()));
+    assert_eq!(
+        condition(&orphan, "PolicyApplied").unwrap(),
+        ("False".into(), "PolicyNotFound".into(), message.into())
+    );
     assert_eq!(orphan["status"]["phase"], "Policy not applied");
     wait_event(&ns, "orphan", "PolicyNotFound", message);
-    assert!(get(&ns, "pod", "orphan-1").is_none(), "a pod was created without a policy");
+    assert!(
+        get(&ns, "pod", "orphan-1").is_none(),
+        "a pod was created without a policy"
+    );
     wait_condition(&ns, "cluster", "healthy", "PolicyApplied", "True");
     wait_get(&ns, "pod", "healthy-1");
 }
@@ -186,21 +263,34 @@ fn backup_moves_through_its_phases_on_agent_facts() {
     apply_file(&ns, &seed("cluster-wal.yaml"));
     wait_get(&ns, "pod", "postgresql-bkp-1");
     apply_file(&ns, &seed("backup.yaml"));
-    let pending = wait_json(&ns, "backup", "backup-example", "phase pending", |b| b["status"]["phase"] == "pending");
+    let pending = wait_json(&ns, "backup", "backup-example", "phase pending", |b| {
+        b["status"]["phase"] == "pending"
+    });
     assert_eq!(pending["status"]["reason"], "WaitingForInstance");
 
     // No kubelet here: the test says the pod runs and is ready, as a kubelet would.
     mark_pod_running(&ns, "postgresql-bkp-1");
-    let running = wait_json(&ns, "backup", "backup-example", "phase running", |b| b["status"]["phase"] == "running");
+    let running = wait_json(&ns, "backup", "backup-example", "phase running", |b| {
+        b["status"]["phase"] == "running"
+    });
     let status = &running["status"];
     assert_eq!(status["instanceID"]["podName"], "postgresql-bkp-1");
     assert!(status["startedAt"].is_string(), "{status}");
     assert!(status["stoppedAt"].is_null(), "{status}");
     assert_eq!(status["destinationPath"], "s3://BUCKET_NAME/path/to/folder");
     assert_eq!(status["serverName"], CLUSTER);
-    assert!(status["settings"].is_object(), "no decided settings: {status}");
+    assert!(
+        status["settings"].is_object(),
+        "no decided settings: {status}"
+    );
     let describe = ns.kubectl(&["describe", "backup", "backup-example"]).stdout;
-    assert_describe(&describe, &[("Phase:", "running"), ("Started At:", status["startedAt"].as_str().unwrap())]);
+    assert_describe(
+        &describe,
+        &[
+            ("Phase:", "running"),
+            ("Started At:", status["startedAt"].as_str().unwrap()),
+        ],
+    );
 
     // The agent's report, as `pgwarden instance` writes it (server-side apply, its manager).
     let facts = pgwarden::instance::facts::BackupFacts {
@@ -217,12 +307,23 @@ fn backup_moves_through_its_phases_on_agent_facts() {
         end_lsn: Some("0/3000100".into()),
         ..Default::default()
     };
-    server_side_apply_status(&ns, &pgwarden::instance::facts::backup_status_patch("backup-example", &facts), "pgwarden-agent");
-    let done = wait_json(&ns, "backup", "backup-example", "phase completed", |b| b["status"]["phase"] == "completed");
+    server_side_apply_status(
+        &ns,
+        &pgwarden::instance::facts::backup_status_patch("backup-example", &facts),
+        "pgwarden-agent",
+    );
+    let done = wait_json(&ns, "backup", "backup-example", "phase completed", |b| {
+        b["status"]["phase"] == "completed"
+    });
     let status = &done["status"];
     assert_eq!(status["backupId"], "20261125T100000");
-    assert_eq!(status["message"], "backup 20261125T100000 completed on pod postgresql-bkp-1");
-    let stopped = status["stoppedAt"].as_str().unwrap_or_else(|| panic!("no stoppedAt: {status}"));
+    assert_eq!(
+        status["message"],
+        "backup 20261125T100000 completed on pod postgresql-bkp-1"
+    );
+    let stopped = status["stoppedAt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no stoppedAt: {status}"));
     let describe = ns.kubectl(&["describe", "backup", "backup-example"]).stdout;
     assert_describe(
         &describe,
@@ -233,8 +334,16 @@ fn backup_moves_through_its_phases_on_agent_facts() {
             ("Stopped At:", stopped),
         ],
     );
-    assert!(describe.contains("Cluster:\n    Name:  postgresql-bkp"), "{describe}");
-    wait_event(&ns, "backup-example", "Completed", "backup 20261125T100000 completed on pod postgresql-bkp-1");
+    assert!(
+        describe.contains("Cluster:\n    Name:  postgresql-bkp"),
+        "{describe}"
+    );
+    wait_event(
+        &ns,
+        "backup-example",
+        "Completed",
+        "backup 20261125T100000 completed on pod postgresql-bkp-1",
+    );
     // The Cluster hears of it.
     let cluster = wait_condition(&ns, "cluster", CLUSTER, "LastBackupSucceeded", "True");
     assert_eq!(cluster["status"]["lastSuccessfulBackup"], "backup-example");
@@ -253,21 +362,50 @@ fn scheduled_backup_creates_backups_and_a_bad_schedule_is_named() {
     );
     let names = eventually("two scheduled Backups", Duration::from_secs(60), || {
         let list = list(&ns, "backup");
-        let names: Vec<String> = list.iter().filter_map(|b| b["metadata"]["name"].as_str().map(str::to_owned)).collect();
-        if names.len() >= 2 { Ok(names) } else { Err(format!("{names:?}")) }
+        let names: Vec<String> = list
+            .iter()
+            .filter_map(|b| b["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        if names.len() >= 2 {
+            Ok(names)
+        } else {
+            Err(format!("{names:?}"))
+        }
     });
     for name in &names {
         // <scheduled>-<yyyymmddhhmmss>: derived from the scheduled time, so never duplicated.
-        let stamp = name.strip_prefix("every-second-").unwrap_or_else(|| panic!("unexpected Backup name {name}"));
-        assert!(stamp.len() == 14 && stamp.chars().all(|c| c.is_ascii_digit()), "Backup name {name} is not <scheduled>-<yyyymmddhhmmss>");
+        let stamp = name
+            .strip_prefix("every-second-")
+            .unwrap_or_else(|| panic!("unexpected Backup name {name}"));
+        assert!(
+            stamp.len() == 14 && stamp.chars().all(|c| c.is_ascii_digit()),
+            "Backup name {name} is not <scheduled>-<yyyymmddhhmmss>"
+        );
         let backup = get(&ns, "backup", name).unwrap();
         assert_eq!(backup["spec"]["cluster"]["name"], CLUSTER);
         let owner = &backup["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "ScheduledBackup", "{backup}");
     }
-    let scheduled = wait_json(&ns, "scheduledbackup", "every-second", "status times", |s| s["status"]["lastScheduleTime"].is_string());
-    assert!(scheduled["status"]["nextScheduleTime"].is_string(), "{}", scheduled["status"]);
-    let out = ns.kubectl(&["patch", "scheduledbackup", "every-second", "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    let scheduled = wait_json(
+        &ns,
+        "scheduledbackup",
+        "every-second",
+        "status times",
+        |s| s["status"]["lastScheduleTime"].is_string(),
+    );
+    assert!(
+        scheduled["status"]["nextScheduleTime"].is_string(),
+        "{}",
+        scheduled["status"]
+    );
+    let out = ns.kubectl(&[
+        "patch",
+        "scheduledbackup",
+        "every-second",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
     assert!(out.success, "{}", out.stderr);
 
     // A schedule the admission accepts (five fields) but no cron can mean.
@@ -275,25 +413,60 @@ fn scheduled_backup_creates_backups_and_a_bad_schedule_is_named() {
         &ns,
         "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ScheduledBackup\nmetadata:\n  name: nonsense\nspec:\n  schedule: \"99 99 99 99 99\"\n  cluster:\n    name: postgresql-bkp\n",
     );
-    let bad = wait_json(&ns, "scheduledbackup", "nonsense", "Scheduled condition", |s| condition(s, "Scheduled").is_some());
+    let bad = wait_json(
+        &ns,
+        "scheduledbackup",
+        "nonsense",
+        "Scheduled condition",
+        |s| condition(s, "Scheduled").is_some(),
+    );
     let (status, reason, message) = condition(&bad, "Scheduled").unwrap();
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSchedule"), "{message}");
-    assert!(message.starts_with("spec.schedule \"99 99 99 99 99\": "), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidSchedule"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("spec.schedule \"99 99 99 99 99\": "),
+        "{message}"
+    );
     wait_event(&ns, "nonsense", "InvalidSchedule", &message);
-    assert!(list(&ns, "backup").iter().all(|b| !b["metadata"]["name"].as_str().unwrap().starts_with("nonsense")));
+    assert!(list(&ns, "backup").iter().all(|b| {
+        !b["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("nonsense")
+    }));
 }
 
 fn assert_owned_by(kind: &str, object: &Value, uid: &str) {
-    let owners = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+    let owners = object["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let controller = owners.iter().find(|o| o["controller"] == true);
-    let controller = controller.unwrap_or_else(|| panic!("{kind} {} has no controller owner: {owners:?}", object["metadata"]["name"]));
+    let controller = controller.unwrap_or_else(|| {
+        panic!(
+            "{kind} {} has no controller owner: {owners:?}",
+            object["metadata"]["name"]
+        )
+    });
     assert_eq!(controller["kind"], "Cluster", "{kind}");
-    assert_eq!(controller["apiVersion"], "postgresql.k8s.2ndq.io/v1alpha1", "{kind}");
+    assert_eq!(
+        controller["apiVersion"], "postgresql.k8s.2ndq.io/v1alpha1",
+        "{kind}"
+    );
     assert_eq!(controller["uid"], uid, "{kind}");
 }
 
 fn annotate(ns: &pgwarden_tests::controlplane::Namespace<'_>, cluster: &str, n: u32) {
-    let out = ns.kubectl(&["annotate", "--overwrite", "cluster", cluster, &format!("pgwarden.test/poke={n}")]);
+    let out = ns.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "cluster",
+        cluster,
+        &format!("pgwarden.test/poke={n}"),
+    ]);
     assert!(out.success, "{}", out.stderr);
 }
 
@@ -306,6 +479,14 @@ fn mark_pod_running(ns: &pgwarden_tests::controlplane::Namespace<'_>, pod: &str)
         "containerStatuses": [{"name": "postgres", "ready": true, "restartCount": 0, "image": "pgwarden", "imageID": "",
             "started": true, "state": {"running": {"startedAt": now}}}],
     }});
-    let out = ns.kubectl(&["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", &status.to_string()]);
+    let out = ns.kubectl(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
     assert!(out.success, "cannot mark pod {pod} running: {}", out.stderr);
 }

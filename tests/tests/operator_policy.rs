@@ -28,16 +28,23 @@ struct PolicyGuard<'a>(&'a Namespace<'a>, String);
 
 impl Drop for PolicyGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.0.cp.kubectl(&["delete", "reconcilepolicy", &self.1, "--wait=false"]);
+        let _ = self
+            .0
+            .cp
+            .kubectl(&["delete", "reconcilepolicy", &self.1, "--wait=false"]);
     }
 }
 
 /// Waits for the module to be in force: compiling it may take long on a cold cache.
 fn wait_policy_ready(ns: &Namespace<'_>, name: &str) -> Value {
-    eventually(&format!("ReconcilePolicy {name} Ready"), LOAD_WAIT, || match get(ns, "reconcilepolicy", name) {
-        Some(p) if condition(&p, "Ready").is_some_and(|c| c.0 == "True") => Ok(p),
-        other => Err(format!("{other:?}")),
-    })
+    eventually(
+        &format!("ReconcilePolicy {name} Ready"),
+        LOAD_WAIT,
+        || match get(ns, "reconcilepolicy", name) {
+            Some(p) if condition(&p, "Ready").is_some_and(|c| c.0 == "True") => Ok(p),
+            other => Err(format!("{other:?}")),
+        },
+    )
 }
 
 fn archive_settings(ns: &Namespace<'_>, cluster: &str) -> Value {
@@ -57,57 +64,134 @@ fn switching_to_the_production_policy_changes_pods_live_and_a_broken_module_keep
     let before = wait_converged(&ns, "cluster", "swap");
     assert_eq!(before["status"]["policy"]["name"], "default");
     let pod_before = wait_get(&ns, "pod", "swap-1");
-    assert!(pod_before["spec"]["containers"][0]["resources"]["requests"].is_null(), "{}", pod_before["spec"]);
+    assert!(
+        pod_before["spec"]["containers"][0]["resources"]["requests"].is_null(),
+        "{}",
+        pod_before["spec"]
+    );
     assert!(archive_settings(&ns, "swap")["compression"].is_null());
 
     create_policy(&ns, &name, "production-policy", &policy("production"));
     let loaded = wait_policy_ready(&ns, &name);
     let digest = loaded["status"]["digest"].as_str().unwrap().to_string();
-    assert_eq!(condition(&loaded, "Ready").unwrap().2, format!("module sha256:{digest} (ABI {}) is in force", loaded["status"]["abiVersion"].as_str().unwrap()));
-    wait_event_in(cp, "default", &name, "ModuleLoaded", &format!("module sha256:{digest}"));
+    assert_eq!(
+        condition(&loaded, "Ready").unwrap().2,
+        format!(
+            "module sha256:{digest} (ABI {}) is in force",
+            loaded["status"]["abiVersion"].as_str().unwrap()
+        )
+    );
+    wait_event_in(
+        cp,
+        "default",
+        &name,
+        "ModuleLoaded",
+        &format!("module sha256:{digest}"),
+    );
 
     // The switch: the same operator process, the production decisions.
-    let out = ns.kubectl(&["patch", "cluster", "swap", "--type=merge", "-p", &format!(r#"{{"spec":{{"policy":"{name}"}}}}"#)]);
+    let out = ns.kubectl(&[
+        "patch",
+        "cluster",
+        "swap",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"policy":"{name}"}}}}"#),
+    ]);
     assert!(out.success, "{}", out.stderr);
-    let after = wait_json(&ns, "cluster", "swap", "policy switched", |c| c["status"]["policy"]["name"] == name.as_str() && c["status"]["observedGeneration"] == 2);
+    let after = wait_json(&ns, "cluster", "swap", "policy switched", |c| {
+        c["status"]["policy"]["name"] == name.as_str() && c["status"]["observedGeneration"] == 2
+    });
     assert_eq!(after["status"]["policy"]["digest"], digest.as_str());
-    assert_eq!(condition(&after, "PolicyApplied").unwrap().2, format!("decisions of policy {name} (sha256:{digest}) applied"));
-    let pod = wait_json(&ns, "pod", "swap-1", "production's requests", |p| !p["spec"]["containers"][0]["resources"]["requests"].is_null());
-    assert_ne!(pod["metadata"]["uid"], pod_before["metadata"]["uid"], "the pod was not recreated");
+    assert_eq!(
+        condition(&after, "PolicyApplied").unwrap().2,
+        format!("decisions of policy {name} (sha256:{digest}) applied")
+    );
+    let pod = wait_json(&ns, "pod", "swap-1", "production's requests", |p| {
+        !p["spec"]["containers"][0]["resources"]["requests"].is_null()
+    });
+    assert_ne!(
+        pod["metadata"]["uid"], pod_before["metadata"]["uid"],
+        "the pod was not recreated"
+    );
     let requests = &pod["spec"]["containers"][0]["resources"]["requests"];
-    assert_eq!((requests["cpu"].as_str(), requests["memory"].as_str()), (Some("500m"), Some("1Gi")), "{requests}");
+    assert_eq!(
+        (requests["cpu"].as_str(), requests["memory"].as_str()),
+        (Some("500m"), Some("1Gi")),
+        "{requests}"
+    );
     let settings = eventually("production's archive settings", WAIT, || {
         let s = archive_settings(&ns, "swap");
-        if s["compression"] == "zstd" { Ok(s) } else { Err(s.to_string()) }
+        if s["compression"] == "zstd" {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
     });
     assert_eq!(settings["maxParallel"], 4, "{settings}");
     assert_eq!(settings["encryption"], "AES256", "{settings}");
     let pid = op.pid();
 
     // A broken module: the last good one stays in force, the policy says why.
-    let garbage = std::env::temp_dir().join(format!("pgwarden-garbage-{}.wasm", std::process::id()));
-    std::fs::write(&garbage, [0u8, 0x61, 0x73, 0x6d, 0xff, 0xfe, 0x00, 0x13, 0x37]).unwrap();
-    let out = ns.kubectl(&["create", "configmap", "broken-policy", &format!("--from-file=policy.wasm={}", garbage.display())]);
+    let garbage =
+        std::env::temp_dir().join(format!("pgwarden-garbage-{}.wasm", std::process::id()));
+    std::fs::write(
+        &garbage,
+        [0u8, 0x61, 0x73, 0x6d, 0xff, 0xfe, 0x00, 0x13, 0x37],
+    )
+    .unwrap();
+    let out = ns.kubectl(&[
+        "create",
+        "configmap",
+        "broken-policy",
+        &format!("--from-file=policy.wasm={}", garbage.display()),
+    ]);
     let _ = std::fs::remove_file(&garbage);
     assert!(out.success, "{}", out.stderr);
     apply_yaml(&ns, &policy_yaml(&name, &ns.name, "broken-policy"));
-    let broken = wait_json(&ns, "reconcilepolicy", &name, "lastError", |p| p["status"]["lastError"].is_string());
+    let broken = wait_json(&ns, "reconcilepolicy", &name, "lastError", |p| {
+        p["status"]["lastError"].is_string()
+    });
     let last_error = broken["status"]["lastError"].as_str().unwrap();
-    assert!(last_error.starts_with("cannot load policy module: "), "{last_error}");
-    assert!(last_error.ends_with(&format!("; the module in force stays {digest}")), "{last_error}");
+    assert!(
+        last_error.starts_with("cannot load policy module: "),
+        "{last_error}"
+    );
+    assert!(
+        last_error.ends_with(&format!("; the module in force stays {digest}")),
+        "{last_error}"
+    );
     assert_eq!(broken["status"]["digest"], digest.as_str());
     let (status, reason, message) = condition(&broken, "Ready").unwrap();
-    assert_eq!((status.as_str(), reason.as_str(), message.as_str()), ("False", "ModuleLoadFailed", last_error));
+    assert_eq!(
+        (status.as_str(), reason.as_str(), message.as_str()),
+        ("False", "ModuleLoadFailed", last_error)
+    );
     wait_event_in(cp, "default", &name, "ModuleLoadFailed", last_error);
 
     // The Cluster on that policy keeps reconciling with the good module.
-    let out = ns.kubectl(&["annotate", "--overwrite", "cluster", "swap", "pgwarden.test/after-broken=1"]);
+    let out = ns.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "cluster",
+        "swap",
+        "pgwarden.test/after-broken=1",
+    ]);
     assert!(out.success, "{}", out.stderr);
     let reconciles = op.metric("pgwarden_reconciles_total", "kind=\"Cluster\"");
-    wait_metric_above(&op, "pgwarden_reconciles_total", "kind=\"Cluster\"", reconciles);
+    wait_metric_above(
+        &op,
+        "pgwarden_reconciles_total",
+        "kind=\"Cluster\"",
+        reconciles,
+    );
     let cluster = wait_condition(&ns, "cluster", "swap", "PolicyApplied", "True");
     assert_eq!(cluster["status"]["policy"]["digest"], digest.as_str());
-    assert_eq!(get(&ns, "pod", "swap-1").unwrap()["metadata"]["uid"], pod["metadata"]["uid"], "the pod changed");
+    assert_eq!(
+        get(&ns, "pod", "swap-1").unwrap()["metadata"]["uid"],
+        pod["metadata"]["uid"],
+        "the pod changed"
+    );
     assert_eq!(op.pid(), pid);
     assert!(op.get("/healthz").is_ok_and(|(code, _)| code == 200));
 }
@@ -128,10 +212,16 @@ fn the_production_policy_denies_a_cluster_without_backup() {
     let denial = "the production policy requires a backup: Cluster unprotected has no spec.backup (set spec.backup.destinationPath, spec.backup.s3Credentials and spec.backup.wal.encryption)";
     let cluster = wait_condition_message(&ns, "cluster", "unprotected", "PolicyApplied", denial);
     let (status, reason, _) = condition(&cluster, "PolicyApplied").unwrap();
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "PolicyDenied"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "PolicyDenied")
+    );
     assert_eq!(cluster["status"]["phase"], "Policy not applied");
     wait_event(&ns, "unprotected", "PolicyDenied", denial);
-    assert!(get(&ns, "pod", "unprotected-1").is_none(), "a denied Cluster got a pod");
+    assert!(
+        get(&ns, "pod", "unprotected-1").is_none(),
+        "a denied Cluster got a pod"
+    );
 
     // The other Cluster on the same policy is reconciled.
     let ok = wait_condition(&ns, "cluster", "protected", "PolicyApplied", "True");

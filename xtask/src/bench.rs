@@ -34,7 +34,9 @@ fn cluster(i: usize) -> String {
 }
 
 fn kubectl(cp: &ControlPlane, args: &[&str], input: Option<&str>) -> Result<String> {
-    cp.kubectl_with_input(args, input).into_result().map_err(|e| anyhow::anyhow!("kubectl {}: {e}", args.join(" ")))
+    cp.kubectl_with_input(args, input)
+        .into_result()
+        .map_err(|e| anyhow::anyhow!("kubectl {}: {e}", args.join(" ")))
 }
 
 /// How many Clusters are converged: `PolicyApplied` True for their current generation.
@@ -45,14 +47,21 @@ fn converged(cp: &ControlPlane) -> Result<usize> {
     Ok(items
         .iter()
         .filter(|c| {
-            let applied = c["status"]["conditions"].as_array().into_iter().flatten().any(|x| x["type"] == "PolicyApplied" && x["status"] == "True");
+            let applied = c["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["type"] == "PolicyApplied" && x["status"] == "True");
             applied && c["status"]["observedGeneration"] == c["metadata"]["generation"]
         })
         .count())
 }
 
 fn counters(op: &Operator) -> (f64, f64) {
-    (op.metric("pgwarden_reconciles_total", "kind=\"Cluster\""), op.metric("pgwarden_api_writes_total", ""))
+    (
+        op.metric("pgwarden_reconciles_total", "kind=\"Cluster\""),
+        op.metric("pgwarden_api_writes_total", ""),
+    )
 }
 
 /// Waits until the write counter stays put for `quiet`: the convergence's tail is done.
@@ -75,14 +84,19 @@ fn settle(op: &Operator, quiet: Duration, timeout: Duration) -> Result<()> {
 
 fn measure(clusters: usize) -> Result<Figures> {
     let cp = isolated();
-    cp.install_crds().map_err(|e| anyhow::anyhow!("cannot install the CRDs: {e}"))?;
+    cp.install_crds()
+        .map_err(|e| anyhow::anyhow!("cannot install the CRDs: {e}"))?;
     kubectl(&cp, &["create", "namespace", NS], None)?;
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws-creds\n  namespace: {NS}\nstringData:\n  ACCESS_KEY_ID: bench\n  ACCESS_SECRET_KEY: bench\n"
     );
     kubectl(&cp, &["apply", "-f", "-"], Some(&secret))?;
     let op = Operator::try_start(&cp, None).context("cannot start the operator")?;
-    eprintln!("operator {} (pid {}) ready; creating {clusters} Clusters", binary().display(), op.pid());
+    eprintln!(
+        "operator {} (pid {}) ready; creating {clusters} Clusters",
+        binary().display(),
+        op.pid()
+    );
 
     let started = Instant::now();
     for chunk in (0..clusters).collect::<Vec<_>>().chunks(100) {
@@ -96,21 +110,45 @@ fn measure(clusters: usize) -> Result<Figures> {
             break;
         }
         if started.elapsed() > timeout {
-            bail!("{done} of {clusters} Clusters converged within {timeout:?}:\n{}", op.log_tail(20));
+            bail!(
+                "{done} of {clusters} Clusters converged within {timeout:?}:\n{}",
+                op.log_tail(20)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let seconds_to_steady = started.elapsed().as_secs_f64();
-    eprintln!("{clusters} Clusters converged in {seconds_to_steady:.1}s; waiting for writes to stop");
-    settle(&op, Duration::from_secs(5), Duration::from_secs(120 + clusters as u64 / 2))?;
+    eprintln!(
+        "{clusters} Clusters converged in {seconds_to_steady:.1}s; waiting for writes to stop"
+    );
+    settle(
+        &op,
+        Duration::from_secs(5),
+        Duration::from_secs(120 + clusters as u64 / 2),
+    )?;
     let (r0, w0) = counters(&op);
 
     // The steady state: every Cluster reconciled again (an annotation: no new generation).
-    kubectl(&cp, &["annotate", "clusters", "--all", "-n", NS, "--overwrite", "pgwarden.bench/poke=1"], None)?;
+    kubectl(
+        &cp,
+        &[
+            "annotate",
+            "clusters",
+            "--all",
+            "-n",
+            NS,
+            "--overwrite",
+            "pgwarden.bench/poke=1",
+        ],
+        None,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(60 + clusters as u64 / 5);
     while counters(&op).0 < r0 + clusters as f64 {
         if Instant::now() > deadline {
-            bail!("only {} of {clusters} steady-state reconciles ran", counters(&op).0 - r0);
+            bail!(
+                "only {} of {clusters} steady-state reconciles ran",
+                counters(&op).0 - r0
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -132,10 +170,27 @@ pub fn reconcile(clusters: usize) -> Result<()> {
     policy("default");
     let f = measure(clusters)?;
     let per = |w: f64, r: f64| if r > 0.0 { w / r } else { 0.0 };
-    println!("reconcile benchmark, {} Clusters (operator {})", f.clusters, binary().display());
-    println!("  time to steady state        {:>10.1} s", f.seconds_to_steady);
-    println!("  converging: reconciles      {:>10}   writes {:>8}   writes/reconcile {:.2}", f.converge_reconciles, f.converge_writes, per(f.converge_writes, f.converge_reconciles));
-    println!("  steady:     reconciles      {:>10}   writes {:>8}   writes/reconcile {:.2}", f.steady_reconciles, f.steady_writes, per(f.steady_writes, f.steady_reconciles));
+    println!(
+        "reconcile benchmark, {} Clusters (operator {})",
+        f.clusters,
+        binary().display()
+    );
+    println!(
+        "  time to steady state        {:>10.1} s",
+        f.seconds_to_steady
+    );
+    println!(
+        "  converging: reconciles      {:>10}   writes {:>8}   writes/reconcile {:.2}",
+        f.converge_reconciles,
+        f.converge_writes,
+        per(f.converge_writes, f.converge_reconciles)
+    );
+    println!(
+        "  steady:     reconciles      {:>10}   writes {:>8}   writes/reconcile {:.2}",
+        f.steady_reconciles,
+        f.steady_writes,
+        per(f.steady_writes, f.steady_reconciles)
+    );
     println!("  operator peak RSS (VmHWM)   {:>10.1} MiB", f.peak_rss_mib);
     let report = json!({
         "clusters": f.clusters,

@@ -2,7 +2,9 @@
 //! and only where the observed state differs from the desired one — a steady-state reconcile
 //! sends no write at all.
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
@@ -22,7 +24,10 @@ pub fn contains(observed: &Value, desired: &Value) -> bool {
             // A list map (containers, env, volumes, volumeMounts...): admission plugins add
             // elements of their own (the service account token's volume and mount), so each
             // desired element is looked up by its key and extra observed ones do not count.
-            Some(keys) => keys.iter().zip(d).all(|(key, v)| o.iter().any(|w| element_key(w) == Some(key) && contains(w, v))),
+            Some(keys) => keys.iter().zip(d).all(|(key, v)| {
+                o.iter()
+                    .any(|w| element_key(w) == Some(key) && contains(w, v))
+            }),
             None => o.len() == d.len() && o.iter().zip(d).all(|(w, v)| contains(w, v)),
         },
         _ => observed == desired,
@@ -31,7 +36,10 @@ pub fn contains(observed: &Value, desired: &Value) -> bool {
 
 /// The key of an element of a Kubernetes list map: `name`, or `mountPath` for volume mounts.
 fn element_key(element: &Value) -> Option<&str> {
-    element.get("name").or_else(|| element.get("mountPath")).and_then(Value::as_str)
+    element
+        .get("name")
+        .or_else(|| element.get("mountPath"))
+        .and_then(Value::as_str)
 }
 
 /// The keys of a list whose elements all have one, without duplicates.
@@ -42,7 +50,9 @@ fn keyed(list: &[Value]) -> Option<Vec<&str>> {
 }
 
 fn is_empty(v: &Value) -> bool {
-    v.is_null() || v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+    v.is_null()
+        || v.as_object().is_some_and(|m| m.is_empty())
+        || v.as_array().is_some_and(|a| a.is_empty())
 }
 
 /// The first place (a JSON pointer) where `desired` is not contained in `observed`, for logs.
@@ -53,9 +63,11 @@ pub fn difference(observed: &Value, desired: &Value, at: &str) -> Option<String>
             None if is_empty(v) => None,
             None => Some(format!("{at}/{k}: absent, desired {v}")),
         }),
-        (Value::Array(o), Value::Array(d)) if keyed(d).is_none() && o.len() == d.len() => {
-            o.iter().zip(d).enumerate().find_map(|(i, (w, v))| difference(w, v, &format!("{at}/{i}")))
-        }
+        (Value::Array(o), Value::Array(d)) if keyed(d).is_none() && o.len() == d.len() => o
+            .iter()
+            .zip(d)
+            .enumerate()
+            .find_map(|(i, (w, v))| difference(w, v, &format!("{at}/{i}"))),
         _ if contains(observed, desired) => None,
         _ => Some(format!("{at}: observed {observed}, desired {desired}")),
     }
@@ -78,15 +90,21 @@ pub enum Step {
 pub fn step(action: &Action, observed: Option<&Value>) -> Step {
     match (action, observed) {
         (Action::Apply { .. }, None) => Step::Apply,
-        (Action::Apply { target, .. }, Some(_)) if target.kind == "PersistentVolumeClaim" => Step::Nothing,
-        (Action::Apply { object, target }, Some(o)) => match (contains(o, &without_status(object)), target.kind.as_str()) {
-            (true, _) => Step::Nothing,
-            (false, "Pod") => Step::Recreate,
-            (false, _) => Step::Apply,
-        },
+        (Action::Apply { target, .. }, Some(_)) if target.kind == "PersistentVolumeClaim" => {
+            Step::Nothing
+        }
+        (Action::Apply { object, target }, Some(o)) => {
+            match (contains(o, &without_status(object)), target.kind.as_str()) {
+                (true, _) => Step::Nothing,
+                (false, "Pod") => Step::Recreate,
+                (false, _) => Step::Apply,
+            }
+        }
         (Action::Delete { .. }, None) => Step::Nothing,
         (Action::Delete { .. }, Some(_)) => Step::Delete,
-        (Action::PatchStatus { status, .. }, Some(o)) if contains(&o["status"], status) => Step::Nothing,
+        (Action::PatchStatus { status, .. }, Some(o)) if contains(&o["status"], status) => {
+            Step::Nothing
+        }
         (Action::PatchStatus { .. }, _) => Step::PatchStatus,
         (Action::Event { .. }, _) => Step::Event,
         (Action::Requeue { .. }, _) => Step::Nothing,
@@ -102,7 +120,10 @@ fn without_status(object: &Value) -> Value {
 }
 
 fn api(ctx: &Context, target: &ObjectRef) -> Api<DynamicObject> {
-    let (group, version) = target.api_version.rsplit_once('/').unwrap_or(("", &target.api_version));
+    let (group, version) = target
+        .api_version
+        .rsplit_once('/')
+        .unwrap_or(("", &target.api_version));
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &target.kind));
     match &target.namespace {
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
@@ -132,7 +153,9 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
             (Step::Nothing, _) => continue,
             (Step::Apply, Action::Apply { target, object }) => {
                 let params = PatchParams::apply(MANAGER).force();
-                api(ctx, target).patch(&target.name, &params, &Patch::Apply(object)).await?;
+                api(ctx, target)
+                    .patch(&target.name, &params, &Patch::Apply(object))
+                    .await?;
                 info!(object = %target, "applied");
                 ctx.metrics.wrote("apply");
             }
@@ -141,7 +164,10 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
                 if let (Action::Apply { object, .. }, Some(o)) = (a, &observed) {
                     info!(object = %target, difference = ?difference(o, &without_status(object), ""), "recreating");
                 }
-                match api(ctx, target).delete(&target.name, &DeleteParams::default()).await {
+                match api(ctx, target)
+                    .delete(&target.name, &DeleteParams::default())
+                    .await
+                {
                     Ok(_) => info!(object = %target, "deleted"),
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => return Err(e.into()),
@@ -151,10 +177,20 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
             (Step::PatchStatus, Action::PatchStatus { target, status }) => {
                 // A merge patch: the operator sets the fields it decides and leaves the agent's.
                 let patch = Patch::Merge(json!({ "status": status }));
-                api(ctx, target).patch_status(&target.name, &PatchParams::default(), &patch).await?;
+                api(ctx, target)
+                    .patch_status(&target.name, &PatchParams::default(), &patch)
+                    .await?;
                 ctx.metrics.wrote("status");
             }
-            (Step::Event, Action::Event { regarding, event_type, reason, note }) => {
+            (
+                Step::Event,
+                Action::Event {
+                    regarding,
+                    event_type,
+                    reason,
+                    note,
+                },
+            ) => {
                 publish(ctx, regarding, *event_type, reason, note).await?;
             }
             _ => continue,
@@ -165,21 +201,37 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
 }
 
 /// Records an Event about `regarding`.
-pub async fn publish(ctx: &Context, regarding: &ObjectRef, kind: EventType, reason: &str, note: &str) -> Result<()> {
+pub async fn publish(
+    ctx: &Context,
+    regarding: &ObjectRef,
+    kind: EventType,
+    reason: &str,
+    note: &str,
+) -> Result<()> {
     let observed = ctx.stores.observed(regarding).unwrap_or_default();
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some(regarding.api_version.clone()),
         kind: Some(regarding.kind.clone()),
         name: Some(regarding.name.clone()),
         namespace: regarding.namespace.clone(),
-        uid: observed.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned),
+        uid: observed
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         ..Default::default()
     };
     let type_ = match kind {
         EventType::Normal => "Normal",
         EventType::Warning => "Warning",
     };
-    let event = super::events::event(&ctx.reporter, &reference, type_, reason, note, k8s_openapi::jiff::Timestamp::now());
+    let event = super::events::event(
+        &ctx.reporter,
+        &reference,
+        type_,
+        reason,
+        note,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
     super::events::publish(&ctx.client, event).await?;
     ctx.metrics.wrote("event");
     Ok(())
@@ -190,7 +242,12 @@ mod tests {
     use super::*;
 
     fn target(kind: &str) -> ObjectRef {
-        ObjectRef { api_version: "v1".into(), kind: kind.into(), namespace: Some("ns".into()), name: "x".into() }
+        ObjectRef {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: Some("ns".into()),
+            name: "x".into(),
+        }
     }
 
     #[test]
@@ -217,34 +274,81 @@ mod tests {
         let moved = json!({"volumeMounts": [{"name": "pgdata", "mountPath": "/elsewhere"}, {"name": "settings", "mountPath": "/etc/pgwarden"}]});
         assert!(!contains(&admitted, &moved));
         let unkeyed = json!({"args": ["instance", "run"]});
-        assert!(!contains(&json!({"args": ["instance", "run", "--x"]}), &unkeyed));
-        let diff = difference(&json!({"spec": {"image": "a"}}), &json!({"spec": {"image": "b"}}), "").unwrap();
+        assert!(!contains(
+            &json!({"args": ["instance", "run", "--x"]}),
+            &unkeyed
+        ));
+        let diff = difference(
+            &json!({"spec": {"image": "a"}}),
+            &json!({"spec": {"image": "b"}}),
+            "",
+        )
+        .unwrap();
         assert!(diff.starts_with("/spec/image: observed \"a\""), "{diff}");
     }
 
     #[test]
     fn steady_state_needs_no_write() {
         let object = json!({"metadata": {"name": "x"}, "data": {"a": "1"}});
-        let apply = Action::Apply { target: target("ConfigMap"), object: object.clone() };
+        let apply = Action::Apply {
+            target: target("ConfigMap"),
+            object: object.clone(),
+        };
         assert_eq!(step(&apply, Some(&object)), Step::Nothing);
         assert_eq!(step(&apply, None), Step::Apply);
-        assert_eq!(step(&apply, Some(&json!({"metadata": {"name": "x"}, "data": {"a": "2"}}))), Step::Apply);
-        let status = Action::PatchStatus { target: target("Backup"), status: json!({"phase": "running"}) };
-        assert_eq!(step(&status, Some(&json!({"status": {"phase": "running", "backupId": "b"}}))), Step::Nothing);
-        assert_eq!(step(&status, Some(&json!({"status": {"phase": "pending"}}))), Step::PatchStatus);
+        assert_eq!(
+            step(
+                &apply,
+                Some(&json!({"metadata": {"name": "x"}, "data": {"a": "2"}}))
+            ),
+            Step::Apply
+        );
+        let status = Action::PatchStatus {
+            target: target("Backup"),
+            status: json!({"phase": "running"}),
+        };
+        assert_eq!(
+            step(
+                &status,
+                Some(&json!({"status": {"phase": "running", "backupId": "b"}}))
+            ),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(&status, Some(&json!({"status": {"phase": "pending"}}))),
+            Step::PatchStatus
+        );
     }
 
     #[test]
     fn a_changed_pod_is_recreated_a_claim_never_updated() {
-        let pod = Action::Apply { target: target("Pod"), object: json!({"spec": {"containers": [{"name": "a"}]}}) };
-        assert_eq!(step(&pod, Some(&json!({"spec": {"containers": [{"name": "b"}]}}))), Step::Recreate);
-        let claim = Action::Apply { target: target("PersistentVolumeClaim"), object: json!({"spec": {"x": 1}}) };
-        assert_eq!(step(&claim, Some(&json!({"spec": {"x": 2}}))), Step::Nothing);
+        let pod = Action::Apply {
+            target: target("Pod"),
+            object: json!({"spec": {"containers": [{"name": "a"}]}}),
+        };
+        assert_eq!(
+            step(
+                &pod,
+                Some(&json!({"spec": {"containers": [{"name": "b"}]}}))
+            ),
+            Step::Recreate
+        );
+        let claim = Action::Apply {
+            target: target("PersistentVolumeClaim"),
+            object: json!({"spec": {"x": 1}}),
+        };
+        assert_eq!(
+            step(&claim, Some(&json!({"spec": {"x": 2}}))),
+            Step::Nothing
+        );
     }
 
     #[test]
     fn shortest_requeue_wins() {
-        let actions = [Action::Requeue { after_seconds: 30 }, Action::Requeue { after_seconds: 5 }];
+        let actions = [
+            Action::Requeue { after_seconds: 30 },
+            Action::Requeue { after_seconds: 5 },
+        ];
         assert_eq!(requeue(&actions), Some(5));
         assert_eq!(requeue(&[]), None);
     }

@@ -33,14 +33,24 @@ fn instances(ctx: &Context, cluster: &Cluster) -> Vec<Instance> {
         .map(|p| {
             let facts = pod_facts(&p);
             let primary = p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary");
-            Instance { name: facts.name, role: if primary { Role::Primary } else { Role::Replica }, ready: facts.ready }
+            Instance {
+                name: facts.name,
+                role: if primary {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                },
+                ready: facts.ready,
+            }
         })
         .collect()
 }
 
 /// Adds the decided settings to the status patch that starts the backup.
 fn with_settings(mut actions: Vec<Action>, settings: Option<&BackupSettings>) -> Vec<Action> {
-    let Some(settings) = settings else { return actions };
+    let Some(settings) = settings else {
+        return actions;
+    };
     for action in &mut actions {
         if let Action::PatchStatus { status, .. } = action {
             if status.get("instanceID").is_some() {
@@ -59,25 +69,55 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue
         return Ok(Requeue::await_change());
     }
     let ns = backup.namespace().unwrap_or_default();
-    let cluster = ctx.stores.clusters.get(&ObjectRef::new(&backup.spec.cluster.name).within(&ns));
+    let cluster = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(&backup.spec.cluster.name).within(&ns));
     let named = match &cluster {
         Some(c) => ctx.policies.for_cluster(c)?,
-        None => ctx.policies.for_cluster(&Cluster::new(&backup.spec.cluster.name, Default::default()))?,
+        None => ctx
+            .policies
+            .for_cluster(&Cluster::new(&backup.spec.cluster.name, Default::default()))?,
     };
     let started = Instant::now();
     let settings = match (&cluster, &status.instance_id) {
         (Some(c), None) => {
             let (b, c2, inst) = ((*backup).clone(), (**c).clone(), instances(&ctx, c));
-            Some(named.policy.run(move |p| p.backup_settings(&b, &c2, &inst)).await?)
+            Some(
+                named
+                    .policy
+                    .run(move |p| p.backup_settings(&b, &c2, &inst))
+                    .await?,
+            )
         }
         _ => None,
     };
-    let target = status.instance_id.as_ref().and_then(|i| i.pod_name.clone()).or_else(|| settings.as_ref().map(|s| s.target_pod.clone()));
-    let pod = target.and_then(|name| ctx.stores.pods.get(&ObjectRef::new(&name).within(&ns))).map(|p| pod_facts(&p));
-    let facts = BackupFacts { backup: (*backup).clone(), cluster: cluster.as_deref().cloned(), pod, now: Utc::now() };
-    let transition = named.policy.run(move |p| p.backup_transition(&facts)).await?;
+    let target = status
+        .instance_id
+        .as_ref()
+        .and_then(|i| i.pod_name.clone())
+        .or_else(|| settings.as_ref().map(|s| s.target_pod.clone()));
+    let pod = target
+        .and_then(|name| ctx.stores.pods.get(&ObjectRef::new(&name).within(&ns)))
+        .map(|p| pod_facts(&p));
+    let facts = BackupFacts {
+        backup: (*backup).clone(),
+        cluster: cluster.as_deref().cloned(),
+        pod,
+        now: Utc::now(),
+    };
+    let transition = named
+        .policy
+        .run(move |p| p.backup_transition(&facts))
+        .await?;
     ctx.metrics.policy_call("backup", started.elapsed());
-    let actions = plan::plan_backup(&backup, cluster.as_deref(), &transition, settings.as_ref(), Utc::now());
+    let actions = plan::plan_backup(
+        &backup,
+        cluster.as_deref(),
+        &transition,
+        settings.as_ref(),
+        Utc::now(),
+    );
     let actions = with_settings(actions, settings.as_ref());
     guardrails::check(&plan::backup_subject(&backup), &actions).map_err(Error::from)?;
     apply::apply(&ctx, &actions).await?;

@@ -27,7 +27,10 @@ async fn decide_and_apply(cluster: &Cluster, ctx: &Context) -> Result<Named> {
     let named = ctx.policies.for_cluster(cluster)?;
     let input = cluster.clone();
     let started = Instant::now();
-    let decisions = named.policy.run(move |p| ClusterDecisions::from_policy(p, &input)).await;
+    let decisions = named
+        .policy
+        .run(move |p| ClusterDecisions::from_policy(p, &input))
+        .await;
     ctx.metrics.policy_call("cluster", started.elapsed());
     let actions = plan::plan_cluster(cluster, &decisions?)?;
     guardrails::check(&plan::subject(cluster), &actions)?;
@@ -38,7 +41,11 @@ async fn decide_and_apply(cluster: &Cluster, ctx: &Context) -> Result<Named> {
 /// `ContinuousArchiving` from the agent's facts.
 pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
     let Some(a) = archive else {
-        return Wanted::failed(types::CONTINUOUS_ARCHIVING, "WaitingForFirstReport", "the primary's agent has not reported WAL archiving yet");
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "WaitingForFirstReport",
+            "the primary's agent has not reported WAL archiving yet",
+        );
     };
     let failed_last = match (&a.last_failed_time, &a.last_archived_time) {
         (Some(failed), Some(archived)) => failed > archived,
@@ -52,22 +59,36 @@ pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
         return Wanted::failed(
             types::CONTINUOUS_ARCHIVING,
             "ArchiveFailing",
-            format!("archiving {wal} failed: {why}; {waiting} WAL files wait, kept by PostgreSQL until archived"),
+            format!(
+                "archiving {wal} failed: {why}; {waiting} WAL files wait, kept by PostgreSQL until archived"
+            ),
         );
     }
-    Wanted::ok(types::CONTINUOUS_ARCHIVING, "Archiving", "WAL files are archived to the object store")
+    Wanted::ok(
+        types::CONTINUOUS_ARCHIVING,
+        "Archiving",
+        "WAL files are archived to the object store",
+    )
 }
 
 /// `ContinuousArchiving` when credentials are missing.
 fn secrets_missing(missing: &[MissingSecret], namespace: &str) -> Wanted {
-    let message = missing.iter().map(|m| m.message(namespace)).collect::<Vec<_>>().join("; ");
+    let message = missing
+        .iter()
+        .map(|m| m.message(namespace))
+        .collect::<Vec<_>>()
+        .join("; ");
     Wanted::failed(types::CONTINUOUS_ARCHIVING, "SecretNotFound", message)
 }
 
 /// `Ready` from the instance pods.
 pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
     let message = format!("{} of {wanted} instances ready", instances.ready);
-    if instances.ready >= wanted { Wanted::ok(types::READY, "InstancesReady", message) } else { Wanted::failed(types::READY, "InstancesNotReady", message) }
+    if instances.ready >= wanted {
+        Wanted::ok(types::READY, "InstancesReady", message)
+    } else {
+        Wanted::failed(types::READY, "InstancesNotReady", message)
+    }
 }
 
 /// `PolicyApplied` from the outcome of the decisions.
@@ -76,14 +97,21 @@ fn applied(outcome: &Result<Named>) -> Wanted {
         Ok(named) => Wanted::ok(
             types::POLICY_APPLIED,
             "Applied",
-            format!("decisions of policy {} (sha256:{}) applied", named.name, named.policy.digest()),
+            format!(
+                "decisions of policy {} (sha256:{}) applied",
+                named.name,
+                named.policy.digest()
+            ),
         ),
         Err(e) => Wanted::failed(types::POLICY_APPLIED, e.reason(), e.to_string()),
     }
 }
 
 /// The newest completed and failed Backups of the Cluster.
-fn last_backups(ctx: &Context, cluster: &Cluster) -> (Option<String>, Option<String>, Option<Wanted>) {
+fn last_backups(
+    ctx: &Context,
+    cluster: &Cluster,
+) -> (Option<String>, Option<String>, Option<Wanted>) {
     let (ns, name) = (cluster.namespace(), cluster.name_any());
     let mut ended: Vec<_> = ctx
         .stores
@@ -94,16 +122,39 @@ fn last_backups(ctx: &Context, cluster: &Cluster) -> (Option<String>, Option<Str
         .filter_map(|b| {
             let status = b.status.clone()?;
             let phase = status.phase.filter(|p| p.is_final())?;
-            Some((status.stopped_at.unwrap_or_default(), b.name_any(), phase, status.message.unwrap_or_default()))
+            Some((
+                status.stopped_at.unwrap_or_default(),
+                b.name_any(),
+                phase,
+                status.message.unwrap_or_default(),
+            ))
         })
         .collect();
     ended.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let last_of = |phase: BackupPhase| ended.iter().rev().find(|e| e.2 == phase).map(|e| e.1.clone());
+    let last_of = |phase: BackupPhase| {
+        ended
+            .iter()
+            .rev()
+            .find(|e| e.2 == phase)
+            .map(|e| e.1.clone())
+    };
     let condition = ended.last().map(|(_, backup, phase, message)| match phase {
-        BackupPhase::Completed => Wanted::ok(types::LAST_BACKUP_SUCCEEDED, "BackupCompleted", format!("Backup {backup} completed")),
-        _ => Wanted::failed(types::LAST_BACKUP_SUCCEEDED, "BackupFailed", format!("Backup {backup} failed: {message}")),
+        BackupPhase::Completed => Wanted::ok(
+            types::LAST_BACKUP_SUCCEEDED,
+            "BackupCompleted",
+            format!("Backup {backup} completed"),
+        ),
+        _ => Wanted::failed(
+            types::LAST_BACKUP_SUCCEEDED,
+            "BackupFailed",
+            format!("Backup {backup} failed: {message}"),
+        ),
     });
-    (last_of(BackupPhase::Completed), last_of(BackupPhase::Failed), condition)
+    (
+        last_of(BackupPhase::Completed),
+        last_of(BackupPhase::Failed),
+        condition,
+    )
 }
 
 #[instrument(skip(cluster, ctx), fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
@@ -121,17 +172,27 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         .pods
         .state()
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(LABEL_CLUSTER) == Some(&name))
+        .filter(|p| {
+            p.namespace().as_deref() == Some(&ns) && p.labels().get(LABEL_CLUSTER) == Some(&name)
+        })
         .collect();
     let instances = observe::instances(&pods, &names::instance(&name, 0));
     let status = cluster.status.clone().unwrap_or_default();
     let archiving = match (&cluster.spec.backup, missing.is_empty()) {
-        (None, _) => Wanted::failed(types::CONTINUOUS_ARCHIVING, "NotConfigured", "spec.backup is not set: WAL is not archived"),
+        (None, _) => Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "NotConfigured",
+            "spec.backup is not set: WAL is not archived",
+        ),
         (Some(_), false) => secrets_missing(&missing, &ns),
         (Some(_), true) => archiving(status.archive.as_ref()),
     };
     let (last_ok, last_failed, last_backup) = last_backups(&ctx, &cluster);
-    let mut wanted = vec![readiness(cluster.spec.instances, &instances), archiving, applied(&outcome)];
+    let mut wanted = vec![
+        readiness(cluster.spec.instances, &instances),
+        archiving,
+        applied(&outcome),
+    ];
     wanted.extend(last_backup);
     let generation = cluster.meta().generation;
     let conditions = conditions::set_all(&status.conditions, &wanted, generation, now);
@@ -140,7 +201,10 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         (Ok(_), true) => "Cluster in healthy state",
         (Ok(_), false) => "Setting up instances",
     };
-    let policy = outcome.as_ref().ok().map(|n| json!({"name": n.name, "digest": n.policy.digest()}));
+    let policy = outcome
+        .as_ref()
+        .ok()
+        .map(|n| json!({"name": n.name, "digest": n.policy.digest()}));
     let patch = json!({
         "phase": phase,
         "instances": instances.total,
@@ -152,7 +216,10 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         "lastFailedBackup": last_failed,
         "observedGeneration": generation,
     });
-    let mut actions = vec![Action::PatchStatus { target: reference(&*cluster), status: patch }];
+    let mut actions = vec![Action::PatchStatus {
+        target: reference(&*cluster),
+        status: patch,
+    }];
     actions.extend(events(&status.conditions, &wanted, &cluster));
     apply::apply(&ctx, &actions).await?;
     match outcome {
@@ -167,13 +234,26 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
 }
 
 /// A Warning Event for each condition that turns False or changes its failure message.
-fn events(before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], wanted: &[Wanted], cluster: &Cluster) -> Vec<Action> {
+fn events(
+    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    wanted: &[Wanted],
+    cluster: &Cluster,
+) -> Vec<Action> {
     wanted
         .iter()
         .filter(|w| !w.ok)
-        .filter(|w| !before.iter().any(|c| c.type_ == w.type_ && c.status == "False" && c.message == w.message))
+        .filter(|w| {
+            !before
+                .iter()
+                .any(|c| c.type_ == w.type_ && c.status == "False" && c.message == w.message)
+        })
         .filter(|w| w.reason != "WaitingForFirstReport" && w.reason != "InstancesNotReady")
-        .map(|w| Action::Event { regarding: reference(cluster), event_type: EventType::Warning, reason: w.reason.clone(), note: w.message.clone() })
+        .map(|w| Action::Event {
+            regarding: reference(cluster),
+            event_type: EventType::Warning,
+            reason: w.reason.clone(),
+            note: w.message.clone(),
+        })
         .collect()
 }
 
@@ -184,7 +264,10 @@ mod tests {
     #[test]
     fn archiving_condition_follows_the_facts() {
         assert!(!archiving(None).ok);
-        let healthy = ArchiveStatus { last_archived_time: Some("2026-11-25T10:00:00Z".into()), ..Default::default() };
+        let healthy = ArchiveStatus {
+            last_archived_time: Some("2026-11-25T10:00:00Z".into()),
+            ..Default::default()
+        };
         assert!(archiving(Some(&healthy)).ok);
         let failing = ArchiveStatus {
             last_archived_time: Some("2026-11-25T10:00:00Z".into()),
@@ -197,12 +280,22 @@ mod tests {
         let w = archiving(Some(&failing));
         assert!(!w.ok);
         assert_eq!(w.reason, "ArchiveFailing");
-        assert!(w.message.contains("000000010000000000000007") && w.message.contains("unreachable") && w.message.contains("3 WAL files wait"), "{}", w.message);
+        assert!(
+            w.message.contains("000000010000000000000007")
+                && w.message.contains("unreachable")
+                && w.message.contains("3 WAL files wait"),
+            "{}",
+            w.message
+        );
     }
 
     #[test]
     fn readiness_counts_ready_instances() {
-        let some = Instances { total: 2, ready: 1, primary: None };
+        let some = Instances {
+            total: 2,
+            ready: 1,
+            primary: None,
+        };
         assert_eq!(readiness(2, &some).message, "1 of 2 instances ready");
         assert!(!readiness(2, &some).ok);
         assert!(readiness(1, &some).ok);

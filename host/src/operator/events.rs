@@ -24,7 +24,13 @@ pub struct Reporter {
 /// same message again is the same Event.
 pub fn event_name(regarding: &ObjectReference, type_: &str, reason: &str, note: &str) -> String {
     let mut hash = Sha256::new();
-    for part in [regarding.kind.as_deref(), regarding.uid.as_deref(), Some(type_), Some(reason), Some(note)] {
+    for part in [
+        regarding.kind.as_deref(),
+        regarding.uid.as_deref(),
+        Some(type_),
+        Some(reason),
+        Some(note),
+    ] {
         hash.update(part.unwrap_or_default().as_bytes());
         hash.update([0]);
     }
@@ -34,7 +40,14 @@ pub fn event_name(regarding: &ObjectReference, type_: &str, reason: &str, note: 
 }
 
 /// The Event to create (pure).
-pub fn event(reporter: &Reporter, regarding: &ObjectReference, type_: &str, reason: &str, note: &str, now: Timestamp) -> Event {
+pub fn event(
+    reporter: &Reporter,
+    regarding: &ObjectReference,
+    type_: &str,
+    reason: &str,
+    note: &str,
+    now: Timestamp,
+) -> Event {
     Event {
         metadata: ObjectMeta {
             name: Some(event_name(regarding, type_, reason, note)),
@@ -55,7 +68,11 @@ pub fn event(reporter: &Reporter, regarding: &ObjectReference, type_: &str, reas
 
 /// Creates the Event, or counts one more occurrence of it when it already exists.
 pub async fn publish(client: &kube::Client, event: Event) -> Result<()> {
-    let namespace = event.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = event
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
     match api.create(&PostParams::default(), &event).await {
         Ok(_) => Ok(()),
@@ -63,8 +80,16 @@ pub async fn publish(client: &kube::Client, event: Event) -> Result<()> {
             let name = event.metadata.name.clone().unwrap_or_default();
             let existing = api.get(&name).await?;
             let count = existing.series.map_or(2, |s| s.count + 1);
-            let series = EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) };
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({ "series": series }))).await?;
+            let series = EventSeries {
+                count,
+                last_observed_time: MicroTime(Timestamp::now()),
+            };
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "series": series })),
+            )
+            .await?;
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -76,22 +101,55 @@ mod tests {
     use super::*;
 
     fn pod() -> ObjectReference {
-        ObjectReference { kind: Some("Cluster".into()), name: Some("pg".into()), namespace: Some("ns".into()), uid: Some("u1".into()), ..Default::default() }
+        ObjectReference {
+            kind: Some("Cluster".into()),
+            name: Some("pg".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u1".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_new_message_is_a_new_event_the_same_one_is_not() {
-        let a = event_name(&pod(), "Warning", "SecretNotFound", "Secret ns/aws-creds not found");
-        let b = event_name(&pod(), "Warning", "SecretNotFound", "Secret ns/aws-creds has no key K");
+        let a = event_name(
+            &pod(),
+            "Warning",
+            "SecretNotFound",
+            "Secret ns/aws-creds not found",
+        );
+        let b = event_name(
+            &pod(),
+            "Warning",
+            "SecretNotFound",
+            "Secret ns/aws-creds has no key K",
+        );
         assert_ne!(a, b);
-        assert_eq!(a, event_name(&pod(), "Warning", "SecretNotFound", "Secret ns/aws-creds not found"));
+        assert_eq!(
+            a,
+            event_name(
+                &pod(),
+                "Warning",
+                "SecretNotFound",
+                "Secret ns/aws-creds not found"
+            )
+        );
         assert!(a.starts_with("pg."));
     }
 
     #[test]
     fn the_event_says_who_what_and_why() {
-        let reporter = Reporter { instance: "op-1".into() };
-        let e = event(&reporter, &pod(), "Warning", "PolicyDenied", "denied", Timestamp::from_second(1).unwrap());
+        let reporter = Reporter {
+            instance: "op-1".into(),
+        };
+        let e = event(
+            &reporter,
+            &pod(),
+            "Warning",
+            "PolicyDenied",
+            "denied",
+            Timestamp::from_second(1).unwrap(),
+        );
         assert_eq!(e.metadata.namespace.as_deref(), Some("ns"));
         assert_eq!(e.reporting_controller.as_deref(), Some(MANAGER));
         assert_eq!(e.note.as_deref(), Some("denied"));

@@ -23,7 +23,9 @@ pub fn respond(request_line: &str, metrics: &Metrics) -> (u16, &'static str, Str
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, &metrics).await {
@@ -61,7 +63,11 @@ mod tests {
         assert_eq!(respond("GET /readyz HTTP/1.1", &m).0, 503);
         m.set_ready(true);
         assert_eq!(respond("GET /readyz HTTP/1.1", &m).0, 200);
-        assert!(respond("GET /metrics HTTP/1.1", &m).2.contains("pgwarden_reconciles_total"));
+        assert!(
+            respond("GET /metrics HTTP/1.1", &m)
+                .2
+                .contains("pgwarden_reconciles_total")
+        );
         assert_eq!(respond("GET /nope HTTP/1.1", &m).0, 404);
     }
 }

@@ -24,29 +24,51 @@ pub enum Step {
 
 /// Decides from the observed Lease, who we are and the time.
 pub fn step(observed: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Step {
-    let Some(spec) = observed else { return Step::Create };
+    let Some(spec) = observed else {
+        return Step::Create;
+    };
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder == identity {
         return Step::Renew;
     }
     let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
     let expired = match &spec.renew_time {
-        Some(MicroTime(renewed)) => renewed.checked_add(duration).map(|until| until < now).unwrap_or(true),
+        Some(MicroTime(renewed)) => renewed
+            .checked_add(duration)
+            .map(|until| until < now)
+            .unwrap_or(true),
         None => true,
     };
-    if holder.is_empty() || expired { Step::TakeOver } else { Step::Wait { holder } }
+    if holder.is_empty() || expired {
+        Step::TakeOver
+    } else {
+        Step::Wait { holder }
+    }
 }
 
 /// The Lease spec for `identity` holding the lock at `now`.
-pub fn held(previous: Option<&LeaseSpec>, identity: &str, duration: Duration, now: Timestamp) -> LeaseSpec {
+pub fn held(
+    previous: Option<&LeaseSpec>,
+    identity: &str,
+    duration: Duration,
+    now: Timestamp,
+) -> LeaseSpec {
     let same_holder = previous.and_then(|p| p.holder_identity.as_deref()) == Some(identity);
     let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
     LeaseSpec {
         holder_identity: Some(identity.to_string()),
         lease_duration_seconds: Some(duration.as_secs() as i32),
-        acquire_time: if same_holder { previous.and_then(|p| p.acquire_time.clone()) } else { Some(MicroTime(now)) },
+        acquire_time: if same_holder {
+            previous.and_then(|p| p.acquire_time.clone())
+        } else {
+            Some(MicroTime(now))
+        },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if same_holder { transitions } else { transitions + 1 }),
+        lease_transitions: Some(if same_holder {
+            transitions
+        } else {
+            transitions + 1
+        }),
         ..LeaseSpec::default()
     }
 }
@@ -61,7 +83,12 @@ pub struct LeaderElection {
 
 impl LeaderElection {
     pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
-        LeaderElection { api, name: name.into(), identity: identity.into(), duration }
+        LeaderElection {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
     }
 
     /// One attempt: true when we hold the Lease afterwards.
@@ -76,15 +103,27 @@ impl LeaderElection {
             }
             Step::Create => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
                     spec: Some(held(None, &self.identity, self.duration, now)),
                 };
                 conflict_is_false(self.api.create(&PostParams::default(), &lease).await)
             }
             Step::Renew | Step::TakeOver => {
                 let mut lease = observed.expect("a Lease was observed");
-                lease.spec = Some(held(lease.spec.as_ref(), &self.identity, self.duration, now));
-                conflict_is_false(self.api.replace(&self.name, &PostParams::default(), &lease).await)
+                lease.spec = Some(held(
+                    lease.spec.as_ref(),
+                    &self.identity,
+                    self.duration,
+                    now,
+                ));
+                conflict_is_false(
+                    self.api
+                        .replace(&self.name, &PostParams::default(), &lease)
+                        .await,
+                )
             }
         }
     }
@@ -147,7 +186,10 @@ mod tests {
     fn decides_from_the_observed_lease() {
         assert_eq!(step(None, "a", at(0)), Step::Create);
         assert_eq!(step(Some(&lease("a", 0)), "a", at(5)), Step::Renew);
-        assert_eq!(step(Some(&lease("b", 0)), "a", at(10)), Step::Wait { holder: "b".into() });
+        assert_eq!(
+            step(Some(&lease("b", 0)), "a", at(10)),
+            Step::Wait { holder: "b".into() }
+        );
         assert_eq!(step(Some(&lease("b", 0)), "a", at(16)), Step::TakeOver);
     }
 

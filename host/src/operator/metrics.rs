@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the policy latency histogram.
-const BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
+const BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -33,7 +35,12 @@ impl Metrics {
     }
 
     pub fn failed(&self, kind: &'static str, label: &str) {
-        *self.errors.lock().unwrap().entry((kind, label.to_string())).or_default() += 1;
+        *self
+            .errors
+            .lock()
+            .unwrap()
+            .entry((kind, label.to_string()))
+            .or_default() += 1;
     }
 
     /// One write request to the API server (apply, delete, status patch, event).
@@ -75,7 +82,10 @@ impl Metrics {
         }
         out.push_str("# HELP pgwarden_reconcile_errors_total Failed reconciles, by kind and error.\n# TYPE pgwarden_reconcile_errors_total counter\n");
         for ((kind, error), n) in self.errors.lock().unwrap().iter() {
-            let _ = writeln!(out, "pgwarden_reconcile_errors_total{{kind=\"{kind}\",error=\"{error}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "pgwarden_reconcile_errors_total{{kind=\"{kind}\",error=\"{error}\"}} {n}"
+            );
         }
         out.push_str("# HELP pgwarden_api_writes_total Write requests sent to the API server, by kind of request.\n# TYPE pgwarden_api_writes_total counter\n");
         for (kind, n) in self.writes.lock().unwrap().iter() {
@@ -84,11 +94,26 @@ impl Metrics {
         out.push_str("# HELP pgwarden_policy_call_seconds Latency of policy decisions.\n# TYPE pgwarden_policy_call_seconds histogram\n");
         for (decision, h) in self.policy.lock().unwrap().iter() {
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "pgwarden_policy_call_seconds_bucket{{decision=\"{decision}\",le=\"{bound}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "pgwarden_policy_call_seconds_bucket{{decision=\"{decision}\",le=\"{bound}\"}} {n}"
+                );
             }
-            let _ = writeln!(out, "pgwarden_policy_call_seconds_bucket{{decision=\"{decision}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "pgwarden_policy_call_seconds_sum{{decision=\"{decision}\"}} {}", h.sum);
-            let _ = writeln!(out, "pgwarden_policy_call_seconds_count{{decision=\"{decision}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "pgwarden_policy_call_seconds_bucket{{decision=\"{decision}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "pgwarden_policy_call_seconds_sum{{decision=\"{decision}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "pgwarden_policy_call_seconds_count{{decision=\"{decision}\"}} {}",
+                h.count
+            );
         }
         out
     }
@@ -108,10 +133,16 @@ mod tests {
         m.policy_call("instance-pod", Duration::from_micros(300));
         let text = m.render();
         assert!(text.contains("pgwarden_reconciles_total{kind=\"Cluster\"} 2"));
-        assert!(text.contains("pgwarden_reconcile_errors_total{kind=\"Backup\",error=\"ClusterNotFound\"} 1"));
+        assert!(text.contains(
+            "pgwarden_reconcile_errors_total{kind=\"Backup\",error=\"ClusterNotFound\"} 1"
+        ));
         assert!(text.contains("pgwarden_api_writes_total{request=\"apply\"} 1"));
-        assert!(text.contains("pgwarden_policy_call_seconds_bucket{decision=\"instance-pod\",le=\"0.00025\"} 0"));
-        assert!(text.contains("pgwarden_policy_call_seconds_bucket{decision=\"instance-pod\",le=\"0.0005\"} 1"));
+        assert!(text.contains(
+            "pgwarden_policy_call_seconds_bucket{decision=\"instance-pod\",le=\"0.00025\"} 0"
+        ));
+        assert!(text.contains(
+            "pgwarden_policy_call_seconds_bucket{decision=\"instance-pod\",le=\"0.0005\"} 1"
+        ));
         assert_eq!(m.writes_total(), 1);
     }
 }

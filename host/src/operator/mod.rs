@@ -90,7 +90,9 @@ where
 
 /// Runs the operator until SIGINT/SIGTERM or lost leadership.
 pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new().context("cannot start the async runtime")?.block_on(serve(args))
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(serve(args))
 }
 
 fn identity(args: &OperatorArgs) -> String {
@@ -101,12 +103,20 @@ fn identity(args: &OperatorArgs) -> String {
 }
 
 /// A reflector over `api`: the store to read and the stream that keeps it current.
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
     (store, stream)
 }
 
@@ -123,12 +133,22 @@ impl Backoff {
     }
 }
 
-fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ctx: Arc<(Arc<Context>, Backoff)>) -> Requeue {
+fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<(Arc<Context>, Backoff)>,
+) -> Requeue {
     let kind = K::kind(&());
-    let key = format!("{kind}/{}/{}", object.meta().namespace.as_deref().unwrap_or_default(), object.meta().name.as_deref().unwrap_or_default());
+    let key = format!(
+        "{kind}/{}/{}",
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    );
     let delay = ctx.1.delay(key.clone());
     warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
-    ctx.0.metrics.failed(static_kind(&kind), error.metric_label());
+    ctx.0
+        .metrics
+        .failed(static_kind(&kind), error.metric_label());
     Requeue::requeue(delay)
 }
 
@@ -142,23 +162,38 @@ fn static_kind(kind: &str) -> &'static str {
 }
 
 async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("cannot reach the API server (KUBECONFIG or in-cluster)")?;
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the API server (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let listener = tokio::net::TcpListener::bind(&args.metrics_addr).await.with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     tokio::spawn(http::serve(listener, metrics.clone()));
 
     let identity = identity(&args);
-    let lease = leader::LeaderElection::new(Api::<Lease>::namespaced(client.clone(), &args.lease_namespace), &args.lease_name, &identity, Duration::from_secs(15));
+    let lease = leader::LeaderElection::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(15),
+    );
     tokio::select! {
         acquired = lease.acquire() => acquired.context("leader election")?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     }
 
-    let engine = Engine::new(EngineConfig { cache_dir: args.policy_cache.clone(), ..Default::default() })?;
+    let engine = Engine::new(EngineConfig {
+        cache_dir: args.policy_cache.clone(),
+        ..Default::default()
+    })?;
     let default = match &args.default_policy {
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read the default policy {}", path.display()))?;
-            let policy = engine.load(&bytes, Limits::default()).with_context(|| format!("cannot load the default policy {}", path.display()))?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the default policy {}", path.display()))?;
+            let policy = engine
+                .load(&bytes, Limits::default())
+                .with_context(|| format!("cannot load the default policy {}", path.display()))?;
             info!(path = %path.display(), digest = policy.digest(), "default policy loaded");
             Some(policy)
         }
@@ -167,23 +202,44 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
 
     let ns = args.watch_namespace.as_deref();
     let owned = watcher::Config::default().labels(LABEL_CLUSTER);
-    let (clusters, cluster_stream) = reflect(scoped::<Cluster>(&client, ns), watcher::Config::default());
-    let (backups, backup_stream) = reflect(scoped::<Backup>(&client, ns), watcher::Config::default());
-    let (scheduled, scheduled_stream) = reflect(scoped::<ScheduledBackup>(&client, ns), watcher::Config::default());
-    let (policies_store, policy_stream) = reflect(Api::<ReconcilePolicy>::all(client.clone()), watcher::Config::default());
+    let (clusters, cluster_stream) =
+        reflect(scoped::<Cluster>(&client, ns), watcher::Config::default());
+    let (backups, backup_stream) =
+        reflect(scoped::<Backup>(&client, ns), watcher::Config::default());
+    let (scheduled, scheduled_stream) = reflect(
+        scoped::<ScheduledBackup>(&client, ns),
+        watcher::Config::default(),
+    );
+    let (policies_store, policy_stream) = reflect(
+        Api::<ReconcilePolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let (pods, pod_stream) = reflect(scoped::<Pod>(&client, ns), owned.clone());
-    let (claims, claim_stream) = reflect(scoped::<PersistentVolumeClaim>(&client, ns), owned.clone());
+    let (claims, claim_stream) =
+        reflect(scoped::<PersistentVolumeClaim>(&client, ns), owned.clone());
     let (services, service_stream) = reflect(scoped::<Service>(&client, ns), owned.clone());
     let (config_maps, config_map_stream) = reflect(scoped::<ConfigMap>(&client, ns), owned);
-    let (secrets, secret_stream) = reflect(scoped::<Secret>(&client, ns), watcher::Config::default());
+    let (secrets, secret_stream) =
+        reflect(scoped::<Secret>(&client, ns), watcher::Config::default());
 
     let (swapped_tx, swapped_rx) = futures::channel::mpsc::unbounded();
-    let stores = Stores { clusters: clusters.clone(), backups: backups.clone(), scheduled: scheduled.clone(), pods, claims, services, config_maps, secrets };
+    let stores = Stores {
+        clusters: clusters.clone(),
+        backups: backups.clone(),
+        scheduled: scheduled.clone(),
+        pods,
+        claims,
+        services,
+        config_maps,
+        secrets,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores,
         policies: Registry::new(default),
-        reporter: events::Reporter { instance: identity.clone() },
+        reporter: events::Reporter {
+            instance: identity.clone(),
+        },
         metrics: metrics.clone(),
         engine,
         policy_swapped: swapped_tx,
@@ -202,33 +258,58 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
             by_secret
                 .state()
                 .into_iter()
-                .filter(|c| c.namespace() == ns && observe::secret_references(c).iter().any(|(_, s)| s.name == name))
+                .filter(|c| {
+                    c.namespace() == ns
+                        && observe::secret_references(c)
+                            .iter()
+                            .any(|(_, s)| s.name == name)
+                })
                 .map(|c| reflector::ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         })
-        .watches(scoped::<Backup>(&client, ns), watcher::Config::default(), |backup: Backup| {
-            // A Backup ending: its Cluster reports LastBackupSucceeded and the last backups.
-            let cluster = reflector::ObjectRef::new(&backup.spec.cluster.name);
-            Some(match backup.namespace() {
-                Some(ns) => cluster.within(&ns),
-                None => cluster,
-            })
-        })
+        .watches(
+            scoped::<Backup>(&client, ns),
+            watcher::Config::default(),
+            |backup: Backup| {
+                // A Backup ending: its Cluster reports LastBackupSucceeded and the last backups.
+                let cluster = reflector::ObjectRef::new(&backup.spec.cluster.name);
+                Some(match backup.namespace() {
+                    Some(ns) => cluster.within(&ns),
+                    None => cluster,
+                })
+            },
+        )
         .reconcile_all_on(swapped_rx)
         .shutdown_on_signal()
-        .run(|c, x: Arc<(Arc<Context>, Backoff)>| cluster::reconcile(c, x.0.clone()), error_policy, shared(&ctx))
+        .run(
+            |c, x: Arc<(Arc<Context>, Backoff)>| cluster::reconcile(c, x.0.clone()),
+            error_policy,
+            shared(&ctx),
+        )
         .for_each(|_| async {});
     let backup_controller = Controller::for_stream(backup_stream, backups)
         .shutdown_on_signal()
-        .run(|b, x: Arc<(Arc<Context>, Backoff)>| backup::reconcile(b, x.0.clone()), error_policy, shared(&ctx))
+        .run(
+            |b, x: Arc<(Arc<Context>, Backoff)>| backup::reconcile(b, x.0.clone()),
+            error_policy,
+            shared(&ctx),
+        )
         .for_each(|_| async {});
     let scheduled_controller = Controller::for_stream(scheduled_stream, scheduled)
         .shutdown_on_signal()
-        .run(|s, x: Arc<(Arc<Context>, Backoff)>| scheduled::reconcile(s, x.0.clone()), error_policy, shared(&ctx))
+        .run(
+            |s, x: Arc<(Arc<Context>, Backoff)>| scheduled::reconcile(s, x.0.clone()),
+            error_policy,
+            shared(&ctx),
+        )
         .for_each(|_| async {});
     let policy_controller = Controller::for_stream(policy_stream, policies_store)
         .shutdown_on_signal()
-        .run(|p, x: Arc<(Arc<Context>, Backoff)>| reconcile_policy::reconcile(p, x.0.clone()), error_policy, shared(&ctx))
+        .run(
+            |p, x: Arc<(Arc<Context>, Backoff)>| reconcile_policy::reconcile(p, x.0.clone()),
+            error_policy,
+            shared(&ctx),
+        )
         .for_each(|_| async {});
 
     // Ready: leading, with the default policy compiled, about to reconcile.

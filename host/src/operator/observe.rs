@@ -34,7 +34,9 @@ impl MissingSecret {
 
 /// Every Secret key the Cluster's backup needs, with the field naming it.
 pub fn secret_references(cluster: &Cluster) -> Vec<(String, SecretKeySelector)> {
-    let Some(backup) = &cluster.spec.backup else { return Vec::new() };
+    let Some(backup) = &cluster.spec.backup else {
+        return Vec::new();
+    };
     let mut refs = Vec::new();
     if let Some(creds) = &backup.s3_credentials {
         let fields = [
@@ -56,16 +58,27 @@ pub fn secret_references(cluster: &Cluster) -> Vec<(String, SecretKeySelector)> 
 }
 
 /// The references that do not resolve, given a lookup of Secrets by name.
-pub fn missing_secrets<S: std::ops::Deref<Target = Secret>>(cluster: &Cluster, lookup: impl Fn(&str) -> Option<S>) -> Vec<MissingSecret> {
+pub fn missing_secrets<S: std::ops::Deref<Target = Secret>>(
+    cluster: &Cluster,
+    lookup: impl Fn(&str) -> Option<S>,
+) -> Vec<MissingSecret> {
     secret_references(cluster)
         .into_iter()
         .filter_map(|(field, selector)| {
             let secret = lookup(&selector.name);
             let has_key = secret.as_deref().is_some_and(|s| {
-                s.data.as_ref().is_some_and(|d| d.contains_key(&selector.key))
-                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(&selector.key))
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&selector.key))
+                    || s.string_data
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key(&selector.key))
             });
-            (!has_key).then(|| MissingSecret { field, selector, secret_exists: secret.is_some() })
+            (!has_key).then(|| MissingSecret {
+                field,
+                selector,
+                secret_exists: secret.is_some(),
+            })
         })
         .collect()
 }
@@ -93,7 +106,11 @@ pub fn instances<P: std::ops::Deref<Target = Pod>>(pods: &[P], primary_name: &st
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some(primary_name))
         .map(|_| primary_name.to_string());
-    Instances { total: pods.len() as i32, ready, primary }
+    Instances {
+        total: pods.len() as i32,
+        ready,
+        primary,
+    }
 }
 
 #[cfg(test)]
@@ -118,8 +135,14 @@ spec:
 "#;
 
     fn secret(keys: &[&str]) -> Secret {
-        let data = keys.iter().map(|k| (k.to_string(), k8s_openapi::ByteString(b"x".to_vec()))).collect::<BTreeMap<_, _>>();
-        Secret { data: Some(data), ..Secret::default() }
+        let data = keys
+            .iter()
+            .map(|k| (k.to_string(), k8s_openapi::ByteString(b"x".to_vec())))
+            .collect::<BTreeMap<_, _>>();
+        Secret {
+            data: Some(data),
+            ..Secret::default()
+        }
     }
 
     #[test]
@@ -134,8 +157,14 @@ spec:
         assert_eq!(missing.len(), 2);
         let msg = missing[0].message("default");
         assert!(msg.contains("Secret default/aws-creds not found"), "{msg}");
-        assert!(msg.contains("spec.backup.s3Credentials.accessKeyId"), "{msg}");
-        assert!(msg.contains("kubectl create secret generic aws-creds"), "{msg}");
+        assert!(
+            msg.contains("spec.backup.s3Credentials.accessKeyId"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("kubectl create secret generic aws-creds"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -144,6 +173,10 @@ spec:
         let missing = missing_secrets(&cluster(SEED), |_| Some(&s));
         assert_eq!(missing.len(), 1);
         assert!(missing[0].secret_exists);
-        assert!(missing[0].message("default").contains("has no key ACCESS_SECRET_KEY"));
+        assert!(
+            missing[0]
+                .message("default")
+                .contains("has no key ACCESS_SECRET_KEY")
+        );
     }
 }

@@ -26,9 +26,16 @@ async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
     if let Some(cm) = &source.config_map {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &cm.namespace);
         let map = api.get_opt(&cm.name).await?.ok_or_else(|| {
-            Error::Module(format!("ConfigMap {}/{} not found (spec.module.configMap)", cm.namespace, cm.name))
+            Error::Module(format!(
+                "ConfigMap {}/{} not found (spec.module.configMap)",
+                cm.namespace, cm.name
+            ))
         })?;
-        let binary = map.binary_data.as_ref().and_then(|d| d.get(&cm.key)).map(|b| b.0.clone());
+        let binary = map
+            .binary_data
+            .as_ref()
+            .and_then(|d| d.get(&cm.key))
+            .map(|b| b.0.clone());
         return binary.ok_or_else(|| {
             Error::Module(format!(
                 "ConfigMap {}/{} has no binaryData key {} (spec.module.configMap.key): create it with kubectl create configmap {} --from-file={}=policy.wasm",
@@ -37,7 +44,9 @@ async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
         });
     }
     if let Some(path) = &source.file {
-        return tokio::fs::read(path).await.map_err(|e| Error::Module(format!("cannot read {path} (spec.module.file): {e}")));
+        return tokio::fs::read(path)
+            .await
+            .map_err(|e| Error::Module(format!("cannot read {path} (spec.module.file): {e}")));
     }
     Err(Error::Module("spec.module.url is not supported by this operator build yet: use spec.module.configMap or spec.module.file".into()))
 }
@@ -57,10 +66,16 @@ async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String
     let bytes = fetch(ctx, &policy.spec.module).await?;
     let found = digest(&bytes);
     if let Some(expected) = policy.spec.module.sha256.as_deref().filter(|e| *e != found) {
-        return Err(Error::Module(format!("the module's sha256 is {found}, spec.module.sha256 expects {expected}")));
+        return Err(Error::Module(format!(
+            "the module's sha256 is {found}, spec.module.sha256 expects {expected}"
+        )));
     }
     if ctx.policies.digest(&name).as_deref() == Some(found.as_str()) {
-        let abi = policy.status.as_ref().and_then(|s| s.abi_version.clone()).unwrap_or_default();
+        let abi = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.abi_version.clone())
+            .unwrap_or_default();
         return Ok((found, abi));
     }
     let engine = ctx.engine.clone();
@@ -84,8 +99,16 @@ pub async fn reconcile(policy: Arc<ReconcilePolicy>, ctx: Arc<Context>) -> Resul
     let generation = policy.meta().generation;
     let (patch, outcome) = match load(&ctx, &policy).await {
         Ok((digest, abi)) => {
-            let wanted = Wanted::ok("Ready", "ModuleLoaded", format!("module sha256:{digest} (ABI {abi}) is in force"));
-            let loaded_at = if status.digest.as_deref() == Some(digest.as_str()) { status.loaded_at.clone() } else { Some(now.to_string()) };
+            let wanted = Wanted::ok(
+                "Ready",
+                "ModuleLoaded",
+                format!("module sha256:{digest} (ABI {abi}) is in force"),
+            );
+            let loaded_at = if status.digest.as_deref() == Some(digest.as_str()) {
+                status.loaded_at.clone()
+            } else {
+                Some(now.to_string())
+            };
             let patch = json!({
                 "digest": digest, "abiVersion": abi, "lastError": null, "loadedAt": loaded_at,
                 "observedGeneration": generation,
@@ -94,7 +117,10 @@ pub async fn reconcile(policy: Arc<ReconcilePolicy>, ctx: Arc<Context>) -> Resul
             (patch, Ok(()))
         }
         Err(e) => {
-            let message = format!("{e}; the module in force stays {}", status.digest.as_deref().unwrap_or("none"));
+            let message = format!(
+                "{e}; the module in force stays {}",
+                status.digest.as_deref().unwrap_or("none")
+            );
             let wanted = Wanted::failed("Ready", e.reason(), message.clone());
             let patch = json!({
                 "lastError": message, "observedGeneration": generation,
@@ -106,14 +132,39 @@ pub async fn reconcile(policy: Arc<ReconcilePolicy>, ctx: Arc<Context>) -> Resul
     let current = serde_json::to_value(&status).unwrap_or_default();
     if !super::apply::contains(&current, &patch) {
         let api: Api<ReconcilePolicy> = Api::all(ctx.client.clone());
-        api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": patch }))).await?;
+        api.patch_status(
+            &policy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": patch })),
+        )
+        .await?;
         ctx.metrics.wrote("status");
         match &outcome {
             Ok(()) => {
-                let note = format!("module sha256:{} (ABI {}) is in force", patch["digest"].as_str().unwrap_or_default(), patch["abiVersion"].as_str().unwrap_or_default());
-                publish(&ctx, &reference(&*policy), EventType::Normal, "ModuleLoaded", &note).await?
+                let note = format!(
+                    "module sha256:{} (ABI {}) is in force",
+                    patch["digest"].as_str().unwrap_or_default(),
+                    patch["abiVersion"].as_str().unwrap_or_default()
+                );
+                publish(
+                    &ctx,
+                    &reference(&*policy),
+                    EventType::Normal,
+                    "ModuleLoaded",
+                    &note,
+                )
+                .await?
             }
-            Err((e, message)) => publish(&ctx, &reference(&*policy), EventType::Warning, e.reason(), message).await?,
+            Err((e, message)) => {
+                publish(
+                    &ctx,
+                    &reference(&*policy),
+                    EventType::Warning,
+                    e.reason(),
+                    message,
+                )
+                .await?
+            }
         }
     }
     match outcome {

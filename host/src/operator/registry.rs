@@ -28,7 +28,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(default: Option<Policy>) -> Self {
-        Registry { default, named: RwLock::default() }
+        Registry {
+            default,
+            named: RwLock::default(),
+        }
     }
 
     /// The policy a Cluster names, or the default.
@@ -47,7 +50,11 @@ impl Registry {
 
     /// The digest in force for a ReconcilePolicy.
     pub fn digest(&self, name: &str) -> Option<String> {
-        self.named.read().unwrap().get(name).map(|p| p.digest().to_string())
+        self.named
+            .read()
+            .unwrap()
+            .get(name)
+            .map(|p| p.digest().to_string())
     }
 
     /// Puts a newly loaded module in force.

@@ -27,10 +27,16 @@ const SCHEDULED: &str = "Scheduled";
 pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Result<Requeue> {
     ctx.metrics.reconciled("ScheduledBackup");
     let ns = scheduled.namespace().unwrap_or_default();
-    let cluster = ctx.stores.clusters.get(&ObjectRef::new(&scheduled.spec.cluster.name).within(&ns));
+    let cluster = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(&scheduled.spec.cluster.name).within(&ns));
     let named = match &cluster {
         Some(c) => ctx.policies.for_cluster(c)?,
-        None => ctx.policies.for_cluster(&Cluster::new(&scheduled.spec.cluster.name, Default::default()))?,
+        None => ctx.policies.for_cluster(&Cluster::new(
+            &scheduled.spec.cluster.name,
+            Default::default(),
+        ))?,
     };
     let input = (*scheduled).clone();
     let now = Utc::now();
@@ -40,14 +46,31 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
     let (mut actions, wanted) = match decision {
         Ok(decision) => {
             let actions = plan::plan_schedule(&scheduled, cluster.as_deref(), &decision, now);
-            let next = decision.next_run.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never (suspended)".into());
-            (actions, Wanted::ok(SCHEDULED, "ScheduleValid", format!("next Backup at {next}")))
+            let next = decision
+                .next_run
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "never (suspended)".into());
+            (
+                actions,
+                Wanted::ok(SCHEDULED, "ScheduleValid", format!("next Backup at {next}")),
+            )
         }
         Err(PolicyError::Denied(message)) => {
             let note = format!("spec.schedule {:?}: {message}", scheduled.spec.schedule);
-            let event = Action::Event { regarding: reference(&*scheduled), event_type: EventType::Warning, reason: "InvalidSchedule".into(), note: note.clone() };
-            let already = status.conditions.iter().any(|c| c.type_ == SCHEDULED && c.message == note);
-            (if already { vec![] } else { vec![event] }, Wanted::failed(SCHEDULED, "InvalidSchedule", note))
+            let event = Action::Event {
+                regarding: reference(&*scheduled),
+                event_type: EventType::Warning,
+                reason: "InvalidSchedule".into(),
+                note: note.clone(),
+            };
+            let already = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == SCHEDULED && c.message == note);
+            (
+                if already { vec![] } else { vec![event] },
+                Wanted::failed(SCHEDULED, "InvalidSchedule", note),
+            )
         }
         Err(e) => return Err(Error::Policy(e)),
     };
@@ -57,8 +80,17 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
             status["conditions"] = json!(conditions);
         }
     }
-    if !actions.iter().any(|a| matches!(a, Action::PatchStatus { .. })) {
-        actions.insert(0, Action::PatchStatus { target: reference(&*scheduled), status: json!({ "conditions": conditions }) });
+    if !actions
+        .iter()
+        .any(|a| matches!(a, Action::PatchStatus { .. }))
+    {
+        actions.insert(
+            0,
+            Action::PatchStatus {
+                target: reference(&*scheduled),
+                status: json!({ "conditions": conditions }),
+            },
+        );
     }
     guardrails::check(&plan::scheduled_subject(&scheduled), &actions)?;
     apply::apply(&ctx, &actions).await?;
