@@ -4,4 +4,5 @@
 
 pub mod controlplane;
 pub mod datapath;
+pub mod localnode;
 pub mod operator;

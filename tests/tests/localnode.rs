@@ -1,0 +1,334 @@
+//! The local node (a stand-in for a kubelet) against a real control plane: pods bound by the
+//! real scheduler run as local processes with their env, volumes, address, readiness,
+//! restarts and deletion reported as a kubelet would.
+//!
+//! Needs the control-plane binaries: `cargo xtask setup`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgwarden_tests::controlplane::{ControlPlane, Namespace, shared};
+use pgwarden_tests::datapath::wait_for;
+use pgwarden_tests::localnode::{LocalNode, Options};
+use serde_json::Value;
+
+/// One node for this test binary, on the shared control plane (stopped with the binary:
+/// its processes by their watchdogs).
+fn node() -> &'static ControlPlane {
+    static NODE: OnceLock<std::sync::Mutex<LocalNode>> = OnceLock::new();
+    let cp = shared();
+    NODE.get_or_init(|| {
+        let state = cp.dir.join("localnode");
+        let mut opts = Options::new(&cp.kubeconfig, &state);
+        opts.name = "localnode-test".into();
+        opts.subnet = 100 + (std::process::id() % 100) as u8;
+        opts.env = vec![("POD_DIR".into(), "{podDir}".into())];
+        std::sync::Mutex::new(LocalNode::start(opts).expect("local node"))
+    });
+    cp
+}
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const EVERY: Duration = Duration::from_millis(300);
+
+fn pod_json(ns: &Namespace<'_>, name: &str) -> Option<Value> {
+    let out = ns
+        .kubectl(&["get", "pod", name, "-o", "json"])
+        .into_result()
+        .ok()?;
+    serde_json::from_str(&out).ok()
+}
+
+fn wait_pod(ns: &Namespace<'_>, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let got = wait_for(TIMEOUT, EVERY, || {
+        let pod = pod_json(ns, name)?;
+        last = pod.clone();
+        ok(&pod).then_some(pod)
+    });
+    got.unwrap_or_else(|| panic!("pod {name}: {what} never happened; last seen: {last:#}"))
+}
+
+/// `kubectl apply`, waiting for the namespace's `default` ServiceAccount (made by the
+/// controller-manager shortly after the namespace) that pod admission needs.
+fn apply(ns: &Namespace<'_>, yaml: &str) {
+    let mut last = String::new();
+    let applied = wait_for(TIMEOUT, EVERY, || {
+        match ns
+            .kubectl_with_input(&["apply", "-f", "-"], Some(yaml))
+            .into_result()
+        {
+            Ok(_) => Some(()),
+            Err(e) if e.contains("serviceaccount \"default\" not found") => {
+                last = e;
+                None
+            }
+            Err(e) => panic!("kubectl apply: {e}"),
+        }
+    });
+    assert!(applied.is_some(), "kubectl apply: {last}");
+}
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {PASSWORD: s3cr3t, TOKEN: t0k3n}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello, mode: fast}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: none
+    command: [sh, -c]
+    args:
+    - |
+      echo "$PASSWORD $GREETING $MY_NAME $MY_NS $MY_IP $CFG_mode" > "$OUT/env.txt"
+      cat "$CFG/greeting" > "$OUT/copy.txt"
+      echo $$ > "$OUT/pid"
+      exec sleep 1000
+    env:
+    - {name: OUT, value: /data}
+    - {name: CFG, value: /etc/app}
+    - name: PASSWORD
+      valueFrom: {secretKeyRef: {name: creds, key: PASSWORD}}
+    - name: GREETING
+      valueFrom: {configMapKeyRef: {name: settings, key: greeting}}
+    - name: MY_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: MY_NS
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    - name: MY_IP
+      valueFrom: {fieldRef: {fieldPath: status.podIP}}
+    envFrom:
+    - {configMapRef: {name: settings}, prefix: CFG_}
+    readinessProbe:
+      exec: {command: [sh, -c, 'test -s "$OUT/copy.txt"']}
+      periodSeconds: 1
+    volumeMounts:
+    - {name: scratch, mountPath: /data}
+    - {name: cfg, mountPath: /etc/app}
+    - {name: secret, mountPath: /etc/secret}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: cfg, configMap: {name: settings}}
+  - {name: secret, secret: {secretName: creds}}
+"#;
+
+#[test]
+fn a_pod_runs_with_its_env_volumes_address_and_readiness_then_stops_when_deleted() {
+    let cp = node();
+    let ns = cp.namespace("localnode-app");
+    apply(&ns, APP);
+    let pod = wait_pod(&ns, "app", "Running and Ready", |p| {
+        p["status"]["phase"] == "Running" && condition(p, "Ready") == "True"
+    });
+    assert_eq!(
+        pod["spec"]["nodeName"], "localnode-test",
+        "bound by the scheduler"
+    );
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert_eq!(condition(&pod, kind), "True", "{kind}: {pod:#}");
+    }
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(ip.starts_with("127."), "podIP on loopback: {ip}");
+    let cs = &pod["status"]["containerStatuses"][0];
+    assert_eq!(cs["ready"], true);
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{cs:#}");
+
+    // The emptyDir's host folder holds what the container wrote through /data.
+    let scratch = pod_dir(&ns, &pod).join("volumes/scratch");
+    let env = std::fs::read_to_string(scratch.join("env.txt")).expect("env.txt");
+    assert_eq!(
+        env.trim(),
+        format!("s3cr3t hello app {} {ip} fast", ns.name),
+        "env from Secret, ConfigMap, fieldRef and envFrom"
+    );
+    let copy = std::fs::read_to_string(scratch.join("copy.txt")).expect("copy.txt");
+    assert_eq!(copy.trim(), "hello", "ConfigMap volume mounted");
+    let secret_dir = pod_dir(&ns, &pod).join("volumes/secret");
+    assert_eq!(
+        std::fs::read_to_string(secret_dir.join("TOKEN")).unwrap_or_default(),
+        "t0k3n",
+        "Secret volume written"
+    );
+
+    // ConfigMap volumes follow the object.
+    ns.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"greeting":"bonjour"}}"#,
+    ])
+    .into_result()
+    .expect("patch");
+    let cfg = pod_dir(&ns, &pod).join("volumes/cfg/greeting");
+    let synced = wait_for(TIMEOUT, EVERY, || {
+        (std::fs::read_to_string(&cfg).ok()? == "bonjour").then_some(())
+    });
+    assert!(
+        synced.is_some(),
+        "the ConfigMap volume was not kept in sync"
+    );
+
+    // Deletion stops the process and removes the pod.
+    let pid: u32 = std::fs::read_to_string(scratch.join("pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid), "the container process runs");
+    ns.kubectl(&["delete", "pod", "app", "--wait=false"])
+        .into_result()
+        .expect("delete");
+    let gone = wait_for(TIMEOUT, EVERY, || {
+        pod_json(&ns, "app").is_none().then_some(())
+    });
+    assert!(gone.is_some(), "the deleted pod was never finalized");
+    assert!(!alive(pid), "the process of the deleted pod still runs");
+}
+
+#[test]
+fn a_container_that_exits_is_restarted_and_counted() {
+    let cp = node();
+    let ns = cp.namespace("localnode-restart");
+    apply(
+        &ns,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky}
+spec:
+  containers:
+  - {name: main, image: none, command: [sh, -c, 'sleep 0.2; exit 3']}
+"#,
+    );
+    let pod = wait_pod(&ns, "flaky", "two restarts", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 2
+    });
+    let cs = &pod["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error", "{cs:#}");
+}
+
+#[test]
+fn a_pod_that_completes_with_restart_policy_never_succeeds() {
+    let cp = node();
+    let ns = cp.namespace("localnode-job");
+    apply(
+        &ns,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: once}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: none, command: [sh, -c, 'exit 0']}
+"#,
+    );
+    let pod = wait_pod(&ns, "once", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let cs = &pod["status"]["containerStatuses"][0];
+    assert_eq!(cs["restartCount"], 0, "{cs:#}");
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0, "{cs:#}");
+}
+
+#[test]
+fn a_claim_gets_a_volume_that_outlives_its_pod() {
+    let cp = node();
+    let ns = cp.namespace("localnode-claim");
+    let manifest = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: none
+    command: [sh, -c, 'echo $(( $(cat $D/count 2>/dev/null || echo 0) + 1 )) > $D/count.new && mv $D/count.new $D/count && exec sleep 1000']
+    env: [{name: D, value: /pv}]
+    volumeMounts: [{name: data, mountPath: /pv}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+"#;
+    apply(&ns, manifest);
+    wait_pod(&ns, "writer", "Running", |p| {
+        condition(p, "Ready") == "True"
+    });
+    ns.kubectl(&["delete", "pod", "writer", "--wait=true", "--timeout=60s"])
+        .into_result()
+        .expect("delete");
+    apply(&ns, manifest);
+    wait_pod(&ns, "writer", "Running again", |p| {
+        condition(p, "Ready") == "True"
+    });
+    let pv = cp
+        .kubectl(&[
+            "get",
+            "pvc",
+            "-n",
+            &ns.name,
+            "data",
+            "-o",
+            "jsonpath={.spec.volumeName}",
+        ])
+        .expect("pvc");
+    let path = cp
+        .kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.hostPath.path}"])
+        .expect("pv");
+    let count = wait_for(TIMEOUT, EVERY, || {
+        let c = std::fs::read_to_string(std::path::Path::new(&path).join("count")).ok()?;
+        (c.trim() == "2").then_some(c)
+    });
+    assert!(
+        count.is_some(),
+        "the claim's folder did not survive the pod ({path})"
+    );
+}
+
+fn pod_dir(ns: &Namespace<'_>, pod: &Value) -> std::path::PathBuf {
+    let uid = pod["metadata"]["uid"].as_str().expect("uid");
+    ns.cp.dir.join("localnode/pods").join(uid)
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
