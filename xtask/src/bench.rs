@@ -168,6 +168,13 @@ fn measure(clusters: usize) -> Result<Figures> {
 /// Runs the benchmark with `clusters` Clusters.
 pub fn reconcile(clusters: usize) -> Result<()> {
     policy("default");
+    if clusters * 3 > 250 {
+        eprintln!(
+            "warning: {clusters} Clusters need {} Services; the test control plane's \
+             --service-cluster-ip-range (tests/src/controlplane.rs) must hold them",
+            clusters * 3
+        );
+    }
     let f = measure(clusters)?;
     let per = |w: f64, r: f64| if r > 0.0 { w / r } else { 0.0 };
     println!(

@@ -52,10 +52,10 @@ fn with_settings(mut actions: Vec<Action>, settings: Option<&BackupSettings>) ->
         return actions;
     };
     for action in &mut actions {
-        if let Action::PatchStatus { status, .. } = action {
-            if status.get("instanceID").is_some() {
-                status["settings"] = serde_json::to_value(settings).unwrap_or_default();
-            }
+        if let Action::PatchStatus { status, .. } = action
+            && status.get("instanceID").is_some()
+        {
+            status["settings"] = serde_json::to_value(settings).unwrap_or_default();
         }
     }
     actions
