@@ -8,7 +8,7 @@
 //!
 //! Ignored by `cargo test`; run with `--ignored`. Knobs: `PGWARDEN_BENCH_SECONDS` (load per
 //! mode, default 60), `PGWARDEN_BENCH_CLIENTS` (default 4), `PGWARDEN_BENCH_OUT` (JSON file,
-//! default `target/bench/wal.json`).
+//! default `target/bench/wal.json`), `PGWARDEN_BENCH_DRAIN_SECONDS` (catch-up bound, 240).
 
 use std::time::{Duration, Instant};
 
@@ -114,11 +114,14 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     let end = sample(&pg, t0);
-    // Catch-up: until everything written during the load is archived (bounded: 10 min).
+    // Catch-up: until everything written during the load is archived (bounded).
     let target = end.written;
     let drain_start = Instant::now();
     let mut last = sample(&pg, t0);
-    while last.archived + 1 < target && drain_start.elapsed() < Duration::from_secs(600) {
+    while last.archived + 1 < target
+        && drain_start.elapsed()
+            < Duration::from_secs(env_u32("PGWARDEN_BENCH_DRAIN_SECONDS", 240) as u64)
+    {
         std::thread::sleep(Duration::from_millis(500));
         last = sample(&pg, t0);
     }
@@ -147,6 +150,7 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         "max_lag_segments": max_lag,
         "max_ready_files": max_ready,
         "catch_up_seconds": drained.then(|| drain_start.elapsed().as_secs_f64()),
+        "archived_after_catch_up_window": last.archived.saturating_sub(start.archived),
         "failed_count": failed.parse::<i64>().unwrap_or(-1),
     })
 }
