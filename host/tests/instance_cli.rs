@@ -21,7 +21,8 @@ fn wal_archive_without_settings_fails_so_postgresql_keeps_the_wal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("archive.json"), "{err}");
     assert!(!err.contains("do-not-print-me"));
-    let failure = std::fs::read_to_string(dir.path().join("pgwarden/archive-failure.json")).unwrap();
+    let failure =
+        std::fs::read_to_string(dir.path().join("pgwarden/archive-failure.json")).unwrap();
     assert!(failure.contains("000000010000000000000001"), "{failure}");
 }
 
@@ -34,7 +35,13 @@ fn delete_backups_refuses_an_unknown_retention_policy() {
     )
     .unwrap();
     let out = pgwarden()
-        .args(["instance", "delete-backups", "--retention", "3y", "--settings-dir"])
+        .args([
+            "instance",
+            "delete-backups",
+            "--retention",
+            "3y",
+            "--settings-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

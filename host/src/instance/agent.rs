@@ -133,10 +133,24 @@ async fn supervise(
 
 /// Takes the Backups the operator assigns to this pod, when it runs in a cluster.
 async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync::Arc<Reporter>) {
-    let (Some(namespace), Some(pod)) = (opts.namespace.clone(), opts.pod_name.clone()) else { return };
-    let Ok(client) = kube::Client::try_default().await else { return };
-    let pg = barman::PgConn { host: opts.socket_dir.display().to_string(), port: opts.port, user: "postgres".into() };
-    let here = super::backups::Here { namespace, pod, layout: layout.clone(), settings_dir: opts.settings_dir.clone(), pg: std::sync::Arc::new(pg) };
+    let (Some(namespace), Some(pod)) = (opts.namespace.clone(), opts.pod_name.clone()) else {
+        return;
+    };
+    let Ok(client) = kube::Client::try_default().await else {
+        return;
+    };
+    let pg = barman::PgConn {
+        host: opts.socket_dir.display().to_string(),
+        port: opts.port,
+        user: "postgres".into(),
+    };
+    let here = super::backups::Here {
+        namespace,
+        pod,
+        layout: layout.clone(),
+        settings_dir: opts.settings_dir.clone(),
+        pg: std::sync::Arc::new(pg),
+    };
     tokio::spawn(super::backups::watch(client, here, reporter.clone()));
 }
 

@@ -286,7 +286,13 @@ impl Cause {
         let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
         // barman-cloud-check-wal-archive creates a missing bucket: a refused CreateBucket
         // means the bucket is not there, whatever the key may do.
-        if has(&["NoSuchBucket", "does not exist", "Not Found", "(404)", "CreateBucket operation"]) {
+        if has(&[
+            "NoSuchBucket",
+            "does not exist",
+            "Not Found",
+            "(404)",
+            "CreateBucket operation",
+        ]) {
             Cause::NoSuchBucket
         } else if has(&[
             "InvalidAccessKeyId",
@@ -322,7 +328,9 @@ impl Cause {
             Cause::Credentials => {
                 "the object store refused the credentials (check the access key id and secret)"
             }
-            Cause::NoSuchBucket => "the bucket of destinationPath does not exist (and could not be created)",
+            Cause::NoSuchBucket => {
+                "the bucket of destinationPath does not exist (and could not be created)"
+            }
             Cause::Unreachable => "cannot reach the object store endpoint",
             Cause::ArchiveNotEmpty => {
                 "the WAL archive already holds WAL of this timeline or a later one (another cluster archives there?)"
