@@ -7,6 +7,7 @@
 mod bench;
 mod bench_wal;
 mod controlplane;
+mod demo;
 mod deps;
 mod paths;
 mod policies;
@@ -66,9 +67,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test => test::run(),
-        Command::Demo { once: _ } => {
-            anyhow::bail!("`cargo xtask demo` is not implemented yet (issue 7)")
-        }
+        Command::Demo { once } => demo::run(once),
         Command::Setup => test::setup().map(|_| ()),
         Command::BuildPolicies => policies::build().map(|_| ()),
         Command::Sandbox { action } => sandbox::run(action),
