@@ -397,7 +397,7 @@ impl NodeLoop {
             }
             let ns = namespace_of_meta(&claim.metadata);
             let claim_name = claim.metadata.name.clone().unwrap_or_default();
-            let dir = claim_dir(&self.opts.state_dir, &ns, &claim_name);
+            let dir = claim_dir(&self.opts.state_dir, &ns, &claim_name, &uid);
             std::fs::create_dir_all(&dir)?;
             chmod(&dir, 0o755)?;
             let size = spec
@@ -482,6 +482,8 @@ struct PodRuntime {
     dir: PathBuf,
     started: String,
     containers: Vec<ContainerRuntime>,
+    /// Claim name → its folder (by the claim's uid).
+    claims: HashMap<String, PathBuf>,
     last_status: Option<Value>,
     terminating_since: Option<Instant>,
 }
@@ -525,6 +527,7 @@ impl PodRuntime {
             dir,
             started: now(),
             containers,
+            claims: HashMap::new(),
             last_status: None,
             terminating_since: None,
         })
@@ -578,7 +581,7 @@ impl PodRuntime {
     }
 
     /// Makes each volume's folder and writes ConfigMap/Secret files; returns the volumes.
-    async fn sync_volumes(&self, ctx: &Ctx<'_>) -> Result<Vec<Volume>> {
+    async fn sync_volumes(&mut self, ctx: &Ctx<'_>) -> Result<Vec<Volume>> {
         let volumes = self
             .pod
             .spec
@@ -587,6 +590,19 @@ impl PodRuntime {
             .unwrap_or_default();
         let ns = self.namespace();
         for v in &volumes {
+            if let Some(c) = &v.persistent_volume_claim
+                && !self.claims.contains_key(&c.claim_name)
+            {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+                let uid = api
+                    .get(&c.claim_name)
+                    .await?
+                    .metadata
+                    .uid
+                    .unwrap_or_default();
+                let dir = claim_dir(&ctx.opts.state_dir, &ns, &c.claim_name, &uid);
+                self.claims.insert(c.claim_name.clone(), dir);
+            }
             let dir = self.volume_dir(ctx.opts, v);
             std::fs::create_dir_all(&dir)?;
             if v.persistent_volume_claim.is_none() {
@@ -629,7 +645,9 @@ impl PodRuntime {
 
     fn volume_dir(&self, opts: &Options, v: &Volume) -> PathBuf {
         match &v.persistent_volume_claim {
-            Some(c) => claim_dir(&opts.state_dir, &self.namespace(), &c.claim_name),
+            Some(c) => self.claims.get(&c.claim_name).cloned().unwrap_or_else(|| {
+                claim_dir(&opts.state_dir, &self.namespace(), &c.claim_name, "")
+            }),
             None => self.dir.join("volumes").join(&v.name),
         }
     }
@@ -859,10 +877,8 @@ impl ContainerRuntime {
             .current_dir(dir)
             .stdin(Stdio::null())
             .process_group(0);
-        if let Ok(out) = out {
-            if let Ok(err) = out.try_clone() {
-                cmd.stdout(out).stderr(err);
-            }
+        if let Ok((out, err)) = out.and_then(|o| Ok((o.try_clone()?, o))) {
+            cmd.stdout(out).stderr(err);
         }
         match cmd.spawn() {
             Ok(child) => {
@@ -930,6 +946,14 @@ impl ContainerRuntime {
 
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
+            if signal == "-KILL" {
+                // Programs that leave the group (postgres calls setsid) are found by ancestry.
+                for pid in descendants(child.id()) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
             kill_group(child.id(), signal);
         }
     }
@@ -1130,8 +1154,13 @@ fn pod_key(pod: &Pod) -> String {
     format!("{}/{}", namespace_of(pod), name_of(pod))
 }
 
-fn claim_dir(state: &Path, namespace: &str, claim: &str) -> PathBuf {
-    state.join("volumes").join(namespace).join(claim)
+/// A claim's folder: named after the claim and its uid, so a re-created claim starts empty.
+fn claim_dir(state: &Path, namespace: &str, claim: &str, uid: &str) -> PathBuf {
+    let short: String = uid.chars().take(8).collect();
+    state
+        .join("volumes")
+        .join(namespace)
+        .join(format!("{claim}-{short}"))
 }
 
 /// mountPath → host folder (with subPath), longest first.
@@ -1248,6 +1277,31 @@ fn write_if_changed(path: &Path, content: &[u8]) -> Result<()> {
 fn chmod(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// Every process descending from `root` (from `/proc/*/stat`'s parent pids).
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 2..];
+            let ppid: u32 = after.split(' ').nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 fn kill_group(pgid: u32, signal: &str) {
