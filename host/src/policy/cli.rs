@@ -70,9 +70,9 @@ impl ModuleArgs {
             timeout: Duration::from_millis(self.timeout_ms),
             memory_bytes: self.memory_mib << 20,
         };
-        Ok(engine
+        engine
             .load(&bytes, limits)
-            .with_context(|| format!("cannot load {}", self.module.display()))?)
+            .with_context(|| format!("cannot load {}", self.module.display()))
     }
 }
 
@@ -307,12 +307,11 @@ pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateT
         if wanted(filter, "instance-pod") {
             decisions.extend(pods.iter().map(|p| entry("instance-pod", &name, p)));
         }
-        if let (Ok(archive), true) = (archive, filter.is_none()) {
-            if let Ok(pods) = pods.into_iter().collect::<Result<Vec<_>, _>>() {
-                match plan::plan_cluster(cluster, &plan::ClusterDecisions { archive, pods }) {
-                    Ok(planned) => guarded(&subject, planned, &mut actions, &mut refused),
-                    Err(e) => refused.push(json!(e.to_string())),
-                }
+        let pods = pods.into_iter().collect::<Result<Vec<_>, _>>();
+        if let (Ok(archive), Ok(pods), true) = (archive, pods, filter.is_none()) {
+            match plan::plan_cluster(cluster, &plan::ClusterDecisions { archive, pods }) {
+                Ok(planned) => guarded(&subject, planned, &mut actions, &mut refused),
+                Err(e) => refused.push(json!(e.to_string())),
             }
         }
         let backups: Vec<Backup> = objects
@@ -396,10 +395,9 @@ fn eval_backup(
         .and_then(|s| s.phase)
         .unwrap_or(BackupPhase::Pending)
         == BackupPhase::Pending;
-    let settings = match cluster.filter(|_| pending) {
-        Some(cluster) => Some(policy.backup_settings(backup, cluster, &objects.instances(cluster))),
-        None => None,
-    };
+    let settings = cluster
+        .filter(|_| pending)
+        .map(|cluster| policy.backup_settings(backup, cluster, &objects.instances(cluster)));
     if let (Some(settings), true) = (&settings, wanted(filter, "backup-settings")) {
         decisions.push(entry("backup-settings", &name, settings));
     }

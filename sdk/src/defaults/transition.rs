@@ -155,18 +155,17 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
     let agent_started = stamp(agent.started_at.as_deref());
     if let (Some(BackupAgentState::Running), Some(started), Some(container)) =
         (agent.state, agent_started, pod.container_started_at)
+        && container > started
     {
-        if container > started {
-            return to(
-                BackupPhase::Failed,
-                "AgentRestarted",
-                format!(
-                    "the postgres container of pod {} restarted (restart count {}) while barman-cloud-backup was running: the backup was interrupted",
-                    pod.name, pod.restart_count
-                ),
-                None,
-            );
-        }
+        return to(
+            BackupPhase::Failed,
+            "AgentRestarted",
+            format!(
+                "the postgres container of pod {} restarted (restart count {}) while barman-cloud-backup was running: the backup was interrupted",
+                pod.name, pod.restart_count
+            ),
+            None,
+        );
     }
     if agent.state.is_none() {
         let since = stamp(status.started_at.as_deref()).unwrap_or(now);

@@ -63,11 +63,9 @@ impl Policy for Adversarial {
     fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
         misbehave(cluster);
         let mut settings = defaults::archive_settings(cluster)?;
-        if defaults::cluster_name(cluster) == "bad-settings" {
-            if let Some(s) = settings.as_mut() {
-                s.destination_path = "ftp://nowhere".into();
-                s.max_parallel = 0;
-            }
+        if let (Some(s), "bad-settings") = (settings.as_mut(), defaults::cluster_name(cluster)) {
+            s.destination_path = "ftp://nowhere".into();
+            s.max_parallel = 0;
         }
         Ok(settings)
     }
