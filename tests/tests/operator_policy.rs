@@ -170,6 +170,7 @@ fn switching_to_the_production_policy_changes_pods_live_and_a_broken_module_keep
     wait_event_in(cp, "default", &name, "ModuleLoadFailed", last_error);
 
     // The Cluster on that policy keeps reconciling with the good module.
+    let reconciles = op.metric("pgwarden_reconciles_total", "kind=\"Cluster\"");
     let out = ns.kubectl(&[
         "annotate",
         "--overwrite",
@@ -178,7 +179,6 @@ fn switching_to_the_production_policy_changes_pods_live_and_a_broken_module_keep
         "pgwarden.test/after-broken=1",
     ]);
     assert!(out.success, "{}", out.stderr);
-    let reconciles = op.metric("pgwarden_reconciles_total", "kind=\"Cluster\"");
     wait_metric_above(
         &op,
         "pgwarden_reconciles_total",
