@@ -112,7 +112,15 @@ fn demo(once: bool) -> Result<()> {
         )
     })?;
     let operator = step("pgwarden operator", || Operator::start(&plane, &state))?;
-    let result = scenario(&plane, &s3, &operator);
+    let result = if once {
+        Ok(())
+    } else {
+        step("removing the objects of an earlier demo", || {
+            forget_earlier(&plane)
+        })
+    }
+    .and_then(|()| scenario(&plane, &s3, &operator))
+    .and_then(|()| scheduled(&plane));
     if let Err(e) = &result {
         println!("demo: FAILED: {e:#}");
         println!("demo: operator log tail:\n{}", tail(&operator.log, 30));
@@ -413,4 +421,95 @@ fn switch_wal(pod: Option<&Value>) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A ScheduledBackup firing every minute; waits for its first Backup to complete.
+fn scheduled(plane: &Plane) -> Result<()> {
+    const SCHEDULED: &str = r#"
+apiVersion: postgresql.k8s.2ndq.io/v1alpha1
+kind: ScheduledBackup
+metadata:
+  name: backup-every-minute
+spec:
+  schedule: "* * * * *"
+  backupOwnerReference: self
+  cluster:
+    name: postgresql-bkp
+"#;
+    step(
+        "ScheduledBackup backup-every-minute (\"* * * * *\")",
+        || plane.kubectl(&["apply", "-f", "-"], Some(SCHEDULED)),
+    )?;
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < WAIT {
+        let backups = plane.json(&["get", "backups"]).unwrap_or_default();
+        let fired: Vec<(String, String)> = backups["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| {
+                b["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|o| o["kind"] == "ScheduledBackup")
+            })
+            .map(|b| {
+                let name = b["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                (
+                    name,
+                    b["status"]["phase"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect();
+        let line = format!("{fired:?}");
+        if line != last {
+            println!(
+                "demo: [{:>4.0?}] scheduled Backups: {line}",
+                start.elapsed()
+            );
+            last = line;
+        }
+        if let Some((name, _)) = fired.iter().find(|(_, p)| p == "completed") {
+            println!("demo: scheduled Backup {name} completed");
+            println!(
+                "{}",
+                plane.kubectl(&["get", "scheduledbackups,backups"], None)?
+            );
+            return Ok(());
+        }
+        if let Some((name, _)) = fired.iter().find(|(_, p)| p == "failed") {
+            bail!("scheduled Backup {name} failed");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!("no scheduled Backup completed within {WAIT:?}")
+}
+
+/// The sandbox keeps its objects between runs: the demo starts from none of its own.
+fn forget_earlier(plane: &Plane) -> Result<()> {
+    plane.kubectl(
+        &[
+            "delete",
+            "scheduledbackup/backup-every-minute",
+            "backup/backup-example",
+            "cluster/postgresql-bkp",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ],
+        None,
+    )?;
+    let start = Instant::now();
+    while plane.json(&["get", "pod", "postgresql-bkp-1"]).is_some() {
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the earlier demo's pod postgresql-bkp-1 is still there");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
 }
