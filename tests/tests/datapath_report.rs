@@ -57,7 +57,11 @@ fn the_agent_reports_archive_and_backup_facts_to_the_api_server() {
 
     let get = |what: &str, path: &str| {
         let out = ns.kubectl(&["get", what, "-o", &format!("jsonpath={path}")]);
-        out.success.then_some(out.stdout).unwrap_or_default()
+        if out.success {
+            out.stdout
+        } else {
+            String::new()
+        }
     };
     let reported = wait_for(Duration::from_secs(60), Duration::from_millis(500), || {
         let last = get("cluster/pg", "{.status.archive.lastArchivedWal}");

@@ -29,7 +29,7 @@ pub struct InstanceArgs {
 #[derive(Subcommand, Debug)]
 enum InstanceCommand {
     /// Bootstrap (initdb or restore), run and supervise PostgreSQL, report archive facts.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// PostgreSQL's archive_command: archive one WAL file (and more `.ready` ones ahead).
     WalArchive {
         /// The WAL file, as PostgreSQL's `%p` (relative to PGDATA).
@@ -153,7 +153,7 @@ fn parse_parameter(s: &str) -> Result<(String, String), String> {
 /// Runs an instance sub-command; errors are scrubbed of secrets before they are shown.
 pub fn run(args: InstanceArgs) -> Result<()> {
     let result = match args.command {
-        InstanceCommand::Run(a) => run_agent(a),
+        InstanceCommand::Run(a) => run_agent(*a),
         InstanceCommand::WalArchive { path } => wal_archive(path),
         InstanceCommand::Backup(a) => backup(a),
         InstanceCommand::DeleteBackups(a) => delete(a),
