@@ -588,7 +588,7 @@ fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
         format!("--service-account-key-file={}", pki("sa.pub")),
         format!("--service-account-signing-key-file={}", pki("sa.key")),
-        "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+        "--service-cluster-ip-range=10.0.0.0/16".to_string(),
         // No Endpoints for the `kubernetes` Service: a loopback address is not a valid
         // endpoint, and nothing here reaches the API server through the Service.
         "--endpoint-reconciler-type=none".to_string(),
