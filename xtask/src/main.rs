@@ -72,6 +72,8 @@ fn main() -> Result<()> {
         Command::BuildPolicies => policies::build().map(|_| ()),
         Command::Sandbox { action } => sandbox::run(action),
         Command::Bench { which: Bench::Wal } => bench_wal::run(),
-        Command::Bench { which: Bench::Reconcile { clusters } } => bench::reconcile(clusters),
+        Command::Bench {
+            which: Bench::Reconcile { clusters },
+        } => bench::reconcile(clusters),
     }
 }
