@@ -1312,13 +1312,14 @@ fn kill_group(pgid: u32, signal: &str) {
         .status();
 }
 
-/// TERMs (then KILLs) process group `pgid` when this process ends, however it ends.
+/// TERMs (then KILLs) process group `pgid` when this process ends, however it ends (dash: no
+/// `--` in `kill`).
 fn watchdog(pgid: u32) {
     let script = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 -- "-$2" 2>/dev/null; do sleep 0.5; done
-        kill -TERM -- "-$2" 2>/dev/null
-        i=0; while kill -0 -- "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
-        kill -KILL -- "-$2" 2>/dev/null
+        while kill -0 "$1" 2>/dev/null && kill -0 "-$2" 2>/dev/null; do sleep 0.5; done
+        kill -TERM "-$2" 2>/dev/null
+        i=0; while kill -0 "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+        kill -KILL "-$2" 2>/dev/null
     "#;
     let _ = Command::new("sh")
         .args(["-c", script, "watchdog"])

@@ -250,8 +250,8 @@ use std::os::unix::process::CommandExt;
 /// TERMs (then KILLs) process group `pgid` when the demo ends, however it ends.
 fn watchdog(pgid: u32) {
     let script = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 -- "-$2" 2>/dev/null; do sleep 0.5; done
-        kill -TERM -- "-$2" 2>/dev/null; sleep 5; kill -KILL -- "-$2" 2>/dev/null
+        while kill -0 "$1" 2>/dev/null && kill -0 "-$2" 2>/dev/null; do sleep 0.5; done
+        kill -TERM "-$2" 2>/dev/null; sleep 5; kill -KILL "-$2" 2>/dev/null
     "#;
     let _ = Command::new("sh")
         .args(["-c", script, "watchdog"])
