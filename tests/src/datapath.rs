@@ -116,9 +116,9 @@ pub fn shared_tempdir(prefix: &str) -> tempfile::TempDir {
 fn watchdog(pgid: u32) {
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
-        kill -TERM -- "-$2" 2>/dev/null
-        i=0; while kill -0 -- "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
-        kill -KILL -- "-$2" 2>/dev/null
+        kill -TERM "-$2" 2>/dev/null
+        i=0; while kill -0 "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+        kill -KILL "-$2" 2>/dev/null
     "#;
     let _ = Command::new("sh")
         .args(["-c", script, "watchdog"])
