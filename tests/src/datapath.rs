@@ -112,25 +112,6 @@ pub fn shared_tempdir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Starts a watchdog that TERMs (then KILLs) process group `pgid` when this process ends.
-fn watchdog(pgid: u32) {
-    let script = r#"
-        while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
-        kill -TERM "-$2" 2>/dev/null
-        i=0; while kill -0 "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
-        kill -KILL "-$2" 2>/dev/null
-    "#;
-    let _ = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pgid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-}
-
 /// Spawns `cmd` in its own process group, logging to `log`, watched by a watchdog.
 fn spawn_watched(cmd: &mut Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).expect("log file");
@@ -142,7 +123,7 @@ fn spawn_watched(cmd: &mut Command, log: &Path) -> Child {
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    watchdog(child.id());
+    let _ = crate::watchdog::guard_group(child.id());
     child
 }
 

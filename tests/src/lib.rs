@@ -6,3 +6,4 @@ pub mod controlplane;
 pub mod datapath;
 pub mod localnode;
 pub mod operator;
+pub mod watchdog;

@@ -882,7 +882,7 @@ impl ContainerRuntime {
         }
         match cmd.spawn() {
             Ok(child) => {
-                watchdog(child.id());
+                let _ = crate::watchdog::guard_group(child.id());
                 self.child = Some(child);
                 self.started_at = Some(now());
                 self.waiting = None;
@@ -1310,24 +1310,4 @@ fn kill_group(pgid: u32, signal: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-/// TERMs (then KILLs) process group `pgid` when this process ends, however it ends (dash: no
-/// `--` in `kill`).
-fn watchdog(pgid: u32) {
-    let script = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 "-$2" 2>/dev/null; do sleep 0.5; done
-        kill -TERM "-$2" 2>/dev/null
-        i=0; while kill -0 "-$2" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
-        kill -KILL "-$2" 2>/dev/null
-    "#;
-    let _ = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pgid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
 }

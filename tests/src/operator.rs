@@ -107,7 +107,7 @@ impl Operator {
             cmd.args(["--watch-namespace", ns, "--lease-namespace", ns]);
         }
         let child = cmd.spawn().context("cannot spawn pgwarden operator")?;
-        spawn_watchdog(child.id())?;
+        crate::watchdog::guard_group(child.id()).context("cannot start the operator watchdog")?;
         let mut operator = Operator {
             child,
             metrics_addr,
@@ -227,25 +227,6 @@ impl Drop for Operator {
             );
         }
     }
-}
-
-/// Kills the operator's process group when this test binary ends without dropping it.
-fn spawn_watchdog(pgid: u32) -> Result<()> {
-    let script = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.5; done
-        kill -TERM "-$2" 2>/dev/null; sleep 2; kill -KILL "-$2" 2>/dev/null
-    "#;
-    Command::new("sh")
-        .args(["-c", script, "operator-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pgid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("cannot start the operator watchdog")?;
-    Ok(())
 }
 
 /// Polls `probe` every 200 ms until it returns `Some`, or panics after `timeout` with `what`

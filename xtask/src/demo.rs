@@ -225,7 +225,7 @@ impl Operator {
             .process_group(0)
             .spawn()
             .context("cannot start the operator")?;
-        watchdog(child.id());
+        let _ = pgwarden_tests::watchdog::guard_group(child.id());
         Ok(Operator { child, log })
     }
 }
@@ -246,23 +246,6 @@ impl Drop for Operator {
 }
 
 use std::os::unix::process::CommandExt;
-
-/// TERMs (then KILLs) process group `pgid` when the demo ends, however it ends.
-fn watchdog(pgid: u32) {
-    let script = r#"
-        while kill -0 "$1" 2>/dev/null && kill -0 "-$2" 2>/dev/null; do sleep 0.5; done
-        kill -TERM "-$2" 2>/dev/null; sleep 5; kill -KILL "-$2" 2>/dev/null
-    "#;
-    let _ = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(pgid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-}
 
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
