@@ -64,6 +64,8 @@ fn cargo(args: &[&str], env: &[(&str, PathBuf)]) -> Result<()> {
     let status = Command::new(&cargo)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // Incremental caches double the target folder and buy nothing on a one-shot run.
+        .env("CARGO_INCREMENTAL", "0")
         .current_dir(paths::root())
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;
