@@ -504,3 +504,107 @@ pub fn now_rfc3339() -> String {
         .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+// ---------------------------------------------------------------------------------------
+// A tiny HTTP server for `ReconcilePolicy.spec.module.url` (test support, std::net only).
+
+/// What the module server answers on a path.
+#[derive(Clone)]
+pub enum Served {
+    /// 200 with these bytes.
+    Bytes(Vec<u8>),
+    /// 200 declaring this Content-Length, then closing after a few bytes.
+    Declared(u64),
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 serving fixed answers by path (404 otherwise), one thread
+/// per connection; stopped when dropped.
+pub struct ModuleServer {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ModuleServer {
+    pub fn start(routes: Vec<(&str, Served)>) -> ModuleServer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the module server");
+        let addr = listener.local_addr().unwrap();
+        let routes: Arc<std::collections::HashMap<String, Served>> = Arc::new(
+            routes
+                .into_iter()
+                .map(|(p, s)| (p.to_string(), s))
+                .collect(),
+        );
+        let (stop, hits) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (stop2, hits2) = (stop.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (Ok(stream), routes) = (stream, routes.clone()) else {
+                    continue;
+                };
+                hits2.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve_one(stream, &routes));
+            }
+        });
+        ModuleServer { addr, stop, hits }
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn serve_one(mut stream: TcpStream, routes: &std::collections::HashMap<String, Served>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&request);
+    let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let _ = match routes.get(&path) {
+        Some(Served::Bytes(bytes)) => stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bytes.len()
+                )
+                .as_bytes(),
+            )
+            .and_then(|_| stream.write_all(bytes)),
+        Some(Served::Declared(length)) => stream.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/wasm\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n\0asm"
+            )
+            .as_bytes(),
+        ),
+        None => stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+    };
+}
+
+impl Drop for ModuleServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}

@@ -228,3 +228,203 @@ fn the_production_policy_denies_a_cluster_without_backup() {
     assert_eq!(ok["status"]["policy"]["name"], name.as_str());
     wait_get(&ns, "pod", "protected-1");
 }
+
+fn sha256_of(path: &std::path::Path) -> String {
+    pgwarden::policy::digest(&std::fs::read(path).unwrap())
+}
+
+/// `kubectl replace` of the ConfigMap with `module` under `policy.wasm` (apply would keep a
+/// last-applied annotation larger than the limit).
+fn replace_config_map(ns: &Namespace<'_>, name: &str, module: &std::path::Path) {
+    let from = format!("--from-file=policy.wasm={}", module.display());
+    let out = ns.kubectl(&[
+        "create",
+        "configmap",
+        name,
+        &from,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    let out = ns.kubectl_with_input(&["replace", "-f", "-"], Some(&out.stdout));
+    assert!(out.success, "{}", out.stderr);
+}
+
+fn wait_digest(ns: &Namespace<'_>, policy: &str, digest: &str, within: std::time::Duration) {
+    eventually(
+        &format!("ReconcilePolicy {policy} at {digest}"),
+        within,
+        || match get(ns, "reconcilepolicy", policy) {
+            Some(p) if p["status"]["digest"] == digest => Ok(()),
+            other => Err(format!("{:?}", other.map(|p| p["status"].clone()))),
+        },
+    )
+}
+
+#[test]
+fn new_module_bytes_in_the_config_map_are_in_force_within_seconds() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-edit");
+    let _op = Operator::start(cp, &ns.name);
+    let (name, warm) = (format!("live-{}", ns.name), format!("warm-{}", ns.name));
+    let _guards = (
+        PolicyGuard(&ns, name.clone()),
+        PolicyGuard(&ns, warm.clone()),
+    );
+    // Both modules compiled first, so what is timed below is noticing the edit, not compiling.
+    create_policy(&ns, &warm, "warm-policy", &policy("production"));
+    wait_policy_ready(&ns, &warm);
+    create_policy(&ns, &name, "live-policy", &policy("default"));
+    wait_policy_ready(&ns, &name);
+    wait_digest(&ns, &name, &sha256_of(&policy("default")), WAIT);
+
+    // The edit: no change of the ReconcilePolicy, far sooner than its 300 s requeue.
+    let started = std::time::Instant::now();
+    replace_config_map(&ns, "live-policy", &policy("production"));
+    let production = sha256_of(&policy("production"));
+    wait_digest(&ns, &name, &production, std::time::Duration::from_secs(30));
+    let took = started.elapsed();
+    let loaded = wait_policy_ready(&ns, &name);
+    assert!(loaded["status"]["lastError"].is_null(), "{loaded}");
+    wait_event_in(
+        cp,
+        "default",
+        &name,
+        "ModuleLoaded",
+        &format!("module sha256:{production}"),
+    );
+    eprintln!("the edited ConfigMap's module was in force after {took:?}");
+
+    // Broken bytes in the same key: the last good module stays, the status says why.
+    let garbage =
+        std::env::temp_dir().join(format!("pgwarden-edit-garbage-{}.wasm", std::process::id()));
+    std::fs::write(&garbage, b"\0asm not a component").unwrap();
+    replace_config_map(&ns, "live-policy", &garbage);
+    let _ = std::fs::remove_file(&garbage);
+    let broken = eventually("lastError after the edit", WAIT, || {
+        match get(&ns, "reconcilepolicy", &name) {
+            Some(p) if p["status"]["lastError"].is_string() => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let last_error = broken["status"]["lastError"].as_str().unwrap();
+    assert!(
+        last_error.starts_with("cannot load policy module: ")
+            && last_error.ends_with(&format!("; the module in force stays {production}")),
+        "{last_error}"
+    );
+    assert_eq!(broken["status"]["digest"], production.as_str());
+    assert_eq!(condition(&broken, "Ready").unwrap().1, "ModuleLoadFailed");
+}
+
+fn url_policy_yaml(name: &str, url: &str, sha256: Option<&str>) -> String {
+    let mut yaml = format!(
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    url: {url}\n"
+    );
+    if let Some(sha256) = sha256 {
+        yaml.push_str(&format!("    sha256: \"{sha256}\"\n"));
+    }
+    yaml
+}
+
+fn wait_last_error(ns: &Namespace<'_>, policy: &str, starts_with: &str) -> Value {
+    eventually(&format!("{policy}: {starts_with}"), WAIT, || {
+        match get(ns, "reconcilepolicy", policy) {
+            Some(p)
+                if p["status"]["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with(starts_with)) =>
+            {
+                Ok(p)
+            }
+            other => Err(format!("{:?}", other.map(|p| p["status"].clone()))),
+        }
+    })
+}
+
+#[test]
+fn a_module_from_a_url_is_pinned_by_its_sha256() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-url");
+    let _op = Operator::start(cp, &ns.name);
+    let name = format!("url-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    let module = std::fs::read(policy("production")).unwrap();
+    let actual = pgwarden::policy::digest(&module);
+    let server = ModuleServer::start(vec![
+        ("/production.wasm", Served::Bytes(module)),
+        ("/huge.wasm", Served::Declared(64 << 20)),
+    ]);
+    let url = server.url("/production.wasm");
+
+    // No sha256: admission refuses it with the rule's message.
+    let out = ns.kubectl_with_input(
+        &["apply", "-f", "-"],
+        Some(&url_policy_yaml(&name, &url, None)),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "spec.module.url needs spec.module.sha256: a module fetched from a URL must be pinned by its digest"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    // The wrong digest: refused before anything compiles it, both digests named.
+    let wrong = "0".repeat(64);
+    apply_yaml(&ns, &url_policy_yaml(&name, &url, Some(&wrong)));
+    let p = wait_last_error(&ns, &name, "cannot load policy module: spec.module.sha256");
+    assert_eq!(
+        p["status"]["lastError"],
+        format!(
+            "cannot load policy module: spec.module.sha256 mismatch: expected {wrong}, the module at spec.module.url {url} has {actual}; the module in force stays none"
+        )
+    );
+    assert_eq!(condition(&p, "Ready").unwrap().1, "ModuleLoadFailed");
+    assert!(p["status"]["digest"].is_null());
+
+    // The right digest: in force.
+    apply_yaml(&ns, &url_policy_yaml(&name, &url, Some(&actual)));
+    let p = wait_policy_ready(&ns, &name);
+    assert_eq!(p["status"]["digest"], actual.as_str());
+    assert!(p["status"]["lastError"].is_null(), "{p}");
+    assert!(server.hits() >= 2);
+
+    // Unreachable, and too large: the module in force stays. Pins of no cached module.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gone = format!("http://{closed}/policy.wasm");
+    let pin = pgwarden::policy::digest(format!("unreachable {}", ns.name).as_bytes());
+    apply_yaml(&ns, &url_policy_yaml(&name, &gone, Some(&pin)));
+    let p = wait_last_error(
+        &ns,
+        &name,
+        &format!("cannot load policy module: spec.module.url {gone} is unreachable: "),
+    );
+    let last_error = p["status"]["lastError"].as_str().unwrap();
+    assert!(
+        last_error.ends_with(&format!("; the module in force stays {actual}")),
+        "{last_error}"
+    );
+    assert_eq!(p["status"]["digest"], actual.as_str());
+
+    let huge = server.url("/huge.wasm");
+    let pin = pgwarden::policy::digest(format!("huge {}", ns.name).as_bytes());
+    apply_yaml(&ns, &url_policy_yaml(&name, &huge, Some(&pin)));
+    let p = wait_last_error(&ns, &name, "cannot load policy module: spec.module.url");
+    let limit = pgwarden::policy::fetch::DEFAULT_MAX_MODULE_BYTES;
+    let expected = format!(
+        "cannot load policy module: spec.module.url {huge} serves more than {limit} bytes (the operator's module size limit, --policy-max-module-bytes); the module in force stays {actual}"
+    );
+    let p = if p["status"]["lastError"] == expected.as_str() {
+        p
+    } else {
+        wait_last_error(&ns, &name, &expected)
+    };
+    assert_eq!(p["status"]["lastError"], expected.as_str());
+    assert_eq!(p["status"]["digest"], actual.as_str());
+}

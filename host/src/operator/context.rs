@@ -77,6 +77,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Compiles ReconcilePolicy modules.
     pub engine: Engine,
+    /// Downloads `spec.module.url` modules, pinned by sha256.
+    pub fetcher: crate::policy::fetch::Fetcher,
     /// Signalled when a module is put in force: every Cluster is reconciled again.
     pub policy_swapped: UnboundedSender<()>,
 }

@@ -7,6 +7,7 @@
 //!     apply: skip what is already so (zero writes in a steady state), server-side apply,
 //!            merge-patch status, Events
 //!   ReconcilePolicy: load module ─► registry swap ─► every Cluster reconciled again
+//!     (also on a change of the ConfigMap it loads from, watched by metadata)
 //!   Lease: one replica leads, the others wait; /metrics, /healthz, /readyz
 //! ```
 
@@ -35,6 +36,7 @@ use anyhow::Context as _;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -62,6 +64,9 @@ pub struct OperatorArgs {
     /// Folder of the compiled-module cache.
     #[arg(long, env = "PGWARDEN_POLICY_CACHE")]
     pub policy_cache: Option<PathBuf>,
+    /// Size limit of a module downloaded from a ReconcilePolicy's `spec.module.url`.
+    #[arg(long, env = "PGWARDEN_POLICY_MAX_MODULE_BYTES", default_value_t = crate::policy::fetch::DEFAULT_MAX_MODULE_BYTES)]
+    pub policy_max_module_bytes: usize,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
@@ -161,6 +166,37 @@ fn static_kind(kind: &str) -> &'static str {
     }
 }
 
+/// Changes of every ConfigMap, metadata only (a ReconcilePolicy may name any namespace's; the
+/// bytes are read when the policy reconciles, so the cache holds no module).
+fn module_config_maps(
+    client: &Client,
+) -> impl Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static {
+    let api: Api<PartialObjectMeta<ConfigMap>> = Api::all(client.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+}
+
+/// The ReconcilePolicies whose module is a key of this ConfigMap.
+fn referencing(
+    policies: &Store<ReconcilePolicy>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<reflector::ObjectRef<ReconcilePolicy>> {
+    let (ns, name) = (cm.namespace().unwrap_or_default(), cm.name_any());
+    policies
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.spec
+                .module
+                .config_map
+                .as_ref()
+                .is_some_and(|r| r.namespace == ns && r.name == name)
+        })
+        .map(|p| reflector::ObjectRef::from_obj(&*p))
+        .collect()
+}
+
 async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
@@ -242,6 +278,11 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         },
         metrics: metrics.clone(),
         engine,
+        fetcher: crate::policy::fetch::Fetcher {
+            cache_dir: args.policy_cache.as_ref().map(|d| d.join("downloads")),
+            max_bytes: args.policy_max_module_bytes,
+            ..Default::default()
+        },
         policy_swapped: swapped_tx,
     });
     let shared = |ctx: &Arc<Context>| Arc::new((ctx.clone(), Backoff::default()));
@@ -303,7 +344,12 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
             shared(&ctx),
         )
         .for_each(|_| async {});
+    let by_config_map = policies_store.clone();
     let policy_controller = Controller::for_stream(policy_stream, policies_store)
+        .watches_stream(module_config_maps(&client), move |cm| {
+            // New module bytes in a ConfigMap: the ReconcilePolicies loading from it, at once.
+            referencing(&by_config_map, &cm)
+        })
         .shutdown_on_signal()
         .run(
             |p, x: Arc<(Arc<Context>, Backoff)>| reconcile_policy::reconcile(p, x.0.clone()),

@@ -1,6 +1,8 @@
-//! The ReconcilePolicy controller: loads a module (ConfigMap key or file; checked against
-//! `sha256` when set), compiles it once per digest, puts it in force without a restart, and
-//! keeps the last good module when a new one fails — saying why on the status.
+//! The ReconcilePolicy controller: loads a module (ConfigMap key, file, or URL pinned by
+//! `sha256`; checked against `sha256` whenever set), compiles it once per digest, puts it in
+//! force without a restart, and keeps the last good module when a new one fails — saying why
+//! on the status. A change of a referenced ConfigMap reconciles the policy at once (see
+//! `operator::serve`), so new module bytes are in force within seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +50,27 @@ async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
             .await
             .map_err(|e| Error::Module(format!("cannot read {path} (spec.module.file): {e}")));
     }
-    Err(Error::Module("spec.module.url is not supported by this operator build yet: use spec.module.configMap or spec.module.file".into()))
+    if let Some(url) = &source.url {
+        return ctx
+            .fetcher
+            .pinned(url, source.sha256.as_deref())
+            .await
+            .map_err(|e| Error::Module(e.to_string()));
+    }
+    Err(Error::Module(
+        "spec.module: set one of configMap, file or url".into(),
+    ))
+}
+
+/// The digest and ABI in force when the policy's module is a URL whose pin is already loaded:
+/// nothing to download.
+fn pinned_in_force(ctx: &Context, policy: &ReconcilePolicy) -> Option<(String, String)> {
+    let module = &policy.spec.module;
+    let pin = module.sha256.as_deref().filter(|_| module.url.is_some())?;
+    (ctx.policies.digest(&policy.name_any()).as_deref() == Some(pin)).then(|| {
+        let abi = policy.status.as_ref().and_then(|s| s.abi_version.clone());
+        (pin.to_string(), abi.unwrap_or_default())
+    })
 }
 
 /// A module that does not load is the ReconcilePolicy's fault (`ModuleLoadFailed`), not a
@@ -63,6 +85,9 @@ fn module_error(e: PolicyError) -> Error {
 /// Loads the module if its digest is new; returns the digest and ABI version in force.
 async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String)> {
     let name = policy.name_any();
+    if let Some(in_force) = pinned_in_force(ctx, policy) {
+        return Ok(in_force);
+    }
     let bytes = fetch(ctx, &policy.spec.module).await?;
     let found = digest(&bytes);
     if let Some(expected) = policy.spec.module.sha256.as_deref().filter(|e| *e != found) {

@@ -15,6 +15,7 @@ pub mod cli;
 mod decisions;
 mod engine;
 mod errors;
+pub mod fetch;
 
 pub use decisions::{MAX_MESSAGE_BYTES, MAX_POD_TEMPLATE_BYTES};
 pub use engine::{EPOCH_TICK, Engine, EngineConfig, Limits, Policy, WASMTIME_VERSION, digest};
