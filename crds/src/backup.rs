@@ -108,9 +108,48 @@ pub struct BackupStatus {
     pub settings: Option<crate::settings::BackupSettings>,
     /// What the instance agent running the backup reported.
     pub agent: Option<BackupAgentStatus>,
+    /// The deletion of the backup from the object store, once the policy's retention chose
+    /// it: asked by the operator, carried out by an instance agent.
+    pub deletion: Option<BackupDeletion>,
     /// Conditions of the backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A request to delete a backup from the object store (`barman-cloud-backup-delete`).
+/// `reason`, `requestedAt`, `podName` and `attempt` are the operator's; `agent` is what the
+/// instance agent of `podName` reported.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDeletion {
+    /// Why, in one CamelCase word (`Retention`).
+    pub reason: Option<String>,
+    /// When the operator asked for the current attempt.
+    pub requested_at: Option<String>,
+    /// The instance pod whose agent deletes the backup.
+    pub pod_name: Option<String>,
+    /// The attempt the operator asks for (from 1); each attempt runs once.
+    pub attempt: Option<u32>,
+    /// What the agent reported.
+    pub agent: Option<BackupDeletionAgent>,
+}
+
+/// What the instance agent reports about a deletion it ran.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDeletionAgent {
+    /// The attempt this report is about.
+    pub attempt: Option<u32>,
+    /// running, succeeded or failed.
+    pub state: Option<BackupAgentState>,
+    /// Pod of the agent.
+    pub pod_name: Option<String>,
+    /// When barman-cloud-backup-delete ended.
+    pub finished_at: Option<String>,
+    /// Why it failed, as barman said it (secrets scrubbed).
+    pub error: Option<String>,
 }
 
 /// The instance that takes a backup.

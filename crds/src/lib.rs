@@ -23,8 +23,8 @@ mod scheduled;
 pub mod settings;
 
 pub use backup::{
-    Backup, BackupAgentState, BackupAgentStatus, BackupPhase, BackupSpec, BackupStatus,
-    BackupTarget, InstanceId,
+    Backup, BackupAgentState, BackupAgentStatus, BackupDeletion, BackupDeletionAgent, BackupPhase,
+    BackupSpec, BackupStatus, BackupTarget, InstanceId,
 };
 pub use cluster::{
     ArchiveStatus, Bootstrap, BootstrapInitDb, BootstrapRecovery, Cluster, ClusterSpec,

@@ -490,3 +490,122 @@ fn mark_pod_running(ns: &pgwarden_tests::controlplane::Namespace<'_>, pod: &str)
     ]);
     assert!(out.success, "cannot mark pod {pod} running: {}", out.stderr);
 }
+
+/// A Backup of `cluster` with the status of one taken (or failed) `days_ago`, as the operator
+/// and its agent would have left it; `None` id: it failed before barman made a backup.
+fn past_backup(
+    ns: &pgwarden_tests::controlplane::Namespace<'_>,
+    name: &str,
+    cluster: &str,
+    days_ago: i64,
+    backup_id: Option<&str>,
+) {
+    apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Backup\nmetadata:\n  name: {name}\nspec:\n  cluster:\n    name: {cluster}\n"
+        ),
+    );
+    // The operator's first word first (pending), so it does not land after the history.
+    wait_json(ns, "backup", name, "phase set", |b| {
+        b["status"]["phase"].is_string()
+    });
+    let at = |d: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(d))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let mut status = json!({
+        "phase": if backup_id.is_some() { "completed" } else { "failed" },
+        "startedAt": at(days_ago), "stoppedAt": at(days_ago),
+        "destinationPath": "s3://BUCKET_NAME/path/to/folder", "serverName": cluster,
+        "instanceID": {"podName": format!("{cluster}-1")},
+    });
+    if let Some(id) = backup_id {
+        status["backupId"] = json!(id);
+    }
+    server_side_apply_status(
+        ns,
+        &json!({"apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Backup",
+                "metadata": {"name": name}, "status": status}),
+        "test-history",
+    );
+}
+
+#[test]
+fn retention_hands_expired_backups_to_the_agent_and_removes_the_deleted_ones() {
+    let cp = with_crds();
+    let ns = cp.namespace("retention");
+    let _op = Operator::start(cp, &ns.name);
+    apply_file(&ns, &seed("secret.yaml"));
+    let cluster = cluster_yaml("pg", None, true) + "    retentionPolicy: 30d\n";
+    apply_yaml(&ns, &cluster);
+    wait_get(&ns, "pod", "pg-1");
+    past_backup(&ns, "old-a", "pg", 60, Some("20260926T000000"));
+    past_backup(&ns, "old-b", "pg", 45, Some("20261011T000000"));
+    past_backup(&ns, "never", "pg", 40, None);
+    past_backup(&ns, "recent", "pg", 1, Some("20261124T000000"));
+
+    // The policy (default: past 30 days, keeping the newest completed) expires three; the
+    // one with no backup in the store goes at once, the others go to the primary's agent.
+    wait_gone(&ns, "backup", "never");
+    wait_event(
+        &ns,
+        "pg",
+        "BackupExpired",
+        "deleted Backup never: past the retention policy 30d, with no backup in the object store",
+    );
+    for (name, id) in [("old-a", "20260926T000000"), ("old-b", "20261011T000000")] {
+        let b = wait_json(&ns, "backup", name, "deletion asked", |b| {
+            b["status"]["deletion"].is_object()
+        });
+        let d = &b["status"]["deletion"];
+        assert_eq!(
+            (&d["reason"], &d["podName"], &d["attempt"]),
+            (&json!("Retention"), &json!("pg-1"), &json!(1)),
+            "{d}"
+        );
+        wait_event(
+            &ns,
+            name,
+            "BackupExpired",
+            &format!(
+                "backup {id} is past the retention policy 30d: the agent of pod pg-1 deletes it from s3://BUCKET_NAME/path/to/folder"
+            ),
+        );
+    }
+    let recent = get(&ns, "backup", "recent").unwrap();
+    assert!(recent["status"]["deletion"].is_null(), "{recent}");
+
+    // The agent's reports, as `pgwarden instance` writes them: one deleted, one failed.
+    let report = |name: &str, outcome: Result<(), String>| {
+        let patch =
+            pgwarden::instance::retention::report_patch(name, "pg-1", 1, &outcome, now_rfc3339());
+        server_side_apply_status(&ns, &patch, "pgwarden-agent");
+    };
+    report("old-a", Ok(()));
+    let error = "barman-cloud-backup-delete failed (exit 1): the store refused the credentials";
+    report("old-b", Err(error.into()));
+
+    wait_gone(&ns, "backup", "old-a");
+    wait_event(
+        &ns,
+        "pg",
+        "BackupDeleted",
+        "deleted backup 20260926T000000 of Backup old-a from s3://BUCKET_NAME/path/to/folder: past the retention policy 30d",
+    );
+    let message = format!(
+        "deleting backup 20261011T000000 from the object store failed on pod pg-1 (attempt 1): {error}"
+    );
+    let failed = wait_json(&ns, "backup", "old-b", "DeleteFailed", |b| {
+        b["status"]["reason"] == "DeleteFailed"
+    });
+    assert_eq!(failed["status"]["message"], message.as_str());
+    assert_eq!(failed["status"]["phase"], "completed");
+    wait_event(
+        &ns,
+        "old-b",
+        "DeleteFailed",
+        &format!("{message}; asked again in 5 minutes"),
+    );
+    assert!(get(&ns, "backup", "recent").is_some());
+}

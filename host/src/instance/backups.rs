@@ -3,6 +3,10 @@
 //! the policy decided (`status.settings`). The barman backup is named after the Backup's uid,
 //! so the store and the agent's memory (see [`super::backup`]) tell whether it was already
 //! taken: a restarted agent reports it truthfully and never takes it twice.
+//!
+//! The same watch carries deletions: a Backup whose `status.deletion` names this pod (the
+//! retention policy expired it) has its backup deleted from the store (see
+//! [`super::retention`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use super::barman::{PgConn, scrub};
 use super::facts::{self, BackupFacts};
 use super::layout::{self, Layout};
 use super::report::Reporter;
+use super::retention;
 
 /// The settings of the backup this pod must take, if `backup` is assigned to it and its
 /// agent report is not final yet.
@@ -69,16 +74,52 @@ pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
         .boxed();
     while let Some(event) = events.next().await {
         let Ok(backup) = event else { continue };
+        let uid = backup.uid().unwrap_or_else(|| backup.name_any());
+        if let Some(deletion) = retention::assigned(&backup, &here.pod)
+            && taken.insert(format!("{uid}/delete/{}", deletion.attempt))
+        {
+            let (here, reporter) = (here.clone(), reporter.clone());
+            let name = backup.name_any();
+            tokio::spawn(async move { delete(&name, deletion, &here, &reporter).await });
+        }
         let Some(settings) = assigned(&backup, &here.pod) else {
             continue;
         };
-        let uid = backup.uid().unwrap_or_else(|| backup.name_any());
         if !taken.insert(uid.clone()) {
             continue;
         }
         let (here, reporter) = (here.clone(), reporter.clone());
         tokio::spawn(
             async move { take(&backup.name_any(), &uid, settings, &here, &reporter).await },
+        );
+    }
+}
+
+/// Deletes a backup the operator expired, and reports the outcome on its Backup.
+async fn delete(object: &str, deletion: retention::Assigned, here: &Here, reporter: &Reporter) {
+    eprintln!(
+        "pgwarden-agent: deleting backup {} of {object} (attempt {})",
+        deletion.backup_id, deletion.attempt
+    );
+    let (settings_dir, d) = (here.settings_dir.clone(), deletion.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let archive = layout::read_archive_settings(&settings_dir).map_err(|e| format!("{e:#}"))?;
+        retention::delete(&retention::store_of(&archive, &d), &d.backup_id)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the deletion thread failed: {e}")));
+    eprintln!(
+        "pgwarden-agent: deleting backup {}: {outcome:?}",
+        deletion.backup_id
+    );
+    let patch = retention::report_patch(object, &here.pod, deletion.attempt, &outcome, now());
+    if let Err(e) = reporter
+        .apply_status("Backup", "backups", object, &patch)
+        .await
+    {
+        eprintln!(
+            "pgwarden-agent: cannot report the deletion of {object}: {}",
+            scrub(&format!("{e:#}"))
         );
     }
 }

@@ -8,6 +8,7 @@
 //!   barman    the barman cloud command lines (pure) and what their failures mean
 //!   postgres  initdb, postgresql.pgwarden.conf, psql, recovery settings
 //!   facts     facts → status patches (pure); report: the server-side-apply I/O edge
+//!   retention barman-cloud-backup-delete of the backups the operator hands this pod
 //!   layout    where the agent keeps its files
 //! ```
 
@@ -21,3 +22,4 @@ pub mod facts;
 pub mod layout;
 pub mod postgres;
 pub mod report;
+pub mod retention;

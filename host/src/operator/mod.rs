@@ -8,6 +8,8 @@
 //!            merge-patch status, Events
 //!   ReconcilePolicy: load module ─► registry swap ─► every Cluster reconciled again
 //!     (also on a change of the ConfigMap it loads from, watched by metadata)
+//!   Retention (per Cluster): policy.retention ─► Backups' status.deletion ─► the primary's
+//!     agent runs barman-cloud-backup-delete ─► the Backup objects removed
 //!   Lease: one replica leads, the others wait; /metrics, /healthz, /readyz
 //! ```
 
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod observe;
 mod reconcile_policy;
 mod registry;
+mod retention;
 mod scheduled;
 
 use std::collections::HashMap;
@@ -358,11 +361,33 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         )
         .for_each(|_| async {});
 
+    let retention_controller =
+        Controller::new(scoped::<Cluster>(&client, ns), watcher::Config::default())
+            .watches(
+                scoped::<Backup>(&client, ns),
+                watcher::Config::default(),
+                |backup: Backup| {
+                    // A Backup finishing, or its agent reporting a deletion: its Cluster.
+                    let cluster = reflector::ObjectRef::new(&backup.spec.cluster.name);
+                    Some(match backup.namespace() {
+                        Some(ns) => cluster.within(&ns),
+                        None => cluster,
+                    })
+                },
+            )
+            .shutdown_on_signal()
+            .run(
+                |c, x: Arc<(Arc<Context>, Backoff)>| retention::reconcile(c, x.0.clone()),
+                error_policy,
+                shared(&ctx),
+            )
+            .for_each(|_| async {});
+
     // Ready: leading, with the default policy compiled, about to reconcile.
     metrics.set_ready(true);
     info!(%identity, "operator running");
     tokio::select! {
-        _ = futures::future::join4(cluster_controller, backup_controller, scheduled_controller, policy_controller) => info!("controllers stopped"),
+        _ = futures::future::join5(cluster_controller, backup_controller, scheduled_controller, policy_controller, retention_controller) => info!("controllers stopped"),
         _ = lease.keep() => warn!("leadership lost: stopping so a leader can take over"),
     }
     Ok(())

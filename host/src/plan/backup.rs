@@ -1,4 +1,5 @@
-//! Backups: phase transitions as status patches and events, scheduled Backups, retention.
+//! Backups: phase transitions as status patches and events, scheduled Backups (retention is
+//! in [`super::retention`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -184,39 +185,6 @@ pub fn plan_schedule(
     if let Some(next) = decision.next_run {
         actions.push(Action::Requeue {
             after_seconds: (next - now).num_seconds().max(1) as u64,
-        });
-    }
-    actions
-}
-
-/// Deletes the Backups the policy chose, with what the planner observed on each (owner uids,
-/// the Cluster it backs up) for the guardrails. Names it does not know are skipped.
-pub fn plan_retention(cluster: &Cluster, backups: &[Backup], doomed: &[String]) -> Vec<Action> {
-    let mut actions = Vec::new();
-    for backup in backups
-        .iter()
-        .filter(|b| b.metadata.name.as_ref().is_some_and(|n| doomed.contains(n)))
-    {
-        let owner_uids = backup
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .map(|o| o.uid.clone())
-            .collect();
-        actions.push(Action::Delete {
-            target: reference(backup),
-            owner_uids,
-            cluster: Some(backup.spec.cluster.name.clone()),
-        });
-        actions.push(Action::Event {
-            regarding: reference(cluster),
-            event_type: EventType::Normal,
-            reason: "BackupExpired".into(),
-            note: format!(
-                "deleting Backup {}: older than the retention policy",
-                backup.metadata.name.as_deref().unwrap_or_default()
-            ),
         });
     }
     actions

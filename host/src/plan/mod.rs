@@ -4,7 +4,8 @@
 //!   ClusterDecisions ─ plan_cluster ─┐
 //!   Transition ─────── plan_backup ──┼─► Vec<Action> ─► guardrails::check(subject) ─► applier
 //!   ScheduleDecision ─ plan_schedule ┤    (apply, delete, patch status, event, requeue)
-//!   retention names ── plan_retention┘
+//!   retention names ── plan_retention┘    (retention: the store deletion by the agent, then
+//!                                           the Backup objects; see [`retention`])
 //! ```
 //!
 //! Nothing here talks to the API server: tests assert on the actions, `pgwarden policy
@@ -15,9 +16,10 @@ mod backup;
 mod cluster;
 mod errors;
 pub mod guardrails;
+pub mod retention;
 
 pub use actions::{Action, EventType, ObjectRef};
-pub use backup::{backup_subject, plan_backup, plan_retention, plan_schedule, scheduled_subject};
+pub use backup::{backup_subject, plan_backup, plan_schedule, scheduled_subject};
 pub use cluster::{
     ClusterDecisions, check_template, claim, instance_pod, owner, plan_cluster, reference, service,
     settings_config_map, subject,
@@ -25,5 +27,6 @@ pub use cluster::{
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
 
+pub use retention::{RetentionInput, plan_retention, retention_subject};
 #[cfg(test)]
 mod tests;

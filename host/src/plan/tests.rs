@@ -330,17 +330,3 @@ fn a_scheduled_run_creates_a_labelled_backup_owned_as_asked() {
     );
     guardrails::check(&scheduled_subject(&scheduled), &actions).unwrap();
 }
-
-#[test]
-fn retention_deletes_only_the_named_backups_of_the_cluster() {
-    let cluster = cluster();
-    let backups = [backup("old", "pg"), backup("new", "pg")];
-    let actions = plan_retention(
-        &cluster,
-        &backups,
-        &["old".to_string(), "unknown".to_string()],
-    );
-    assert_eq!(actions.len(), 2);
-    assert!(matches!(&actions[0], Action::Delete { target, .. } if target.name == "old"));
-    guardrails::check(&subject(&cluster), &actions).unwrap();
-}

@@ -320,16 +320,24 @@ pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateT
             .filter(|b| b.spec.cluster.name == subject.object.name)
             .cloned()
             .collect();
-        if wanted(filter, "retention") && !backups.is_empty() {
-            let doomed = policy.retention(cluster, &backups, now);
+        let live = plan::retention::candidates(cluster, &backups);
+        if wanted(filter, "retention") && !live.is_empty() {
+            let doomed = policy.retention(cluster, &live, now);
             decisions.push(entry("retention", &name, &doomed));
             if let Ok(doomed) = doomed {
-                guarded(
-                    &subject,
-                    plan::plan_retention(cluster, &backups, &doomed),
-                    &mut actions,
-                    &mut refused,
-                );
+                // The agent of the first instance deletes, as on a Cluster whose primary is 1.
+                let pod = format!("{}-1", subject.object.name);
+                let planned = plan::plan_retention(&plan::RetentionInput {
+                    cluster,
+                    backups: &backups,
+                    expired: &doomed,
+                    agent_pod: Some(&pod),
+                    now,
+                });
+                for action in planned {
+                    let subject = plan::retention_subject(cluster, &backups, &action);
+                    guarded(&subject, vec![action], &mut actions, &mut refused);
+                }
             }
         }
     }

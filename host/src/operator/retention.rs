@@ -1,0 +1,100 @@
+//! The retention controller: per Cluster, asks the policy which Backups are past the retention
+//! policy, hands their deletion from the object store to the agent of the primary (through
+//! `status.deletion` on each Backup, as backups themselves are handed over), and removes the
+//! Backup objects once the agent reports the backup deleted. See [`crate::plan::retention`].
+//!
+//! A Cluster with no finished Backup costs no policy call; one with nothing to delete costs
+//! no write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use kube::ResourceExt;
+use kube::runtime::controller::Action as Requeue;
+use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
+use pgwarden_crds::{Backup, Cluster};
+use tracing::instrument;
+
+use super::apply;
+use super::context::Context;
+use super::errors::{Error, Result};
+use crate::plan::{self, RetentionInput, guardrails, retention};
+
+/// How often a Cluster with a retention policy is looked at when nothing happens (Backups age
+/// without any event).
+pub const RECHECK: Duration = Duration::from_secs(3600);
+
+/// The Cluster's Backups, as observed.
+fn backups_of(ctx: &Context, cluster: &Cluster) -> Vec<Backup> {
+    let (ns, name) = (cluster.namespace(), cluster.name_any());
+    ctx.stores
+        .backups
+        .state()
+        .into_iter()
+        .filter(|b| b.namespace() == ns && b.spec.cluster.name == name)
+        .map(|b| (*b).clone())
+        .collect()
+}
+
+/// The pod whose agent deletes backups: the Cluster's primary, if it has one.
+fn primary(ctx: &Context, cluster: &Cluster) -> Option<String> {
+    let (ns, name) = (cluster.namespace(), cluster.name_any());
+    ctx.stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
+        .find(|p| p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary"))
+        .map(|p| p.name_any())
+}
+
+#[instrument(skip(cluster, ctx), fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    ctx.metrics.reconciled("Retention");
+    let backups = backups_of(&ctx, &cluster);
+    let live = retention::candidates(&cluster, &backups);
+    let finished = live.iter().any(|b| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_final())
+    });
+    if !finished && !retention::in_flight(&cluster, &backups) {
+        return Ok(Requeue::await_change());
+    }
+    let now = Utc::now();
+    let expired = if finished {
+        let named = ctx.policies.for_cluster(&cluster)?;
+        let (c, b) = ((*cluster).clone(), live.clone());
+        let started = Instant::now();
+        let expired = named.policy.run(move |p| p.retention(&c, &b, now)).await?;
+        ctx.metrics.policy_call("retention", started.elapsed());
+        expired
+    } else {
+        Vec::new()
+    };
+    let pod = primary(&ctx, &cluster);
+    let actions = plan::plan_retention(&RetentionInput {
+        cluster: &cluster,
+        backups: &backups,
+        expired: &expired,
+        agent_pod: pod.as_deref(),
+        now,
+    });
+    for action in &actions {
+        let subject = plan::retention_subject(&cluster, &backups, action);
+        guardrails::check_one(&subject, action).map_err(Error::from)?;
+    }
+    apply::apply(&ctx, &actions).await?;
+    let has_policy = cluster
+        .spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.retention_policy.is_some());
+    Ok(match apply::requeue(&actions) {
+        Some(seconds) => Requeue::requeue(Duration::from_secs(seconds)),
+        None if has_policy => Requeue::requeue(RECHECK),
+        None => Requeue::await_change(),
+    })
+}

@@ -1,0 +1,488 @@
+//! Retention: the policy's `retention` decision (which Backups are past the Cluster's
+//! retention policy) → the deletion of their backups from the object store → the Backup
+//! objects removed.
+//!
+//! ```text
+//!   live Backups ─► policy.retention ─► expired names
+//!   expired, no backup id ───────────────► delete the Backup (nothing in the store)
+//!   expired ─────────────────────────────► status.deletion {Retention, pod, attempt 1}
+//!   the agent of that pod ───────────────► barman-cloud-backup-delete -b ID,
+//!                                          reports status.deletion.agent {attempt, state}
+//!   succeeded ───────────────────────────► delete the Backup, Event on the Cluster
+//!   failed ──────────────────────────────► reason DeleteFailed + Warning, again after 5 min
+//!   no answer for 10 min ────────────────► asked again (the pod may be gone)
+//! ```
+//!
+//! Once asked, a deletion is carried through whatever the policy answers next: Backups with a
+//! `status.deletion` are not shown to the policy again.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use pgwarden_crds::{Backup, BackupAgentState, BackupDeletion, Cluster};
+use serde_json::json;
+
+use super::actions::{Action, EventType};
+use super::backup::backup_subject;
+use super::cluster::{reference, subject};
+use super::guardrails::Subject;
+
+/// Why a deletion is asked, in `status.deletion.reason`.
+pub const REASON: &str = "Retention";
+/// A failed deletion is asked again after this long.
+pub const RETRY_FAILED_SECONDS: i64 = 300;
+/// A deletion no agent answered is asked again after this long.
+pub const RETRY_SILENT_SECONDS: i64 = 600;
+/// How often an in-flight deletion is looked at.
+pub const POLL_SECONDS: u64 = 30;
+
+/// What one retention reconcile of a Cluster sees.
+pub struct RetentionInput<'a> {
+    pub cluster: &'a Cluster,
+    /// The Cluster's Backups (others are ignored).
+    pub backups: &'a [Backup],
+    /// The policy's answer: names among [`candidates`].
+    pub expired: &'a [String],
+    /// The instance pod whose agent runs the deletions (the primary), if there is one.
+    pub agent_pod: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn name(backup: &Backup) -> &str {
+    backup.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn deletion(backup: &Backup) -> Option<&BackupDeletion> {
+    backup.status.as_ref()?.deletion.as_ref()
+}
+
+fn belongs(backup: &Backup, cluster: &Cluster) -> bool {
+    backup.spec.cluster.name == cluster.metadata.name.as_deref().unwrap_or_default()
+        && backup.metadata.namespace == cluster.metadata.namespace
+}
+
+/// The Backups the policy is asked about: the Cluster's, not already being deleted.
+pub fn candidates(cluster: &Cluster, backups: &[Backup]) -> Vec<Backup> {
+    backups
+        .iter()
+        .filter(|b| belongs(b, cluster) && deletion(b).is_none())
+        .cloned()
+        .collect()
+}
+
+/// Whether any Backup of the Cluster has a deletion under way (the reconcile polls then).
+pub fn in_flight(cluster: &Cluster, backups: &[Backup]) -> bool {
+    backups
+        .iter()
+        .any(|b| belongs(b, cluster) && deletion(b).is_some())
+}
+
+fn policy_text(cluster: &Cluster) -> String {
+    cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.retention_policy.clone())
+        .map_or("the policy's retention".into(), |r| {
+            format!("retention policy {r}")
+        })
+}
+
+/// The subject an action of [`plan_retention`] is checked against: the Backup it touches
+/// (which must be one of the Cluster's), else the Cluster.
+pub fn retention_subject(cluster: &Cluster, backups: &[Backup], action: &Action) -> Subject {
+    let touched = action
+        .target()
+        .filter(|t| t.kind == "Backup")
+        .and_then(|t| backups.iter().find(|b| name(b) == t.name));
+    match touched {
+        Some(b) if belongs(b, cluster) => backup_subject(b),
+        _ => subject(cluster),
+    }
+}
+
+/// The actions of one retention reconcile.
+pub fn plan_retention(input: &RetentionInput<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for backup in input.backups.iter().filter(|b| belongs(b, input.cluster)) {
+        match deletion(backup) {
+            None if input.expired.iter().any(|n| n == name(backup)) => {
+                expire(input, backup, &mut actions)
+            }
+            None => {}
+            Some(d) => follow(input, backup, d, &mut actions),
+        }
+    }
+    if in_flight(input.cluster, input.backups) || !input.expired.is_empty() {
+        actions.push(Action::Requeue {
+            after_seconds: POLL_SECONDS,
+        });
+    }
+    actions
+}
+
+fn remove(backup: &Backup) -> Action {
+    Action::Delete {
+        target: reference(backup),
+        owner_uids: backup
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| o.uid.clone())
+            .collect(),
+        cluster: Some(backup.spec.cluster.name.clone()),
+    }
+}
+
+fn ask(backup: &Backup, pod: &str, attempt: u32, now: DateTime<Utc>) -> Action {
+    Action::PatchStatus {
+        target: reference(backup),
+        status: json!({ "deletion": {
+            "reason": REASON, "requestedAt": stamp(now), "podName": pod, "attempt": attempt,
+        }}),
+    }
+}
+
+/// A Backup the policy just expired.
+fn expire(input: &RetentionInput<'_>, backup: &Backup, actions: &mut Vec<Action>) {
+    let status = backup.status.clone().unwrap_or_default();
+    let policy = policy_text(input.cluster);
+    let Some(id) = status.backup_id else {
+        actions.push(remove(backup));
+        actions.push(Action::Event {
+            regarding: reference(input.cluster),
+            event_type: EventType::Normal,
+            reason: "BackupExpired".into(),
+            note: format!(
+                "deleted Backup {}: past the {policy}, with no backup in the object store",
+                name(backup)
+            ),
+        });
+        return;
+    };
+    let Some(pod) = input.agent_pod else {
+        return;
+    };
+    actions.push(ask(backup, pod, 1, input.now));
+    actions.push(Action::Event {
+        regarding: reference(backup),
+        event_type: EventType::Normal,
+        reason: "BackupExpired".into(),
+        note: format!(
+            "backup {id} is past the {policy}: the agent of pod {pod} deletes it from {}",
+            status
+                .destination_path
+                .as_deref()
+                .unwrap_or("the object store")
+        ),
+    });
+}
+
+fn age(since: Option<&str>, now: DateTime<Utc>) -> i64 {
+    since
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map_or(i64::MAX, |t| (now - t.with_timezone(&Utc)).num_seconds())
+}
+
+/// A Backup whose deletion was asked.
+fn follow(
+    input: &RetentionInput<'_>,
+    backup: &Backup,
+    d: &BackupDeletion,
+    actions: &mut Vec<Action>,
+) {
+    let attempt = d.attempt.unwrap_or(1);
+    let report = d.agent.as_ref().filter(|a| a.attempt == Some(attempt));
+    let state = report.and_then(|a| a.state);
+    let status = backup.status.clone().unwrap_or_default();
+    let id = status.backup_id.clone().unwrap_or_default();
+    let asked = age(d.requested_at.as_deref(), input.now);
+    let pod = d.pod_name.as_deref().unwrap_or_default();
+    match state {
+        Some(BackupAgentState::Succeeded) => {
+            actions.push(remove(backup));
+            actions.push(Action::Event {
+                regarding: reference(input.cluster),
+                event_type: EventType::Normal,
+                reason: "BackupDeleted".into(),
+                note: format!(
+                    "deleted backup {id} of Backup {} from {}: past the {}",
+                    name(backup),
+                    status
+                        .destination_path
+                        .as_deref()
+                        .unwrap_or("the object store"),
+                    policy_text(input.cluster)
+                ),
+            });
+        }
+        Some(BackupAgentState::Failed) => {
+            let error = report.and_then(|a| a.error.clone()).unwrap_or_default();
+            let message = format!(
+                "deleting backup {id} from the object store failed on pod {pod} (attempt {attempt}): {error}"
+            );
+            if status.message.as_deref() != Some(message.as_str()) {
+                actions.push(Action::PatchStatus {
+                    target: reference(backup),
+                    status: json!({ "reason": "DeleteFailed", "message": message }),
+                });
+                actions.push(Action::Event {
+                    regarding: reference(backup),
+                    event_type: EventType::Warning,
+                    reason: "DeleteFailed".into(),
+                    note: format!(
+                        "{message}; asked again in {} minutes",
+                        RETRY_FAILED_SECONDS / 60
+                    ),
+                });
+            }
+            if asked >= RETRY_FAILED_SECONDS
+                && let Some(pod) = input.agent_pod
+            {
+                actions.push(ask(backup, pod, attempt + 1, input.now));
+            }
+        }
+        _ if asked >= RETRY_SILENT_SECONDS && state.is_none() => {
+            if let Some(pod) = input.agent_pod {
+                actions.push(ask(backup, pod, attempt + 1, input.now));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_crds::{BackupDeletionAgent, BackupPhase, BackupStatus};
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-25T08:00:00Z".parse().unwrap()
+    }
+
+    fn cluster() -> Cluster {
+        let mut c: Cluster = serde_json::from_value(json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "pg", "namespace": "ns", "uid": "c-uid"},
+            "spec": {"backup": {"destinationPath": "s3://b/p", "retentionPolicy": "30d",
+                "s3Credentials": {"inheritFromIAMRole": true}}}
+        }))
+        .unwrap();
+        c.status = None;
+        c
+    }
+
+    fn backup(name: &str, id: Option<&str>, deletion: Option<BackupDeletion>) -> Backup {
+        let mut b = Backup::new(
+            name,
+            pgwarden_crds::BackupSpec {
+                cluster: pgwarden_crds::LocalObjectReference { name: "pg".into() },
+                target: None,
+            },
+        );
+        b.metadata.namespace = Some("ns".into());
+        b.status = Some(BackupStatus {
+            phase: Some(BackupPhase::Completed),
+            backup_id: id.map(str::to_owned),
+            destination_path: Some("s3://b/p".into()),
+            deletion,
+            ..Default::default()
+        });
+        b
+    }
+
+    fn asked(attempt: u32, at: &str, agent: Option<(BackupAgentState, &str)>) -> BackupDeletion {
+        BackupDeletion {
+            reason: Some(REASON.into()),
+            requested_at: Some(at.into()),
+            pod_name: Some("pg-1".into()),
+            attempt: Some(attempt),
+            agent: agent.map(|(state, error)| BackupDeletionAgent {
+                attempt: Some(attempt),
+                state: Some(state),
+                error: Some(error.into()).filter(|e: &String| !e.is_empty()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn plan(backups: &[Backup], expired: &[&str], pod: Option<&str>) -> Vec<Action> {
+        let c = cluster();
+        let expired: Vec<String> = expired.iter().map(|s| s.to_string()).collect();
+        plan_retention(&RetentionInput {
+            cluster: &c,
+            backups,
+            expired: &expired,
+            agent_pod: pod,
+            now: now(),
+        })
+    }
+
+    #[test]
+    fn an_expired_backup_is_handed_to_the_agent_of_the_primary() {
+        let actions = plan(
+            &[backup("old", Some("20260101T000000"), None)],
+            &["old"],
+            Some("pg-1"),
+        );
+        assert_eq!(
+            actions[0],
+            Action::PatchStatus {
+                target: reference(&backup("old", None, None)),
+                status: json!({"deletion": {"reason": "Retention", "requestedAt": "2026-11-25T08:00:00Z", "podName": "pg-1", "attempt": 1}}),
+            }
+        );
+        let Action::Event { note, reason, .. } = &actions[1] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(reason, "BackupExpired");
+        assert_eq!(
+            note,
+            "backup 20260101T000000 is past the retention policy 30d: the agent of pod pg-1 deletes it from s3://b/p"
+        );
+        assert_eq!(actions[2], Action::Requeue { after_seconds: 30 });
+    }
+
+    #[test]
+    fn without_a_pod_the_request_waits_and_without_a_backup_id_the_object_goes_at_once() {
+        let actions = plan(&[backup("old", Some("X"), None)], &["old"], None);
+        assert_eq!(actions, vec![Action::Requeue { after_seconds: 30 }]);
+        let actions = plan(&[backup("never", None, None)], &["never"], None);
+        assert!(matches!(&actions[0], Action::Delete { cluster: Some(c), .. } if c == "pg"));
+        assert!(
+            matches!(&actions[1], Action::Event { note, .. } if note == "deleted Backup never: past the retention policy 30d, with no backup in the object store")
+        );
+    }
+
+    #[test]
+    fn a_deleted_backup_loses_its_object_and_the_cluster_says_so() {
+        let d = asked(
+            1,
+            "2026-11-25T07:59:00Z",
+            Some((BackupAgentState::Succeeded, "")),
+        );
+        let actions = plan(&[backup("old", Some("X"), Some(d))], &[], Some("pg-1"));
+        assert!(matches!(&actions[0], Action::Delete { target, .. } if target.name == "old"));
+        let Action::Event {
+            regarding, note, ..
+        } = &actions[1]
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(regarding.kind, "Cluster");
+        assert_eq!(
+            note,
+            "deleted backup X of Backup old from s3://b/p: past the retention policy 30d"
+        );
+    }
+
+    #[test]
+    fn a_failed_deletion_is_reported_once_and_asked_again_later() {
+        let d = asked(
+            1,
+            "2026-11-25T07:59:00Z",
+            Some((BackupAgentState::Failed, "boom")),
+        );
+        let b = backup("old", Some("X"), Some(d.clone()));
+        let actions = plan(std::slice::from_ref(&b), &[], Some("pg-1"));
+        let message =
+            "deleting backup X from the object store failed on pod pg-1 (attempt 1): boom";
+        assert_eq!(
+            actions[0],
+            Action::PatchStatus {
+                target: reference(&b),
+                status: json!({"reason": "DeleteFailed", "message": message}),
+            }
+        );
+        assert!(
+            matches!(&actions[1], Action::Event { event_type: EventType::Warning, reason, .. } if reason == "DeleteFailed")
+        );
+        assert_eq!(actions.len(), 3, "{actions:?}");
+
+        // Reported already, and old enough: only the new attempt.
+        let mut b = backup(
+            "old",
+            Some("X"),
+            Some(asked(
+                1,
+                "2026-11-25T07:50:00Z",
+                Some((BackupAgentState::Failed, "boom")),
+            )),
+        );
+        b.status.as_mut().unwrap().message = Some(message.into());
+        let actions = plan(&[b], &[], Some("pg-2"));
+        assert!(
+            matches!(&actions[0], Action::PatchStatus { status, .. } if status["deletion"]["attempt"] == 2 && status["deletion"]["podName"] == "pg-2"),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_agent_is_asked_again_after_ten_minutes() {
+        let fresh = backup(
+            "old",
+            Some("X"),
+            Some(asked(1, "2026-11-25T07:55:00Z", None)),
+        );
+        assert_eq!(
+            plan(&[fresh], &[], Some("pg-1")),
+            vec![Action::Requeue { after_seconds: 30 }]
+        );
+        let stale = backup(
+            "old",
+            Some("X"),
+            Some(asked(1, "2026-11-25T07:40:00Z", None)),
+        );
+        let actions = plan(&[stale], &[], Some("pg-1"));
+        assert!(
+            matches!(&actions[0], Action::PatchStatus { status, .. } if status["deletion"]["attempt"] == 2)
+        );
+    }
+
+    #[test]
+    fn every_action_passes_the_guardrails_of_its_backup() {
+        let c = cluster();
+        let done = asked(
+            1,
+            "2026-11-25T07:59:00Z",
+            Some((BackupAgentState::Succeeded, "")),
+        );
+        let backups = [
+            backup("old", Some("X"), None),
+            backup("never", None, None),
+            backup("done", Some("Y"), Some(done)),
+        ];
+        let actions = plan(&backups, &["old", "never"], Some("pg-1"));
+        assert_eq!(actions.len(), 7, "{actions:?}");
+        for action in &actions {
+            let subject = retention_subject(&c, &backups, action);
+            super::super::guardrails::check_one(&subject, action).unwrap();
+        }
+        // A Backup of another Cluster is checked against the Cluster: refused.
+        let mut other = backup("other", Some("Z"), None);
+        other.spec.cluster.name = "elsewhere".into();
+        let foreign = remove(&other);
+        let subject = retention_subject(&c, std::slice::from_ref(&other), &foreign);
+        assert!(super::super::guardrails::check_one(&subject, &foreign).is_err());
+    }
+
+    #[test]
+    fn backups_under_deletion_and_of_other_clusters_are_not_candidates() {
+        let mut other = backup("other", Some("Y"), None);
+        other.spec.cluster.name = "elsewhere".into();
+        let busy = backup(
+            "busy",
+            Some("X"),
+            Some(asked(1, "2026-11-25T07:55:00Z", None)),
+        );
+        let live = backup("live", Some("Z"), None);
+        let names: Vec<String> = candidates(&cluster(), &[other, busy, live])
+            .iter()
+            .map(|b| name(b).to_string())
+            .collect();
+        assert_eq!(names, ["live"]);
+    }
+}
