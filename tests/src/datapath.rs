@@ -1,8 +1,8 @@
-//! The data path for end-to-end tests: a real S3-compatible server (Garage), real PostgreSQL
+//! The data path for end-to-end tests: a real S3-compatible server (MinIO), real PostgreSQL
 //! run by the real agent (`pgwarden instance run`), the real barman cloud tools.
 //!
 //! ```text
-//!   S3Server::start()  garage on 127.0.0.1:<free port>, generated key, one bucket
+//!   S3Server::start()  MinIO on 127.0.0.1:<free port>, generated key and KMS key
 //!   Instance::start()  pgwarden instance run  ─► initdb | restore ─► postgres (as `postgres`)
 //!                        archive_command = pgwarden instance wal-archive %p ─► barman ─► S3
 //! ```
@@ -12,7 +12,7 @@
 //! process runs in its own process group, stopped on drop and, should the test binary die,
 //! by a watchdog shell that waits for the test process to end.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -21,8 +21,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use pgwarden_crds::ArchiveStatus;
 use pgwarden_crds::settings::ArchiveSettings;
+
+/// The MinIO build `cargo xtask setup` installs (the default path of PGWARDEN_S3_SERVER).
+const MINIO_VERSION: &str = "v0.0.0-20260212201848-7aac2a2c5b7c";
 
 const SETUP_HINT: &str = "run `cargo xtask setup` (installs PostgreSQL, barman and the S3 server)";
 
@@ -62,7 +67,10 @@ pub fn deps() -> &'static Deps {
         let deps = Deps {
             pg_bin: env_or("PGWARDEN_PG_BIN", "/usr/lib/postgresql/15/bin".into()),
             barman_bin: env_or("PGWARDEN_BARMAN_BIN", cache.join("barman/3.19.1/venv/bin")),
-            s3_server: env_or("PGWARDEN_S3_SERVER", cache.join("garage/2.5.0/bin/garage")),
+            s3_server: env_or(
+                "PGWARDEN_S3_SERVER",
+                cache.join("minio").join(MINIO_VERSION).join("bin/minio"),
+            ),
             pgwarden: env_or("PGWARDEN_BIN", sibling),
         };
         for (what, path) in [
@@ -95,11 +103,16 @@ pub fn free_port() -> u16 {
 
 /// `n` random bytes as hex (from the kernel).
 pub fn random_hex(n: usize) -> String {
+    random_bytes(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` random bytes (from the kernel).
+pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .expect("urandom");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    buf
 }
 
 /// A temporary folder the `postgres` user can enter (PGDATA and sockets live inside).
@@ -177,6 +190,8 @@ pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub region: String,
+    /// Temporary credentials carry a session token.
+    pub session_token: Option<String>,
 }
 
 impl Credentials {
@@ -187,134 +202,138 @@ impl Credentials {
             ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
             ("AWS_DEFAULT_REGION", self.region.clone()),
         ]
+        .into_iter()
+        .chain(
+            self.session_token
+                .clone()
+                .map(|token| ("AWS_SESSION_TOKEN", token)),
+        )
+        .collect()
     }
 }
 
-/// A single-node Garage server on 127.0.0.1 with one key and buckets made on demand.
+/// A single-node MinIO server on 127.0.0.1: generated root credentials (the tests' key), a
+/// static KMS key so that `AES256` and `aws:kms` server-side encryption work, buckets made on
+/// demand.
 pub struct S3Server {
     dir: tempfile::TempDir,
     pub port: u16,
     pub credentials: Credentials,
+    kms_key: String,
     child: Option<Child>,
 }
 
+/// The name of the server's KMS key (`aws:kms` without a key id uses it).
+pub const KMS_KEY_NAME: &str = "pgwarden-tests";
+
 impl S3Server {
-    /// Starts Garage, lays out its single node and imports a generated key.
+    /// Starts MinIO with generated credentials and KMS key.
     pub fn start() -> Self {
         let dir = shared_tempdir("pgwarden-s3-");
-        let port = free_port();
-        let (rpc, admin) = (free_port(), free_port());
-        let config = format!(
-            r#"metadata_dir = "{d}/meta"
-data_dir = "{d}/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:{port}"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-admin_token = "{token}"
-"#,
-            d = dir.path().display(),
-            secret = random_hex(32),
-            token = random_hex(16),
-        );
-        std::fs::write(dir.path().join("garage.toml"), config).expect("garage.toml");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data folder");
         let credentials = Credentials {
-            access_key_id: format!("GK{}", random_hex(12)),
-            secret_access_key: random_hex(32),
-            region: "garage".into(),
+            access_key_id: format!("GK{}", random_hex(10)),
+            secret_access_key: random_hex(24),
+            region: "us-east-1".into(),
+            session_token: None,
         };
         let mut s3 = Self {
             dir,
-            port,
+            port: free_port(),
             credentials,
+            kms_key: format!("{KMS_KEY_NAME}:{}", BASE64.encode(random_bytes(32))),
             child: None,
         };
         s3.spawn();
-        let node = s3.garage_ok(&["node", "id", "-q"]);
-        let node = node
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        s3.garage_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
-        s3.garage_ok(&["layout", "apply", "--version", "1"]);
-        let c = s3.credentials.clone();
-        s3.garage_ok(&[
-            "key",
-            "import",
-            "--yes",
-            "-n",
-            "pgwarden-tests",
-            &c.access_key_id,
-            &c.secret_access_key,
-        ]);
         s3
     }
 
     fn spawn(&mut self) {
-        let log = self.dir.path().join("garage.log");
+        let log = self.dir.path().join("minio.log");
         let mut cmd = Command::new(&deps().s3_server);
-        cmd.arg("-c")
-            .arg(self.dir.path().join("garage.toml"))
-            .arg("server")
-            .env("RUST_LOG", "garage=warn");
+        cmd.arg("server")
+            .arg(self.dir.path().join("data"))
+            .args(["--address", &format!("127.0.0.1:{}", self.port)])
+            .args(["--console-address", &format!("127.0.0.1:{}", free_port())])
+            .arg("--quiet")
+            .env("MINIO_ROOT_USER", &self.credentials.access_key_id)
+            .env("MINIO_ROOT_PASSWORD", &self.credentials.secret_access_key)
+            .env("MINIO_REGION", &self.credentials.region)
+            .env("MINIO_KMS_SECRET_KEY", &self.kms_key)
+            .env("MINIO_BROWSER", "off")
+            .env("MINIO_UPDATE", "off")
+            .env("HOME", self.dir.path());
         self.child = Some(spawn_watched(&mut cmd, &log));
         let port = self.port;
-        let up = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let up = wait_for(Duration::from_secs(60), Duration::from_millis(100), || {
+            live(port).then_some(())
         });
         assert!(
             up.is_some(),
-            "garage did not listen on {port}: {}",
+            "minio did not answer on {port}: {}",
             log_tail(&log, 20)
         );
     }
 
-    /// Runs `garage <args>` against this server (bounded retries while it settles).
-    pub fn garage(&self, args: &[&str]) -> Output {
-        Command::new(&deps().s3_server)
-            .arg("-c")
-            .arg(self.dir.path().join("garage.toml"))
+    /// Runs a boto3 snippet against this server with its credentials; `sys.argv[1]` is the
+    /// endpoint, the rest are `args`. Returns stdout; panics with stderr on failure.
+    pub fn boto3(&self, script: &str, args: &[&str]) -> String {
+        let out = Command::new(deps().barman_bin.join("python3"))
+            .args(["-c", script, &self.endpoint()])
             .args(args)
+            .envs(self.credentials.env())
             .stdin(Stdio::null())
             .output()
-            .expect("garage cli")
-    }
-
-    fn garage_ok(&self, args: &[&str]) -> String {
-        let mut last = None;
-        for _ in 0..50 {
-            let out = self.garage(args);
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).to_string();
-            }
-            last = Some(String::from_utf8_lossy(&out.stderr).to_string());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("garage {args:?} failed: {}", last.unwrap_or_default())
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "boto3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// Creates a bucket the key may read and write.
     pub fn create_bucket(&self, name: &str) {
-        self.garage_ok(&["bucket", "create", name]);
-        self.garage_ok(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            name,
-            "--key",
-            &self.credentials.access_key_id,
-        ]);
+        self.boto3(
+            "import boto3,sys\n\
+             boto3.client('s3',endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])\n",
+            &[name],
+        );
+    }
+
+    /// Temporary credentials (STS AssumeRole) allowed object reads and writes in every bucket
+    /// but not to create buckets: what a production key usually is. barman creates a missing
+    /// bucket when the key may, so "unknown bucket" needs such a key to be an error.
+    pub fn scoped_credentials(&self) -> Credentials {
+        let script = r#"import boto3,json,sys
+policy={"Version":"2012-10-17","Statement":[{"Effect":"Allow","Resource":["arn:aws:s3:::*"],
+ "Action":["s3:GetObject","s3:PutObject","s3:DeleteObject","s3:ListBucket","s3:GetBucketLocation"]}]}
+sts=boto3.client('sts',endpoint_url=sys.argv[1])
+c=sts.assume_role(RoleArn='arn:aws:iam::minio:role/pgwarden-tests',RoleSessionName='pgwarden-tests',
+ Policy=json.dumps(policy),DurationSeconds=3600)['Credentials']
+print(c['AccessKeyId']);print(c['SecretAccessKey']);print(c['SessionToken'])
+"#;
+        let out = self.boto3(script, &[]);
+        let mut lines = out.lines().map(str::to_string);
+        let mut next = || lines.next().expect("three lines from assume_role");
+        Credentials {
+            access_key_id: next(),
+            secret_access_key: next(),
+            session_token: Some(next()),
+            region: self.credentials.region.clone(),
+        }
+    }
+
+    /// The server-side encryption the store reports for an object (`None` when plain).
+    pub fn encryption_of(&self, bucket: &str, key: &str) -> Option<String> {
+        let out = self.boto3(
+            "import boto3,sys\n\
+             h=boto3.client('s3',endpoint_url=sys.argv[1]).head_object(Bucket=sys.argv[2],Key=sys.argv[3])\n\
+             print(h.get('ServerSideEncryption') or '')\n",
+            &[bucket, key],
+        );
+        Some(out.trim().to_string()).filter(|s| !s.is_empty())
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -342,21 +361,35 @@ admin_token = "{token}"
             p=s3.get_paginator('list_objects_v2')\n\
             for page in p.paginate(Bucket=sys.argv[2],Prefix=sys.argv[3]):\n\
             \x20   [print(o['Key']) for o in page.get('Contents',[])]\n";
-        let out = Command::new(deps().barman_bin.join("python3"))
-            .args(["-c", script, &self.endpoint(), bucket, prefix])
-            .envs(self.credentials.env())
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "listing failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        self.boto3(script, &[bucket, prefix])
             .lines()
             .map(str::to_string)
             .collect()
     }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// MinIO's liveness probe answers 200 once the server serves requests.
+fn live(port: u16) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /minio/health/live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut head = [0u8; 12];
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && head.ends_with(b" 200")
 }
 
 impl Drop for S3Server {
@@ -495,6 +528,25 @@ impl Instance {
             "the agent did not start PostgreSQL: {}",
             log_tail(&self.log(), 40)
         );
+    }
+
+    /// Kills the agent alone with SIGKILL, as a crash or the OOM killer would; its exit.
+    pub fn kill_agent(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the agent runs");
+        child.kill().expect("SIGKILL the agent");
+        child.wait().expect("the agent's exit")
+    }
+
+    /// Starts the agent again on the same PGDATA and settings; waits for PostgreSQL.
+    pub fn restart_agent(&mut self) {
+        self.spawn();
+    }
+
+    /// The pid in PGDATA's `postmaster.pid`, when that process is alive.
+    pub fn live_postmaster(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pgdata().join("postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        alive(pid).then_some(pid)
     }
 
     /// Stops the agent with SIGTERM (fast shutdown of PostgreSQL).

@@ -1,11 +1,14 @@
 //! End to end on the data path: real PostgreSQL run by `pgwarden instance run`, WAL archived
-//! by `pgwarden instance wal-archive` through barman-cloud into a real S3 server (Garage),
+//! by `pgwarden instance wal-archive` through barman-cloud into a real S3 server (MinIO),
 //! backups taken and restored, faults injected. Needs `cargo xtask setup`.
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use pgwarden_crds::Encryption;
+use pgwarden_crds::settings::BackupSettings;
 use pgwarden_tests::datapath::{
-    Credentials, Instance, InstanceOptions, S3Server, archive_settings, log_tail, wait_for,
+    Credentials, Instance, InstanceOptions, S3Server, alive, archive_settings, log_tail, wait_for,
 };
 
 const MIN: Duration = Duration::from_secs(60);
@@ -230,7 +233,7 @@ fn store_errors_name_their_cause_and_never_the_secret() {
     let mut unknown = archive_settings(&s3, "no-such-bucket", "pg-errors");
     let other = Instance::start(InstanceOptions {
         settings: unknown.clone(),
-        credentials: s3.credentials.clone(),
+        credentials: s3.scoped_credentials(),
         extra_args: vec![],
         env: vec![],
     });
@@ -325,4 +328,112 @@ fn retention_keeps_backups_inside_the_window_and_deletion_removes_one() {
         left[0].contains(second["backupId"].as_str().unwrap()),
         "{left:?}"
     );
+}
+
+/// Server-side encryption as decided: WAL and base-backup objects are stored with `AES256`
+/// (SSE-S3) or `aws:kms` (SSE-KMS with the store's key), as the store itself reports them, and a
+/// restore reads them back.
+#[test]
+fn server_side_encryption_is_what_the_store_applies_and_restores() {
+    let s3 = S3Server::start();
+    s3.create_bucket("sse");
+    let mut settings = archive_settings(&s3, "sse", "pg-sse");
+    let pg = Instance::start(InstanceOptions {
+        settings: settings.clone(),
+        credentials: s3.credentials.clone(),
+        extra_args: vec![],
+        env: vec![],
+    });
+    let archived = |wal: &str| {
+        assert!(
+            pg.wait_archived(wal, 2 * MIN),
+            "{wal} not archived: {}",
+            log_tail(&pg.log(), 30)
+        );
+        let keys = s3.list("sse", "pg/pg-sse/wals/");
+        keys.into_iter()
+            .find(|k| k.contains(wal))
+            .unwrap_or_else(|| panic!("{wal} is not in the store"))
+    };
+    let plain = archived(&pg.switch_wal());
+    assert_eq!(s3.encryption_of("sse", &plain), None, "{plain}");
+
+    // The agent reads the settings on every call: each segment goes as they say then.
+    settings.encryption = Some(Encryption::Aes256);
+    pg.write_settings(&settings);
+    pg.psql("CREATE TABLE s(v int); INSERT INTO s VALUES (1)");
+    let aes = archived(&pg.switch_wal());
+    assert_eq!(
+        s3.encryption_of("sse", &aes).as_deref(),
+        Some("AES256"),
+        "{aes}"
+    );
+
+    settings.encryption = Some(Encryption::AwsKms);
+    pg.write_settings(&settings);
+    pg.psql("INSERT INTO s VALUES (2)");
+    let kms = archived(&pg.switch_wal());
+    assert_eq!(
+        s3.encryption_of("sse", &kms).as_deref(),
+        Some("aws:kms"),
+        "{kms}"
+    );
+
+    let backup = BackupSettings {
+        target_pod: "pg-sse-1".into(),
+        compression: None,
+        encryption: Some(Encryption::AwsKms),
+        jobs: 2,
+        immediate_checkpoint: true,
+    };
+    let file = pg.dir.path().join("backup-sse.json");
+    std::fs::write(&file, serde_json::to_vec(&backup).unwrap()).unwrap();
+    let out = pg.pgwarden(&[
+        "backup",
+        "--name",
+        "backup-sse",
+        "--settings",
+        &file.display().to_string(),
+    ]);
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success() && facts["state"] == "succeeded",
+        "backup failed: {}\n{facts}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup_id = facts["backupId"].as_str().expect("backup id").to_string();
+    let objects = s3.list("sse", &format!("pg/pg-sse/base/{backup_id}/"));
+    assert!(!objects.is_empty(), "no objects for backup {backup_id}");
+    for key in &objects {
+        assert_eq!(
+            s3.encryption_of("sse", key).as_deref(),
+            Some("aws:kms"),
+            "{key}"
+        );
+    }
+
+    pg.psql("INSERT INTO s VALUES (3)");
+    archived(&pg.switch_wal());
+    let restored = restored(&s3, &pg, &backup_id, "pg-sse-restored", &[]);
+    assert_eq!(restored.psql("SELECT count(*) FROM s"), "3");
+}
+
+/// The agent killed with SIGKILL takes PostgreSQL with it: nothing is left holding PGDATA, and
+/// a new agent starts on the same data with every committed row.
+#[test]
+fn a_killed_agent_leaves_no_postgres_behind() {
+    let s3 = S3Server::start();
+    let mut pg = primary(&s3, "killed", "pg-killed");
+    pg.psql("CREATE TABLE k(v int); INSERT INTO k SELECT generate_series(1, 100)");
+    let postmaster = pg.live_postmaster().expect("a running postmaster");
+
+    let status = pg.kill_agent();
+    assert_eq!(status.signal(), Some(9), "{status}");
+    let gone = wait_for(Duration::from_secs(30), Duration::from_millis(200), || {
+        (!alive(postmaster)).then_some(())
+    });
+    assert!(gone.is_some(), "postgres {postmaster} outlived its agent");
+
+    pg.restart_agent();
+    assert_eq!(pg.psql("SELECT count(*) FROM k"), "100");
 }

@@ -167,7 +167,7 @@ fn bench_wal_archiving_parallel_vs_plain() {
         .collect();
     let doc = json!({
         "benchmark": "wal-archiving",
-        "store": "garage (single node, 127.0.0.1)",
+        "store": "minio (single node, 127.0.0.1)",
         "wal_segment_bytes": 16 * 1024 * 1024,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "results": results,

@@ -125,15 +125,32 @@ impl Postgres {
         Ok(())
     }
 
-    /// Starts the postmaster as a child process.
+    /// Starts the postmaster as a child process that quits (immediate shutdown) when the agent
+    /// dies, even by SIGKILL: no orphaned PostgreSQL holds PGDATA after the agent is gone.
     pub fn spawn(&self) -> Result<std::process::Child> {
         std::fs::create_dir_all(&self.socket_dir)?;
         self.run_as.own(&self.socket_dir, false)?;
-        self.tool("postgres")
-            .arg("-D")
-            .arg(&self.pgdata)
-            .spawn()
-            .context("cannot start postgres")
+        self.wait_previous_postmaster(Duration::from_secs(30))?;
+        let mut cmd = self.tool("postgres");
+        cmd.arg("-D").arg(&self.pgdata);
+        quit_with_parent(&mut cmd);
+        spawn_from_lasting_thread(cmd).context("cannot start postgres")
+    }
+
+    /// A postmaster of an earlier agent (killed) may still be shutting down: wait for it to
+    /// release PGDATA rather than fail on PostgreSQL's lock file.
+    fn wait_previous_postmaster(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while let Some(pid) = live_postmaster(&self.pgdata) {
+            if start.elapsed() > timeout {
+                bail!(
+                    "PostgreSQL (pid {pid}) from an earlier run still holds {}; stop it first",
+                    self.pgdata.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
     }
 
     /// Runs one query through psql and returns its unaligned, tuples-only output.
@@ -301,6 +318,51 @@ fn pg_timestamp(ts: &str) -> String {
                 .to_string()
         })
         .unwrap_or_else(|_| ts.to_string())
+}
+
+/// The pid in PGDATA's `postmaster.pid` when that process is alive.
+fn live_postmaster(pgdata: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    alive.then_some(pid)
+}
+
+/// Asks the kernel to send the child SIGQUIT (PostgreSQL's immediate shutdown) when its
+/// parent dies.
+#[allow(unsafe_code)]
+fn quit_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes two async-signal-safe
+    // system calls (prctl, getppid); it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGQUIT)?;
+            // The parent may have died before prctl: then nobody would send the signal.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the agent exited while starting postgres",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The kernel sends the parent-death signal when the *thread* that forked the child ends, not
+/// the process: fork from a thread that lives as long as the agent, never from a pool thread.
+fn spawn_from_lasting_thread(mut cmd: Command) -> std::io::Result<std::process::Child> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("postmaster-parent".into())
+        .spawn(move || {
+            let _ = tx.send(cmd.spawn());
+            loop {
+                std::thread::park();
+            }
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the postmaster's parent thread ended"))?
 }
 
 #[cfg(test)]
