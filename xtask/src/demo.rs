@@ -1,9 +1,11 @@
 //! `cargo xtask demo [--once]`: the seed scenario on one machine.
 //!
 //! ```text
-//!   setup ─► control plane ─► S3 server (Garage) + bucket + generated key ─► local node
+//!   setup ─► control plane ─► S3 server (MinIO) + bucket + generated key ─► local node
 //!         ─► CRDs ─► pgwarden operator ─► seed manifests (Secret, Cluster, Backup)
 //!         ─► wait: instance Ready · WAL archived · Backup completed ─► kubectl describe
+//!         ─► ScheduledBackup "* * * * *": its first Backup completes
+//!         ─► examples/local/recovery.yaml: a Cluster restored from the Backup, rows checked
 //! ```
 //!
 //! Without `--once` the control plane is the sandbox's (`.state/sandbox`, fixed ports) and the
@@ -62,8 +64,11 @@ impl Plane {
             .map_err(|e| anyhow::anyhow!("kubectl {}: {e}", args.join(" ")))
     }
 
+    /// `kubectl <args> -o json`, each request bounded: a wedged API server makes the step
+    /// fail with its deadline instead of hanging the demo.
     fn json(&self, args: &[&str]) -> Option<Value> {
-        let mut all = args.to_vec();
+        let mut all = vec!["--request-timeout=20s"];
+        all.extend(args);
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.kubectl(&all, None).ok()?).ok()
     }
@@ -81,7 +86,7 @@ fn demo(once: bool) -> Result<()> {
     let state = paths::state().join("demo");
     let plane = step("control plane", || start_plane(once))?;
     let s3 = step(
-        "S3 server (Garage) with a bucket and a generated key",
+        "S3 server (MinIO) with a bucket and a generated key",
         || {
             let s3 = S3Server::start();
             s3.create_bucket(BUCKET);
@@ -120,7 +125,8 @@ fn demo(once: bool) -> Result<()> {
         })
     }
     .and_then(|()| scenario(&plane, &s3, &operator))
-    .and_then(|()| scheduled(&plane));
+    .and_then(|()| scheduled(&plane))
+    .and_then(|()| recovery(&plane, &s3));
     if let Err(e) = &result {
         println!("demo: FAILED: {e:#}");
         println!("demo: operator log tail:\n{}", tail(&operator.log, 30));
@@ -185,8 +191,8 @@ fn start_node(plane: &Plane, dir: &Path, fresh: bool) -> Result<LocalNode> {
         ),
         ("PGWARDEN_PG_BIN", pg_bin.clone()),
         ("PGWARDEN_BARMAN_BIN", barman_bin.clone()),
-        // Garage signs for its own region name.
-        ("AWS_DEFAULT_REGION", "garage".into()),
+        // The store's region (the S3 server signs for it).
+        ("AWS_DEFAULT_REGION", "us-east-1".into()),
         ("PGWARDEN_LISTEN_ADDRESSES", "{podIP}".into()),
         ("PGWARDEN_SOCKET_DIR", "{podDir}/run".into()),
         ("PGHOST", "{podDir}/run".into()),
@@ -381,16 +387,20 @@ fn apply_when_admitted(plane: &Plane, yaml: &str) -> Result<String> {
     }
 }
 
-/// Ends the current WAL segment (as `postgres`, on the pod's socket) so one is archived now
-/// rather than after `archive_timeout`.
+/// Writes the demo's rows and ends the current WAL segment (as `postgres`, on the pod's
+/// socket) so one is archived now rather than after `archive_timeout`.
 fn switch_wal(pod: Option<&Value>) -> bool {
-    let Some(uid) = pod.and_then(|p| p["metadata"]["uid"].as_str()) else {
-        return false;
-    };
+    let sql = "CREATE TABLE IF NOT EXISTS demo(id int); INSERT INTO demo SELECT generate_series(1,1000); SELECT pg_switch_wal();";
+    pod.is_some_and(|p| psql(p, sql).is_some())
+}
+
+/// Runs `sql` with psql as `postgres` on the pod's unix socket (the local node keeps it under
+/// the pod's folder); its output, or `None` if psql failed.
+fn psql(pod: &Value, sql: &str) -> Option<String> {
+    let uid = pod["metadata"]["uid"].as_str()?;
     let socket = paths::state().join("demo/node/pods").join(uid).join("run");
     let psql = PathBuf::from(std::env::var("PGWARDEN_PG_BIN").unwrap_or_default()).join("psql");
-    let sql = "CREATE TABLE IF NOT EXISTS demo(id int); INSERT INTO demo SELECT generate_series(1,1000); SELECT pg_switch_wal();";
-    Command::new("runuser")
+    let out = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(psql)
         .args([
@@ -403,10 +413,82 @@ fn switch_wal(pod: Option<&Value>) -> bool {
             "-qAtc",
             sql,
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `examples/local/recovery.yaml`: a second Cluster restored from `backup-example`; waits for
+/// its instance to be ready and shows the rows written before the backup are there.
+fn recovery(plane: &Plane, s3: &S3Server) -> Result<()> {
+    let path = paths::root().join("examples/local/recovery.yaml");
+    let yaml = std::fs::read_to_string(&path)
+        .context("examples/local/recovery.yaml")?
+        .replace(
+            "endpointURL: \"http://127.0.0.1:9000\"",
+            &format!("endpointURL: \"{}\"", s3.endpoint()),
+        );
+    step(
+        "Cluster postgresql-restored (examples/local/recovery.yaml), bootstrap.recovery from Backup backup-example",
+        || plane.kubectl(&["apply", "-f", "-"], Some(&yaml)),
+    )?;
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < WAIT {
+        let pod = plane.json(&["get", "pod", "postgresql-restored-1"]);
+        let cluster = plane.json(&["get", "cluster", "postgresql-restored"]);
+        let ready = pod.as_ref().is_some_and(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        let line = format!(
+            "pod postgresql-restored-1: {} | Cluster: {}",
+            pod.as_ref().map_or("absent".to_string(), |p| format!(
+                "{} {}",
+                p["status"]["phase"].as_str().unwrap_or("?"),
+                if ready { "ready" } else { "not-ready" }
+            )),
+            cluster
+                .as_ref()
+                .and_then(|c| c["status"]["phase"].as_str())
+                .unwrap_or("-")
+        );
+        if line != last {
+            println!("demo: [{:>4.0?}] {line}", start.elapsed());
+            last = line;
+        }
+        if let (true, Some(pod)) = (ready, pod.as_ref()) {
+            // Ready accepts connections during the WAL replay too: wait for its promotion.
+            let count = psql(pod, "SELECT count(*) FROM demo");
+            let recovering = psql(pod, "SELECT pg_is_in_recovery()");
+            let line = format!(
+                "psql on postgresql-restored-1: SELECT count(*) FROM demo → {}; pg_is_in_recovery() → {}",
+                count.as_deref().unwrap_or("(failed)"),
+                recovering.as_deref().unwrap_or("(failed)")
+            );
+            if line != last {
+                println!("demo: [{:>4.0?}] {line}", start.elapsed());
+                last = line;
+            }
+            if recovering.as_deref() == Some("f") {
+                if count.as_deref() != Some("1000") {
+                    bail!("the restored Cluster does not have the demo's 1000 rows");
+                }
+                println!(
+                    "demo: the 1000 rows written before backup-example are in the restored Cluster"
+                );
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!("postgresql-restored-1 was not ready within {WAIT:?}")
 }
 
 /// A ScheduledBackup firing every minute; waits for its first Backup to complete.
@@ -473,7 +555,25 @@ spec:
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    bail!("no scheduled Backup completed within {WAIT:?}")
+    let scheduled = plane
+        .json(&["get", "scheduledbackup", "backup-every-minute"])
+        .unwrap_or_default();
+    let events = plane
+        .kubectl(
+            &[
+                "--request-timeout=20s",
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=backup-every-minute",
+            ],
+            None,
+        )
+        .unwrap_or_default();
+    bail!(
+        "no scheduled Backup completed within {WAIT:?}; the ScheduledBackup's status: {}; its events:\n{events}",
+        scheduled["status"]
+    )
 }
 
 /// The sandbox keeps its objects between runs: the demo starts from none of its own.
@@ -481,6 +581,7 @@ fn forget_earlier(plane: &Plane) -> Result<()> {
     plane.kubectl(
         &[
             "delete",
+            "cluster/postgresql-restored",
             "scheduledbackup/backup-every-minute",
             "backup/backup-example",
             "cluster/postgresql-bkp",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use pgwarden_crds::settings::pod::LABEL_CLUSTER;
 use pgwarden_crds::{ArchiveStatus, BackupPhase, Cluster, condition_types as types};
@@ -20,10 +21,47 @@ use super::context::Context;
 use super::errors::{Error, Result};
 use super::observe::{self, Instances, MissingSecret};
 use super::registry::Named;
-use crate::plan::{self, Action, ClusterDecisions, EventType, guardrails, reference};
+use crate::plan::{
+    self, Action, Bootstrap, ClusterDecisions, EventType, RecoveryWait, Restore, guardrails,
+    reference,
+};
 
-/// Asks the policy, plans, checks and applies; returns the policy that decided.
-async fn decide_and_apply(cluster: &Cluster, ctx: &Context) -> Result<Named> {
+/// The restore of a recovery Cluster, from the Backup it names and that Backup's Cluster as
+/// observed.
+fn restore(cluster: &Cluster, ctx: &Context) -> std::result::Result<Option<Restore>, RecoveryWait> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let recovery = cluster
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.recovery.as_ref());
+    let backup = recovery
+        .and_then(|r| r.backup.as_ref())
+        .and_then(|b| ctx.stores.backups.get(&ObjectRef::new(&b.name).within(&ns)));
+    let backup_cluster = backup.as_ref().and_then(|b| {
+        ctx.stores
+            .clusters
+            .get(&ObjectRef::new(&b.spec.cluster.name).within(&ns))
+    });
+    plan::recovery(cluster, backup.as_deref(), backup_cluster.as_deref())
+}
+
+/// Whether the Cluster already has an instance pod: a recovery waits only before its first.
+fn has_pods(cluster: &Cluster, ctx: &Context) -> bool {
+    let (ns, name) = (cluster.namespace(), cluster.name_any());
+    ctx.stores
+        .pods
+        .state()
+        .iter()
+        .any(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
+}
+
+/// Asks the policy, plans, checks and applies; returns the policy that decided and, for a
+/// recovery that cannot start yet, why.
+async fn decide_and_apply(
+    cluster: &Cluster,
+    ctx: &Context,
+) -> Result<(Named, Option<RecoveryWait>)> {
     let named = ctx.policies.for_cluster(cluster)?;
     let input = cluster.clone();
     let started = Instant::now();
@@ -32,10 +70,18 @@ async fn decide_and_apply(cluster: &Cluster, ctx: &Context) -> Result<Named> {
         .run(move |p| ClusterDecisions::from_policy(p, &input))
         .await;
     ctx.metrics.policy_call("cluster", started.elapsed());
-    let actions = plan::plan_cluster(cluster, &decisions?)?;
+    let restore = restore(cluster, ctx);
+    let (bootstrap, waiting) = match &restore {
+        Ok(r) => (Bootstrap::Decided(r.as_ref()), None),
+        // Bootstrapped already (its Backup since deleted, say): the pods stay as they are, as
+        // a restore happens once.
+        Err(_) if has_pods(cluster, ctx) => (Bootstrap::Waiting, None),
+        Err(w) => (Bootstrap::Waiting, Some(w.clone())),
+    };
+    let actions = plan::plan_cluster_restoring(cluster, &decisions?, bootstrap)?;
     guardrails::check(&plan::subject(cluster), &actions)?;
     apply::apply(ctx, &actions).await?;
-    Ok(named)
+    Ok((named, waiting))
 }
 
 /// `ContinuousArchiving` from the agent's facts.
@@ -92,9 +138,9 @@ pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
 }
 
 /// `PolicyApplied` from the outcome of the decisions.
-fn applied(outcome: &Result<Named>) -> Wanted {
+fn applied(outcome: &Result<(Named, Option<RecoveryWait>)>) -> Wanted {
     match outcome {
-        Ok(named) => Wanted::ok(
+        Ok((named, _)) => Wanted::ok(
             types::POLICY_APPLIED,
             "Applied",
             format!(
@@ -188,23 +234,25 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         (Some(_), true) => archiving(status.archive.as_ref()),
     };
     let (last_ok, last_failed, last_backup) = last_backups(&ctx, &cluster);
-    let mut wanted = vec![
-        readiness(cluster.spec.instances, &instances),
-        archiving,
-        applied(&outcome),
-    ];
+    let waiting = outcome.as_ref().ok().and_then(|(_, w)| w.clone());
+    let ready = match &waiting {
+        Some(w) => Wanted::failed(types::READY, w.reason, w.message.clone()),
+        None => readiness(cluster.spec.instances, &instances),
+    };
+    let mut wanted = vec![ready, archiving, applied(&outcome)];
     wanted.extend(last_backup);
     let generation = cluster.meta().generation;
     let conditions = conditions::set_all(&status.conditions, &wanted, generation, now);
     let phase = match (&outcome, instances.ready >= cluster.spec.instances) {
         (Err(_), _) => "Policy not applied",
+        (Ok((_, Some(_))), _) => "Waiting for the backup to recover from",
         (Ok(_), true) => "Cluster in healthy state",
         (Ok(_), false) => "Setting up instances",
     };
     let policy = outcome
         .as_ref()
         .ok()
-        .map(|n| json!({"name": n.name, "digest": n.policy.digest()}));
+        .map(|(n, _)| json!({"name": n.name, "digest": n.policy.digest()}));
     let patch = json!({
         "phase": phase,
         "instances": instances.total,
@@ -228,7 +276,9 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
             ctx.metrics.failed("Cluster", e.metric_label());
             Ok(Requeue::requeue(Duration::from_secs(30)))
         }
-        Ok(_) if !missing.is_empty() => Ok(Requeue::requeue(Duration::from_secs(15))),
+        Ok(_) if !missing.is_empty() || waiting.is_some() => {
+            Ok(Requeue::requeue(Duration::from_secs(10)))
+        }
         Ok(_) => Ok(Requeue::requeue(Duration::from_secs(300))),
     }
 }

@@ -21,12 +21,13 @@ pub mod retention;
 pub use actions::{Action, EventType, ObjectRef};
 pub use backup::{backup_subject, plan_backup, plan_schedule, scheduled_subject};
 pub use cluster::{
-    ClusterDecisions, check_template, claim, instance_pod, owner, plan_cluster, reference, service,
-    settings_config_map, subject,
+    Bootstrap, ClusterDecisions, RESTORE_SOURCE_KEY, RecoveryWait, Restore, check_template, claim,
+    instance_pod, owner, plan_cluster, plan_cluster_restoring, recovery, reference, restore_args,
+    service, settings_config_map, subject, with_restore,
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
-
 pub use retention::{RetentionInput, plan_retention, retention_subject};
+
 #[cfg(test)]
 mod tests;
