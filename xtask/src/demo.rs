@@ -436,7 +436,7 @@ fn recovery(plane: &Plane, s3: &S3Server) -> Result<()> {
         || plane.kubectl(&["apply", "-f", "-"], Some(&yaml)),
     )?;
     let start = Instant::now();
-    let mut last = String::new();
+    let (mut last, mut last_psql) = (String::new(), String::new());
     while start.elapsed() < WAIT {
         let pod = plane.json(&["get", "pod", "postgresql-restored-1"]);
         let cluster = plane.json(&["get", "cluster", "postgresql-restored"]);
@@ -472,9 +472,9 @@ fn recovery(plane: &Plane, s3: &S3Server) -> Result<()> {
                 count.as_deref().unwrap_or("(failed)"),
                 recovering.as_deref().unwrap_or("(failed)")
             );
-            if line != last {
+            if line != last_psql {
                 println!("demo: [{:>4.0?}] {line}", start.elapsed());
-                last = line;
+                last_psql = line;
             }
             if recovering.as_deref() == Some("f") {
                 if count.as_deref() != Some("1000") {
