@@ -131,8 +131,21 @@ pub struct BackupDeletion {
     pub pod_name: Option<String>,
     /// The attempt the operator asks for (from 1); each attempt runs once.
     pub attempt: Option<u32>,
+    /// What becomes of this Backup object once the backup is deleted, as the policy said.
+    pub object: Option<ExpiredObject>,
     /// What the agent reported.
     pub agent: Option<BackupDeletionAgent>,
+}
+
+/// What becomes of the object of a Backup whose backup the retention policy deletes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiredObject {
+    /// The Backup object is deleted with its backup.
+    #[default]
+    Remove,
+    /// The Backup object stays, with the condition `Deleted` (reason `DeletedByRetention`).
+    Keep,
 }
 
 /// What the instance agent reports about a deletion it ran.

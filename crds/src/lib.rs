@@ -24,7 +24,7 @@ pub mod settings;
 
 pub use backup::{
     Backup, BackupAgentState, BackupAgentStatus, BackupDeletion, BackupDeletionAgent, BackupPhase,
-    BackupSpec, BackupStatus, BackupTarget, InstanceId,
+    BackupSpec, BackupStatus, BackupTarget, ExpiredObject, InstanceId,
 };
 pub use cluster::{
     ArchiveStatus, Bootstrap, BootstrapInitDb, BootstrapRecovery, Cluster, ClusterSpec,

@@ -124,7 +124,7 @@ fn the_disk_cache_serves_a_new_engine() {
         .unwrap()
         .load(&bytes, Limits::default())
         .unwrap();
-    assert_eq!(policy.abi_version(), "0.1.0");
+    assert_eq!(policy.abi_version(), pgwarden_sdk::types::ABI_VERSION);
 }
 
 fn walk(dir: &Path) -> usize {

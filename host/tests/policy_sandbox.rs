@@ -236,7 +236,7 @@ fn a_component_without_the_exports_is_an_abi_mismatch() {
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
     assert!(
         err.to_string()
-            .starts_with("the policy module does not match ABI pgwarden:policy@0.1.0"),
+            .starts_with("the policy module does not match ABI pgwarden:policy@0.2.0"),
         "{err}"
     );
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{BackupPhase, DataCompression, Encryption, WalCompression};
 
-use crate::types::{Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition};
+use crate::types::{Expiry, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition};
 use crate::wit;
 
 /// Seconds since the epoch → a UTC time (out-of-range values clamp to the epoch).
@@ -202,6 +202,26 @@ pub(crate) fn schedule_to_wit(d: ScheduleDecision) -> wit::ScheduleDecision {
             scheduled_at: r.scheduled_at.timestamp(),
         }),
         next_run: d.next_run.map(|t| t.timestamp()),
+    }
+}
+
+pub(crate) fn expiry_to_wit(e: Expiry) -> wit::Expiry {
+    wit::Expiry {
+        name: e.name,
+        object: match e.object {
+            pgwarden_crds::ExpiredObject::Remove => wit::ExpiredObject::Remove,
+            pgwarden_crds::ExpiredObject::Keep => wit::ExpiredObject::Keep,
+        },
+    }
+}
+
+pub(crate) fn expiry_from_wit(e: wit::Expiry) -> Expiry {
+    Expiry {
+        name: e.name,
+        object: match e.object {
+            wit::ExpiredObject::Remove => pgwarden_crds::ExpiredObject::Remove,
+            wit::ExpiredObject::Keep => pgwarden_crds::ExpiredObject::Keep,
+        },
     }
 }
 

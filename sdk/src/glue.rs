@@ -84,14 +84,21 @@ impl<P: Policy> wit::Guest for Exports<P> {
         Ok(schedule_to_wit(P::schedule(&scheduled, time(now))?))
     }
 
-    fn retention(cluster: String, backups: Vec<String>, now: i64) -> Result<Vec<String>, String> {
+    fn retention(
+        cluster: String,
+        backups: Vec<String>,
+        now: i64,
+    ) -> Result<Vec<wit::Expiry>, String> {
         quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
         let backups = backups
             .iter()
             .map(|b| parse("Backup", b))
             .collect::<Result<Vec<_>, _>>()?;
-        P::retention(&cluster, &backups, time(now))
+        Ok(P::retention(&cluster, &backups, time(now))?
+            .into_iter()
+            .map(crate::convert::expiry_to_wit)
+            .collect())
     }
 }
 

@@ -46,12 +46,13 @@ pub mod prelude {
     pub use crate::names;
     pub use crate::policy::{Decided, Policy};
     pub use crate::types::{
-        BackupFacts, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition,
+        BackupFacts, Expiry, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition,
     };
     pub use chrono::{DateTime, Duration, Utc};
     pub use k8s_openapi::api::core::v1::PodTemplateSpec;
     pub use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
     pub use pgwarden_crds::{
-        Backup, BackupPhase, Cluster, DataCompression, Encryption, ScheduledBackup, WalCompression,
+        Backup, BackupPhase, Cluster, DataCompression, Encryption, ExpiredObject, ScheduledBackup,
+        WalCompression,
     };
 }

@@ -7,7 +7,7 @@ use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 
 use crate::defaults;
-use crate::types::{BackupFacts, Instance, ScheduleDecision, Transition};
+use crate::types::{BackupFacts, Expiry, Instance, ScheduleDecision, Transition};
 
 /// A decision, or a denial: a message that tells the user what to change.
 pub type Decided<T> = Result<T, String>;
@@ -44,12 +44,16 @@ pub trait Policy {
         defaults::schedule(scheduled, now)
     }
 
-    /// Names of the Backups of `cluster` to delete.
+    /// The Backups of `cluster` whose backups to delete from the store, and whether their
+    /// objects go too (default: the seed's retention, objects removed).
     fn retention(
         cluster: &Cluster,
         backups: &[Backup],
         now: DateTime<Utc>,
-    ) -> Decided<Vec<String>> {
-        defaults::retention(cluster, backups, now)
+    ) -> Decided<Vec<Expiry>> {
+        Ok(defaults::retention(cluster, backups, now)?
+            .into_iter()
+            .map(Expiry::remove)
+            .collect())
     }
 }

@@ -103,11 +103,16 @@ impl<P: Policy> Native<P> {
                 cluster,
                 backups,
                 now,
-            } => Decision::Retention(E::<P>::retention(
-                json(cluster),
-                backups.iter().map(json).collect(),
-                now.timestamp(),
-            )?),
+            } => Decision::Retention(
+                E::<P>::retention(
+                    json(cluster),
+                    backups.iter().map(json).collect(),
+                    now.timestamp(),
+                )?
+                .into_iter()
+                .map(crate::convert::expiry_from_wit)
+                .collect(),
+            ),
         })
     }
 }

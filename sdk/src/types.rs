@@ -5,11 +5,11 @@
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
-use pgwarden_crds::{Backup, BackupPhase, Cluster, ScheduledBackup};
+use pgwarden_crds::{Backup, BackupPhase, Cluster, ExpiredObject, ScheduledBackup};
 use serde::{Deserialize, Serialize};
 
 /// The ABI version of this SDK: the version of the `pgwarden:policy` WIT package.
-pub const ABI_VERSION: &str = "0.1.0";
+pub const ABI_VERSION: &str = "0.2.0";
 
 /// The role of an instance.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +163,35 @@ pub enum Decision {
     BackupSettings(BackupSettings),
     BackupTransition(Transition),
     Schedule(ScheduleDecision),
-    Retention(Vec<String>),
+    Retention(Vec<Expiry>),
+}
+
+/// A Backup past the retention policy (`retention`): its backup is deleted from the store,
+/// and its object removed or kept marked deleted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    /// Name of the Backup.
+    pub name: String,
+    /// What becomes of the Backup object.
+    pub object: ExpiredObject,
+}
+
+impl Expiry {
+    /// The backup and its object go.
+    pub fn remove(name: impl Into<String>) -> Self {
+        Expiry {
+            name: name.into(),
+            object: ExpiredObject::Remove,
+        }
+    }
+
+    /// The backup goes; its object stays, marked deleted.
+    pub fn keep(name: impl Into<String>) -> Self {
+        Expiry {
+            name: name.into(),
+            object: ExpiredObject::Keep,
+        }
+    }
 }
 
 impl Decision {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::controlplane::{ControlPlane, Namespace, stop_pids, workspace_root};
 
@@ -503,6 +503,46 @@ pub fn now_rfc3339() -> String {
         .output()
         .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Backup of `cluster` with the status of one taken (or failed) `days_ago`, as the operator
+/// and its agent would have left it; `None` id: it failed before barman made a backup.
+pub fn past_backup(
+    ns: &Namespace<'_>,
+    name: &str,
+    cluster: &str,
+    days_ago: i64,
+    backup_id: Option<&str>,
+) {
+    apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Backup\nmetadata:\n  name: {name}\nspec:\n  cluster:\n    name: {cluster}\n"
+        ),
+    );
+    // The operator's first word first (pending), so it does not land after the history.
+    wait_json(ns, "backup", name, "phase set", |b| {
+        b["status"]["phase"].is_string()
+    });
+    let at = |d: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(d))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let mut status = json!({
+        "phase": if backup_id.is_some() { "completed" } else { "failed" },
+        "startedAt": at(days_ago), "stoppedAt": at(days_ago),
+        "destinationPath": "s3://BUCKET_NAME/path/to/folder", "serverName": cluster,
+        "instanceID": {"podName": format!("{cluster}-1")},
+    });
+    if let Some(id) = backup_id {
+        status["backupId"] = json!(id);
+    }
+    server_side_apply_status(
+        ns,
+        &json!({"apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Backup",
+                "metadata": {"name": name}, "status": status}),
+        "test-history",
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -428,3 +428,48 @@ fn a_module_from_a_url_is_pinned_by_its_sha256() {
     assert_eq!(p["status"]["lastError"], expected.as_str());
     assert_eq!(p["status"]["digest"], actual.as_str());
 }
+
+#[test]
+fn the_production_policy_keeps_the_objects_of_deleted_backups_marked_deleted() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-retention");
+    let _op = Operator::start(cp, &ns.name);
+    let name = format!("production-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    create_policy(&ns, &name, "production-policy", &policy("production"));
+    wait_policy_ready(&ns, &name);
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_yaml(
+        &ns,
+        &(cluster_yaml("pg", Some(&name), true) + "    retentionPolicy: 30d\n"),
+    );
+    wait_get(&ns, "pod", "pg-1");
+    past_backup(&ns, "old", "pg", 60, Some("20260926T000000"));
+    past_backup(&ns, "recent", "pg", 1, Some("20261124T000000"));
+
+    let asked = wait_json(&ns, "backup", "old", "deletion asked", |b| {
+        b["status"]["deletion"].is_object()
+    });
+    assert_eq!(asked["status"]["deletion"]["object"], "keep");
+    let patch =
+        pgwarden::instance::retention::report_patch("old", "pg-1", 1, &Ok(()), now_rfc3339());
+    server_side_apply_status(&ns, &patch, "pgwarden-agent");
+
+    let message = "backup 20260926T000000 was deleted from s3://BUCKET_NAME/path/to/folder: past the retention policy 30d";
+    let kept = wait_condition(&ns, "backup", "old", "Deleted", "True");
+    assert_eq!(
+        condition(&kept, "Deleted").unwrap(),
+        ("True".into(), "DeletedByRetention".into(), message.into())
+    );
+    assert_eq!(kept["status"]["phase"], "completed");
+    assert_eq!(kept["status"]["reason"], "DeletedByRetention");
+    wait_event(
+        &ns,
+        "pg",
+        "BackupDeleted",
+        &format!("{message}; Backup old is kept, marked Deleted"),
+    );
+    let describe = ns.kubectl(&["describe", "backup", "old"]).stdout;
+    assert!(describe.contains("DeletedByRetention"), "{describe}");
+    assert!(get(&ns, "backup", "recent").unwrap()["status"]["deletion"].is_null());
+}

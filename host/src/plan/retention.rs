@@ -8,7 +8,8 @@
 //!   expired ─────────────────────────────► status.deletion {Retention, pod, attempt 1}
 //!   the agent of that pod ───────────────► barman-cloud-backup-delete -b ID,
 //!                                          reports status.deletion.agent {attempt, state}
-//!   succeeded ───────────────────────────► delete the Backup, Event on the Cluster
+//!   succeeded, object: remove ───────────► delete the Backup, Event on the Cluster
+//!   succeeded, object: keep ─────────────► condition Deleted (DeletedByRetention), Event
 //!   failed ──────────────────────────────► reason DeleteFailed + Warning, again after 5 min
 //!   no answer for 10 min ────────────────► asked again (the pod may be gone)
 //! ```
@@ -17,7 +18,8 @@
 //! `status.deletion` are not shown to the policy again.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use pgwarden_crds::{Backup, BackupAgentState, BackupDeletion, Cluster};
+use pgwarden_crds::{Backup, BackupAgentState, BackupDeletion, Cluster, ExpiredObject};
+use pgwarden_sdk::types::Expiry;
 use serde_json::json;
 
 use super::actions::{Action, EventType};
@@ -39,8 +41,8 @@ pub struct RetentionInput<'a> {
     pub cluster: &'a Cluster,
     /// The Cluster's Backups (others are ignored).
     pub backups: &'a [Backup],
-    /// The policy's answer: names among [`candidates`].
-    pub expired: &'a [String],
+    /// The policy's answer: Backups among [`candidates`], with the fate of their objects.
+    pub expired: &'a [Expiry],
     /// The instance pod whose agent runs the deletions (the primary), if there is one.
     pub agent_pod: Option<&'a str>,
     pub now: DateTime<Utc>,
@@ -72,11 +74,23 @@ pub fn candidates(cluster: &Cluster, backups: &[Backup]) -> Vec<Backup> {
         .collect()
 }
 
+/// Reason and condition of a Backup kept after its backup was deleted.
+pub const DELETED: &str = "DeletedByRetention";
+
+/// A kept Backup whose deletion is over: nothing more to do.
+fn settled(backup: &Backup) -> bool {
+    backup.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Deleted" && c.status == "True")
+    })
+}
+
 /// Whether any Backup of the Cluster has a deletion under way (the reconcile polls then).
 pub fn in_flight(cluster: &Cluster, backups: &[Backup]) -> bool {
     backups
         .iter()
-        .any(|b| belongs(b, cluster) && deletion(b).is_some())
+        .any(|b| belongs(b, cluster) && deletion(b).is_some() && !settled(b))
 }
 
 fn policy_text(cluster: &Cluster) -> String {
@@ -107,12 +121,12 @@ pub fn retention_subject(cluster: &Cluster, backups: &[Backup], action: &Action)
 pub fn plan_retention(input: &RetentionInput<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     for backup in input.backups.iter().filter(|b| belongs(b, input.cluster)) {
-        match deletion(backup) {
-            None if input.expired.iter().any(|n| n == name(backup)) => {
-                expire(input, backup, &mut actions)
-            }
-            None => {}
-            Some(d) => follow(input, backup, d, &mut actions),
+        let expiry = input.expired.iter().find(|e| e.name == name(backup));
+        match (deletion(backup), expiry) {
+            (None, Some(e)) => expire(input, backup, e.object, &mut actions),
+            (None, None) => {}
+            (Some(_), _) if settled(backup) => {}
+            (Some(d), _) => follow(input, backup, d, &mut actions),
         }
     }
     if in_flight(input.cluster, input.backups) || !input.expired.is_empty() {
@@ -137,20 +151,56 @@ fn remove(backup: &Backup) -> Action {
     }
 }
 
-fn ask(backup: &Backup, pod: &str, attempt: u32, now: DateTime<Utc>) -> Action {
+fn ask(
+    backup: &Backup,
+    pod: &str,
+    attempt: u32,
+    object: ExpiredObject,
+    now: DateTime<Utc>,
+) -> Action {
     Action::PatchStatus {
         target: reference(backup),
         status: json!({ "deletion": {
             "reason": REASON, "requestedAt": stamp(now), "podName": pod, "attempt": attempt,
+            "object": object,
         }}),
     }
 }
 
+/// The Backup kept, marked deleted: condition `Deleted`, reason and message.
+fn mark_deleted(backup: &Backup, message: &str, now: DateTime<Utc>) -> Action {
+    let status = backup.status.clone().unwrap_or_default();
+    let mut conditions: Vec<serde_json::Value> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Deleted")
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    conditions.push(json!({
+        "type": "Deleted", "status": "True", "reason": DELETED, "message": message,
+        "lastTransitionTime": stamp(now),
+    }));
+    Action::PatchStatus {
+        target: reference(backup),
+        status: json!({ "reason": DELETED, "message": message, "conditions": conditions }),
+    }
+}
+
 /// A Backup the policy just expired.
-fn expire(input: &RetentionInput<'_>, backup: &Backup, actions: &mut Vec<Action>) {
+fn expire(
+    input: &RetentionInput<'_>,
+    backup: &Backup,
+    object: ExpiredObject,
+    actions: &mut Vec<Action>,
+) {
     let status = backup.status.clone().unwrap_or_default();
     let policy = policy_text(input.cluster);
     let Some(id) = status.backup_id else {
+        if object == ExpiredObject::Keep {
+            let message = format!("past the {policy}; it has no backup in the object store");
+            actions.push(mark_deleted(backup, &message, input.now));
+            return;
+        }
         actions.push(remove(backup));
         actions.push(Action::Event {
             regarding: reference(input.cluster),
@@ -166,7 +216,7 @@ fn expire(input: &RetentionInput<'_>, backup: &Backup, actions: &mut Vec<Action>
     let Some(pod) = input.agent_pod else {
         return;
     };
-    actions.push(ask(backup, pod, 1, input.now));
+    actions.push(ask(backup, pod, 1, object, input.now));
     actions.push(Action::Event {
         regarding: reference(backup),
         event_type: EventType::Normal,
@@ -201,7 +251,25 @@ fn follow(
     let id = status.backup_id.clone().unwrap_or_default();
     let asked = age(d.requested_at.as_deref(), input.now);
     let pod = d.pod_name.as_deref().unwrap_or_default();
+    let object = d.object.unwrap_or_default();
     match state {
+        Some(BackupAgentState::Succeeded) if object == ExpiredObject::Keep => {
+            let message = format!(
+                "backup {id} was deleted from {}: past the {}",
+                status
+                    .destination_path
+                    .as_deref()
+                    .unwrap_or("the object store"),
+                policy_text(input.cluster)
+            );
+            actions.push(mark_deleted(backup, &message, input.now));
+            actions.push(Action::Event {
+                regarding: reference(input.cluster),
+                event_type: EventType::Normal,
+                reason: "BackupDeleted".into(),
+                note: format!("{message}; Backup {} is kept, marked Deleted", name(backup)),
+            });
+        }
         Some(BackupAgentState::Succeeded) => {
             actions.push(remove(backup));
             actions.push(Action::Event {
@@ -242,12 +310,12 @@ fn follow(
             if asked >= RETRY_FAILED_SECONDS
                 && let Some(pod) = input.agent_pod
             {
-                actions.push(ask(backup, pod, attempt + 1, input.now));
+                actions.push(ask(backup, pod, attempt + 1, object, input.now));
             }
         }
         _ if asked >= RETRY_SILENT_SECONDS && state.is_none() => {
             if let Some(pod) = input.agent_pod {
-                actions.push(ask(backup, pod, attempt + 1, input.now));
+                actions.push(ask(backup, pod, attempt + 1, object, input.now));
             }
         }
         _ => {}
@@ -300,6 +368,7 @@ mod tests {
             requested_at: Some(at.into()),
             pod_name: Some("pg-1".into()),
             attempt: Some(attempt),
+            object: None,
             agent: agent.map(|(state, error)| BackupDeletionAgent {
                 attempt: Some(attempt),
                 state: Some(state),
@@ -311,7 +380,7 @@ mod tests {
 
     fn plan(backups: &[Backup], expired: &[&str], pod: Option<&str>) -> Vec<Action> {
         let c = cluster();
-        let expired: Vec<String> = expired.iter().map(|s| s.to_string()).collect();
+        let expired: Vec<Expiry> = expired.iter().map(|s| Expiry::remove(*s)).collect();
         plan_retention(&RetentionInput {
             cluster: &c,
             backups,
@@ -332,7 +401,7 @@ mod tests {
             actions[0],
             Action::PatchStatus {
                 target: reference(&backup("old", None, None)),
-                status: json!({"deletion": {"reason": "Retention", "requestedAt": "2026-11-25T08:00:00Z", "podName": "pg-1", "attempt": 1}}),
+                status: json!({"deletion": {"reason": "Retention", "requestedAt": "2026-11-25T08:00:00Z", "podName": "pg-1", "attempt": 1, "object": "remove"}}),
             }
         );
         let Action::Event { note, reason, .. } = &actions[1] else {
@@ -377,6 +446,50 @@ mod tests {
             note,
             "deleted backup X of Backup old from s3://b/p: past the retention policy 30d"
         );
+    }
+
+    #[test]
+    fn a_kept_backup_is_marked_deleted_once_and_then_left_alone() {
+        let c = cluster();
+        let expired = [Expiry::keep("old")];
+        let fresh = backup("old", Some("X"), None);
+        let actions = plan_retention(&RetentionInput {
+            cluster: &c,
+            backups: std::slice::from_ref(&fresh),
+            expired: &expired,
+            agent_pod: Some("pg-1"),
+            now: now(),
+        });
+        assert!(
+            matches!(&actions[0], Action::PatchStatus { status, .. } if status["deletion"]["object"] == "keep"),
+            "{actions:?}"
+        );
+
+        let mut d = asked(
+            1,
+            "2026-11-25T07:59:00Z",
+            Some((BackupAgentState::Succeeded, "")),
+        );
+        d.object = Some(ExpiredObject::Keep);
+        let done = backup("old", Some("X"), Some(d));
+        let actions = plan(std::slice::from_ref(&done), &[], Some("pg-1"));
+        let Action::PatchStatus { status, .. } = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        let message = "backup X was deleted from s3://b/p: past the retention policy 30d";
+        assert_eq!(status["reason"], DELETED);
+        assert_eq!(status["conditions"][0]["type"], "Deleted");
+        assert_eq!(status["conditions"][0]["message"], message);
+        assert!(
+            matches!(&actions[1], Action::Event { note, .. } if note == &format!("{message}; Backup old is kept, marked Deleted"))
+        );
+        assert!(!actions.iter().any(|a| matches!(a, Action::Delete { .. })));
+
+        // Marked: nothing more, and no polling.
+        let mut marked = done.clone();
+        let conditions = serde_json::from_value(status["conditions"].clone()).unwrap();
+        marked.status.as_mut().unwrap().conditions = conditions;
+        assert_eq!(plan(&[marked], &[], Some("pg-1")), vec![]);
     }
 
     #[test]

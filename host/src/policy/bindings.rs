@@ -3,7 +3,9 @@
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{BackupPhase, DataCompression, Encryption, WalCompression};
 use pgwarden_sdk::convert::time;
-use pgwarden_sdk::types::{Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition};
+use pgwarden_sdk::types::{
+    Expiry, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition,
+};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -91,6 +93,13 @@ pub fn transition(t: wit::Transition) -> Transition {
         reason: t.reason,
         message: t.message,
         requeue_after_seconds: t.requeue_after_seconds,
+    }
+}
+
+pub fn expiry(e: wit::Expiry) -> Expiry {
+    match e.object {
+        wit::ExpiredObject::Remove => Expiry::remove(e.name),
+        wit::ExpiredObject::Keep => Expiry::keep(e.name),
     }
 }
 

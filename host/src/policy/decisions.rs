@@ -7,7 +7,7 @@ use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 use pgwarden_sdk::testing::{Evaluator, json};
 use pgwarden_sdk::types::{
-    BackupFacts, Decision, Instance, Outcome, Request, ScheduleDecision, Transition,
+    BackupFacts, Decision, Expiry, Instance, Outcome, Request, ScheduleDecision, Transition,
 };
 use tracing::Instrument;
 
@@ -162,20 +162,21 @@ impl Policy {
         Ok(d)
     }
 
-    /// Names of the Backups of `cluster` to delete at `now`.
+    /// The Backups of `cluster` whose backups to delete at `now`, and the fate of their objects.
     #[tracing::instrument(skip_all, fields(digest = self.digest(), backups = backups.len()))]
     pub fn retention(
         &self,
         cluster: &Cluster,
         backups: &[Backup],
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Expiry>> {
         const D: &str = "retention";
         let texts: Vec<String> = backups.iter().map(json).collect();
         let doomed = self.call(D, |p, s| {
             p.call_retention(s, &json(cluster), &texts, now.timestamp())
         })?;
-        for name in &doomed {
+        let doomed: Vec<Expiry> = doomed.into_iter().map(bindings::expiry).collect();
+        for Expiry { name, .. } in &doomed {
             check(
                 D,
                 backups

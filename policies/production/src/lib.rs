@@ -8,6 +8,8 @@
 //! - WAL archived 4 files in parallel unless the Cluster says otherwise; 4 backup jobs.
 //! - Instance pods request at least 500m CPU and 1Gi of memory.
 //! - Backups run on a ready standby when there is one.
+//! - Retention as the default's, but the Backup objects of deleted backups stay, marked
+//!   `Deleted`: an audit trail of what was taken and when it was deleted.
 
 use pgwarden_sdk::crds::BackupTarget;
 use pgwarden_sdk::prelude::*;
@@ -66,6 +68,17 @@ impl Policy for ProductionPolicy {
             settings.jobs = 4;
         }
         Ok(settings)
+    }
+
+    fn retention(
+        cluster: &Cluster,
+        backups: &[Backup],
+        now: DateTime<Utc>,
+    ) -> Decided<Vec<Expiry>> {
+        Ok(defaults::retention(cluster, backups, now)?
+            .into_iter()
+            .map(Expiry::keep)
+            .collect())
     }
 }
 

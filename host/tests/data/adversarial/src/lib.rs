@@ -104,7 +104,11 @@ impl Guest for Raw {
     fn schedule(scheduled_backup: String, now: i64) -> Result<wit::ScheduleDecision, String> {
         Glue::schedule(scheduled_backup, now)
     }
-    fn retention(cluster: String, backups: Vec<String>, now: i64) -> Result<Vec<String>, String> {
+    fn retention(
+        cluster: String,
+        backups: Vec<String>,
+        now: i64,
+    ) -> Result<Vec<wit::Expiry>, String> {
         Glue::retention(cluster, backups, now)
     }
 }
