@@ -68,6 +68,9 @@ pub struct Here {
 pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
     let api: Api<Backup> = Api::namespaced(client, &here.namespace);
     let mut taken: HashSet<String> = HashSet::new();
+    // One barman-cloud-backup at a time: barman names a backup after the second it starts,
+    // so two started together would be one backup in the store (seen: "Unknown backup").
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects()
@@ -88,10 +91,10 @@ pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
         if !taken.insert(uid.clone()) {
             continue;
         }
-        let (here, reporter) = (here.clone(), reporter.clone());
-        tokio::spawn(
-            async move { take(&backup.name_any(), &uid, settings, &here, &reporter).await },
-        );
+        let (here, reporter, turn) = (here.clone(), reporter.clone(), one_at_a_time.clone());
+        tokio::spawn(async move {
+            take(&backup.name_any(), &uid, settings, &here, &reporter, &turn).await
+        });
     }
 }
 
@@ -124,7 +127,14 @@ async fn delete(object: &str, deletion: retention::Assigned, here: &Here, report
     }
 }
 
-async fn take(object: &str, uid: &str, settings: BackupSettings, here: &Here, reporter: &Reporter) {
+async fn take(
+    object: &str,
+    uid: &str,
+    settings: BackupSettings,
+    here: &Here,
+    reporter: &Reporter,
+    turn: &tokio::sync::Mutex<()>,
+) {
     eprintln!("pgwarden-agent: taking backup {object} ({uid})");
     let started = BackupFacts {
         name: uid.into(),
@@ -134,6 +144,8 @@ async fn take(object: &str, uid: &str, settings: BackupSettings, here: &Here, re
         ..Default::default()
     };
     report(reporter, object, &started).await;
+    // Reported started (the operator keeps it running), then waits for its turn.
+    let _turn = turn.lock().await;
     let (name, here2) = (uid.to_string(), here.clone());
     let facts = tokio::task::spawn_blocking(move || {
         let archive = layout::read_archive_settings(&here2.settings_dir)?;
