@@ -1,0 +1,216 @@
+//! The local node: a **stand-in for a kubelet**, not a kubelet. It lets the whole seed
+//! scenario run on one machine, with the real control plane, the real operator and the
+//! real instance agent, by running each pod bound to it as local processes.
+//!
+//! ```text
+//!  kube-scheduler ──binds pod──► spec.nodeName = <node>
+//!                                     │  (polled every 500 ms)
+//!  LocalNode ─┬─ Node + Ready heartbeat (status every 10 s)
+//!             ├─ PersistentVolumes for pending claims (a host folder each)
+//!             └─ per pod: 127.<subnet>.x.y ─► volumes as folders ─► env resolved
+//!                         ─► containers as process groups ─► probes ─► pods/status
+//! ```
+//!
+//! What it does, and how it differs from a kubelet:
+//! - **Images are not pulled.** A container's `command` + `args` run on this host; the
+//!   first word is looked up in [`Options::binaries`] (say `pgwarden` → the workspace's
+//!   `target/debug/pgwarden`), else found on the container's `PATH`. A container without a
+//!   `command` cannot run (the image's entrypoint is unknown): it waits with a reason.
+//! - **Env** comes from literal values, `secretKeyRef`, `configMapKeyRef`, `fieldRef`
+//!   (`metadata.name`, `metadata.namespace`, `metadata.uid`, `spec.nodeName`,
+//!   `status.podIP`) and `envFrom`, then [`Options::env`] is added (with `{podIP}` and
+//!   `{podDir}` replaced), e.g. `KUBECONFIG`, `PATH`, or where postgres listens.
+//! - **Volumes are folders** under [`Options::state_dir`]: a claim is
+//!   `volumes/<namespace>/<claim>` and survives pod restarts and deletion; an `emptyDir`
+//!   lives and dies with its pod; ConfigMap, Secret and projected volumes are written as
+//!   files and rewritten when the object changes.
+//! - **Container paths are rewritten**: there is no mount namespace, so any env value,
+//!   argument or probe command word equal to a `mountPath` or under it is replaced by the
+//!   host folder (`/var/lib/postgresql/data/pgdata` → `<state>/volumes/ns/claim/pgdata`).
+//! - **Networking is loopback**: each pod gets its own address `127.<subnet>.x.y`, reported
+//!   as `status.podIP`; containers must listen on it (pass `{podIP}` through
+//!   [`Options::env`]). Each pod also gets a `run/` folder anyone may write (sockets).
+//! - Claims are provisioned as `PersistentVolume`s with a `claimRef` (the controller-manager
+//!   binds them), so pods with claims are schedulable.
+//! - Processes run as this process's user, each container in its own process group; the
+//!   node stops every group it started when it stops, is dropped (also while unwinding from
+//!   a panic), or when this process dies (a watchdog shell per group).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, Node, PersistentVolume, PersistentVolumeClaim, Pod, Probe,
+    Secret, Volume,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::{Value, json};
+
+mod containers;
+mod node;
+mod pods;
+mod util;
+
+use node::*;
+use pods::*;
+use util::*;
+
+/// How a local node runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The Node's name.
+    pub name: String,
+    /// The kubeconfig the node talks to the API server with.
+    pub kubeconfig: PathBuf,
+    /// Pod folders and volume folders live here (must be traversable by every user the
+    /// containers switch to, e.g. `postgres`: it is created `0755`).
+    pub state_dir: PathBuf,
+    /// Command names resolved to host binaries (`pgwarden` → `target/debug/pgwarden`).
+    pub binaries: Vec<(String, PathBuf)>,
+    /// Added to every container's env, after its own; `{podIP}` and `{podDir}` are
+    /// replaced by the pod's address and folder.
+    pub env: Vec<(String, String)>,
+    /// Pod addresses are `127.<subnet>.x.y`.
+    pub subnet: u8,
+}
+
+impl Options {
+    /// Defaults: `pgwarden-local`, subnet 20, no extra env.
+    pub fn new(kubeconfig: &Path, state_dir: &Path) -> Self {
+        Self {
+            name: "pgwarden-local".into(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            binaries: Vec::new(),
+            env: Vec::new(),
+            subnet: 20,
+        }
+    }
+}
+
+/// A running local node; stops every process it started when stopped or dropped.
+pub struct LocalNode {
+    pub name: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl LocalNode {
+    /// Registers the Node and starts running the pods bound to it (in a thread of its own).
+    pub fn start(opts: Options) -> Result<LocalNode> {
+        std::fs::create_dir_all(&opts.state_dir)?;
+        chmod(&opts.state_dir, 0o755)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let name = opts.name.clone();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("localnode-{name}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(run(opts, flag, ready_tx))
+            })?;
+        let mut node = LocalNode {
+            name,
+            stop,
+            thread: Some(thread),
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => Ok(node),
+            Ok(Err(e)) => {
+                node.stop();
+                Err(anyhow!("local node did not register: {e}"))
+            }
+            Err(_) => {
+                let e = node.stop_and_join();
+                Err(anyhow!("local node did not register: {e:?}"))
+            }
+        }
+    }
+
+    /// Stops every pod's processes (TERM, then KILL after 10 s) and the node's loop.
+    pub fn stop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) -> Option<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take()?;
+        match thread.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("the local node's thread panicked".into()),
+        }
+    }
+
+    /// Whether the node's loop still runs.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub(super) const TICK: Duration = Duration::from_millis(500);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const FIELD_MANAGER: &str = "pgwarden-localnode";
+
+async fn client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("cannot read {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn run(
+    opts: Options,
+    stop: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<()> {
+    let setup = async {
+        let client = client(&opts.kubeconfig).await?;
+        register(&client, &opts.name).await?;
+        anyhow::Ok(client)
+    };
+    let client = match setup.await {
+        Ok(c) => {
+            let _ = ready.send(Ok(()));
+            c
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    let mut node = NodeLoop {
+        client,
+        opts,
+        pods: Pods::default(),
+        next_ip: 0,
+        last_heartbeat: Instant::now(),
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = node.tick().await {
+            eprintln!("localnode: {e:#}");
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    node.pods.stop_all();
+    Ok(())
+}

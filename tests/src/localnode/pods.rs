@@ -1,0 +1,376 @@
+//! One pod: its address, folders, volumes, env, containers and status report.
+
+#[allow(unused_imports)]
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// One pod.
+
+pub(super) struct PodRuntime {
+    pub(super) pod: Pod,
+    pub(super) ip: String,
+    pub(super) dir: PathBuf,
+    pub(super) started: String,
+    pub(super) containers: Vec<ContainerRuntime>,
+    /// Claim name → its folder (by the claim's uid).
+    pub(super) claims: HashMap<String, PathBuf>,
+    pub(super) last_status: Option<Value>,
+    pub(super) terminating_since: Option<Instant>,
+}
+
+#[derive(Default)]
+pub(super) struct ContainerRuntime {
+    pub(super) name: String,
+    pub(super) child: Option<Child>,
+    /// RFC 3339 start of the running process.
+    pub(super) started_at: Option<String>,
+    pub(super) restarts: i32,
+    /// Exit code, reason, start and end of the last finished run.
+    pub(super) last_exit: Option<(i32, String, String, String)>,
+    /// Why it is not running, when it is not.
+    pub(super) waiting: Option<(String, String)>,
+    pub(super) next_start: Option<Instant>,
+    pub(super) ready: bool,
+    pub(super) next_probe: Option<Instant>,
+    pub(super) done: bool,
+}
+
+impl PodRuntime {
+    pub(super) fn new(pod: &Pod, ip: String, dir: PathBuf) -> Result<Self> {
+        for sub in ["logs", "volumes", "run"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        chmod(&dir, 0o755)?;
+        chmod(&dir.join("volumes"), 0o755)?;
+        chmod(&dir.join("run"), 0o1777)?;
+        let containers = spec_containers(pod)
+            .iter()
+            .map(|c| ContainerRuntime {
+                name: c.name.clone(),
+                next_start: Some(Instant::now()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Self {
+            pod: pod.clone(),
+            ip,
+            dir,
+            started: now(),
+            containers,
+            claims: HashMap::new(),
+            last_status: None,
+            terminating_since: None,
+        })
+    }
+
+    pub(super) fn name(&self) -> String {
+        name_of(&self.pod)
+    }
+
+    pub(super) fn namespace(&self) -> String {
+        namespace_of(&self.pod)
+    }
+
+    pub(super) fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    pub(super) async fn sync(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        let volumes = self.sync_volumes(ctx).await?;
+        let specs = spec_containers(&self.pod);
+        let policy = self.restart_policy();
+        for (i, spec) in specs.iter().enumerate() {
+            let mounts = mounts(spec, &volumes, |v| self.volume_dir(ctx.opts, v));
+            self.containers[i].reap(&policy);
+            let c = &self.containers[i];
+            let due =
+                c.child.is_none() && !c.done && c.next_start.is_some_and(|t| Instant::now() >= t);
+            if due {
+                let env = self.env_for(ctx, spec, &mounts).await;
+                let c = &mut self.containers[i];
+                match env {
+                    Ok(env) => c.start(spec, env, &mounts, &self.dir, ctx.opts),
+                    Err(e) => {
+                        c.waiting = Some(("CreateContainerConfigError".into(), format!("{e:#}")));
+                        c.next_start = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            }
+            let c = &mut self.containers[i];
+            if c.child.is_some() {
+                c.probe(spec, &self.ip, &mounts).await;
+            } else {
+                c.ready = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes each volume's folder and writes ConfigMap/Secret files; returns the volumes.
+    pub(super) async fn sync_volumes(&mut self, ctx: &Ctx<'_>) -> Result<Vec<Volume>> {
+        let volumes = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let ns = self.namespace();
+        for v in &volumes {
+            if let Some(c) = &v.persistent_volume_claim
+                && !self.claims.contains_key(&c.claim_name)
+            {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+                let uid = api
+                    .get(&c.claim_name)
+                    .await?
+                    .metadata
+                    .uid
+                    .unwrap_or_default();
+                let dir = claim_dir(&ctx.opts.state_dir, &ns, &c.claim_name, &uid);
+                self.claims.insert(c.claim_name.clone(), dir);
+            }
+            let dir = self.volume_dir(ctx.opts, v);
+            std::fs::create_dir_all(&dir)?;
+            if v.persistent_volume_claim.is_none() {
+                chmod(&dir, 0o755)?;
+            }
+            let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            if let Some(cm) = &v.config_map {
+                files.extend(
+                    config_map_files(ctx.client, &ns, &cm.name, cm.items.as_deref()).await?,
+                );
+            }
+            if let Some(s) = &v.secret {
+                let name = s.secret_name.clone().unwrap_or_default();
+                files.extend(secret_files(ctx.client, &ns, &name, s.items.as_deref()).await?);
+            }
+            if let Some(p) = &v.projected {
+                for src in p.sources.iter().flatten() {
+                    if let Some(cm) = &src.config_map {
+                        files.extend(
+                            config_map_files(ctx.client, &ns, &cm.name, cm.items.as_deref())
+                                .await?,
+                        );
+                    }
+                    if let Some(s) = &src.secret {
+                        files.extend(
+                            secret_files(ctx.client, &ns, &s.name, s.items.as_deref()).await?,
+                        );
+                    }
+                    if let Some(t) = &src.service_account_token {
+                        files.insert(t.path.clone(), Vec::new());
+                    }
+                }
+            }
+            for (path, content) in files {
+                write_if_changed(&dir.join(path), &content)?;
+            }
+        }
+        Ok(volumes)
+    }
+
+    pub(super) fn volume_dir(&self, opts: &Options, v: &Volume) -> PathBuf {
+        match &v.persistent_volume_claim {
+            Some(c) => self.claims.get(&c.claim_name).cloned().unwrap_or_else(|| {
+                claim_dir(&opts.state_dir, &self.namespace(), &c.claim_name, "")
+            }),
+            None => self.dir.join("volumes").join(&v.name),
+        }
+    }
+
+    pub(super) async fn env_for(
+        &self,
+        ctx: &Ctx<'_>,
+        spec: &Container,
+        mounts: &[(String, PathBuf)],
+    ) -> Result<Vec<(String, String)>> {
+        let ns = self.namespace();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for from in spec.env_from.iter().flatten() {
+            let prefix = from.prefix.clone().unwrap_or_default();
+            if let Some(cm) = &from.config_map_ref {
+                let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+                match api.get_opt(&cm.name).await? {
+                    Some(o) => env.extend(
+                        o.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (format!("{prefix}{k}"), v)),
+                    ),
+                    None if cm.optional == Some(true) => {}
+                    None => return Err(anyhow!("configmap \"{}\" not found", cm.name)),
+                }
+            }
+            if let Some(s) = &from.secret_ref {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+                match api.get_opt(&s.name).await? {
+                    Some(o) => env.extend(o.data.unwrap_or_default().into_iter().map(|(k, v)| {
+                        (
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        )
+                    })),
+                    None if s.optional == Some(true) => {}
+                    None => return Err(anyhow!("secret \"{}\" not found", s.name)),
+                }
+            }
+        }
+        for var in spec.env.iter().flatten() {
+            if let Some(value) = self.env_value(ctx, var).await? {
+                env.retain(|(k, _)| k != &var.name);
+                env.push((var.name.clone(), value));
+            }
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k, rewrite(&v, mounts)))
+            .collect();
+        for (k, v) in &ctx.opts.env {
+            let v = v
+                .replace("{podIP}", &self.ip)
+                .replace("{podDir}", &self.dir.display().to_string());
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v));
+        }
+        Ok(env)
+    }
+
+    pub(super) async fn env_value(&self, ctx: &Ctx<'_>, var: &EnvVar) -> Result<Option<String>> {
+        let Some(from) = &var.value_from else {
+            return Ok(Some(var.value.clone().unwrap_or_default()));
+        };
+        let ns = self.namespace();
+        if let Some(f) = &from.field_ref {
+            let value = match f.field_path.as_str() {
+                "metadata.name" => self.name(),
+                "metadata.namespace" => ns,
+                "metadata.uid" => self.pod.metadata.uid.clone().unwrap_or_default(),
+                "spec.nodeName" => ctx.opts.name.clone(),
+                "status.podIP" | "status.hostIP" => self.ip.clone(),
+                other => {
+                    return Err(anyhow!(
+                        "fieldRef {other} is not supported by the local node"
+                    ));
+                }
+            };
+            return Ok(Some(value));
+        }
+        if let Some(k) = &from.secret_key_ref {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+            let value = api
+                .get_opt(&k.name)
+                .await?
+                .and_then(|s| s.data)
+                .and_then(|d| {
+                    d.get(&k.key)
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                });
+            return match value {
+                Some(v) => Ok(Some(v)),
+                None if k.optional == Some(true) => Ok(None),
+                None => Err(anyhow!(
+                    "secret \"{}\" has no key \"{}\" (or is missing)",
+                    k.name,
+                    k.key
+                )),
+            };
+        }
+        if let Some(k) = &from.config_map_key_ref {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            let value = api
+                .get_opt(&k.name)
+                .await?
+                .and_then(|c| c.data)
+                .and_then(|d| d.get(&k.key).cloned());
+            return match value {
+                Some(v) => Ok(Some(v)),
+                None if k.optional == Some(true) => Ok(None),
+                None => Err(anyhow!(
+                    "configmap \"{}\" has no key \"{}\" (or is missing)",
+                    k.name,
+                    k.key
+                )),
+            };
+        }
+        Err(anyhow!("env {}: unsupported valueFrom", var.name))
+    }
+
+    /// Sends TERM once, KILL after `grace`; true when every process has exited.
+    pub(super) fn terminate(&mut self, grace: Duration) -> bool {
+        let since = *self.terminating_since.get_or_insert_with(|| {
+            for c in &self.containers {
+                c.signal("-TERM");
+            }
+            Instant::now()
+        });
+        if since.elapsed() >= grace {
+            for c in &self.containers {
+                c.signal("-KILL");
+            }
+        }
+        self.containers.iter_mut().all(|c| match c.child.as_mut() {
+            None => true,
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+        })
+    }
+
+    pub(super) fn kill_now(&mut self) {
+        for c in &mut self.containers {
+            c.signal("-KILL");
+            if let Some(mut child) = c.child.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    pub(super) fn remove_ephemeral(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// The pod's status as a kubelet reports it.
+    pub(super) fn status(&self) -> Value {
+        let statuses: Vec<Value> = self
+            .containers
+            .iter()
+            .map(ContainerRuntime::status)
+            .collect();
+        let any_started = self
+            .containers
+            .iter()
+            .any(|c| c.started_at.is_some() || c.last_exit.is_some());
+        let all_ready = self.containers.iter().all(|c| c.ready);
+        let all_done = self.containers.iter().all(|c| c.done);
+        let phase = if all_done {
+            let failed = self
+                .containers
+                .iter()
+                .any(|c| c.last_exit.as_ref().is_some_and(|e| e.0 != 0));
+            if failed { "Failed" } else { "Succeeded" }
+        } else if any_started {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let cond =
+            |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
+        json!({
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "startTime": self.started,
+            "conditions": [
+                cond("PodScheduled", true),
+                cond("Initialized", true),
+                cond("ContainersReady", all_ready),
+                cond("Ready", all_ready),
+            ],
+            "containerStatuses": statuses,
+        })
+    }
+}

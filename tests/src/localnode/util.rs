@@ -1,0 +1,191 @@
+//! Small helpers: pod names and keys, claim folders, mounts and path rewriting, files,
+//! process groups.
+
+#[allow(unused_imports)]
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+pub(super) fn spec_containers(pod: &Pod) -> Vec<Container> {
+    pod.spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default()
+}
+
+pub(super) fn name_of(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+pub(super) fn namespace_of(pod: &Pod) -> String {
+    namespace_of_meta(&pod.metadata)
+}
+
+pub(super) fn namespace_of_meta(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+pub(super) fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", namespace_of(pod), name_of(pod))
+}
+
+/// A claim's folder: named after the claim and its uid, so a re-created claim starts empty.
+pub(super) fn claim_dir(state: &Path, namespace: &str, claim: &str, uid: &str) -> PathBuf {
+    let short: String = uid.chars().take(8).collect();
+    state
+        .join("volumes")
+        .join(namespace)
+        .join(format!("{claim}-{short}"))
+}
+
+/// mountPath → host folder (with subPath), longest first.
+pub(super) fn mounts(
+    spec: &Container,
+    volumes: &[Volume],
+    dir_of: impl Fn(&Volume) -> PathBuf,
+) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = spec
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let v = volumes.iter().find(|v| v.name == m.name)?;
+            let mut dir = dir_of(v);
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                dir = dir.join(sub);
+            }
+            Some((m.mount_path.trim_end_matches('/').to_string(), dir))
+        })
+        .collect();
+    out.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    out
+}
+
+/// A container path under a mount becomes the host folder's path; other values are kept.
+pub(super) fn rewrite(value: &str, mounts: &[(String, PathBuf)]) -> String {
+    for (mp, dir) in mounts {
+        if value == mp {
+            return dir.display().to_string();
+        }
+        if let Some(rest) = value
+            .strip_prefix(mp.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            return dir.join(rest).display().to_string();
+        }
+    }
+    value.to_string()
+}
+
+pub(super) async fn config_map_files(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let data: BTreeMap<String, Vec<u8>> = api
+        .get_opt(name)
+        .await?
+        .map(|c| {
+            let mut d: BTreeMap<String, Vec<u8>> = c
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            d.extend(
+                c.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
+            d
+        })
+        .unwrap_or_default();
+    Ok(select(data, items))
+}
+
+pub(super) async fn secret_files(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let data: BTreeMap<String, Vec<u8>> = api
+        .get_opt(name)
+        .await?
+        .and_then(|s| s.data)
+        .map(|d| d.into_iter().map(|(k, v)| (k, v.0)).collect())
+        .unwrap_or_default();
+    Ok(select(data, items))
+}
+
+pub(super) fn select(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> BTreeMap<String, Vec<u8>> {
+    match items {
+        None => data,
+        Some(items) => items
+            .iter()
+            .filter_map(|i| Some((i.path.clone(), data.get(&i.key)?.clone())))
+            .collect(),
+    }
+}
+
+pub(super) fn write_if_changed(path: &Path, content: &[u8]) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(content) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("localnode-tmp");
+    std::fs::write(&tmp, content)?;
+    chmod(&tmp, 0o644)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub(super) fn chmod(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// Every process descending from `root` (from `/proc/*/stat`'s parent pids).
+pub(super) fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 2..];
+            let ppid: u32 = after.split(' ').nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+pub(super) fn kill_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
