@@ -473,3 +473,29 @@ fn the_production_policy_keeps_the_objects_of_deleted_backups_marked_deleted() {
     assert!(describe.contains("DeletedByRetention"), "{describe}");
     assert!(get(&ns, "backup", "recent").unwrap()["status"]["deletion"].is_null());
 }
+
+#[test]
+fn a_deleted_reconcile_policy_is_out_of_force_and_its_clusters_say_so() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-delete");
+    let _op = Operator::start(cp, &ns.name);
+    let name = format!("doomed-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    create_policy(&ns, &name, "doomed-policy", &policy("default"));
+    wait_policy_ready(&ns, &name);
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_yaml(&ns, &cluster_yaml("pg", Some(&name), true));
+    let applied = wait_condition(&ns, "cluster", "pg", "PolicyApplied", "True");
+    assert_eq!(applied["status"]["policy"]["name"], name.as_str());
+
+    let out = ns.cp.kubectl(&["delete", "reconcilepolicy", &name]);
+    assert!(out.is_ok(), "{out:?}");
+    let message = format!(
+        "ReconcilePolicy {name} (spec.policy) is not loaded: create it, or check `kubectl get reconcilepolicy {name}` for its last error"
+    );
+    let cluster = wait_condition_message(&ns, "cluster", "pg", "PolicyApplied", &message);
+    assert_eq!(
+        condition(&cluster, "PolicyApplied").unwrap().1,
+        "PolicyNotFound"
+    );
+}

@@ -169,6 +169,33 @@ fn static_kind(kind: &str) -> &'static str {
     }
 }
 
+/// The ReconcilePolicies to reconcile; a deleted one is taken out of force at once (its
+/// Clusters are reconciled again and report that their policy is not loaded).
+fn forgetting_deleted(
+    events: impl Stream<Item = Result<watcher::Event<ReconcilePolicy>, watcher::Error>>
+    + Send
+    + 'static,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = Result<ReconcilePolicy, watcher::Error>> + Send + 'static {
+    events.filter_map(move |event| {
+        let ctx = ctx.clone();
+        async move {
+            match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(Ok(p)),
+                Ok(watcher::Event::Delete(p)) => {
+                    let name = p.name_any();
+                    ctx.policies.remove(&name);
+                    info!(policy = %name, "ReconcilePolicy deleted: its module is out of force");
+                    let _ = ctx.policy_swapped.unbounded_send(());
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }
+    })
+}
+
 /// Changes of every ConfigMap, metadata only (a ReconcilePolicy may name any namespace's; the
 /// bytes are read when the policy reconciles, so the cache holds no module).
 fn module_config_maps(
@@ -249,10 +276,15 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         scoped::<ScheduledBackup>(&client, ns),
         watcher::Config::default(),
     );
-    let (policies_store, policy_stream) = reflect(
-        Api::<ReconcilePolicy>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let (policies_store, policy_writer) = reflector::store();
+    let policy_events = reflector::reflector(
+        policy_writer,
+        watcher(
+            Api::<ReconcilePolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff();
     let (pods, pod_stream) = reflect(scoped::<Pod>(&client, ns), owned.clone());
     let (claims, claim_stream) =
         reflect(scoped::<PersistentVolumeClaim>(&client, ns), owned.clone());
@@ -347,6 +379,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
             shared(&ctx),
         )
         .for_each(|_| async {});
+    let policy_stream = forgetting_deleted(policy_events, ctx.clone());
     let by_config_map = policies_store.clone();
     let policy_controller = Controller::for_stream(policy_stream, policies_store)
         .watches_stream(module_config_maps(&client), move |cm| {
