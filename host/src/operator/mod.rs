@@ -172,9 +172,7 @@ fn static_kind(kind: &str) -> &'static str {
 /// The ReconcilePolicies to reconcile; a deleted one is taken out of force at once (its
 /// Clusters are reconciled again and report that their policy is not loaded).
 fn forgetting_deleted(
-    events: impl Stream<Item = Result<watcher::Event<ReconcilePolicy>, watcher::Error>>
-    + Send
-    + 'static,
+    events: impl Stream<Item = Result<watcher::Event<ReconcilePolicy>, watcher::Error>> + Send + 'static,
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<ReconcilePolicy, watcher::Error>> + Send + 'static {
     events.filter_map(move |event| {
