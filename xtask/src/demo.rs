@@ -37,7 +37,15 @@ pub fn run(once: bool) -> Result<()> {
     }
     let started = Instant::now();
     let prepared = crate::test::setup()?;
-    let mut cmd = Command::new(std::env::current_exe()?);
+    // This very binary, even if a concurrent cargo build replaced the file during the set-up
+    // (current_exe() would then name a deleted file).
+    let exe = Path::new("/proc/self/exe");
+    let exe = if exe.exists() {
+        exe.to_path_buf()
+    } else {
+        std::env::current_exe()?
+    };
+    let mut cmd = Command::new(exe);
     cmd.arg("demo").env(CHILD_ENV, "1").envs(prepared.env);
     if once {
         cmd.arg("--once");
