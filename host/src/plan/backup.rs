@@ -114,7 +114,7 @@ pub fn plan_backup(
 }
 
 /// A scheduled run as a new Backup (owned as `backupOwnerReference` says, labelled with its
-/// Cluster), the ScheduledBackup's status, and a requeue at the next run.
+/// Cluster), then the ScheduledBackup's status, and a requeue at the next run.
 pub fn plan_schedule(
     scheduled: &ScheduledBackup,
     cluster: Option<&Cluster>,
@@ -175,13 +175,13 @@ pub fn plan_schedule(
             ),
         });
     }
-    actions.insert(
-        0,
-        Action::PatchStatus {
-            target: reference(scheduled),
-            status,
-        },
-    );
+    // The status that records the run comes after the Backup: an operator stopped between
+    // the two (or a failed apply) leaves the run to the next reconcile, which creates the
+    // same Backup (its name derives from the run), rather than a run marked done without one.
+    actions.push(Action::PatchStatus {
+        target: reference(scheduled),
+        status,
+    });
     if let Some(next) = decision.next_run {
         actions.push(Action::Requeue {
             after_seconds: (next - now).num_seconds().max(1) as u64,

@@ -317,9 +317,21 @@ fn a_scheduled_run_creates_a_labelled_backup_owned_as_asked() {
         backup["metadata"]["labels"]["postgresql.k8s.2ndq.io/cluster"],
         "pg"
     );
-    let Action::PatchStatus { status, .. } = &actions[0] else {
-        panic!()
-    };
+    // The Backup first, then the status recording its run (a stop in between must not lose it).
+    let backup_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::Apply { target, .. } if target.kind == "Backup"));
+    let status_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::PatchStatus { .. }));
+    assert!(backup_at.unwrap() < status_at.unwrap(), "{actions:?}");
+    let status = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::PatchStatus { status, .. } => Some(status),
+            _ => None,
+        })
+        .unwrap();
     assert_eq!(status["lastScheduleTime"], "2026-11-25T02:00:00Z");
     assert_eq!(status["nextScheduleTime"], "2026-11-26T02:00:00Z");
     assert_eq!(
