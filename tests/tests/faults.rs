@@ -234,6 +234,10 @@ fn agent_killed_mid_backup_never_leaves_it_running_and_a_new_backup_completes() 
         status["reason"],
         status["message"]
     );
+    if ended == "completed" {
+        // The restarted agent found the interrupted backup finished in the store.
+        assert!(status["backupId"].is_string(), "{status}");
+    }
     if ended == "failed" {
         for field in ["reason", "message"] {
             assert!(
