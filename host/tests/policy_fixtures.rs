@@ -143,3 +143,203 @@ fn walk(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+fn module_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PGWARDEN_POLICY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
+    dir.join(format!("{name}.wasm"))
+}
+
+/// `pgwarden policy ...` as a user runs it; returns (success, stdout, stderr).
+fn pgwarden_policy(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .arg("policy")
+        .args(args)
+        .output()
+        .expect("cannot run pgwarden policy");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const EVAL_INPUT: &str = r#"
+apiVersion: postgresql.k8s.2ndq.io/v1alpha1
+kind: Cluster
+metadata: { name: postgresql-bkp, namespace: default, uid: 6f1c2f9e-0000-4000-8000-000000000001 }
+spec:
+  instances: 1
+  backup:
+    destinationPath: s3://backups/pg
+    s3Credentials:
+      accessKeyId: { name: aws-creds, key: ACCESS_KEY_ID }
+      secretAccessKey: { name: aws-creds, key: ACCESS_SECRET_KEY }
+    wal: { compression: gzip, encryption: AES256 }
+---
+apiVersion: postgresql.k8s.2ndq.io/v1alpha1
+kind: Backup
+metadata: { name: backup-example, namespace: default, uid: 6f1c2f9e-0000-4000-8000-000000000002 }
+spec:
+  cluster: { name: postgresql-bkp }
+"#;
+
+#[test]
+fn policy_eval_prints_decisions_and_planned_actions_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("objects.yaml");
+    std::fs::write(&input, EVAL_INPUT).unwrap();
+    let module = module_path("default");
+    let (ok, stdout, stderr) = pgwarden_policy(&[
+        "eval".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--now".as_ref(),
+        "2026-11-29T12:00:00Z".as_ref(),
+    ]);
+    assert!(ok, "policy eval failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["policy"]["digest"],
+        pgwarden::policy::digest(&std::fs::read(&module).unwrap())
+    );
+    let decision = |name: &str| {
+        report["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["decision"] == name)
+            .unwrap_or_else(|| panic!("no {name} decision in {report:#}"))
+            .clone()
+    };
+    let archive = decision("archive-settings");
+    assert_eq!(archive["subject"], "Cluster postgresql-bkp");
+    assert_eq!(archive["allowed"]["compression"], "gzip");
+    assert_eq!(archive["allowed"]["encryption"], "AES256");
+    assert_eq!(
+        decision("backup-settings")["allowed"]["targetPod"],
+        "postgresql-bkp-1"
+    );
+    assert_eq!(
+        decision("backup-transition")["subject"],
+        "Backup backup-example"
+    );
+    let applied: Vec<String> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "apply")
+        .map(|a| format!("{} {}", a["target"]["kind"], a["target"]["name"]))
+        .map(|s| s.replace('"', ""))
+        .collect();
+    for expected in [
+        "Pod postgresql-bkp-1",
+        "ConfigMap postgresql-bkp-settings",
+        "PersistentVolumeClaim postgresql-bkp-1",
+    ] {
+        assert!(
+            applied.iter().any(|a| a == expected),
+            "no apply of {expected} in {applied:?}"
+        );
+    }
+    assert_eq!(report["refused"], serde_json::json!([]));
+
+    // One decision only, and a clear error for a decision that does not exist.
+    let (ok, stdout, _) = pgwarden_policy(&[
+        "eval".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--decision".as_ref(),
+        "archive-settings".as_ref(),
+    ]);
+    assert!(ok);
+    let only: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let names: Vec<&str> = only["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["decision"].as_str())
+        .collect();
+    assert_eq!(names, ["archive-settings"]);
+    let (ok, _, stderr) = pgwarden_policy(&[
+        "eval".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--decision".as_ref(),
+        "pods".as_ref(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown decision \"pods\": expected one of instance-pod"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_eval_names_an_input_of_an_unknown_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("objects.yaml");
+    std::fs::write(
+        &input,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let module = module_path("default");
+    let (ok, _, stderr) = pgwarden_policy(&[
+        "eval".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot evaluate objects of kind \"Service\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_test_reports_each_case_and_fails_on_a_wrong_expectation() {
+    let module = module_path("default");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default/fixtures");
+    let (ok, stdout, stderr) = pgwarden_policy(&[
+        "test".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        fixtures.as_os_str(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let cases = std::fs::read_dir(&fixtures).unwrap().count();
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("pass ")).count() == cases,
+        "every case reported:\n{stdout}"
+    );
+
+    // A copy of one case with a wrong expectation: reported with a diff, exit status 1.
+    let dir = tempfile::tempdir().unwrap();
+    let case = std::fs::read_to_string(fixtures.join("archive-settings-seed.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("wrong.yaml"),
+        case.replace("compression: gzip", "compression: zstd"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = pgwarden_policy(&[
+        "test".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        dir.path().as_os_str(),
+    ]);
+    assert!(!ok, "a failing case must fail the command:\n{stdout}");
+    assert!(stdout.contains("FAIL wrong"), "{stdout}");
+    assert!(stdout.contains("-  \"compression\": \"zstd\""), "{stdout}");
+    assert!(stdout.contains("+  \"compression\": \"gzip\""), "{stdout}");
+    assert!(stderr.contains("1 of 1 cases failed"), "{stderr}");
+}

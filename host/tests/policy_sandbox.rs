@@ -150,6 +150,39 @@ fn unusable_settings_are_malformed() {
     still_serves(&policy);
 }
 
+/// Each WASI capability the guest's std would use is refused by name, not granted.
+fn assert_capability_refused(name: &str, interface: &str) {
+    let policy = adversarial();
+    let err = timed(|| policy.instance_pod(&cluster(name), 0)).unwrap_err();
+    let PolicyError::Capability { decision, import } = &err else {
+        panic!("{name}: expected a capability error, got {err:?}");
+    };
+    assert_eq!(decision, "instance-pod");
+    assert!(import.contains(interface), "{name}: {import}");
+    assert!(
+        err.to_string().ends_with(
+            "which the sandbox does not grant (no filesystem, network, clock or environment)"
+        ),
+        "{err}"
+    );
+    still_serves(&policy);
+}
+
+#[test]
+fn reading_the_environment_is_refused() {
+    assert_capability_refused("reads-env", "wasi:cli/environment");
+}
+
+#[test]
+fn reading_a_file_is_refused() {
+    assert_capability_refused("reads-file", "wasi:filesystem");
+}
+
+#[test]
+fn reading_the_clock_is_refused() {
+    assert_capability_refused("reads-clock", "wasi:clocks");
+}
+
 fn planned(name: &str) -> Result<(), GuardrailError> {
     let policy = adversarial();
     let cluster = cluster(name);
@@ -228,6 +261,12 @@ fn load_wat(file: &str) -> PolicyError {
 fn a_core_module_is_not_a_component() {
     let err = load_wat("core-module.wat");
     assert!(matches!(err, PolicyError::Load(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "cannot load the policy module: it is a core WebAssembly module, not a component (build the policy for wasm32-wasip2)"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -245,27 +284,62 @@ fn a_component_without_the_exports_is_an_abi_mismatch() {
 fn a_wrongly_typed_export_is_an_abi_mismatch() {
     let err = load_wat("wrong-abi.wat");
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("the policy module does not match ABI pgwarden:policy@0.2.0: ")
+            && text.contains("abi-version"),
+        "{text}"
+    );
 }
 
+/// On a single-threaded runtime, a timer keeps ticking while a looping policy runs: the call
+/// is off the executor (inline, it would block the only thread for the whole deadline). With
+/// one permit, two looping calls run one after the other: at least two deadlines in all.
 #[test]
 fn calls_run_off_the_executor_under_the_semaphore() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let policy = adversarial();
+    let engine = Engine::new(EngineConfig {
+        max_concurrent_calls: Some(1),
+        cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache")),
+    })
+    .unwrap();
+    let policy = engine.load(&module("adversarial"), LIMITS).unwrap();
+    let looping = || {
+        let policy = policy.clone();
+        async move { policy.run(|p| p.instance_pod(&cluster("loop"), 0)).await }
+    };
     runtime.block_on(async {
-        let looping = tokio::spawn({
-            let policy = policy.clone();
-            async move { policy.run(|p| p.instance_pod(&cluster("loop"), 0)).await }
-        });
+        let started = Instant::now();
+        let ticks = async {
+            let mut ticks = 0u32;
+            let mut interval = tokio::time::interval(Duration::from_millis(5));
+            while started.elapsed() < LIMITS.timeout {
+                interval.tick().await;
+                ticks += 1;
+            }
+            ticks
+        };
+        let (first, second, ticks) = tokio::join!(looping(), looping(), ticks);
+        let elapsed = started.elapsed();
+        for looped in [first, second] {
+            assert!(
+                matches!(looped, Err(PolicyError::Deadline { .. })),
+                "{looped:?}"
+            );
+        }
+        assert!(
+            ticks >= 5,
+            "the executor was blocked while the policy ran: {ticks} ticks in {:?}",
+            LIMITS.timeout
+        );
+        assert!(
+            elapsed >= 2 * LIMITS.timeout,
+            "two calls under one permit overlapped: both done in {elapsed:?}"
+        );
         let fine = policy.run(|p| p.instance_pod(&cluster("fine"), 0)).await;
         assert!(fine.is_ok(), "{fine:?}");
-        let looped = looping.await.unwrap();
-        assert!(
-            matches!(looped, Err(PolicyError::Deadline { .. })),
-            "{looped:?}"
-        );
     });
 }

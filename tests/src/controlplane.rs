@@ -213,6 +213,14 @@ impl Layout {
     pub fn log(&self, component: &str) -> PathBuf {
         self.logs().join(format!("{component}.log"))
     }
+    /// What the API server audits: the operator's writes (see [`AUDIT_POLICY`]).
+    pub fn audit_policy(&self) -> PathBuf {
+        self.dir.join("audit-policy.yaml")
+    }
+    /// The API server's audit log, one JSON event a line.
+    pub fn audit_log(&self) -> PathBuf {
+        self.logs().join("audit.log")
+    }
     /// `name pid` lines of the running components (written by the sandbox).
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("pids")
@@ -246,6 +254,8 @@ impl ControlPlane {
         };
         std::fs::create_dir_all(layout.logs())?;
         pki::ensure(&layout, opts.ports)?;
+        std::fs::write(layout.audit_policy(), AUDIT_POLICY)
+            .with_context(|| format!("cannot write {}", layout.audit_policy().display()))?;
         let mut cp = ControlPlane {
             dir: opts.dir.clone(),
             ports: opts.ports,
@@ -397,6 +407,46 @@ impl ControlPlane {
     /// Runs kubectl with the admin kubeconfig, feeding `input` on stdin.
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> KubectlOutput {
         run_kubectl(&self.bins.kubectl, &self.kubeconfig, args, input)
+    }
+
+    /// The kubeconfig of [`OPERATOR_USER`]: what `deploy/operator.yaml`'s ClusterRole
+    /// grants, once [`ControlPlane::install_operator_rbac`] has bound it.
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        Layout {
+            dir: self.dir.clone(),
+        }
+        .kubeconfig("operator")
+    }
+
+    /// Applies the ClusterRole of `deploy/operator.yaml` (the one shipped to real clusters)
+    /// and binds it to [`OPERATOR_USER`], so the operator under test has exactly the rights a
+    /// deployed one has.
+    pub fn install_operator_rbac(&self) -> Result<(), String> {
+        let manifest = operator_rbac_manifest()?;
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest))
+            .into_result()
+            .map(|_| ())
+    }
+
+    /// Every request of the API server's audit log (the operator's, see [`AUDIT_POLICY`]),
+    /// in the order the server answered them.
+    pub fn audited_requests(&self) -> Vec<AuditedRequest> {
+        let log = Layout {
+            dir: self.dir.clone(),
+        }
+        .audit_log();
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(parse_audit_line)
+            .collect()
+    }
+
+    /// The writes among [`ControlPlane::audited_requests`].
+    pub fn audited_writes(&self) -> Vec<AuditedRequest> {
+        let mut requests = self.audited_requests();
+        requests.retain(AuditedRequest::is_write);
+        requests
     }
 
     /// A client with the admin credentials.
@@ -593,7 +643,110 @@ fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
         // endpoint, and nothing here reaches the API server through the Service.
         "--endpoint-reconciler-type=none".to_string(),
         "--profiling=false".to_string(),
+        // Namespaces may pin their pods to a node (annotation
+        // scheduler.alpha.kubernetes.io/node-selector): tests with a local node each keep
+        // their pods on their own node, as the scheduler would otherwise spread them.
+        "--enable-admission-plugins=PodNodeSelector".to_string(),
+        // The API server's own record of the operator's writes: tests count them there,
+        // not with the operator's counters.
+        format!("--audit-policy-file={}", layout.audit_policy().display()),
+        format!("--audit-log-path={}", layout.audit_log().display()),
+        "--audit-log-format=json".to_string(),
+        "--audit-log-mode=blocking".to_string(),
     ]
+}
+
+/// The user (client-certificate common name) the operator runs as in tests, the sandbox and
+/// the demo.
+pub const OPERATOR_USER: &str = "pgwarden-operator";
+
+/// Audit the operator's requests, one event each when answered (metadata only: no request or
+/// response bodies, so no Secret value can reach the log), nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    users: [pgwarden-operator]
+  - level: None
+";
+
+/// The ClusterRole of `deploy/operator.yaml` (the one shipped to real clusters) and a binding
+/// of it to [`OPERATOR_USER`], as one manifest for `kubectl apply -f -`.
+pub fn operator_rbac_manifest() -> Result<String, String> {
+    let path = workspace_root().join("deploy/operator.yaml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let role = operator_cluster_role(&text)
+        .ok_or_else(|| format!("no ClusterRole in {}", path.display()))?;
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: pgwarden-operator-user}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: pgwarden-operator}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {OPERATOR_USER}}}]
+"
+    );
+    Ok(format!("{role}\n---\n{binding}"))
+}
+
+/// The `ClusterRole` document of a multi-document manifest, as YAML.
+fn operator_cluster_role(manifest: &str) -> Option<String> {
+    manifest
+        .split("\n---")
+        .find(|doc| doc.lines().any(|l| l == "kind: ClusterRole"))
+        .map(str::to_string)
+}
+
+/// One request the API server recorded in its audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditedRequest {
+    pub user: String,
+    pub verb: String,
+    /// `resource` or `resource/subresource`, e.g. `clusters/status`.
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: i64,
+}
+
+impl AuditedRequest {
+    /// Whether the request changes something (create, update, patch, delete).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+}
+
+impl std::fmt::Display for AuditedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}/{} ({}) by {}",
+            self.verb, self.resource, self.namespace, self.name, self.code, self.user
+        )
+    }
+}
+
+/// Parses one line of a JSON audit log; `None` for lines that are not events.
+pub fn parse_audit_line(line: &str) -> Option<AuditedRequest> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let object = &event["objectRef"];
+    let resource = match object["subresource"].as_str() {
+        Some(sub) => format!("{}/{sub}", text(&object["resource"])),
+        None => text(&object["resource"]),
+    };
+    Some(AuditedRequest {
+        user: text(&event["user"]["username"]),
+        verb: event["verb"].as_str()?.to_string(),
+        resource,
+        namespace: text(&object["namespace"]),
+        name: text(&object["name"]),
+        code: event["responseStatus"]["code"].as_i64().unwrap_or_default(),
+    })
 }
 
 fn component_args(layout: &Layout, user: &str, port: u16) -> Vec<String> {
@@ -637,11 +790,14 @@ mod pki {
         KeyPair, KeyUsagePurpose,
     };
 
-    /// The users of the control plane: (file name, common name, organisation).
-    const USERS: [(&str, &str, &str); 3] = [
+    /// The users of the control plane: (file name, common name, organisation). The
+    /// operator's user is in no group: it has what `deploy/operator.yaml`'s ClusterRole grants
+    /// (bound by [`ControlPlane::install_operator_rbac`]), as in a real cluster.
+    const USERS: [(&str, &str, &str); 4] = [
         ("admin", "pgwarden-admin", "system:masters"),
         ("controller-manager", "system:kube-controller-manager", ""),
         ("scheduler", "system:kube-scheduler", ""),
+        ("operator", super::OPERATOR_USER, ""),
     ];
 
     /// Writes the CA, the serving and client certificates, the service-account key and
@@ -649,8 +805,13 @@ mod pki {
     /// printed KUBECONFIG stays valid). Kubeconfigs are rewritten: the port may change.
     pub fn ensure(layout: &Layout, ports: Ports) -> Result<()> {
         let dir = layout.pki();
-        // `sa.pub` is written last: its presence means a complete set.
-        if !dir.join("sa.pub").exists() {
+        // `sa.pub` is written last: its presence means a complete set (with every user's
+        // certificate: a state folder from before a user was added is generated anew).
+        let complete = dir.join("sa.pub").exists()
+            && USERS
+                .iter()
+                .all(|(user, _, _)| dir.join(format!("{user}.crt")).exists());
+        if !complete {
             generate(&dir)
                 .with_context(|| format!("cannot write certificates to {}", dir.display()))?;
         }
@@ -939,7 +1100,10 @@ pub const CRDS: [&str; 4] = [
 pub fn with_crds() -> &'static ControlPlane {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let cp = shared();
-    let installed = INSTALLED.get_or_init(|| cp.install_crds().map(|_| ()));
+    let installed = INSTALLED.get_or_init(|| {
+        cp.install_crds()?;
+        cp.install_operator_rbac()
+    });
     if let Err(e) = installed {
         panic!("cannot install the CRDs: {e}");
     }
@@ -1023,10 +1187,62 @@ impl Namespace<'_> {
     }
 }
 
+impl Namespace<'_> {
+    /// Pins the namespace's pods to `node` (the PodNodeSelector admission plugin merges the
+    /// selector into every pod created afterwards).
+    pub fn pin_to_node(&self, node: &str) -> Result<(), String> {
+        let selector =
+            format!("scheduler.alpha.kubernetes.io/node-selector=kubernetes.io/hostname={node}");
+        self.cp
+            .kubectl(&[
+                "annotate",
+                "namespace",
+                &self.name,
+                "--overwrite",
+                &selector,
+            ])
+            .map(|_| ())
+    }
+}
+
 impl Drop for Namespace<'_> {
     fn drop(&mut self) {
         let _ = self
             .cp
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_lines_become_writes() {
+        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","stage":"ResponseComplete","verb":"patch","user":{"username":"pgwarden-operator","groups":["system:authenticated"]},"objectRef":{"resource":"clusters","namespace":"steady","name":"postgresql-bkp","apiGroup":"postgresql.k8s.2ndq.io","apiVersion":"v1alpha1","subresource":"status"},"responseStatus":{"metadata":{},"code":200}}"#;
+        assert_eq!(
+            parse_audit_line(line),
+            Some(AuditedRequest {
+                user: "pgwarden-operator".into(),
+                verb: "patch".into(),
+                resource: "clusters/status".into(),
+                namespace: "steady".into(),
+                name: "postgresql-bkp".into(),
+                code: 200,
+            })
+        );
+        assert!(parse_audit_line(line).unwrap().is_write());
+        let watch = line.replace("\"verb\":\"patch\"", "\"verb\":\"watch\"");
+        assert!(!parse_audit_line(&watch).unwrap().is_write());
+        assert_eq!(parse_audit_line("not json"), None);
+    }
+
+    #[test]
+    fn the_shipped_cluster_role_is_found() {
+        let text = std::fs::read_to_string(workspace_root().join("deploy/operator.yaml")).unwrap();
+        let role = operator_cluster_role(&text).unwrap();
+        assert!(role.contains("name: pgwarden-operator"), "{role}");
+        assert!(!role.contains("ClusterRoleBinding"), "{role}");
+        assert!(role.contains("clusters/status"), "{role}");
     }
 }

@@ -71,6 +71,17 @@ impl Operator {
 
     /// Starts the operator (every namespace when `namespace` is `None`).
     pub fn try_start(cp: &ControlPlane, namespace: Option<&str>) -> Result<Operator> {
+        Self::start_replica(cp, namespace, None, true)
+    }
+
+    /// Starts a replica: with `lease` naming a Lease other replicas share (default: one of its
+    /// own), waiting until it leads only when `wait_ready`.
+    pub fn start_replica(
+        cp: &ControlPlane,
+        namespace: Option<&str>,
+        lease: Option<&str>,
+        wait_ready: bool,
+    ) -> Result<Operator> {
         // One start at a time: the first compiles the default policy into the shared cache
         // (tens of seconds in a debug build), the others then load it from there.
         static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -91,9 +102,13 @@ impl Operator {
             // Compiling a module takes long in a debug build: once per digest for all tests.
             .arg("--policy-cache")
             .arg(workspace_root().join("target/tmp/operator-policy-cache"))
-            .args(["--lease-name", &format!("pgwarden-{label}-{port}")])
+            .args([
+                "--lease-name",
+                &lease.map_or_else(|| format!("pgwarden-{label}-{port}"), str::to_string),
+            ])
             .args(["--identity", &format!("test-{port}")])
-            .env("KUBECONFIG", &cp.kubeconfig)
+            // Not admin: the user bound to deploy/operator.yaml's ClusterRole.
+            .env("KUBECONFIG", cp.operator_kubeconfig())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -113,8 +128,31 @@ impl Operator {
             metrics_addr,
             log,
         };
-        operator.wait_ready(LOAD_WAIT)?;
+        if wait_ready {
+            operator.wait_ready(LOAD_WAIT)?;
+        }
         Ok(operator)
+    }
+
+    /// Waits until it leads and serves (`/readyz` 200).
+    pub fn wait_leading(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_ready(timeout)
+    }
+
+    /// Sends SIGTERM (what Kubernetes sends a pod it stops) and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the operator did not stop within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The operator's process id.

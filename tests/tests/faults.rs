@@ -63,6 +63,9 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // Two tests, two nodes, one control plane: each namespace keeps to its own node.
+    ns.pin_to_node(&opts.name)
+        .expect("pin the namespace to its node");
     let node = LocalNode::start(opts).expect("local node");
     let c = &s3.credentials;
     apply_when_admitted(

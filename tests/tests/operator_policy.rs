@@ -229,6 +229,61 @@ fn the_production_policy_denies_a_cluster_without_backup() {
     wait_get(&ns, "pod", "protected-1");
 }
 
+/// A module loaded from a file (`spec.module.file`) that loops or panics on some Clusters:
+/// each such Cluster gets `PolicyApplied=False` with reason `PolicyFailed`, a Warning Event
+/// that says what the sandbox stopped, and no pod; the operator keeps serving the other
+/// Clusters on the same module.
+#[test]
+fn a_failing_policy_is_reported_on_its_cluster_and_the_others_reconcile() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-fails");
+    let op = Operator::start(cp, &ns.name);
+    let name = format!("adversarial-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    let module = policy("adversarial");
+    apply_yaml(
+        &ns,
+        &format!(
+            "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    file: {}\n  limits:\n    timeoutMillis: 50\n",
+            module.display()
+        ),
+    );
+    let loaded = wait_policy_ready(&ns, &name);
+    assert_eq!(loaded["status"]["digest"], sha256_of(&module));
+    apply_file(&ns, &seed("secret.yaml"));
+    for cluster in ["loop", "panic", "fine"] {
+        apply_yaml(&ns, &cluster_yaml(cluster, Some(&name), true));
+    }
+
+    for (cluster, says) in [
+        ("loop", "the policy ran past its 50ms limit in"),
+        ("panic", "the policy crashed in"),
+    ] {
+        let failed = wait_condition_message(&ns, "cluster", cluster, "PolicyApplied", says);
+        let (status, reason, message) = condition(&failed, "PolicyApplied").unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "PolicyFailed"),
+            "{message}"
+        );
+        wait_event(&ns, cluster, "PolicyFailed", says);
+        assert!(
+            get(&ns, "pod", &format!("{cluster}-1")).is_none(),
+            "Cluster {cluster} got a pod from a failed decision"
+        );
+    }
+    let fine = wait_converged(&ns, "cluster", "fine");
+    assert_eq!(fine["status"]["policy"]["name"], name.as_str());
+    wait_get(&ns, "pod", "fine-1");
+    let (code, _) = op.get("/healthz").unwrap();
+    assert_eq!(code, 200, "the operator is unhealthy after policy failures");
+    assert!(
+        op.metric("pgwarden_reconcile_errors_total", "error=\"deadline\"") >= 1.0,
+        "{}",
+        op.metrics()
+    );
+}
+
 fn sha256_of(path: &std::path::Path) -> String {
     pgwarden::policy::digest(&std::fs::read(path).unwrap())
 }

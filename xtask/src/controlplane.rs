@@ -6,8 +6,9 @@
 //! `k8s.io/kubernetes` replaces with a local folder is pinned by a `replace` directive to its
 //! matching `v0.<minor>.<patch>` release. Binaries land in `.cache/<name>/<version>/bin`,
 //! written to a temporary folder first and renamed, so a half-done build is never taken for
-//! a finished one. The Go build cache (`~/.cache/go-build`) is shared by every clone on the
-//! machine, so a fresh clone rebuilds in a fraction of the cold time.
+//! a finished one. Go's build and module caches for these builds live under `.cache/go/` and
+//! are removed once the binaries are in place (see [`clean_go_caches`]): together ~6 GB that
+//! nothing reads again until a version changes, and CI machines have little disk.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -187,14 +188,64 @@ fn go_directive(go_mod: &str) -> String {
         .to_string()
 }
 
-fn go_command(dir: &Path, args: &[&str]) -> Command {
+/// Go's build and module caches of the set-up's builds (control plane, S3 server).
+fn go_caches() -> [(&'static str, PathBuf); 2] {
+    let root = crate::paths::cache().join("go");
+    [
+        ("GOCACHE", root.join("build")),
+        ("GOMODCACHE", root.join("mod")),
+    ]
+}
+
+/// `go` for the set-up's builds: the installed toolchain, static binaries, the caches of
+/// [`go_caches`].
+pub fn go_command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(go_binary());
     cmd.args(args)
         .current_dir(dir)
         .env("CGO_ENABLED", "0")
         // Never fetch another Go toolchain: the installed one must do.
-        .env("GOTOOLCHAIN", "local");
+        .env("GOTOOLCHAIN", "local")
+        .envs(go_caches());
     cmd
+}
+
+/// Removes the Go caches of the set-up's builds once every binary is built and cached by
+/// version; prints what it freed. Keep them with `PGWARDEN_KEEP_GO_CACHE=1` (faster rebuilds
+/// after a version bump, ~6 GB of disk).
+pub fn clean_go_caches() -> Result<()> {
+    if std::env::var_os("PGWARDEN_KEEP_GO_CACHE").is_some() {
+        return Ok(());
+    }
+    let root = crate::paths::cache().join("go");
+    if !root.exists() {
+        return Ok(());
+    }
+    let freed = du(&root);
+    // `go clean -modcache` removes the read-only module files that a plain rm cannot.
+    go(&crate::paths::root(), &["clean", "-cache", "-modcache"])?;
+    std::fs::remove_dir_all(&root)
+        .or_else(|e| if root.exists() { Err(e) } else { Ok(()) })
+        .with_context(|| format!("cannot remove {}", root.display()))?;
+    eprintln!(
+        "removed the Go caches of the set-up's builds ({:.1} GiB)",
+        freed as f64 / f64::from(1u32 << 30)
+    );
+    Ok(())
+}
+
+/// Bytes under `dir` (symbolic links not followed).
+fn du(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => du(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn go(dir: &Path, args: &[&str]) -> Result<()> {

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pgwarden_tests::controlplane::{Bins, Isolated, isolated, run_kubectl};
+use pgwarden_tests::controlplane::{Bins, Isolated, isolated, operator_rbac_manifest, run_kubectl};
 use pgwarden_tests::datapath::{S3Server, free_port};
 use pgwarden_tests::localnode::{LocalNode, Options};
 use serde_json::Value;
@@ -36,7 +36,7 @@ pub fn run(once: bool) -> Result<()> {
         return demo(once);
     }
     let started = Instant::now();
-    let prepared = crate::test::setup()?;
+    let prepared = crate::test::setup(crate::test::Binary::Build)?;
     // This very binary, even if a concurrent cargo build replaced the file during the set-up
     // (current_exe() would then name a deleted file).
     let exe = Path::new("/proc/self/exe");
@@ -62,6 +62,8 @@ pub fn run(once: bool) -> Result<()> {
 struct Plane {
     kubectl: PathBuf,
     kubeconfig: PathBuf,
+    /// The operator's own user, with the rights of `deploy/operator.yaml`'s ClusterRole.
+    operator_kubeconfig: PathBuf,
     _own: Option<Isolated>,
 }
 
@@ -104,7 +106,7 @@ fn demo(once: bool) -> Result<()> {
     let node = step("local node (a stand-in for a kubelet)", || {
         start_node(&plane, &state.join("node"), once)
     })?;
-    step("CRDs", || {
+    step("CRDs and the operator's RBAC", || {
         plane.kubectl(
             &[
                 "apply",
@@ -122,7 +124,10 @@ fn demo(once: bool) -> Result<()> {
                 "--timeout=60s",
             ],
             None,
-        )
+        )?;
+        // The operator runs with the rights a deployed one has (deploy/operator.yaml).
+        let rbac = operator_rbac_manifest().map_err(anyhow::Error::msg)?;
+        plane.kubectl(&["apply", "-f", "-"], Some(&rbac))
     })?;
     let operator = step("pgwarden operator", || Operator::start(&plane, &state))?;
     let result = if once {
@@ -171,6 +176,7 @@ fn start_plane(once: bool) -> Result<Plane> {
         return Ok(Plane {
             kubectl: cp.bins.kubectl.clone(),
             kubeconfig: cp.kubeconfig.clone(),
+            operator_kubeconfig: cp.operator_kubeconfig(),
             _own: Some(cp),
         });
     }
@@ -178,6 +184,7 @@ fn start_plane(once: bool) -> Result<Plane> {
     Ok(Plane {
         kubectl: Bins::cached().kubectl,
         kubeconfig: paths::state().join("sandbox/admin.kubeconfig"),
+        operator_kubeconfig: paths::state().join("sandbox/operator.kubeconfig"),
         _own: None,
     })
 }
@@ -231,7 +238,7 @@ impl Operator {
             // Compiled modules are cached: a debug build compiles one in about half a minute.
             .arg("--policy-cache")
             .arg(paths::cache().join("policy-modules"))
-            .env("KUBECONFIG", &plane.kubeconfig)
+            .env("KUBECONFIG", &plane.operator_kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

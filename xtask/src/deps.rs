@@ -153,12 +153,13 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
         return Ok(bin);
     }
     eprintln!("datapath: building minio {MINIO_VERSION} from the Go module proxy (~5 minutes)");
-    run(Command::new("go")
-        .arg("install")
-        .arg(format!("{MINIO_MODULE}@{MINIO_VERSION}"))
-        .env("GOBIN", root.join("bin"))
-        // The module pins go1.24; the installed Go is newer and must not fetch a toolchain.
-        .env("GOTOOLCHAIN", "local"))?;
+    let install = format!("{MINIO_MODULE}@{MINIO_VERSION}");
+    // The module pins go1.24; the installed Go is newer and must not fetch a toolchain
+    // (`go_command` sets GOTOOLCHAIN=local and the set-up's own Go caches).
+    run(
+        crate::controlplane::go_command(&paths::root(), &["install", &install])
+            .env("GOBIN", root.join("bin")),
+    )?;
     std::fs::create_dir_all(shared.parent().expect("a folder"))?;
     std::fs::copy(&bin, &shared).with_context(|| format!("cannot copy to {}", shared.display()))?;
     Ok(bin)

@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Test => test::run(),
         Command::Demo { once } => demo::run(once),
-        Command::Setup => test::setup().map(|_| ()),
+        Command::Setup => test::setup(test::Binary::Build).map(|_| ()),
         Command::BuildPolicies => policies::build().map(|_| ()),
         Command::Sandbox { action } => sandbox::run(action),
         Command::Bench { which: Bench::Wal } => bench_wal::run(),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   setup: control plane (Go build, cached) · PostgreSQL, barman venv, S3 server (cached)
-//!          · policy modules (wasm32-wasip2) · the pgwarden binary the tests start
+//!          · policy modules (wasm32-wasip2) · the pgwarden binary the demo starts
 //!   test:  setup, then `cargo test --workspace` with the paths in the environment
 //! ```
 
@@ -19,8 +19,18 @@ pub struct Prepared {
     pub env: Vec<(&'static str, PathBuf)>,
 }
 
+/// How the set-up gets the `pgwarden` binary the tests and the demo run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    /// `cargo build -p pgwarden` (the demo and `cargo xtask setup`), unless `$PGWARDEN_BIN`
+    /// names a binary already: the demo run by the test suite uses the suite's build.
+    Build,
+    /// `cargo test --workspace` builds it with the tests (one build, one set of features).
+    WithTheTests,
+}
+
 /// Installs and builds every dependency the tests need (idempotent; fast when done).
-pub fn setup() -> Result<Prepared> {
+pub fn setup(binary: Binary) -> Result<Prepared> {
     let mut env = Vec::new();
     step("control plane", || {
         crate::controlplane::ensure_built().map(|_| ())
@@ -30,21 +40,46 @@ pub fn setup() -> Result<Prepared> {
         crate::deps::ensure_all,
     )?;
     env.extend(deps.env());
+    step(
+        "freeing the Go build caches",
+        crate::controlplane::clean_go_caches,
+    )?;
     let policies = step("policy modules", crate::policies::build)?;
     env.push(("PGWARDEN_POLICY_DIR", policies));
-    step("pgwarden binary", || {
-        cargo(&["build", "--locked", "-p", "pgwarden"], &[])
-    })?;
-    env.push(("PGWARDEN_BIN", paths::root().join("target/debug/pgwarden")));
+    let built = paths::root().join("target/debug/pgwarden");
+    let given = std::env::var_os("PGWARDEN_BIN")
+        .map(PathBuf::from)
+        .filter(|b| b.is_file());
+    let bin = match (binary, given) {
+        (Binary::Build, Some(given)) => {
+            eprintln!("==> pgwarden binary: {} ($PGWARDEN_BIN)", given.display());
+            given
+        }
+        (Binary::Build, None) => {
+            step("pgwarden binary", || {
+                cargo(&["build", "--locked", "-p", "pgwarden"], &[])
+            })?;
+            built
+        }
+        (Binary::WithTheTests, _) => built,
+    };
+    env.push(("PGWARDEN_BIN", bin));
     Ok(Prepared { env })
 }
 
 /// Set-up, then every test in the workspace.
 pub fn run() -> Result<()> {
-    let prepared = setup()?;
+    let prepared = setup(Binary::WithTheTests)?;
     step("tests", || {
         cargo(
-            &["test", "--locked", "--workspace", "--all-targets"],
+            // Every test binary runs, so one failure does not hide the others.
+            &[
+                "test",
+                "--locked",
+                "--workspace",
+                "--all-targets",
+                "--no-fail-fast",
+            ],
             &prepared.env,
         )
     })

@@ -393,13 +393,19 @@ fn summary(text: &str) -> String {
     joined.chars().take(400).collect()
 }
 
-/// `text` without the values of the secret environment variables.
+/// `text` without the values of the credential environment variables. The access key ID is
+/// scrubbed too: S3 servers echo it in their errors (`InvalidAccessKeyId`), and it comes from
+/// the same Secret as the key.
 pub fn scrub(text: &str) -> String {
-    let secrets: Vec<String> = [env::SECRET_ACCESS_KEY, env::SESSION_TOKEN]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .filter(|v| v.len() >= 4)
-        .collect();
+    let secrets: Vec<String> = [
+        env::ACCESS_KEY_ID,
+        env::SECRET_ACCESS_KEY,
+        env::SESSION_TOKEN,
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok())
+    .filter(|v| v.len() >= 4)
+    .collect();
     scrub_values(text, &secrets)
 }
 

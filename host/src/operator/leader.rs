@@ -73,6 +73,18 @@ pub fn held(
     }
 }
 
+/// The Lease spec after its holder gave it up: no holder, so [`step`] says `TakeOver`.
+pub fn released(previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        acquire_time: previous.and_then(|p| p.acquire_time.clone()),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: previous.and_then(|p| p.lease_transitions),
+        ..LeaseSpec::default()
+    }
+}
+
 /// A Lease-based lock.
 pub struct LeaderElection {
     api: Api<Lease>,
@@ -139,6 +151,25 @@ impl LeaderElection {
         }
     }
 
+    /// Gives the Lease up if we hold it (holder cleared), so a standby takes over at its next
+    /// attempt rather than after the lease duration.
+    pub async fn release(&self) -> kube::Result<()> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.as_ref();
+        if spec.and_then(|s| s.holder_identity.as_deref()) != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        lease.spec = Some(released(spec, Timestamp::now()));
+        conflict_is_false(
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await,
+        )
+        .map(|_| ())
+    }
+
     /// Renews until renewal fails for a whole lease duration; returns when leadership is lost.
     pub async fn keep(&self) {
         let mut last_ok = tokio::time::Instant::now();
@@ -191,6 +222,16 @@ mod tests {
             Step::Wait { holder: "b".into() }
         );
         assert_eq!(step(Some(&lease("b", 0)), "a", at(16)), Step::TakeOver);
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_over_at_once() {
+        let ours = lease("a", 0);
+        let given_up = released(Some(&ours), at(5));
+        assert_eq!(given_up.holder_identity, None);
+        assert_eq!(step(Some(&given_up), "b", at(5)), Step::TakeOver);
+        let taken = held(Some(&given_up), "b", Duration::from_secs(15), at(5));
+        assert_eq!(taken.holder_identity.as_deref(), Some("b"));
     }
 
     #[test]

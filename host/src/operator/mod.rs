@@ -244,7 +244,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         acquired = lease.acquire() => acquired.context("leader election")?,
-        _ = tokio::signal::ctrl_c() => return Ok(()),
+        () = shutdown_signal() => return Ok(()),
     }
 
     let engine = Engine::new(EngineConfig {
@@ -418,8 +418,33 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     metrics.set_ready(true);
     info!(%identity, "operator running");
     tokio::select! {
-        _ = futures::future::join5(cluster_controller, backup_controller, scheduled_controller, policy_controller, retention_controller) => info!("controllers stopped"),
+        _ = futures::future::join5(cluster_controller, backup_controller, scheduled_controller, policy_controller, retention_controller) => {
+            info!("controllers stopped");
+            metrics.set_ready(false);
+            // A standby takes over at once instead of waiting for the Lease to expire.
+            match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
+                Ok(Ok(())) => info!(lease = %args.lease_name, "lease released"),
+                Ok(Err(e)) => warn!(error = %e, "cannot release the lease; it expires by itself"),
+                Err(_) => warn!("releasing the lease timed out; it expires by itself"),
+            }
+        }
         _ = lease.keep() => warn!("leadership lost: stopping so a leader can take over"),
     }
     Ok(())
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends a pod it stops).
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the operator while it waits");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -308,11 +308,44 @@ fn check_pod_template(
     ];
     let mut secrets = cluster_secrets(cluster);
     secrets.extend(extra.iter().cloned());
-    let containers = spec
+    let containers: Vec<_> = spec
         .containers
         .iter()
-        .chain(spec.init_containers.iter().flatten());
-    for var in containers.flat_map(|c| c.env.iter().flatten()) {
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    for container in &containers {
+        let privileged = container.security_context.as_ref().is_some_and(|c| {
+            c.privileged == Some(true) || c.allow_privilege_escalation == Some(true)
+        });
+        if privileged {
+            return Err(GuardrailError::Invalid {
+                object,
+                detail: format!(
+                    "container {} asks for privileges (privileged or allowPrivilegeEscalation); instance pods run without",
+                    container.name
+                ),
+            });
+        }
+        let from_secrets = container
+            .env_from
+            .iter()
+            .flatten()
+            .filter_map(|e| e.secret_ref.as_ref());
+        if let Some(secret) = from_secrets
+            .into_iter()
+            .find(|s| !secrets.contains(&s.name))
+        {
+            return Err(foreign(format!("Secret {}", secret.name)));
+        }
+    }
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
+    {
+        return Err(GuardrailError::Invalid {
+            object,
+            detail: "it shares the node's network, process or IPC namespace (hostNetwork, hostPID, hostIPC)".into(),
+        });
+    }
+    for var in containers.iter().flat_map(|c| c.env.iter().flatten()) {
         if credentials.contains(&var.name.as_str()) && var.value.is_some() {
             return Err(GuardrailError::SecretValue {
                 object: object.clone(),
@@ -343,8 +376,26 @@ fn check_pod_template(
         if let Some(config) = volume.config_map.as_ref().filter(|c| c.name != own_config) {
             return Err(foreign(format!("ConfigMap {}", config.name)));
         }
+        if let Some(host) = &volume.host_path {
+            return Err(GuardrailError::Invalid {
+                object,
+                detail: format!(
+                    "volume {} mounts the node's path {} (hostPath); instance pods keep to their own volumes",
+                    volume.name, host.path
+                ),
+            });
+        }
+        let projected = volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|s| s.secret.as_ref().map(|s| s.name.clone()));
         let secret = volume.secret.as_ref().and_then(|s| s.secret_name.clone());
-        if let Some(secret) = secret.filter(|s| !secrets.contains(s)) {
+        if let Some(secret) = secret
+            .into_iter()
+            .chain(projected)
+            .find(|s| !secrets.contains(s))
+        {
             return Err(foreign(format!("Secret {secret}")));
         }
     }

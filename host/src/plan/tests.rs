@@ -169,6 +169,94 @@ fn a_template_reading_an_unnamed_secret_is_refused() {
     );
 }
 
+/// The first instance's template changed by `edit`, planned: the guardrail's verdict.
+fn planned_with(edit: impl FnOnce(&mut k8s_openapi::api::core::v1::PodSpec)) -> String {
+    let cluster = cluster();
+    let mut decisions = decisions(&cluster);
+    edit(decisions.pods[0].spec.as_mut().unwrap());
+    plan_cluster(&cluster, &decisions)
+        .map(|_| "planned".to_string())
+        .unwrap_or_else(|e| e.to_string())
+}
+
+#[test]
+fn templates_reaching_other_secrets_or_the_node_are_refused() {
+    use k8s_openapi::api::core::v1::{
+        EnvFromSource, HostPathVolumeSource, ProjectedVolumeSource, SecretEnvSource,
+        SecretProjection, SecurityContext, Volume, VolumeProjection,
+    };
+    let env_from = planned_with(|spec| {
+        spec.containers[0].env_from = Some(vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: "db-admin".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }]);
+    });
+    assert_eq!(
+        env_from,
+        "refused Pod prod/pg-1: it refers to Secret db-admin, which does not belong to Cluster pg"
+    );
+    let projected = planned_with(|spec| {
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "all".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: "db-admin".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    });
+    assert_eq!(
+        projected,
+        "refused Pod prod/pg-1: it refers to Secret db-admin, which does not belong to Cluster pg"
+    );
+    let host_path = planned_with(|spec| {
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "root".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/".into(),
+                type_: None,
+            }),
+            ..Default::default()
+        });
+    });
+    assert_eq!(
+        host_path,
+        "refused Pod prod/pg-1: volume root mounts the node's path / (hostPath); instance pods keep to their own volumes"
+    );
+    let privileged = planned_with(|spec| {
+        spec.containers[0].security_context = Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        });
+    });
+    assert!(
+        privileged.contains("container postgres asks for privileges"),
+        "{privileged}"
+    );
+    let host_network = planned_with(|spec| spec.host_network = Some(true));
+    assert!(host_network.contains("hostNetwork"), "{host_network}");
+    // The Cluster's own credential Secret by envFrom is fine.
+    let own = planned_with(|spec| {
+        spec.containers[0].env_from = Some(vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: "aws-creds".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }]);
+    });
+    assert_eq!(own, "planned");
+}
+
 #[test]
 fn guardrails_refuse_foreign_kinds_namespaces_and_owners() {
     let subject = subject(&cluster());

@@ -252,7 +252,13 @@ fn compatible(version: &str) -> bool {
 
 fn load_message(e: &wasmtime::Error) -> String {
     let text = format!("{e:#}");
-    if text.contains("expected a WebAssembly component") || text.contains("core module") {
+    // wasmtime 48 says "attempted to parse a wasm module with a component parser".
+    let core = [
+        "expected a WebAssembly component",
+        "core module",
+        "parse a wasm module with a component parser",
+    ];
+    if core.iter().any(|c| text.contains(c)) {
         return format!(
             "it is a core WebAssembly module, not a component (build the policy for wasm32-wasip2): {text}"
         );
@@ -351,4 +357,39 @@ impl Policy {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn before_1_0_the_minor_version_must_match() {
+        // The host speaks 0.2.x: a module built for 0.1 or 0.3 is refused at load.
+        assert_eq!(
+            ABI_VERSION.split('.').take(2).collect::<Vec<_>>(),
+            ["0", "2"]
+        );
+        assert!(compatible("0.2.0"));
+        assert!(compatible("0.2.7"));
+        for refused in ["0.1.0", "0.3.0", "1.2.0", "0.2", "", "zero.two.one"] {
+            assert!(!compatible(refused), "{refused:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn limits_default_and_follow_the_policy_spec() {
+        assert_eq!(Limits::from(None), Limits::default());
+        let spec = PolicyLimits {
+            timeout_millis: Some(30),
+            memory_mib: Some(8),
+        };
+        assert_eq!(
+            Limits::from(Some(&spec)),
+            Limits {
+                timeout: Duration::from_millis(30),
+                memory_bytes: 8 << 20,
+            }
+        );
+    }
 }

@@ -93,7 +93,7 @@ pub fn verify(url: &str, expected: &str, bytes: &[u8]) -> Result<(), FetchError>
     let actual = digest(bytes);
     if actual != expected {
         return Err(FetchError::Mismatch {
-            url: url.into(),
+            url: redacted(url),
             expected: expected.into(),
             actual,
         });
@@ -140,11 +140,11 @@ impl Fetcher {
             .parse()
             .ok()
             .filter(|u: &hyper::Uri| matches!(u.scheme_str(), Some("http" | "https")))
-            .ok_or_else(|| FetchError::BadUrl { url: url.into() })?;
+            .ok_or_else(|| FetchError::BadUrl { url: redacted(url) })?;
         match tokio::time::timeout(self.timeout, self.get(url, uri)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Unreachable {
-                url: url.into(),
+                url: redacted(url),
                 detail: format!("no complete answer within {} s", self.timeout.as_secs()),
             }),
         }
@@ -152,7 +152,7 @@ impl Fetcher {
 
     async fn get(&self, url: &str, uri: hyper::Uri) -> Result<Vec<u8>, FetchError> {
         let unreachable = |detail: String| FetchError::Unreachable {
-            url: url.into(),
+            url: redacted(url),
             detail,
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -166,12 +166,12 @@ impl Fetcher {
         let status = response.status().as_u16();
         if status != 200 {
             return Err(FetchError::Status {
-                url: url.into(),
+                url: redacted(url),
                 status,
             });
         }
         let too_large = || FetchError::TooLarge {
-            url: url.into(),
+            url: redacted(url),
             limit: self.max_bytes,
         };
         let declared = response
@@ -216,11 +216,50 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&partial, path)
 }
 
+/// `url` as it may appear in status, Events and logs: credentials in its user part and its
+/// query (a presigned URL's signature) replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => base.to_string(),
+            }
+        }
+        None => base.to_string(),
+    };
+    format!("{base}{query}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PIN: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn urls_lose_their_credentials_in_messages() {
+        assert_eq!(redacted("https://h/p.wasm"), "https://h/p.wasm");
+        assert_eq!(
+            redacted("https://user:pa55@h:8443/p.wasm"),
+            "https://***@h:8443/p.wasm"
+        );
+        assert_eq!(
+            redacted("https://bucket.s3/p.wasm?X-Amz-Signature=abc&X-Amz-Credential=AKIA"),
+            "https://bucket.s3/p.wasm?***"
+        );
+        let e = FetchError::Status {
+            url: redacted("http://u:secret@h/p.wasm?token=t0k"),
+            status: 403,
+        };
+        let text = e.to_string();
+        assert!(!text.contains("secret") && !text.contains("t0k"), "{text}");
+    }
 
     #[test]
     fn a_url_needs_a_well_formed_pin() {

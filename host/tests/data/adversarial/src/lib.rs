@@ -12,6 +12,9 @@
 //! | `foreign-claim`   | mounts another cluster's volume claim          |
 //! | `huge`            | a 2 MiB pod template                           |
 //! | `large`           | a 700 KiB pod template                         |
+//! | `reads-env`       | reads an environment variable (WASI)           |
+//! | `reads-file`      | reads a file (WASI filesystem)                 |
+//! | `reads-clock`     | reads the wall clock (WASI clocks)             |
 //! | anything else     | the default decisions                          |
 
 use pgwarden_sdk::prelude::*;
@@ -28,6 +31,16 @@ fn misbehave(cluster: &Cluster) {
             std::hint::black_box(&v);
         }
         "panic" => panic!("the adversarial policy panics"),
+        // Capabilities the sandbox does not grant: each call must trap, naming the import.
+        "reads-env" => {
+            std::hint::black_box(std::env::var_os("HOME"));
+        }
+        "reads-file" => {
+            std::hint::black_box(std::fs::read("/etc/passwd").ok());
+        }
+        "reads-clock" => {
+            std::hint::black_box(std::time::SystemTime::now());
+        }
         _ => {}
     }
 }
