@@ -26,6 +26,12 @@ pub fn service_any(cluster: &str) -> String {
     format!("{cluster}-any")
 }
 
+/// The instance agent's identity: the ServiceAccount of the instance pods, and the Role and
+/// RoleBinding that let it report facts and take Backups: `<cluster>-agent`.
+pub fn agent(cluster: &str) -> String {
+    format!("{cluster}-agent")
+}
+
 /// Name of the pod volume holding the data directory.
 pub const DATA_VOLUME: &str = "pgdata";
 /// Name of the pod volume holding the settings ConfigMap.

@@ -30,7 +30,9 @@ struct World<'a> {
     s3: S3Server,
     _node: LocalNode,
     state: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Removed when the test ends, unless `$PGWARDEN_KEEP_STATE` is set (then kept, for
+    /// the pods' logs).
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn world(hint: &str, subnet: u8) -> World<'static> {
@@ -48,7 +50,6 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     opts.binaries = vec![("pgwarden".into(), d.pgwarden.clone())];
     let (pg, barman) = (d.pg_bin.display(), d.barman_bin.display());
     opts.env = [
-        ("KUBECONFIG", cp.kubeconfig.display().to_string()),
         (
             "PATH",
             format!("{pg}:{barman}:/usr/local/bin:/usr/bin:/bin"),
@@ -81,7 +82,12 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
         s3,
         _node: node,
         state,
-        _dir: dir,
+        _dir: if std::env::var_os(pgwarden_tests::controlplane::KEEP_STATE_ENV).is_some() {
+            eprintln!("keeping the node's state in {}", dir.keep().display());
+            None
+        } else {
+            Some(dir)
+        },
     }
 }
 

@@ -332,3 +332,85 @@ fn alive(pid: u32) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// A pod talks to the API server as its ServiceAccount, with a token the node got from the
+/// TokenRequest API (bound to the pod): `kubectl auth whoami` in the pod names the account,
+/// and what its Role does not grant is forbidden.
+#[test]
+fn a_pod_acts_as_its_service_account() {
+    let cp = node();
+    let ns = cp.namespace("localnode-sa");
+    let kubectl = cp.bins.kubectl.display().to_string();
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: reader}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: read-configmaps}}
+rules: [{{apiGroups: [""], resources: [configmaps], verbs: [get, list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: reader}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-configmaps}}
+subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: who}}
+spec:
+  serviceAccountName: reader
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: none
+    command: [sh, -c]
+    args:
+    - |
+      {kubectl} auth whoami -o jsonpath='{{.status.userInfo.username}}' > "$POD_DIR/whoami.txt" 2>&1
+      {kubectl} get configmaps -o name > "$POD_DIR/configmaps.txt" 2>&1
+      {kubectl} get secrets > "$POD_DIR/secrets.txt" 2>&1
+      echo done > "$POD_DIR/done"
+"#,
+        ns = ns.name
+    );
+    apply(&ns, &yaml);
+    let pod = wait_pod(&ns, "who", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let dir = pod_dir(&ns, &pod);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert_eq!(read("done").trim(), "done");
+    assert_eq!(
+        read("whoami.txt"),
+        format!("system:serviceaccount:{}:reader", ns.name),
+        "the pod's identity"
+    );
+    assert!(
+        read("configmaps.txt").contains("configmap/kube-root-ca.crt"),
+        "what the Role grants: {}",
+        read("configmaps.txt")
+    );
+    assert!(
+        read("secrets.txt").contains("Forbidden")
+            && read("secrets.txt").contains(&format!(
+                "system:serviceaccount:{}:reader\" cannot list resource \"secrets\"",
+                ns.name
+            )),
+        "what it does not: {}",
+        read("secrets.txt")
+    );
+    let kubeconfig = read("kubeconfig");
+    assert!(kubeconfig.contains("tokenFile: "), "{kubeconfig}");
+    let token_file = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tokenFile: "))
+        .unwrap();
+    assert!(
+        std::fs::metadata(token_file).is_ok_and(|m| m.len() > 100),
+        "the projected token is written"
+    );
+}

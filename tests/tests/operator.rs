@@ -109,7 +109,38 @@ fn seed_cluster_reconciles_to_owned_objects_and_is_collected() {
         "{args:?}"
     );
 
-    let mut owned = vec![("pod", pod), ("pvc", claim), ("configmap", settings)];
+    // The agent's identity: its own ServiceAccount, with a Role limited to Backups and status.
+    assert_eq!(pod["spec"]["serviceAccountName"], "postgresql-bkp-agent");
+    let account = wait_get(&ns, "serviceaccount", "postgresql-bkp-agent");
+    let role = wait_get(&ns, "role", "postgresql-bkp-agent");
+    let binding = wait_get(&ns, "rolebinding", "postgresql-bkp-agent");
+    let can = |verb: &str, resource: &str, subresource: &str| {
+        let user = format!("system:serviceaccount:{}:postgresql-bkp-agent", ns.name);
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", &user];
+        if !subresource.is_empty() {
+            args.extend(["--subresource", subresource]);
+        }
+        ns.kubectl(&args).stdout.trim().to_string()
+    };
+    let (backups, clusters) = (
+        "backups.postgresql.k8s.2ndq.io",
+        "clusters.postgresql.k8s.2ndq.io",
+    );
+    assert_eq!(can("watch", backups, ""), "yes");
+    assert_eq!(can("patch", backups, "status"), "yes");
+    assert_eq!(can("patch", clusters, "status"), "yes");
+    assert_eq!(can("patch", clusters, ""), "no");
+    assert_eq!(can("delete", backups, ""), "no");
+    assert_eq!(can("get", "secrets", ""), "no");
+
+    let mut owned = vec![
+        ("pod", pod),
+        ("pvc", claim),
+        ("configmap", settings),
+        ("serviceaccount", account),
+        ("role", role),
+        ("rolebinding", binding),
+    ];
     owned.extend(services.into_iter().map(|s| ("service", s)));
     for (kind, object) in &owned {
         assert_owned_by(kind, object, &uid);

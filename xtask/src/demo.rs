@@ -199,7 +199,6 @@ fn start_node(plane: &Plane, dir: &Path, fresh: bool) -> Result<LocalNode> {
     let mut opts = Options::new(&plane.kubeconfig, dir);
     opts.binaries = vec![("pgwarden".into(), PathBuf::from(var("PGWARDEN_BIN")))];
     opts.env = [
-        ("KUBECONFIG", plane.kubeconfig.display().to_string()),
         (
             "PATH",
             format!("{pg_bin}:{barman_bin}:/usr/local/bin:/usr/bin:/bin"),

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use futures::channel::mpsc::UnboundedSender;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
@@ -29,6 +32,9 @@ pub struct Stores {
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
 }
 
 fn get<K>(store: &Store<K>, target: &Target) -> Option<Arc<K>>
@@ -58,6 +64,9 @@ impl Stores {
             "PersistentVolumeClaim" => json(get(&self.claims, target)),
             "Service" => json(get(&self.services, target)),
             "ConfigMap" => json(get(&self.config_maps, target)),
+            "ServiceAccount" => json(get(&self.service_accounts, target)),
+            "Role" => json(get(&self.roles, target)),
+            "RoleBinding" => json(get(&self.role_bindings, target)),
             _ => None,
         }
     }

@@ -38,7 +38,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, Store};
@@ -287,7 +290,11 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let (claims, claim_stream) =
         reflect(scoped::<PersistentVolumeClaim>(&client, ns), owned.clone());
     let (services, service_stream) = reflect(scoped::<Service>(&client, ns), owned.clone());
-    let (config_maps, config_map_stream) = reflect(scoped::<ConfigMap>(&client, ns), owned);
+    let (config_maps, config_map_stream) = reflect(scoped::<ConfigMap>(&client, ns), owned.clone());
+    let (service_accounts, service_account_stream) =
+        reflect(scoped::<ServiceAccount>(&client, ns), owned.clone());
+    let (roles, role_stream) = reflect(scoped::<Role>(&client, ns), owned.clone());
+    let (role_bindings, role_binding_stream) = reflect(scoped::<RoleBinding>(&client, ns), owned);
     let (secrets, secret_stream) =
         reflect(scoped::<Secret>(&client, ns), watcher::Config::default());
 
@@ -301,6 +308,9 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         services,
         config_maps,
         secrets,
+        service_accounts,
+        roles,
+        role_bindings,
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -326,6 +336,9 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         .owns_stream(claim_stream)
         .owns_stream(service_stream)
         .owns_stream(config_map_stream)
+        .owns_stream(service_account_stream)
+        .owns_stream(role_stream)
+        .owns_stream(role_binding_stream)
         .watches_stream(secret_stream, move |secret: Secret| {
             // A Secret appearing or changing: the Clusters of its namespace that name it.
             let (ns, name) = (secret.namespace(), secret.name_any());

@@ -1,5 +1,7 @@
 //! A Cluster's objects from the policy's decisions: a Pod and a PersistentVolumeClaim per
-//! instance, three Services, the settings ConfigMap; all owned by the Cluster.
+//! instance, three Services, the settings ConfigMap, and the agent's identity (a
+//! ServiceAccount the pods run as, with a Role that lets the agent watch Backups and report
+//! facts on the Cluster's and Backups' status, see [`agent_rules`]); all owned by the Cluster.
 //!
 //! A Cluster bootstrapped by `recovery` gets its restore from [`recovery`]: the Backup (or
 //! source store) resolved to a backup id and the source's archive settings, added by the host
@@ -11,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
-    PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
+    PodTemplateSpec, Service, ServiceAccount, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject as RbacSubject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -132,7 +135,13 @@ pub fn plan_cluster_restoring(
             serde_json::to_string_pretty(&restore.source).unwrap_or_default(),
         );
     }
-    let mut actions = vec![apply(&config_map)];
+    // The agent's identity first: admission refuses a pod whose ServiceAccount is missing.
+    let mut actions = vec![
+        apply(&service_account(cluster)),
+        apply(&agent_role(cluster)),
+        apply(&agent_role_binding(cluster)),
+        apply(&config_map),
+    ];
     for (i, template) in decisions.pods.iter().enumerate() {
         actions.push(apply(&claim(cluster, i as u32)));
         if matches!(bootstrap, Bootstrap::Waiting) {
@@ -154,6 +163,57 @@ pub fn plan_cluster_restoring(
         actions.push(apply(&self::service(cluster, service, role)));
     }
     Ok(actions)
+}
+
+/// What the instance agent may do, in its Cluster's namespace only: watch the Backups (to
+/// take the ones that target its pod) and write the status of Backups and Clusters (its
+/// facts). Nothing else: no Secrets (credentials reach it as env), no pods.
+pub fn agent_rules() -> Vec<PolicyRule> {
+    let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![pgwarden_crds::GROUP.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    vec![
+        rule(&["backups"], &["get", "list", "watch"]),
+        rule(&["backups/status", "clusters/status"], &["get", "patch"]),
+    ]
+}
+
+/// The ServiceAccount the instance pods run as: `<cluster>-agent`.
+pub fn service_account(cluster: &Cluster) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(cluster, names::agent(name(cluster)), BTreeMap::new()),
+        ..Default::default()
+    }
+}
+
+/// The Role of the agent: [`agent_rules`].
+pub fn agent_role(cluster: &Cluster) -> Role {
+    Role {
+        metadata: meta(cluster, names::agent(name(cluster)), BTreeMap::new()),
+        rules: Some(agent_rules()),
+    }
+}
+
+/// Binds the agent's Role to its ServiceAccount.
+pub fn agent_role_binding(cluster: &Cluster) -> RoleBinding {
+    let agent = names::agent(name(cluster));
+    RoleBinding {
+        metadata: meta(cluster, agent.clone(), BTreeMap::new()),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: agent.clone(),
+        },
+        subjects: Some(vec![RbacSubject {
+            kind: "ServiceAccount".into(),
+            name: agent,
+            namespace: cluster.metadata.namespace.clone(),
+            ..Default::default()
+        }]),
+    }
 }
 
 /// `<cluster>-settings` with `archive.json` (absent when archiving is off).
@@ -240,9 +300,12 @@ fn build_pod(cluster: &Cluster, pod_name: String, template: &PodTemplateSpec) ->
     if let Some(ns) = template_meta.namespace {
         metadata.namespace = Some(ns);
     }
+    // The agent runs as the Cluster's own ServiceAccount (the guardrail refuses another).
+    let mut spec = template.spec.clone().unwrap_or_default();
+    spec.service_account_name = Some(names::agent(name(cluster)));
     Pod {
         metadata,
-        spec: template.spec.clone(),
+        spec: Some(spec),
         ..Default::default()
     }
 }
@@ -337,6 +400,14 @@ fn check_pod_template(
         {
             return Err(foreign(format!("Secret {}", secret.name)));
         }
+    }
+    let agent = names::agent(name(cluster));
+    let account = spec
+        .service_account_name
+        .as_ref()
+        .or(spec.service_account.as_ref());
+    if let Some(account) = account.filter(|a| **a != agent) {
+        return Err(foreign(format!("ServiceAccount {account}")));
     }
     if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
     {

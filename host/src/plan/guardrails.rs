@@ -11,12 +11,16 @@ use super::errors::GuardrailError;
 /// The largest object the operator applies.
 pub const MAX_OBJECT_BYTES: usize = 512 << 10;
 
-/// Kinds the operator may apply or delete, as (apiVersion, kind).
-pub const ALLOWED_KINDS: [(&str, &str); 6] = [
+/// Kinds the operator may apply or delete, as (apiVersion, kind). A Role may grant only the
+/// agent's rules and a RoleBinding bind only a Role to ServiceAccounts ([`check_rbac`]).
+pub const ALLOWED_KINDS: [(&str, &str); 9] = [
     ("v1", "Pod"),
     ("v1", "PersistentVolumeClaim"),
     ("v1", "Service"),
     ("v1", "ConfigMap"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("postgresql.k8s.2ndq.io/v1alpha1", "Backup"),
     ("postgresql.k8s.2ndq.io/v1alpha1", "Cluster"),
 ];
@@ -54,6 +58,7 @@ pub fn check_one(subject: &Subject, action: &Action) -> Result<(), GuardrailErro
         Action::Apply { object, .. } => {
             check_kind(target)?;
             check_size(target, object)?;
+            check_rbac(subject, target, object)?;
             let owners = owner_uids(object);
             let cluster = object.pointer(&format!(
                 "/metadata/labels/{}",
@@ -115,6 +120,50 @@ fn check_kind(target: &ObjectRef) -> Result<(), GuardrailError> {
         object: target.to_string(),
         kind: format!("{}/{}", target.api_version, target.kind),
     })
+}
+
+/// A Role grants exactly the agent's rules (no more: an operator bug or a tampered plan never
+/// widens what a pod may do); a RoleBinding binds a Role (never a ClusterRole) to
+/// ServiceAccounts of the subject's namespace.
+pub fn check_rbac(
+    subject: &Subject,
+    target: &ObjectRef,
+    object: &serde_json::Value,
+) -> Result<(), GuardrailError> {
+    let refused = |detail: String| {
+        Err(GuardrailError::Invalid {
+            object: target.to_string(),
+            detail,
+        })
+    };
+    match target.kind.as_str() {
+        "Role" => {
+            let agent = serde_json::to_value(super::cluster::agent_rules()).unwrap_or_default();
+            if object.get("rules") != Some(&agent) {
+                return refused(format!(
+                    "a Role may grant only the instance agent's rules {agent}"
+                ));
+            }
+        }
+        "RoleBinding" => {
+            if object.pointer("/roleRef/kind").and_then(|k| k.as_str()) != Some("Role") {
+                return refused("a RoleBinding may bind only a Role of its namespace".into());
+            }
+            let subjects = object.get("subjects").and_then(|s| s.as_array());
+            let foreign = subjects.into_iter().flatten().find(|s| {
+                s.get("kind").and_then(|k| k.as_str()) != Some("ServiceAccount")
+                    || s.get("namespace").and_then(|n| n.as_str()) != Some(subject.namespace())
+            });
+            if let Some(foreign) = foreign {
+                return refused(format!(
+                    "a RoleBinding may bind only ServiceAccounts of namespace {}, not {foreign}",
+                    subject.namespace()
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn check_size(target: &ObjectRef, value: &serde_json::Value) -> Result<(), GuardrailError> {

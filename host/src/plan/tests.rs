@@ -70,6 +70,9 @@ fn a_cluster_plans_its_objects_all_owned_and_labelled() {
     assert_eq!(
         kinds,
         [
+            "ServiceAccount prod/pg-agent",
+            "Role prod/pg-agent",
+            "RoleBinding prod/pg-agent",
             "ConfigMap prod/pg-settings",
             "PersistentVolumeClaim prod/pg-1",
             "Pod prod/pg-1",
@@ -92,6 +95,92 @@ fn a_cluster_plans_its_objects_all_owned_and_labelled() {
         );
     }
     guardrails::check(&subject(&cluster), &actions).unwrap();
+}
+
+#[test]
+fn the_agent_runs_as_its_clusters_account_with_a_role_of_its_own() {
+    let cluster = cluster();
+    let actions = plan_cluster(&cluster, &decisions(&cluster)).unwrap();
+    let pod = applied(&actions, "Pod", "pg-1");
+    assert_eq!(pod["spec"]["serviceAccountName"], "pg-agent");
+    let role = applied(&actions, "Role", "pg-agent");
+    assert_eq!(
+        role["rules"],
+        json!([
+            { "apiGroups": ["postgresql.k8s.2ndq.io"], "resources": ["backups"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["postgresql.k8s.2ndq.io"], "resources": ["backups/status", "clusters/status"], "verbs": ["get", "patch"] },
+        ])
+    );
+    let binding = applied(&actions, "RoleBinding", "pg-agent");
+    assert_eq!(
+        binding["roleRef"],
+        json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pg-agent" })
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "pg-agent", "namespace": "prod" }])
+    );
+}
+
+#[test]
+fn a_template_running_as_another_account_is_refused() {
+    let refused = planned_with(|spec| spec.service_account_name = Some("admin".into()));
+    assert_eq!(
+        refused,
+        "refused Pod prod/pg-1: it refers to ServiceAccount admin, which does not belong to Cluster pg"
+    );
+}
+
+#[test]
+fn guardrails_keep_roles_to_the_agents_rules() {
+    let cluster = cluster();
+    let subject = subject(&cluster);
+    let mut role = serde_json::to_value(agent_role(&cluster)).unwrap();
+    let target = reference(&agent_role(&cluster));
+    let apply_role = |object: Value| Action::Apply {
+        target: target.clone(),
+        object,
+    };
+    guardrails::check_one(&subject, &apply_role(role.clone())).unwrap();
+    role["rules"][0]["resources"] = json!(["secrets"]);
+    let err = guardrails::check_one(&subject, &apply_role(role)).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "refused Role prod/pg-agent: a Role may grant only the instance agent's rules"
+        ),
+        "{err}"
+    );
+    let mut binding = serde_json::to_value(agent_role_binding(&cluster)).unwrap();
+    let target = reference(&agent_role_binding(&cluster));
+    binding["roleRef"]["kind"] = json!("ClusterRole");
+    binding["roleRef"]["name"] = json!("cluster-admin");
+    let err = guardrails::check_one(
+        &subject,
+        &Action::Apply {
+            target: target.clone(),
+            object: binding.clone(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refused RoleBinding prod/pg-agent: a RoleBinding may bind only a Role of its namespace"
+    );
+    binding["roleRef"]["kind"] = json!("Role");
+    binding["subjects"][0]["namespace"] = json!("kube-system");
+    let err = guardrails::check_one(
+        &subject,
+        &Action::Apply {
+            target,
+            object: binding,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("may bind only ServiceAccounts of namespace prod"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -24,6 +24,12 @@
 //!   `volumes/<namespace>/<claim>` and survives pod restarts and deletion; an `emptyDir`
 //!   lives and dies with its pod; ConfigMap, Secret and projected volumes are written as
 //!   files and rewritten when the object changes.
+//! - **Service accounts**: a projected `serviceAccountToken` (what admission mounts at
+//!   `/var/run/secrets/kubernetes.io/serviceaccount`) is a real token of the pod's
+//!   ServiceAccount from the TokenRequest API, bound to the pod and renewed at 80% of its
+//!   lifetime. As that path cannot exist here, each such pod gets `<podDir>/kubeconfig`
+//!   (server, CA, `tokenFile`) as `KUBECONFIG`, unless its env or [`Options::env`] sets one:
+//!   the pod acts with its ServiceAccount's rights, as in a cluster.
 //! - **Container paths are rewritten**: there is no mount namespace, so any env value,
 //!   argument or probe command word equal to a `mountPath` or under it is replaced by the
 //!   host folder (`/var/lib/postgresql/data/pgdata` → `<state>/volumes/ns/claim/pgdata`).
@@ -47,9 +53,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, Node, PersistentVolume, PersistentVolumeClaim, Pod, Probe,
-    Secret, Volume,
+    Secret, ServiceAccount, Volume,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -170,6 +177,8 @@ pub(super) const TICK: Duration = Duration::from_millis(500);
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(10);
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 pub(super) const FIELD_MANAGER: &str = "pgwarden-localnode";
+/// Where admission mounts a pod's service-account token, CA and namespace.
+pub(super) const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 async fn client(kubeconfig: &Path) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)

@@ -16,6 +16,8 @@ pub(super) struct PodRuntime {
     pub(super) claims: HashMap<String, PathBuf>,
     pub(super) last_status: Option<Value>,
     pub(super) terminating_since: Option<Instant>,
+    /// Projected service-account tokens by file path: the token and when to renew it.
+    pub(super) tokens: HashMap<PathBuf, (String, Instant)>,
 }
 
 #[derive(Default)]
@@ -60,6 +62,7 @@ impl PodRuntime {
             claims: HashMap::new(),
             last_status: None,
             terminating_since: None,
+            tokens: HashMap::new(),
         })
     }
 
@@ -162,7 +165,22 @@ impl PodRuntime {
                         );
                     }
                     if let Some(t) = &src.service_account_token {
-                        files.insert(t.path.clone(), Vec::new());
+                        let file = dir.join(&t.path);
+                        let token = self.token(ctx, &file, t).await?;
+                        files.insert(t.path.clone(), token.into_bytes());
+                    }
+                    for item in src
+                        .downward_api
+                        .iter()
+                        .flat_map(|d| d.items.iter().flatten())
+                    {
+                        if let Some(value) = item
+                            .field_ref
+                            .as_ref()
+                            .and_then(|f| self.field(&f.field_path))
+                        {
+                            files.insert(item.path.clone(), value.into_bytes());
+                        }
                     }
                 }
             }
@@ -171,6 +189,122 @@ impl PodRuntime {
             }
         }
         Ok(volumes)
+    }
+
+    /// A token of the pod's ServiceAccount, bound to the pod, from the TokenRequest API (as a
+    /// kubelet projects it); renewed once 80% of its lifetime has passed.
+    async fn token(
+        &mut self,
+        ctx: &Ctx<'_>,
+        file: &Path,
+        projection: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    ) -> Result<String> {
+        if let Some((token, renew_at)) = self.tokens.get(file)
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let account = self.service_account();
+        let seconds = projection.expiration_seconds.unwrap_or(3600);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: projection.audience.clone().map(|a| vec![a]),
+                expiration_seconds: Some(seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: self.pod.metadata.name.clone(),
+                    uid: self.pod.metadata.uid.clone(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &self.namespace());
+        let answer = api
+            .create_token_request(&account, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("cannot get a token of ServiceAccount {account}"))?;
+        let token = answer.status.and_then(|s| s.token).with_context(|| {
+            format!("the TokenRequest of ServiceAccount {account} returned no token")
+        })?;
+        let renew_at = Instant::now() + Duration::from_secs(seconds.max(10) as u64 * 8 / 10);
+        self.tokens
+            .insert(file.to_path_buf(), (token.clone(), renew_at));
+        Ok(token)
+    }
+
+    /// The ServiceAccount the pod runs as (`default` when it names none).
+    pub(super) fn service_account(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// A `fieldRef` of the pod, as the downward API resolves it.
+    fn field(&self, path: &str) -> Option<String> {
+        match path {
+            "metadata.name" => Some(self.name()),
+            "metadata.namespace" => Some(self.namespace()),
+            "metadata.uid" => self.pod.metadata.uid.clone(),
+            "spec.serviceAccountName" => Some(self.service_account()),
+            _ => None,
+        }
+    }
+
+    /// Where the pod's service-account token is projected (the volume mounted at
+    /// [`SERVICE_ACCOUNT_DIR`], as admission adds it), on this host.
+    pub(super) fn service_account_volume(&self, opts: &Options) -> Option<PathBuf> {
+        let spec = self.pod.spec.as_ref()?;
+        let mounted = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.volume_mounts.iter().flatten());
+        let mount = mounted
+            .into_iter()
+            .find(|m| m.mount_path == SERVICE_ACCOUNT_DIR)?;
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)?;
+        let projects_token = volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .any(|s| s.service_account_token.is_some());
+        projects_token.then(|| self.volume_dir(opts, volume))
+    }
+
+    /// Writes `<podDir>/kubeconfig`: the API server, its CA and the projected token of the
+    /// pod's ServiceAccount, what in-cluster configuration reads from
+    /// /var/run/secrets/kubernetes.io/serviceaccount (there is no such path here).
+    pub(super) fn write_kubeconfig(&self, opts: &Options) -> Result<Option<PathBuf>> {
+        let Some(dir) = self.service_account_volume(opts) else {
+            return Ok(None);
+        };
+        let node = kube::config::Kubeconfig::read_from(&opts.kubeconfig)?;
+        let server = node
+            .clusters
+            .iter()
+            .find_map(|c| c.cluster.as_ref()?.server.clone())
+            .context("the node's kubeconfig names no server")?;
+        let config = format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+             users:\n- name: {account}\n  user:\n    tokenFile: {token}\n\
+             contexts:\n- name: pod\n  context:\n    cluster: local\n    user: {account}\n    namespace: {ns}\n\
+             current-context: pod\n",
+            ca = dir.join("ca.crt").display(),
+            token = dir.join("token").display(),
+            account = self.service_account(),
+            ns = self.namespace(),
+        );
+        let path = self.dir.join("kubeconfig");
+        write_if_changed(&path, config.as_bytes())?;
+        Ok(Some(path))
     }
 
     pub(super) fn volume_dir(&self, opts: &Options, v: &Volume) -> PathBuf {
@@ -229,6 +363,12 @@ impl PodRuntime {
             .into_iter()
             .map(|(k, v)| (k, rewrite(&v, mounts)))
             .collect();
+        // The pod talks to the API server as its ServiceAccount, as in a cluster.
+        if let Some(kubeconfig) = self.write_kubeconfig(ctx.opts)?
+            && !env.iter().any(|(k, _)| k == "KUBECONFIG")
+        {
+            env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        }
         for (k, v) in &ctx.opts.env {
             let v = v
                 .replace("{podIP}", &self.ip)
