@@ -622,6 +622,11 @@ impl Instance {
 
     /// Starts `pgbench` for `seconds` in the background.
     pub fn pgbench_spawn(&self, clients: u32, seconds: u32) -> Child {
+        self.pgbench_spawn_with(clients, seconds, &[])
+    }
+
+    /// [`Instance::pgbench_spawn`] with more options, e.g. `["-R", "100"]` (a rate limit).
+    pub fn pgbench_spawn_with(&self, clients: u32, seconds: u32, extra: &[&str]) -> Child {
         Command::new(deps().pg_bin.join("pgbench"))
             .args([
                 "-h",
@@ -639,8 +644,9 @@ impl Instance {
                 "2",
                 "-T",
                 &seconds.to_string(),
-                "postgres",
             ])
+            .args(extra)
+            .arg("postgres")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -161,17 +161,23 @@ fn a_store_outage_keeps_wal_then_everything_catches_up() {
     let mut s3 = S3Server::start();
     let pg = primary(&s3, "outage", "pg-outage");
     pg.psql("CREATE TABLE c (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())");
+    pg.pgbench_init(1);
     let backup = take_backup(&pg, "backup-outage");
     let backup_id = backup["backupId"].as_str().unwrap().to_string();
 
+    // Down for a minute under pgbench load (rate-limited, so the WAL it leaves behind is
+    // archived again within the test's bounds) and marked inserts.
     s3.stop();
     let down = std::time::Instant::now();
+    let mut load = pg.pgbench_spawn_with(2, 60, &["-R", "200"]);
     let mut switched = Vec::new();
     while down.elapsed() < MIN {
         pg.psql("INSERT INTO c (at) SELECT now() FROM generate_series(1, 500)");
         switched.push(pg.switch_wal());
         std::thread::sleep(Duration::from_secs(5));
     }
+    let status = load.wait().expect("pgbench");
+    assert!(status.success(), "pgbench failed while the store was down");
     let facts = pg.archive_facts().expect("facts");
     assert!(facts.failed_count.unwrap_or(0) > 0, "{facts:?}");
     assert!(facts.ready_segments.unwrap_or(0) > 0, "{facts:?}");
@@ -210,9 +216,16 @@ fn a_store_outage_keeps_wal_then_everything_catches_up() {
     let last = pg.switch_wal();
     assert!(pg.wait_archived(&last, MIN));
     let want = pg.psql("SELECT count(*) FROM c");
+    let transactions = pg.psql("SELECT count(*) FROM pgbench_history");
+    assert_ne!(transactions, "0", "pgbench committed nothing");
 
     let latest = restored(&s3, &pg, &backup_id, "pg-outage-latest", &[]);
     assert_eq!(latest.psql("SELECT count(*) FROM c"), want);
+    assert_eq!(
+        latest.psql("SELECT count(*) FROM pgbench_history"),
+        transactions,
+        "a pgbench transaction committed during the outage is missing after the restore"
+    );
 }
 
 #[test]
