@@ -99,6 +99,7 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
     );
 
     let t0 = Instant::now();
+    let cpu_start = CpuTimes::now();
     let start = sample(&pg, t0);
     let bench = pg.pgbench_script_spawn(&script, clients, seconds);
     let mut samples = vec![];
@@ -114,6 +115,8 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     let end = sample(&pg, t0);
+    let cpu_load = CpuTimes::now().since(&cpu_start);
+    let cpu_drain_start = CpuTimes::now();
     // Catch-up: until everything written during the load is archived (bounded).
     let target = end.written;
     let drain_start = Instant::now();
@@ -126,6 +129,7 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         last = sample(&pg, t0);
     }
     let drained = last.archived + 1 >= target;
+    let cpu_drain = CpuTimes::now().since(&cpu_drain_start);
     let load_secs = end.t - start.t;
     let written = end.written - start.written;
     let archived = end.archived.saturating_sub(start.archived);
@@ -152,7 +156,54 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         "catch_up_seconds": drained.then(|| drain_start.elapsed().as_secs_f64()),
         "archived_after_catch_up_window": last.archived.saturating_sub(start.archived),
         "failed_count": failed.parse::<i64>().unwrap_or(-1),
+        "cpu_busy_during_load": cpu_load.busy,
+        "cpu_iowait_during_load": cpu_load.iowait,
+        "cpu_busy_during_catch_up": cpu_drain.busy,
+        "cpu_iowait_during_catch_up": cpu_drain.iowait,
     })
+}
+
+/// The machine's CPU time from `/proc/stat` (all cores), to tell what bounds the archiving.
+struct CpuTimes {
+    busy: u64,
+    iowait: u64,
+    total: u64,
+}
+
+/// Fractions of all the cores' time in a phase.
+struct CpuShare {
+    busy: f64,
+    iowait: f64,
+}
+
+impl CpuTimes {
+    fn now() -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        let total: u64 = fields.iter().take(8).sum();
+        let (idle, iowait) = (at(3), at(4));
+        CpuTimes {
+            busy: total - idle - iowait,
+            iowait,
+            total,
+        }
+    }
+
+    fn since(&self, start: &CpuTimes) -> CpuShare {
+        let total = (self.total - start.total).max(1) as f64;
+        CpuShare {
+            busy: (self.busy - start.busy) as f64 / total,
+            iowait: (self.iowait - start.iowait) as f64 / total,
+        }
+    }
 }
 
 #[test]
@@ -180,12 +231,20 @@ fn bench_wal_archiving_parallel_vs_plain() {
     std::fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     println!("{}", serde_json::to_string_pretty(&doc).unwrap());
     println!(
-        "{:<10} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10}",
-        "mode", "tps", "written/s", "archived/s", "lag@end", "max lag", "catch-up s"
+        "{:<10} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>11} {:>13}",
+        "mode",
+        "tps",
+        "written/s",
+        "archived/s",
+        "lag@end",
+        "max lag",
+        "catch-up s",
+        "cpu (load)",
+        "cpu (catch-up)"
     );
     for r in &results {
         println!(
-            "{:<10} {:>9.0} {:>12.2} {:>12.2} {:>10} {:>10} {:>10}",
+            "{:<10} {:>9.0} {:>12.2} {:>12.2} {:>10} {:>10} {:>10} {:>10.0}% {:>12.0}%",
             r["mode"].as_str().unwrap(),
             r["pgbench_tps"].as_f64().unwrap_or(0.0),
             r["written_segments_per_second"].as_f64().unwrap_or(0.0),
@@ -196,6 +255,8 @@ fn bench_wal_archiving_parallel_vs_plain() {
                 .as_f64()
                 .map(|v| format!("{v:.1}"))
                 .unwrap_or("—".into()),
+            100.0 * r["cpu_busy_during_load"].as_f64().unwrap_or(0.0),
+            100.0 * r["cpu_busy_during_catch_up"].as_f64().unwrap_or(0.0),
         );
     }
     println!("written to {out}");
