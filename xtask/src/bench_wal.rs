@@ -1,5 +1,20 @@
 //! `cargo xtask bench wal`: builds the agent, then runs the WAL archiving benchmark
 //! (`tests/tests/datapath_bench.rs`) against the real S3 server, PostgreSQL and barman.
+//!
+//! Measured 2026-11-29 on the 2-core development machine (MinIO on 127.0.0.1, no
+//! compression, pgbench 4 clients writing ~1 MB a transaction for 60 s, then a catch-up):
+//!
+//! ```text
+//!   mode       tps   written/s  archived/s  lag@end  catch-up s  cpu (load)  cpu (catch-up)
+//!   parallel   129   7.09       2.24        293      79.8        99%         98%
+//!   plain      149   8.22       2.37        352      90.5        98%         99%
+//! ```
+//!
+//! Both modes archive ~2.3 segments/s under load and ~3.7/s after it, with every core busy:
+//! each `barman-cloud-wal-archive` is a Python process (interpreter, boto3, the upload) and
+//! MinIO hashes and writes on the same two cores. On this machine the archive rate is bound
+//! by CPU, so running up to `maxParallel` uploads at once buys nothing; it pays where one
+//! upload waits on the network (a remote store), which a loopback store cannot show.
 
 use anyhow::{Context, Result, bail};
 use std::process::Command;
