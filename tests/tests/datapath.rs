@@ -156,6 +156,39 @@ fn backup_then_restore_to_a_point_in_time_and_to_the_latest() {
     );
 }
 
+/// The other recovery targets, each restored and read back: a named restore point, a
+/// transaction id (inclusive), an LSN, and `immediate` (the end of the base backup).
+#[test]
+fn restores_stop_at_a_restore_point_a_transaction_an_lsn_or_the_backup() {
+    let s3 = S3Server::start();
+    let pg = primary(&s3, "targets", "pg-targets");
+    pg.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
+    pg.psql("INSERT INTO t (v) VALUES ('base')");
+    let backup_id = take_backup(&pg, "backup-targets")["backupId"]
+        .as_str()
+        .expect("backup id")
+        .to_string();
+    pg.psql("INSERT INTO t (v) VALUES ('a')");
+    pg.psql("SELECT pg_create_restore_point('after-a')");
+    let xid_b =
+        pg.psql("WITH b AS (INSERT INTO t (v) VALUES ('b') RETURNING id) SELECT txid_current()");
+    pg.psql("INSERT INTO t (v) VALUES ('c')");
+    let lsn_c = pg.psql("SELECT pg_current_wal_insert_lsn()");
+    pg.psql("INSERT INTO t (v) VALUES ('d')");
+    let last = pg.switch_wal();
+    assert!(pg.wait_archived(&last, 2 * MIN), "{last} not archived");
+
+    let rows = |name: &str, target: &[&str]| {
+        let restored = restored(&s3, &pg, &backup_id, name, target);
+        assert_eq!(restored.psql("SELECT pg_is_in_recovery()"), "f", "{name}");
+        restored.psql("SELECT string_agg(v, ',' ORDER BY id) FROM t")
+    };
+    assert_eq!(rows("pg-name", &["--target-name", "after-a"]), "base,a");
+    assert_eq!(rows("pg-xid", &["--target-xid", &xid_b]), "base,a,b");
+    assert_eq!(rows("pg-lsn", &["--target-lsn", &lsn_c]), "base,a,b,c");
+    assert_eq!(rows("pg-immediate", &["--target-immediate"]), "base");
+}
+
 #[test]
 fn a_store_outage_keeps_wal_then_everything_catches_up() {
     let mut s3 = S3Server::start();

@@ -257,10 +257,20 @@ impl PgConfig {
         lines.extend(self.recovery.iter().cloned());
         let body: String = lines
             .iter()
-            .map(|(k, v)| format!("{k} = '{}'\n", v.replace('\'', "''")))
+            .map(|(k, v)| format!("{k} = '{}'\n", conf_string(v)))
             .collect();
         format!("# Written by `pgwarden instance run` on every start: do not edit.\n{body}")
     }
+}
+
+/// A value as the inside of a quoted postgresql.conf string: quotes doubled, backslashes and
+/// line breaks escaped (a raw line break would end the line and fail the whole file).
+fn conf_string(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('\'', "''")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
 }
 
 /// The archive command calling this very binary.
@@ -385,6 +395,32 @@ mod tests {
         assert!(conf.contains("archive_command = '/usr/bin/pgwarden instance wal-archive %p'\n"));
         assert!(conf.contains("archive_timeout = '60s'\n"));
         assert!(conf.contains("max_connections = '50'\n"));
+    }
+
+    #[test]
+    fn conf_values_cannot_break_out_of_their_line() {
+        let config = PgConfig {
+            recovery: vec![(
+                "recovery_target_name".into(),
+                "it's\nrestore_command = 'rm -rf /'\\".into(),
+            )],
+            ..Default::default()
+        };
+        let text = config.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("recovery_target_name"))
+            .unwrap();
+        assert_eq!(
+            line,
+            r"recovery_target_name = 'it''s\nrestore_command = ''rm -rf /''\\'"
+        );
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("restore_command"))
+                .count(),
+            0
+        );
     }
 
     #[test]
