@@ -358,3 +358,96 @@ fn snapshot(ns: &Namespace<'_>) -> Snapshot {
         backups: backup_names(ns),
     }
 }
+
+/// Wrong credentials, through the whole path: the real agent's first archive is refused by
+/// the store, the agent reports it, and the Cluster says `ContinuousArchiving=False`
+/// (`ArchiveFailing`) naming the cause, with a Warning Event; neither the key nor its id
+/// appears in the Cluster, its Events or the operator's log.
+#[test]
+fn wrong_credentials_reach_the_cluster_as_a_condition_without_the_secret() {
+    let w = world("faults-creds", 150 + (std::process::id() % 30) as u8);
+    let op = Operator::start(w.cp, &w.ns.name);
+    let c = &w.s3.credentials;
+    let wrong_secret = "wrong-secret-0123456789abcdef0123";
+    apply_yaml(
+        &w.ns,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad-creds\nstringData:\n  ACCESS_KEY_ID: {}\n  ACCESS_SECRET_KEY: {wrong_secret}\n",
+            c.access_key_id
+        ),
+    );
+    apply_yaml(
+        &w.ns,
+        &w.cluster_yaml("pg")
+            .replace("name: aws-creds", "name: bad-creds"),
+    );
+    w.wait_pod_ready("pg-1");
+    // Nothing archived yet, and the Cluster does not pretend otherwise.
+    let waiting = wait_for(READY, Duration::from_secs(1), || {
+        let cluster = get(&w.ns, "cluster", "pg")?;
+        let reason = cluster["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "ContinuousArchiving")?["reason"]
+            .clone();
+        (reason == "WaitingForFirstArchive").then_some(())
+    });
+    assert!(waiting.is_some(), "ContinuousArchiving before any archive");
+    // A backup: barman is refused too, and PostgreSQL switches WAL, which the agent then
+    // fails to archive.
+    w.backup("refused", "pg");
+    let backup = w.wait_final("refused");
+    assert_eq!(backup["phase"], "failed", "{backup}");
+    assert!(
+        backup["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refused the credentials")),
+        "{backup}"
+    );
+    let mut last = Value::Null;
+    let failing = wait_for(READY, Duration::from_secs(1), || {
+        let cluster = get(&w.ns, "cluster", "pg")?;
+        last = cluster["status"].clone();
+        let archiving = cluster["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "ContinuousArchiving")?
+            .clone();
+        (archiving["reason"] == "ArchiveFailing").then_some(archiving)
+    })
+    .unwrap_or_else(|| panic!("the Cluster never reported ArchiveFailing: {last}"));
+    assert_eq!(failing["status"], "False");
+    let message = failing["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the object store refused the credentials"),
+        "{message}"
+    );
+    let events =
+        w.cp.kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            &w.ns.name,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("refused the credentials"),
+        "no Event says why: {events}"
+    );
+    let cluster =
+        w.ns.kubectl(&["get", "cluster,backup", "-o", "yaml"])
+            .into_result()
+            .unwrap();
+    let operator_log = std::fs::read_to_string(&op.log).unwrap_or_default();
+    for (what, text) in [
+        ("the Cluster and Backup", &cluster),
+        ("the Events", &events),
+        ("the operator's log", &operator_log),
+    ] {
+        for secret in [wrong_secret, &c.access_key_id, &c.secret_access_key] {
+            assert!(!text.contains(secret), "a credential leaked into {what}");
+        }
+    }
+}

@@ -110,6 +110,14 @@ pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
             ),
         );
     }
+    if a.last_archived_time.is_none() && a.last_archived_wal.is_none() {
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "WaitingForFirstArchive",
+            "no WAL file has been archived yet: PostgreSQL hands one over when a segment fills, \
+             on a backup, or after archive_timeout",
+        );
+    }
     Wanted::ok(
         types::CONTINUOUS_ARCHIVING,
         "Archiving",
@@ -314,6 +322,14 @@ mod tests {
     #[test]
     fn archiving_condition_follows_the_facts() {
         assert!(!archiving(None).ok);
+        let nothing_yet = ArchiveStatus {
+            archived_count: Some(0),
+            failed_count: Some(0),
+            ..Default::default()
+        };
+        let w = archiving(Some(&nothing_yet));
+        assert!(!w.ok);
+        assert_eq!(w.reason, "WaitingForFirstArchive");
         let healthy = ArchiveStatus {
             last_archived_time: Some("2026-11-25T10:00:00Z".into()),
             ..Default::default()
