@@ -165,6 +165,19 @@ fn pgwarden_policy(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
     )
 }
 
+/// `pgwarden policy eval --module <name>.wasm --input <input> <extra...>`.
+fn eval(module: &Path, input: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "eval".as_ref(),
+        "--module".as_ref(),
+        module.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    pgwarden_policy(&args)
+}
+
 const EVAL_INPUT: &str = r#"
 apiVersion: postgresql.k8s.2ndq.io/v1alpha1
 kind: Cluster
@@ -191,15 +204,7 @@ fn policy_eval_prints_decisions_and_planned_actions_as_json() {
     let input = dir.path().join("objects.yaml");
     std::fs::write(&input, EVAL_INPUT).unwrap();
     let module = module_path("default");
-    let (ok, stdout, stderr) = pgwarden_policy(&[
-        "eval".as_ref(),
-        "--module".as_ref(),
-        module.as_os_str(),
-        "--input".as_ref(),
-        input.as_os_str(),
-        "--now".as_ref(),
-        "2026-11-29T12:00:00Z".as_ref(),
-    ]);
+    let (ok, stdout, stderr) = eval(&module, &input, &["--now", "2026-11-29T12:00:00Z"]);
     assert!(ok, "policy eval failed:\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -248,15 +253,7 @@ fn policy_eval_prints_decisions_and_planned_actions_as_json() {
     assert_eq!(report["refused"], serde_json::json!([]));
 
     // One decision only, and a clear error for a decision that does not exist.
-    let (ok, stdout, _) = pgwarden_policy(&[
-        "eval".as_ref(),
-        "--module".as_ref(),
-        module.as_os_str(),
-        "--input".as_ref(),
-        input.as_os_str(),
-        "--decision".as_ref(),
-        "archive-settings".as_ref(),
-    ]);
+    let (ok, stdout, _) = eval(&module, &input, &["--decision", "archive-settings"]);
     assert!(ok);
     let only: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let names: Vec<&str> = only["decisions"]
@@ -266,15 +263,7 @@ fn policy_eval_prints_decisions_and_planned_actions_as_json() {
         .filter_map(|d| d["decision"].as_str())
         .collect();
     assert_eq!(names, ["archive-settings"]);
-    let (ok, _, stderr) = pgwarden_policy(&[
-        "eval".as_ref(),
-        "--module".as_ref(),
-        module.as_os_str(),
-        "--input".as_ref(),
-        input.as_os_str(),
-        "--decision".as_ref(),
-        "pods".as_ref(),
-    ]);
+    let (ok, _, stderr) = eval(&module, &input, &["--decision", "pods"]);
     assert!(!ok);
     assert!(
         stderr.contains("unknown decision \"pods\": expected one of instance-pod"),
@@ -292,13 +281,7 @@ fn policy_eval_names_an_input_of_an_unknown_kind() {
     )
     .unwrap();
     let module = module_path("default");
-    let (ok, _, stderr) = pgwarden_policy(&[
-        "eval".as_ref(),
-        "--module".as_ref(),
-        module.as_os_str(),
-        "--input".as_ref(),
-        input.as_os_str(),
-    ]);
+    let (ok, _, stderr) = eval(&module, &input, &[]);
     assert!(!ok);
     assert!(
         stderr.contains("cannot evaluate objects of kind \"Service\""),
