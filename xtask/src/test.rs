@@ -32,18 +32,18 @@ pub enum Binary {
 /// Installs and builds every dependency the tests need (idempotent; fast when done).
 pub fn setup(binary: Binary) -> Result<Prepared> {
     let mut env = Vec::new();
+    // Each Go build's caches go as soon as its binaries are cached: the disk never holds
+    // the control plane's and MinIO's at once.
     step("control plane", || {
-        crate::controlplane::ensure_built().map(|_| ())
+        crate::controlplane::ensure_built()?;
+        crate::controlplane::clean_go_caches()
     })?;
-    let deps = step(
-        "PostgreSQL, barman cloud, S3 server",
-        crate::deps::ensure_all,
-    )?;
+    let deps = step("PostgreSQL, barman cloud, S3 server", || {
+        let deps = crate::deps::ensure_all()?;
+        crate::controlplane::clean_go_caches()?;
+        Ok(deps)
+    })?;
     env.extend(deps.env());
-    step(
-        "freeing the Go build caches",
-        crate::controlplane::clean_go_caches,
-    )?;
     let policies = step("policy modules", crate::policies::build)?;
     env.push(("PGWARDEN_POLICY_DIR", policies));
     let built = paths::root().join("target/debug/pgwarden");
