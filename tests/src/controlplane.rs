@@ -409,13 +409,17 @@ impl ControlPlane {
         run_kubectl(&self.bins.kubectl, &self.kubeconfig, args, input)
     }
 
-    /// The kubeconfig of [`OPERATOR_USER`]: what `deploy/operator.yaml`'s ClusterRole
-    /// grants, once [`ControlPlane::install_operator_rbac`] has bound it.
-    pub fn operator_kubeconfig(&self) -> PathBuf {
+    /// The files of this control plane's state folder.
+    pub fn layout(&self) -> Layout {
         Layout {
             dir: self.dir.clone(),
         }
-        .kubeconfig("operator")
+    }
+
+    /// The kubeconfig of [`OPERATOR_USER`]: what `deploy/operator.yaml`'s ClusterRole
+    /// grants, once [`ControlPlane::install_operator_rbac`] has bound it.
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        self.layout().kubeconfig("operator")
     }
 
     /// Applies the ClusterRole of `deploy/operator.yaml` (the one shipped to real clusters)
@@ -431,11 +435,7 @@ impl ControlPlane {
     /// Every request of the API server's audit log (the operator's, see [`AUDIT_POLICY`]),
     /// in the order the server answered them.
     pub fn audited_requests(&self) -> Vec<AuditedRequest> {
-        let log = Layout {
-            dir: self.dir.clone(),
-        }
-        .audit_log();
-        std::fs::read_to_string(log)
+        std::fs::read_to_string(self.layout().audit_log())
             .unwrap_or_default()
             .lines()
             .filter_map(parse_audit_line)
@@ -466,10 +466,7 @@ impl ControlPlane {
             .iter()
             .map(|c| format!("{} {}\n", c.name, c.pid))
             .collect();
-        let path = Layout {
-            dir: self.dir.clone(),
-        }
-        .pid_file();
+        let path = self.layout().pid_file();
         std::fs::write(&path, pids).with_context(|| format!("cannot write {}", path.display()))
     }
 
@@ -1185,9 +1182,7 @@ impl Namespace<'_> {
         all.extend_from_slice(args);
         self.cp.kubectl_with_input(&all, input)
     }
-}
 
-impl Namespace<'_> {
     /// Pins the namespace's pods to `node` (the PodNodeSelector admission plugin merges the
     /// selector into every pod created afterwards).
     pub fn pin_to_node(&self, node: &str) -> Result<(), String> {

@@ -134,11 +134,6 @@ impl Operator {
         Ok(operator)
     }
 
-    /// Waits until it leads and serves (`/readyz` 200).
-    pub fn wait_leading(&mut self, timeout: Duration) -> Result<()> {
-        self.wait_ready(timeout)
-    }
-
     /// Sends SIGTERM (what Kubernetes sends a pod it stops) and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
@@ -160,7 +155,8 @@ impl Operator {
         self.child.id()
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    /// Waits until it leads and serves (`/readyz` 200).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -267,7 +267,7 @@ fn a_second_replica_waits_and_takes_over_when_the_leader_stops() {
     let log = std::fs::read_to_string(&first.log).unwrap();
     assert!(log.contains("lease released"), "{}", first.log_tail(20));
 
-    second.wait_leading(LOAD_WAIT).unwrap();
+    second.wait_ready(LOAD_WAIT).unwrap();
     assert_eq!(holder(&ns), identity(&second).as_str());
     apply_yaml(&ns, &cluster_yaml("after-failover", None, true));
     wait_converged(&ns, "cluster", "after-failover");

@@ -210,8 +210,8 @@ pub fn go_command(dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// Removes the Go caches of the set-up's builds once every binary is built and cached by
-/// version; prints what it freed. Keep them with `PGWARDEN_KEEP_GO_CACHE=1` (faster rebuilds
+/// Removes the Go caches of the set-up's builds (called after each build, once its binaries
+/// are cached by version); prints what it freed. Keep them with `PGWARDEN_KEEP_GO_CACHE=1` (faster rebuilds
 /// after a version bump, ~6 GB of disk).
 pub fn clean_go_caches() -> Result<()> {
     if std::env::var_os("PGWARDEN_KEEP_GO_CACHE").is_some() {

@@ -389,15 +389,13 @@ fn check_pod_template(
                 ),
             });
         }
-        let from_secrets = container
+        let foreign_env_from = container
             .env_from
             .iter()
             .flatten()
-            .filter_map(|e| e.secret_ref.as_ref());
-        if let Some(secret) = from_secrets
-            .into_iter()
-            .find(|s| !secrets.contains(&s.name))
-        {
+            .filter_map(|e| e.secret_ref.as_ref())
+            .find(|s| !secrets.contains(&s.name));
+        if let Some(secret) = foreign_env_from {
             return Err(foreign(format!("Secret {}", secret.name)));
         }
     }

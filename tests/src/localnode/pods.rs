@@ -258,12 +258,10 @@ impl PodRuntime {
     /// [`SERVICE_ACCOUNT_DIR`], as admission adds it), on this host.
     pub(super) fn service_account_volume(&self, opts: &Options) -> Option<PathBuf> {
         let spec = self.pod.spec.as_ref()?;
-        let mounted = spec
+        let mount = spec
             .containers
             .iter()
-            .flat_map(|c| c.volume_mounts.iter().flatten());
-        let mount = mounted
-            .into_iter()
+            .flat_map(|c| c.volume_mounts.iter().flatten())
             .find(|m| m.mount_path == SERVICE_ACCOUNT_DIR)?;
         let volume = spec
             .volumes
