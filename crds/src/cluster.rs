@@ -32,9 +32,15 @@ use crate::common::{LocalObjectReference, SecretKeySelector};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
-    /// Number of PostgreSQL instances (pods). The first is the primary.
+    /// Number of PostgreSQL instances (pods). Only 1 is accepted until standbys stream from
+    /// the primary: more instances would be unrelated databases archiving into one
+    /// destination, each overwriting the others' WAL files.
     #[serde(default = "default_instances")]
     #[schemars(range(min = 1))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self <= 1",
+         "message": "spec.instances above 1 is refused until streaming standbys exist: each instance would be an unrelated database (its own initdb) archiving WAL files of the same names into one destination, corrupting the archive"}
+    ]))]
     pub instances: i32,
     /// Container image of the instances. The local sandbox runs the host's binaries instead.
     pub image_name: Option<String>,
@@ -62,6 +68,11 @@ pub struct ClusterSpec {
 fn default_instances() -> i32 {
     1
 }
+
+/// The most instances a Cluster runs until standbys stream from the primary: admission refuses
+/// more (the CEL rule on `spec.instances`), and the operator never plans more pods than this,
+/// whatever a policy answers, so that one destination never gets two archivers.
+pub const MAX_INSTANCES: i32 = 1;
 
 /// Storage of an instance's data directory (a PersistentVolumeClaim).
 #[skip_serializing_none]

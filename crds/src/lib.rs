@@ -28,9 +28,9 @@ pub use backup::{
 };
 pub use cluster::{
     ArchiveStatus, Bootstrap, BootstrapInitDb, BootstrapRecovery, Cluster, ClusterSpec,
-    ClusterStatus, DataBackupConfiguration, DataCompression, Encryption, ObjectStore,
-    PolicyInForce, PostgresConfiguration, RecoveryTarget, S3Credentials, StorageConfiguration,
-    WalBackupConfiguration, WalCompression,
+    ClusterStatus, DataBackupConfiguration, DataCompression, Encryption, MAX_INSTANCES,
+    ObjectStore, PolicyInForce, PostgresConfiguration, RecoveryTarget, S3Credentials,
+    StorageConfiguration, WalBackupConfiguration, WalCompression,
 };
 pub use common::{LocalObjectReference, SecretKeySelector, condition_types};
 pub use policy::{

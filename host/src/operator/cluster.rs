@@ -56,6 +56,18 @@ fn has_pods(cluster: &Cluster, ctx: &Context) -> bool {
         .any(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
 }
 
+/// The live pods labelled with the Cluster's name, in its namespace.
+fn cluster_pods(cluster: &Cluster, ctx: &Context) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    let (ns, name) = (cluster.namespace(), cluster.name_any());
+    ctx.stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
+        .map(|p| (**p).clone())
+        .collect()
+}
+
 /// Asks the policy, plans, checks and applies; returns the policy that decided and, for a
 /// recovery that cannot start yet, why.
 async fn decide_and_apply(
@@ -78,7 +90,8 @@ async fn decide_and_apply(
         Err(_) if has_pods(cluster, ctx) => (Bootstrap::Waiting, None),
         Err(w) => (Bootstrap::Waiting, Some(w.clone())),
     };
-    let actions = plan::plan_cluster_restoring(cluster, &decisions?, bootstrap)?;
+    let mut actions = plan::plan_cluster_restoring(cluster, &decisions?, bootstrap)?;
+    actions.extend(plan::surplus_pods(cluster, &cluster_pods(cluster, ctx)));
     guardrails::check(&plan::subject(cluster), &actions)?;
     apply::apply(ctx, &actions).await?;
     Ok((named, waiting))
@@ -137,6 +150,18 @@ fn secrets_missing(missing: &[MissingSecret], namespace: &str) -> Wanted {
 
 /// `Ready` from the instance pods.
 pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
+    if wanted > plan::MAX_INSTANCES {
+        // A spec stored before admission refused it: say why only one instance runs.
+        return Wanted::failed(
+            types::READY,
+            "TooManyInstances",
+            format!(
+                "spec.instances is {wanted} but at most {} instance runs until streaming standbys exist: more would be unrelated databases archiving into one destination ({} ready)",
+                plan::MAX_INSTANCES,
+                instances.ready
+            ),
+        );
+    }
     let message = format!("{} of {wanted} instances ready", instances.ready);
     if instances.ready >= wanted {
         Wanted::ok(types::READY, "InstancesReady", message)
@@ -357,13 +382,35 @@ mod tests {
 
     #[test]
     fn readiness_counts_ready_instances() {
-        let some = Instances {
-            total: 2,
+        let none = Instances {
+            total: 1,
+            ready: 0,
+            primary: None,
+        };
+        let one = Instances {
+            total: 1,
             ready: 1,
             primary: None,
         };
-        assert_eq!(readiness(2, &some).message, "1 of 2 instances ready");
-        assert!(!readiness(2, &some).ok);
-        assert!(readiness(1, &some).ok);
+        assert_eq!(readiness(1, &none).message, "0 of 1 instances ready");
+        assert!(!readiness(1, &none).ok);
+        assert!(readiness(1, &one).ok);
+    }
+
+    #[test]
+    fn a_stored_spec_above_the_instance_limit_is_never_ready() {
+        let one = Instances {
+            total: 1,
+            ready: 1,
+            primary: None,
+        };
+        let wanted = readiness(3, &one);
+        assert!(!wanted.ok);
+        assert_eq!(wanted.reason, "TooManyInstances");
+        assert!(
+            wanted.message.contains("spec.instances is 3"),
+            "{}",
+            wanted.message
+        );
     }
 }

@@ -44,7 +44,7 @@ impl ClusterDecisions {
     /// Asks `policy` for every decision of `cluster`.
     pub fn from_policy(policy: &Policy, cluster: &Cluster) -> Result<Self, PolicyError> {
         let archive = policy.archive_settings(cluster)?;
-        let count = cluster.spec.instances.max(0) as u32;
+        let count = super::instances::planned_instances(cluster);
         let pods = (0..count)
             .map(|i| policy.instance_pod(cluster, i))
             .collect::<Result<_, _>>()?;
@@ -142,7 +142,8 @@ pub fn plan_cluster_restoring(
         apply(&agent_role_binding(cluster)),
         apply(&config_map),
     ];
-    for (i, template) in decisions.pods.iter().enumerate() {
+    let planned = super::instances::planned_instances(cluster) as usize;
+    for (i, template) in decisions.pods.iter().enumerate().take(planned) {
         actions.push(apply(&claim(cluster, i as u32)));
         if matches!(bootstrap, Bootstrap::Waiting) {
             continue;

@@ -16,6 +16,7 @@ mod backup;
 mod cluster;
 mod errors;
 pub mod guardrails;
+mod instances;
 pub mod retention;
 
 pub use actions::{Action, EventType, ObjectRef};
@@ -28,6 +29,7 @@ pub use cluster::{
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
+pub use instances::{MAX_INSTANCES, planned_instances, surplus_pods};
 pub use retention::{RetentionInput, plan_retention, retention_subject};
 
 #[cfg(test)]
