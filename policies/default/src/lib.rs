@@ -3,8 +3,9 @@
 //! - WAL: `pgwarden instance wal-archive %p` → barman-cloud-wal-archive with the Cluster's
 //!   destination, endpoint, compression and encryption; no `spec.backup`, no archiving.
 //! - Backups: barman-cloud-backup on the primary, phases pending → running → completed | failed.
-//! - Schedules: cron in UTC; retention: `spec.backup.retentionPolicy`, keeping the newest
-//!   completed backup.
+//! - Schedules: cron in UTC; retention: the recovery window of `spec.backup.retentionPolicy`
+//!   (`7d`, `4w`, `6m` in calendar months), keeping the backup that ended before the window
+//!   (it restores to the window's first moment) and every newer one.
 
 use pgwarden_sdk::Policy;
 

@@ -1,8 +1,7 @@
-//! Default archive settings, backup settings and retention.
+//! Default archive settings and backup settings (retention: [`super::retention`]).
 
-use chrono::{DateTime, Duration, Utc};
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
-use pgwarden_crds::{Backup, BackupPhase, BackupTarget, Cluster};
+use pgwarden_crds::{Backup, BackupTarget, Cluster};
 
 use super::{cluster_name, require_backup};
 use crate::names;
@@ -83,86 +82,4 @@ pub fn target_pod(
             cluster_name(cluster)
         )),
     }
-}
-
-/// The retention window of `spec.backup.retentionPolicy` (`30d`, `4w`, `6m`; a month is 30
-/// days). `None`: keep backups forever.
-pub fn retention_window(cluster: &Cluster) -> Result<Option<Duration>, String> {
-    let Some(policy) = cluster
-        .spec
-        .backup
-        .as_ref()
-        .and_then(|b| b.retention_policy.as_deref())
-    else {
-        return Ok(None);
-    };
-    let bad = || {
-        format!(
-            "spec.backup.retentionPolicy of Cluster {} is {policy:?}: expected a positive number of days, weeks or months, like 30d, 4w or 6m",
-            cluster_name(cluster)
-        )
-    };
-    let (count, unit) = policy.split_at(policy.len().saturating_sub(1));
-    let count: i64 = count.parse().ok().filter(|c| *c > 0).ok_or_else(bad)?;
-    let days = match unit {
-        "d" => count,
-        "w" => count * 7,
-        "m" => count * 30,
-        _ => return Err(bad()),
-    };
-    Ok(Some(Duration::days(days)))
-}
-
-fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value
-        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// When a backup ended (or was created, if it never ended).
-fn ended_at(backup: &Backup) -> Option<DateTime<Utc>> {
-    let status = backup.status.as_ref();
-    stamp(status.and_then(|s| s.stopped_at.as_deref())).or_else(|| {
-        backup
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| crate::convert::from_jiff(t.0))
-    })
-}
-
-fn phase(backup: &Backup) -> Option<BackupPhase> {
-    backup.status.as_ref().and_then(|s| s.phase)
-}
-
-/// Deletes the Cluster's completed and failed Backups that ended before the retention
-/// window, but always keeps the newest completed one, so the Cluster stays recoverable.
-pub fn retention(
-    cluster: &Cluster,
-    backups: &[Backup],
-    now: DateTime<Utc>,
-) -> Result<Vec<String>, String> {
-    let Some(window) = retention_window(cluster)? else {
-        return Ok(vec![]);
-    };
-    let name = cluster_name(cluster);
-    let own: Vec<&Backup> = backups
-        .iter()
-        .filter(|b| b.spec.cluster.name == name)
-        .collect();
-    let newest_completed = own
-        .iter()
-        .filter(|b| phase(b) == Some(BackupPhase::Completed))
-        .max_by_key(|b| ended_at(b))
-        .and_then(|b| b.metadata.name.clone());
-    let cutoff = now - window;
-    let mut doomed: Vec<String> = own
-        .iter()
-        .filter(|b| phase(b).is_some_and(BackupPhase::is_final))
-        .filter(|b| ended_at(b).is_some_and(|t| t < cutoff))
-        .filter_map(|b| b.metadata.name.clone())
-        .filter(|n| Some(n) != newest_completed.as_ref())
-        .collect();
-    doomed.sort();
-    Ok(doomed)
 }

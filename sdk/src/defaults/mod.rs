@@ -3,14 +3,18 @@
 
 mod backup;
 mod pod;
+mod retention;
 mod schedule;
 mod transition;
 
 pub use backup::{
-    ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, retention,
-    retention_window, target_pod,
+    ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, target_pod,
 };
 pub use pod::{DEFAULT_IMAGE, PodBuilder, instance_pod, secret_env};
+pub use retention::{
+    RetentionWindow, backup_ended_at, newest_completed, retention, retention_window,
+    window_start_backup,
+};
 pub use schedule::{parse_schedule, schedule};
 pub use transition::{AGENT_START_TIMEOUT_SECONDS, backup_transition};
 
