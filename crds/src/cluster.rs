@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
 use crate::common::{LocalObjectReference, SecretKeySelector};
+use crate::settings::parameters;
 
 /// The desired state of a PostgreSQL cluster.
 #[skip_serializing_none]
@@ -93,13 +94,23 @@ pub struct StorageConfiguration {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresConfiguration {
-    /// Parameters written to postgresql.conf. The archive settings (`archive_mode`,
-    /// `archive_command`, `archive_timeout`) are decided by the policy and cannot be set here.
+    /// Parameters written to postgresql.conf. A change reaches the running instance: by a
+    /// reload, or by a restart of PostgreSQL (not of the pod) for the parameters PostgreSQL
+    /// reads only at start; `status.parameters` says which. Names are PostgreSQL's (letters,
+    /// digits, `_`, one `.` for an extension's parameter). pgwarden owns, in any case:
+    /// `archive_*` settings, `restore_command`, `archive_cleanup_command`,
+    /// `recovery_end_command`, `recovery_target*`, `primary_conninfo`, `primary_slot_name`,
+    /// `promote_trigger_file`, `listen_addresses`, `port`, `unix_socket_directories`,
+    /// `data_directory`, `hba_file`, `ident_file`, `config_file` and `include*`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "!self.exists(k, k in ['archive_mode', 'archive_command', 'archive_timeout', 'restore_command'])",
-         "message": "spec.postgresql.parameters must not set archive_mode, archive_command, archive_timeout or restore_command: pgwarden manages them from spec.backup"},
-        {"rule": "!('wal_level' in self) || self['wal_level'] != 'minimal'",
+        {"rule": (parameters::name_rule()),
+         "message": "spec.postgresql.parameters: a name is not a PostgreSQL parameter name",
+         "messageExpression": (parameters::name_message())},
+        {"rule": (parameters::reserved_rule()),
+         "message": "spec.postgresql.parameters must not set a parameter pgwarden owns",
+         "messageExpression": (parameters::reserved_message())},
+        {"rule": (parameters::WAL_LEVEL_RULE),
          "message": "spec.postgresql.parameters.wal_level minimal cannot archive WAL: use replica or logical"}
     ]))]
     pub parameters: BTreeMap<String, String>,
@@ -363,6 +374,9 @@ pub struct ClusterStatus {
     pub conditions: Vec<Condition>,
     /// WAL archiving facts, as the primary's agent last reported them.
     pub archive: Option<ArchiveStatus>,
+    /// How the agent applied `spec.postgresql.parameters` (reload or restart), what waits
+    /// for a restart and what PostgreSQL refused.
+    pub parameters: Option<parameters::ParametersStatus>,
     /// The earliest point in time the cluster can be restored to.
     pub first_recoverability_point: Option<String>,
     /// Name of the most recent completed Backup.

@@ -4,14 +4,22 @@
 //! into a ConfigMap mounted in every instance pod ([`ARCHIVE_SETTINGS_KEY`]). The agent and
 //! `pgwarden instance wal-archive` read it on every call, so a new decision needs no restart.
 //! No secret is ever part of these settings: credentials reach the pod as environment
-//! variables from `secretKeyRef`.
+//! variables from `secretKeyRef`. The Cluster's PostgreSQL parameters travel the same way
+//! ([`PARAMETERS_KEY`]; see [`parameters`] for which names are allowed and what the agent
+//! reports).
 
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{DataCompression, Encryption, WalCompression};
 
+pub mod parameters;
+
 /// Key of the settings ConfigMap (and file name in the mounted folder).
 pub const ARCHIVE_SETTINGS_KEY: &str = "archive.json";
+/// Key of the settings ConfigMap holding the Cluster's `spec.postgresql.parameters` as a JSON
+/// object (always present, `{}` when there are none): the agent applies a change while
+/// PostgreSQL runs, so a change never recreates the pod.
+pub const PARAMETERS_KEY: &str = "parameters.json";
 /// Where instance pods mount the settings ConfigMap.
 pub const SETTINGS_MOUNT_PATH: &str = "/etc/pgwarden";
 

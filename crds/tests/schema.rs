@@ -435,6 +435,11 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
         ("/spec/backup/wal/maxParallel", json!(0), "minimum of 1"),
         ("/spec/instances", json!(0), "minimum of 1"),
         (
+            "/spec/instances",
+            json!(3),
+            "spec.instances above 1 is refused until streaming standbys exist",
+        ),
+        (
             "/spec/backup/retentionPolicy",
             json!("30 days"),
             "retentionPolicy must be a positive number of days, weeks or months",
@@ -457,7 +462,7 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
         (
             "/spec/postgresql/parameters/archive_command",
             json!("/bin/true"),
-            "must not set archive_mode, archive_command",
+            "spec.postgresql.parameters must not set archive_command: pgwarden owns archiving",
         ),
         (
             "/spec/bootstrap",
@@ -592,4 +597,80 @@ fn reconcile_policy_module_source_rules() {
         None,
         "64 lowercase hex digits",
     );
+}
+
+#[test]
+fn postgresql_parameters_are_refused_by_name_form_and_reserved_in_any_case() {
+    let param = |name: &str, value: &str| {
+        with(
+            seed_cluster(),
+            "/spec/postgresql/parameters",
+            json!({ name: value, "work_mem": "8MB" }),
+        )
+    };
+    let reserved = [
+        "Archive_Command",
+        "ARCHIVE_MODE",
+        "archive_timeout",
+        "archive_library",
+        "restore_command",
+        "archive_cleanup_command",
+        "recovery_end_command",
+        "recovery_target",
+        "Recovery_Target_Time",
+        "recovery_target_timeline",
+        "recovery_target_action",
+        "primary_conninfo",
+        "primary_slot_name",
+        "promote_trigger_file",
+        "listen_addresses",
+        "Port",
+        "unix_socket_directories",
+        "data_directory",
+        "hba_file",
+        "ident_file",
+        "config_file",
+        "include",
+        "include_dir",
+        "INCLUDE_IF_EXISTS",
+    ];
+    for name in reserved {
+        assert_rejected(
+            &param(name, "x"),
+            None,
+            &format!("spec.postgresql.parameters must not set {name}:"),
+        );
+    }
+    for name in [
+        "max wal size",
+        "1st",
+        "a.b.c",
+        "shared-buffers",
+        ".x",
+        "x.",
+        "",
+    ] {
+        assert_rejected(
+            &param(name, "1"),
+            None,
+            &format!("spec.postgresql.parameters: '{name}' is not a PostgreSQL parameter name"),
+        );
+    }
+    assert_rejected(
+        &param("WAL_LEVEL", " Minimal"),
+        None,
+        "wal_level minimal cannot archive WAL",
+    );
+    for name in [
+        "max_wal_size",
+        "Shared_Buffers",
+        "_x1",
+        "pg_stat_statements.max",
+        "recovery_prefetch",
+        "wal_level",
+    ] {
+        let ok = param(name, "logical");
+        let errors = admission_errors(&ok, None);
+        assert!(errors.is_empty(), "{name} refused: {errors:?}");
+    }
 }
