@@ -3,6 +3,10 @@
 //! `status.deletion` on each Backup, as backups themselves are handed over), and removes the
 //! Backup objects once the agent reports the backup deleted. See [`crate::plan::retention`].
 //!
+//! The policy's answer never expires the Cluster's newest completed backup nor the one that
+//! starts its recovery window: the planner's floor ([`retention::floor`]) takes them out,
+//! with a Warning Event and a log line.
+//!
 //! A Cluster with no finished Backup costs no policy call; one with nothing to delete costs
 //! no write.
 
@@ -49,6 +53,17 @@ fn primary(ctx: &Context, cluster: &Cluster) -> Option<String> {
         .map(|p| p.name_any())
 }
 
+/// Says in the log, as in the Event, each Backup the retention floor kept from the policy.
+fn log_floor(actions: &[plan::Action]) {
+    for action in actions {
+        if let plan::Action::Event { reason, note, .. } = action
+            && reason == retention::floor::REASON
+        {
+            tracing::warn!(reason = %reason, "{note}");
+        }
+    }
+}
+
 #[instrument(skip(cluster, ctx), fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Requeue> {
     ctx.metrics.reconciled("Retention");
@@ -82,6 +97,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         agent_pod: pod.as_deref(),
         now,
     });
+    log_floor(&actions);
     for action in &actions {
         let subject = plan::retention_subject(&cluster, &backups, action);
         guardrails::check_one(&subject, action).map_err(Error::from)?;

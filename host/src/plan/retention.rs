@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!   live Backups ─► policy.retention ─► expired names
+//!   less the floor (the newest completed backup, the one that starts the recovery window:
+//!   a host invariant, see [`floor`]) ──► Warning Event RetentionFloor for each kept one
 //!   expired, no backup id ───────────────► delete the Backup (nothing in the store)
 //!   expired ─────────────────────────────► status.deletion {Retention, pod, attempt 1}
 //!   the agent of that pod ───────────────► barman-cloud-backup-delete -b ID,
@@ -26,6 +28,8 @@ use super::actions::{Action, EventType};
 use super::backup::backup_subject;
 use super::cluster::{reference, subject};
 use super::guardrails::Subject;
+
+pub mod floor;
 
 /// Why a deletion is asked, in `status.deletion.reason`.
 pub const REASON: &str = "Retention";
@@ -117,11 +121,13 @@ pub fn retention_subject(cluster: &Cluster, backups: &[Backup], action: &Action)
     }
 }
 
-/// The actions of one retention reconcile.
+/// The actions of one retention reconcile. The policy's answer first loses the Backups of
+/// the retention floor ([`floor`]: the newest completed backup and the one that starts the
+/// recovery window), each with a Warning Event.
 pub fn plan_retention(input: &RetentionInput<'_>) -> Vec<Action> {
-    let mut actions = Vec::new();
+    let (expired, mut actions) = floor::enforce(input);
     for backup in input.backups.iter().filter(|b| belongs(b, input.cluster)) {
-        let expiry = input.expired.iter().find(|e| e.name == name(backup));
+        let expiry = expired.iter().find(|e| e.name == name(backup));
         match (deletion(backup), expiry) {
             (None, Some(e)) => expire(input, backup, e.object, &mut actions),
             (None, None) => {}
@@ -129,7 +135,7 @@ pub fn plan_retention(input: &RetentionInput<'_>) -> Vec<Action> {
             (Some(d), _) => follow(input, backup, d, &mut actions),
         }
     }
-    if in_flight(input.cluster, input.backups) || !input.expired.is_empty() {
+    if in_flight(input.cluster, input.backups) || !expired.is_empty() {
         actions.push(Action::Requeue {
             after_seconds: POLL_SECONDS,
         });
