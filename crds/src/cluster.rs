@@ -103,6 +103,10 @@ pub struct PostgresConfiguration {
     /// `promote_trigger_file`, `listen_addresses`, `port`, `unix_socket_directories`,
     /// `data_directory`, `hba_file`, `ident_file`, `config_file` and `include*`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = parameters::MAX_PARAMETERS,
+        "additionalProperties" = {"type": "string", "maxLength": parameters::MAX_VALUE_LENGTH}
+    ))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": (parameters::name_rule()),
          "message": "spec.postgresql.parameters: a name is not a PostgreSQL parameter name",

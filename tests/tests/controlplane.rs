@@ -445,3 +445,64 @@ fn isolated_control_plane_stops_when_dropped() {
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// `spec.postgresql.parameters` through the real API server: a reserved name in any case and
+/// a name PostgreSQL would not parse are refused, each named in kubectl's message; an
+/// extension's parameter and `wal_level: logical` pass.
+#[test]
+fn reserved_or_malformed_parameter_names_are_refused_by_name() {
+    let cp = with_crds();
+    let ns = cp.namespace("parameters");
+    let cluster = |parameters: &str| {
+        format!(
+            "apiVersion: {GROUP}/v1alpha1\nkind: Cluster\nmetadata:\n  name: pg\nspec:\n  postgresql:\n    parameters:\n{parameters}"
+        )
+    };
+    let apply = |yaml: &str| ns.kubectl_with_input(&["apply", "-f", "-"], Some(yaml));
+    let refused = [
+        (
+            "      Archive_Command: /bin/true\n      work_mem: 8MB\n",
+            &["spec.postgresql.parameters must not set Archive_Command: pgwarden owns"][..],
+        ),
+        (
+            "      RECOVERY_TARGET_TIME: '2026-01-01'\n",
+            &["must not set RECOVERY_TARGET_TIME:"],
+        ),
+        (
+            // The first one found is named (a map's order in CEL is not fixed), and the count.
+            "      include_dir: conf.d\n      Port: '5433'\n      work_mem: 8MB\n",
+            &["must not set ", " (and one more): pgwarden owns"],
+        ),
+        (
+            "      primary_conninfo: host=x\n",
+            &["must not set primary_conninfo:"],
+        ),
+        (
+            "      max-wal-size: 1GB\n      work_mem: 8MB\n",
+            &["spec.postgresql.parameters: 'max-wal-size' is not a PostgreSQL parameter name"],
+        ),
+        (
+            "      a.b.c: '1'\n",
+            &["'a.b.c' is not a PostgreSQL parameter name"],
+        ),
+        (
+            "      WAL_LEVEL: Minimal\n",
+            &["wal_level minimal cannot archive WAL"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (parameters, expected) in refused {
+        let out = apply(&cluster(parameters));
+        if out.success || !expected.iter().all(|e| out.stderr.contains(e)) {
+            failures.push(format!(
+                "{parameters:?}: expected a refusal with {expected:?}; kubectl said: {}{}",
+                out.stdout, out.stderr
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let out = apply(&cluster(
+        "      pg_stat_statements.max: '5000'\n      wal_level: logical\n      Max_Wal_Size: 2GB\n",
+    ));
+    assert!(out.success, "a valid Cluster was refused: {}", out.stderr);
+}

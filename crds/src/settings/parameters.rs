@@ -84,13 +84,30 @@ pub fn reserved_rule() -> String {
     format!("!self.exists(k, {})", reserved_cel("k"))
 }
 
+/// At most this many parameters: the API server refuses CEL rules whose estimated cost is
+/// unbounded, and more than PostgreSQL has parameters is no loss.
+pub const MAX_PARAMETERS: u32 = 512;
+/// At most this long a value, for the same reason.
+pub const MAX_VALUE_LENGTH: u32 = 4096;
+
+/// CEL naming the first element of the list `list`, and whether there are more. Only the
+/// first: a map's order differs between two evaluations in the API server (`[0]` and `[1]` of
+/// two filters may be the same name), and `join()`, `string(int)` and `cel.bind` are refused
+/// for their unbounded cost or not offered for CRDs.
+fn first_name(list: &str, quote: &str) -> String {
+    format!(
+        "'{quote}' + {list}[0] + '{quote}' + ({list}.size() == 2 ? ' (and one more)' : '') + \
+         ({list}.size() > 2 ? ' (and more)' : '')"
+    )
+}
+
 /// CEL message naming the reserved parameters that were set.
 pub fn reserved_message() -> String {
+    let set = format!("self.filter(k, {})", reserved_cel("k"));
     format!(
-        "'spec.postgresql.parameters must not set ' + self.filter(k, {}).join(', ') + ': pgwarden \
-         owns archiving, recovery, where PostgreSQL listens and its files (reserved in any case: \
-         {}, {}*)'",
-        reserved_cel("k"),
+        "'spec.postgresql.parameters must not set ' + {} + ': pgwarden owns archiving, recovery, \
+         where PostgreSQL listens and its files (reserved in any case: {}, {}*)'",
+        first_name(&set, ""),
         RESERVED.join(", "),
         RESERVED_PREFIXES.join("*, ")
     )
@@ -103,11 +120,12 @@ pub fn name_rule() -> String {
 
 /// CEL message naming the malformed names.
 pub fn name_message() -> String {
+    let bad = format!("self.filter(k, !k.matches('{NAME_PATTERN}'))");
     format!(
-        "'spec.postgresql.parameters: ' + self.filter(k, !k.matches('{NAME_PATTERN}'))\
-         .map(k, \"'\" + k + \"'\").join(', ') + ' is not a PostgreSQL parameter name: letters, \
+        "'spec.postgresql.parameters: ' + {} + ' is not a PostgreSQL parameter name: letters, \
          digits and _, starting with a letter or _, with at most one . for a parameter of an \
-         extension (pg_stat_statements.max)'"
+         extension (pg_stat_statements.max)'",
+        first_name(&bad, "\\'")
     )
 }
 
