@@ -32,4 +32,7 @@ pub mod condition_types {
     pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
     /// The reconcile policy answered and its decisions were applied.
     pub const POLICY_APPLIED: &str = "PolicyApplied";
+    /// Every instance pod runs the current pod template (False while a changed template is
+    /// rolled out one pod at a time, or waits for a running Backup).
+    pub const PODS_UP_TO_DATE: &str = "PodsUpToDate";
 }

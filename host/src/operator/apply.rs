@@ -1,6 +1,10 @@
 //! The applier: executes planned [`Action`]s against the API server, after the guardrails,
 //! and only where the observed state differs from the desired one — a steady-state reconcile
 //! sends no write at all.
+//!
+//! Every applied object carries the hash of the desired object it was applied from
+//! ([`applied`]): a new hash means the decision changed (removed fields included), and for
+//! a Pod it is the only thing compared, so what the API server rewrites never recreates it.
 
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
@@ -8,8 +12,10 @@ use kube::api::{
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
+use super::applied;
 use super::context::{Context, MANAGER};
 use super::errors::Result;
+use super::quantity::normalised_pod;
 use crate::plan::{Action, EventType, ObjectRef};
 
 /// `desired` is contained in `observed`: every field it sets has the same value there (lists
@@ -81,6 +87,9 @@ pub enum Step {
     /// A Pod whose template changed: pods are immutable, so delete it; the next reconcile
     /// creates it anew from the same PersistentVolumeClaim.
     Recreate,
+    /// A Pod made before the applied hash existed that runs the desired template: record
+    /// the hash on it (a metadata patch), so that later changes, removals too, are seen.
+    Stamp,
     Delete,
     PatchStatus,
     Event,
@@ -93,11 +102,14 @@ pub fn step(action: &Action, observed: Option<&Value>) -> Step {
         (Action::Apply { target, .. }, Some(_)) if target.kind == "PersistentVolumeClaim" => {
             Step::Nothing
         }
-        (Action::Apply { object, target }, Some(o)) => {
-            match (contains(o, &without_status(object)), target.kind.as_str()) {
-                (true, _) => Step::Nothing,
-                (false, "Pod") => Step::Recreate,
-                (false, _) => Step::Apply,
+        (Action::Apply { object, target }, Some(o)) if target.kind == "Pod" => pod_step(o, object),
+        (Action::Apply { object, .. }, Some(o)) => {
+            // The hash sees a change that removed fields; `contains` sees a change someone
+            // else made to fields the operator owns.
+            let current = applied::recorded(o) == Some(applied::hash(object).as_str());
+            match current && contains(o, &without_status(object)) {
+                true => Step::Nothing,
+                false => Step::Apply,
             }
         }
         (Action::Delete { .. }, None) => Step::Nothing,
@@ -108,6 +120,24 @@ pub fn step(action: &Action, observed: Option<&Value>) -> Step {
         (Action::PatchStatus { .. }, _) => Step::PatchStatus,
         (Action::Event { .. }, _) => Step::Event,
         (Action::Requeue { .. }, _) => Step::Nothing,
+    }
+}
+
+/// A Pod is recreated only when the desired template changed since it was made: its
+/// recorded hash differs. A pod without one (made by an older operator) is compared with the
+/// desired one field by field, quantities by value.
+fn pod_step(observed: &Value, desired: &Value) -> Step {
+    match applied::recorded(observed) {
+        Some(recorded) if recorded == applied::hash(desired) => Step::Nothing,
+        Some(_) => Step::Recreate,
+        None if contains(
+            &normalised_pod(observed),
+            &normalised_pod(&without_status(desired)),
+        ) =>
+        {
+            Step::Stamp
+        }
+        None => Step::Recreate,
     }
 }
 
@@ -152,17 +182,42 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
         match (step, action) {
             (Step::Nothing, _) => continue,
             (Step::Apply, Action::Apply { target, object }) => {
+                // The whole object, as this manager's full intent: what it no longer sends
+                // and owned alone is removed by the server.
                 let params = PatchParams::apply(MANAGER).force();
                 api(ctx, target)
-                    .patch(&target.name, &params, &Patch::Apply(object))
+                    .patch(
+                        &target.name,
+                        &params,
+                        &Patch::Apply(applied::stamped(object)),
+                    )
                     .await?;
                 info!(object = %target, "applied");
+                ctx.metrics.wrote("apply");
+            }
+            (Step::Stamp, Action::Apply { target, object }) => {
+                // A merge patch of the annotation only: an apply would claim every field.
+                let patch = json!({"metadata": {"annotations": {applied::ANNOTATION: applied::hash(object)}}});
+                let params = PatchParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..Default::default()
+                };
+                api(ctx, target)
+                    .patch(&target.name, &params, &Patch::Merge(&patch))
+                    .await?;
+                info!(object = %target, "recorded the applied hash");
                 ctx.metrics.wrote("apply");
             }
             (Step::Recreate | Step::Delete, a) => {
                 let target = a.target().expect("delete has a target");
                 if let (Action::Apply { object, .. }, Some(o)) = (a, &observed) {
-                    info!(object = %target, difference = ?difference(o, &without_status(object), ""), "recreating");
+                    info!(
+                        object = %target,
+                        recorded = ?applied::recorded(o),
+                        desired = %applied::hash(object),
+                        difference = ?difference(o, &without_status(object), ""),
+                        "recreating: the desired template changed"
+                    );
                 }
                 match api(ctx, target)
                     .delete(&target.name, &DeleteParams::default())
@@ -294,7 +349,12 @@ mod tests {
             target: target("ConfigMap"),
             object: object.clone(),
         };
-        assert_eq!(step(&apply, Some(&object)), Step::Nothing);
+        assert_eq!(
+            step(&apply, Some(&applied::stamped(&object))),
+            Step::Nothing
+        );
+        // Made by an operator that did not record the hash: applied once, to record it.
+        assert_eq!(step(&apply, Some(&object)), Step::Apply);
         assert_eq!(step(&apply, None), Step::Apply);
         assert_eq!(
             step(
@@ -341,6 +401,80 @@ mod tests {
             step(&claim, Some(&json!({"spec": {"x": 2}}))),
             Step::Nothing
         );
+    }
+
+    #[test]
+    fn a_removed_config_map_key_is_applied() {
+        // Last applied with `archive.json`; the desired object no longer has it.
+        let observed = json!({
+            "metadata": {"name": "x", "annotations": {"postgresql.k8s.2ndq.io/applied-hash": "sha256:old"}},
+            "data": {"archive.json": "{}", "restore-source.json": "{}"},
+        });
+        let apply = Action::Apply {
+            target: target("ConfigMap"),
+            object: json!({"metadata": {"name": "x"}, "data": {"restore-source.json": "{}"}}),
+        };
+        assert_eq!(step(&apply, Some(&observed)), Step::Apply);
+    }
+
+    #[test]
+    fn a_removed_env_var_recreates_the_pod() {
+        let observed = json!({
+            "metadata": {"name": "x", "annotations": {"postgresql.k8s.2ndq.io/applied-hash": "sha256:old"}},
+            "spec": {"containers": [{"name": "postgres", "env": [
+                {"name": "PGDATA", "value": "/data"},
+                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ]}]},
+        });
+        let pod = Action::Apply {
+            target: target("Pod"),
+            object: json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "postgres", "env": [
+                {"name": "PGDATA", "value": "/data"},
+            ]}]}}),
+        };
+        assert_eq!(step(&pod, Some(&observed)), Step::Recreate);
+    }
+
+    #[test]
+    fn quantities_the_server_normalised_do_not_recreate_a_pod() {
+        // A pod made before the applied hash existed: compared field by field, quantities
+        // by value (the API server stores cpu "0.5" as "500m" and 1024Mi as "1Gi").
+        let resources = |cpu: &str, memory: &str| {
+            json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "postgres",
+                "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu}}}]}})
+        };
+        let pod = Action::Apply {
+            target: target("Pod"),
+            object: resources("0.5", "1024Mi"),
+        };
+        let observed = resources("500m", "1Gi");
+        assert_ne!(step(&pod, Some(&observed)), Step::Recreate);
+        assert_eq!(step(&pod, Some(&observed)), Step::Stamp);
+        let changed = resources("750m", "1Gi");
+        assert_eq!(step(&pod, Some(&changed)), Step::Recreate);
+    }
+
+    #[test]
+    fn a_pod_made_from_the_current_template_stays_whatever_the_server_rewrote() {
+        let desired = json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "postgres",
+            "image": "pg:15", "resources": {"requests": {"cpu": "0.5"}}}]}});
+        let pod = Action::Apply {
+            target: target("Pod"),
+            object: desired.clone(),
+        };
+        // As stored: quantity rewritten, image pinned to a digest by a webhook, defaults.
+        let mut live = applied::stamped(&desired);
+        live["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("500m");
+        live["spec"]["containers"][0]["image"] = json!("pg@sha256:0123");
+        live["spec"]["dnsPolicy"] = json!("ClusterFirst");
+        live["status"] = json!({"phase": "Running"});
+        assert_eq!(step(&pod, Some(&live)), Step::Nothing);
+        let changed = Action::Apply {
+            target: target("Pod"),
+            object: json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "postgres",
+                "image": "pg:15", "resources": {"requests": {"cpu": "0.75"}}}]}}),
+        };
+        assert_eq!(step(&changed, Some(&live)), Step::Recreate);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::context::Context;
 use super::errors::{Error, Result};
 use super::observe::{self, Instances, MissingSecret};
 use super::registry::Named;
+use super::rollout::{self, Decision, InstancePod, PodState};
 use crate::plan::{
     self, Action, Bootstrap, ClusterDecisions, EventType, RecoveryWait, Restore, guardrails,
     reference,
@@ -68,12 +69,45 @@ fn cluster_pods(cluster: &Cluster, ctx: &Context) -> Vec<k8s_openapi::api::core:
         .collect()
 }
 
-/// Asks the policy, plans, checks and applies; returns the policy that decided and, for a
-/// recovery that cannot start yet, why.
+/// The rollout of the planned instance pods (see [`rollout`]): what it does now, and the
+/// names of the outdated pods (live pods whose template changed since they were made).
+fn rollout_of(cluster: &Cluster, ctx: &Context, actions: &[Action]) -> (Decision, Vec<String>) {
+    let pods: Vec<InstancePod> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Apply { target, .. } if target.kind == "Pod" => {
+                let observed = ctx.stores.observed(target);
+                let live = ctx
+                    .stores
+                    .pods
+                    .get(&ObjectRef::new(&target.name).within(target.namespace.as_deref()?));
+                Some(InstancePod {
+                    name: target.name.clone(),
+                    state: live
+                        .as_deref()
+                        .map_or(PodState::Missing, observe::pod_state),
+                    current: apply::step(action, observed.as_ref()) != apply::Step::Recreate,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let running = observe::running_backups(&ctx.stores.backups.state(), cluster);
+    let decision = rollout::next(&pods, &running);
+    let outdated = pods
+        .into_iter()
+        .filter(|p| !p.current)
+        .map(|p| p.name)
+        .collect();
+    (decision, outdated)
+}
+
+/// Asks the policy, plans, checks and applies; returns the policy that decided, for a
+/// recovery that cannot start yet why, and what the rollout of changed pods did.
 async fn decide_and_apply(
     cluster: &Cluster,
     ctx: &Context,
-) -> Result<(Named, Option<RecoveryWait>)> {
+) -> Result<(Named, Option<RecoveryWait>, Decision)> {
     let named = ctx.policies.for_cluster(cluster)?;
     let input = cluster.clone();
     let started = Instant::now();
@@ -92,9 +126,13 @@ async fn decide_and_apply(
     };
     let mut actions = plan::plan_cluster_restoring(cluster, &decisions?, bootstrap)?;
     actions.extend(plan::surplus_pods(cluster, &cluster_pods(cluster, ctx)));
+    // Outdated pods are replaced one at a time, never under a running Backup.
+    let (rollout, outdated) = rollout_of(cluster, ctx, &actions);
+    let mut actions = rollout::gate(actions, &rollout, &outdated);
+    actions.extend(rollout::event(&rollout, reference(cluster)));
     guardrails::check(&plan::subject(cluster), &actions)?;
     apply::apply(ctx, &actions).await?;
-    Ok((named, waiting))
+    Ok((named, waiting, rollout))
 }
 
 /// `ContinuousArchiving` from the agent's facts.
@@ -171,9 +209,9 @@ pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
 }
 
 /// `PolicyApplied` from the outcome of the decisions.
-fn applied(outcome: &Result<(Named, Option<RecoveryWait>)>) -> Wanted {
+fn applied(outcome: &Result<(Named, Option<RecoveryWait>, Decision)>) -> Wanted {
     match outcome {
-        Ok((named, _)) => Wanted::ok(
+        Ok((named, _, _)) => Wanted::ok(
             types::POLICY_APPLIED,
             "Applied",
             format!(
@@ -267,25 +305,27 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         (Some(_), true) => archiving(status.archive.as_ref()),
     };
     let (last_ok, last_failed, last_backup) = last_backups(&ctx, &cluster);
-    let waiting = outcome.as_ref().ok().and_then(|(_, w)| w.clone());
+    let waiting = outcome.as_ref().ok().and_then(|(_, w, _)| w.clone());
+    let rollout = outcome.as_ref().ok().map(|(_, _, r)| r.clone());
     let ready = match &waiting {
         Some(w) => Wanted::failed(types::READY, w.reason, w.message.clone()),
         None => readiness(cluster.spec.instances, &instances),
     };
     let mut wanted = vec![ready, archiving, applied(&outcome)];
     wanted.extend(last_backup);
+    wanted.extend(rollout.as_ref().map(Decision::condition));
     let generation = cluster.meta().generation;
     let conditions = conditions::set_all(&status.conditions, &wanted, generation, now);
     let phase = match (&outcome, instances.ready >= cluster.spec.instances) {
         (Err(_), _) => "Policy not applied",
-        (Ok((_, Some(_))), _) => "Waiting for the backup to recover from",
+        (Ok((_, Some(_), _)), _) => "Waiting for the backup to recover from",
         (Ok(_), true) => "Cluster in healthy state",
         (Ok(_), false) => "Setting up instances",
     };
     let policy = outcome
         .as_ref()
         .ok()
-        .map(|(n, _)| json!({"name": n.name, "digest": n.policy.digest()}));
+        .map(|(n, _, _)| json!({"name": n.name, "digest": n.policy.digest()}));
     let patch = json!({
         "phase": phase,
         "instances": instances.total,
@@ -309,7 +349,11 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
             ctx.metrics.failed("Cluster", e.metric_label());
             Ok(Requeue::requeue(Duration::from_secs(30)))
         }
-        Ok(_) if !missing.is_empty() || waiting.is_some() => {
+        Ok(_)
+            if !missing.is_empty()
+                || waiting.is_some()
+                || rollout.as_ref().is_some_and(Decision::pending) =>
+        {
             Ok(Requeue::requeue(Duration::from_secs(10)))
         }
         Ok(_) => Ok(Requeue::requeue(Duration::from_secs(300))),
@@ -331,6 +375,8 @@ fn events(
                 .any(|c| c.type_ == w.type_ && c.status == "False" && c.message == w.message)
         })
         .filter(|w| w.reason != "WaitingForFirstReport" && w.reason != "InstancesNotReady")
+        // A rollout under way is no failure: its own Normal Event says which pod goes.
+        .filter(|w| w.type_ != types::PODS_UP_TO_DATE)
         .map(|w| Action::Event {
             regarding: reference(cluster),
             event_type: EventType::Warning,

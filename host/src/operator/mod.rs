@@ -14,6 +14,7 @@
 //! ```
 
 pub mod apply;
+pub mod applied;
 mod backup;
 mod cluster;
 pub mod conditions;
@@ -24,9 +25,11 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod quantity;
 mod reconcile_policy;
 mod registry;
 mod retention;
+pub mod rollout;
 mod scheduled;
 
 use std::collections::HashMap;

@@ -2,7 +2,9 @@
 //! say about the Cluster.
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use pgwarden_crds::{Cluster, SecretKeySelector};
+use pgwarden_crds::{Backup, BackupPhase, Cluster, SecretKeySelector};
+
+use super::rollout::{PodState, RunningBackup};
 
 /// A reference the operator cannot resolve, with the field that made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +101,44 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Where a live instance pod is, for the rollout.
+pub fn pod_state(pod: &Pod) -> PodState {
+    if pod.metadata.deletion_timestamp.is_some() {
+        PodState::Terminating
+    } else if is_ready(pod) {
+        PodState::Ready
+    } else {
+        PodState::NotReady
+    }
+}
+
+/// The Backups of `cluster` in phase `running`, with the pod each runs on (the one the
+/// operator recorded, else the one the policy targeted).
+pub fn running_backups<B: std::ops::Deref<Target = Backup>>(
+    backups: &[B],
+    cluster: &Cluster,
+) -> Vec<RunningBackup> {
+    backups
+        .iter()
+        .filter(|b| {
+            b.metadata.namespace == cluster.metadata.namespace
+                && Some(&b.spec.cluster.name) == cluster.metadata.name.as_ref()
+        })
+        .filter_map(|b| {
+            let status = b.status.as_ref()?;
+            let pod = status
+                .instance_id
+                .as_ref()
+                .and_then(|i| i.pod_name.clone())
+                .or_else(|| status.settings.as_ref().map(|s| s.target_pod.clone()))?;
+            (status.phase == Some(BackupPhase::Running)).then(|| RunningBackup {
+                name: b.metadata.name.clone().unwrap_or_default(),
+                pod,
+            })
+        })
+        .collect()
+}
+
 /// Summarises the instance pods of a Cluster (already filtered by its label).
 pub fn instances<P: std::ops::Deref<Target = Pod>>(pods: &[P], primary_name: &str) -> Instances {
     let ready = pods.iter().filter(|p| is_ready(p)).count() as i32;
@@ -164,6 +204,56 @@ spec:
         assert!(
             msg.contains("kubectl create secret generic aws-creds"),
             "{msg}"
+        );
+    }
+
+    fn backup(name: &str, cluster: &str, status: serde_json::Value) -> Backup {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1",
+            "kind": "Backup",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"cluster": {"name": cluster}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn running_backups_name_their_pod() {
+        let settings = |pod: &str| serde_json::json!({"targetPod": pod, "jobs": 2, "immediateCheckpoint": true});
+        let backups = [
+            backup(
+                "recorded",
+                "postgresql-bkp",
+                serde_json::json!({"phase": "running", "instanceID": {"podName": "postgresql-bkp-1"}}),
+            ),
+            backup(
+                "targeted",
+                "postgresql-bkp",
+                serde_json::json!({"phase": "running", "settings": settings("postgresql-bkp-2")}),
+            ),
+            backup(
+                "done",
+                "postgresql-bkp",
+                serde_json::json!({"phase": "completed", "instanceID": {"podName": "postgresql-bkp-1"}}),
+            ),
+            backup(
+                "other",
+                "another",
+                serde_json::json!({"phase": "running", "instanceID": {"podName": "another-1"}}),
+            ),
+        ];
+        let running = running_backups(&backups.iter().collect::<Vec<_>>(), &cluster(SEED));
+        let pairs: Vec<_> = running
+            .iter()
+            .map(|b| (b.name.as_str(), b.pod.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("recorded", "postgresql-bkp-1"),
+                ("targeted", "postgresql-bkp-2")
+            ]
         );
     }
 
