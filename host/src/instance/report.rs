@@ -41,6 +41,21 @@ impl Reporter {
         name: &str,
         patch: &Value,
     ) -> Result<()> {
+        self.apply_status_as(FIELD_MANAGER, kind, plural, name, patch)
+            .await
+    }
+
+    /// [`Self::apply_status`] under field manager `manager`. Server-side apply removes the
+    /// fields a manager set before and leaves out now: a status block reported on its own
+    /// schedule (e.g. `status.parameters`) needs a manager of its own.
+    pub async fn apply_status_as(
+        &self,
+        manager: &str,
+        kind: &str,
+        plural: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<()> {
         let Some(client) = &self.client else {
             return Ok(());
         };
@@ -48,7 +63,7 @@ impl Reporter {
         let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &self.namespace, &resource);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(manager).force();
         api.patch_status(name, &params, &Patch::Apply(patch))
             .await?;
         Ok(())

@@ -217,14 +217,28 @@ pub fn agent_role_binding(cluster: &Cluster) -> RoleBinding {
     }
 }
 
-/// `<cluster>-settings` with `archive.json` (absent when archiving is off).
+/// `<cluster>-settings` with `archive.json` (absent when archiving is off) and
+/// `parameters.json`, the Cluster's `spec.postgresql.parameters` (always present, `{}` when
+/// none: removing the last parameter changes the key rather than removing it). The agent
+/// applies a change of either while PostgreSQL runs, so neither is in the pod template.
 pub fn settings_config_map(cluster: &Cluster, archive: Option<&ArchiveSettings>) -> ConfigMap {
-    let data = archive.map(|a| {
-        BTreeMap::from([(
+    let parameters = cluster
+        .spec
+        .postgresql
+        .as_ref()
+        .map(|p| p.parameters.clone())
+        .unwrap_or_default();
+    let mut data = BTreeMap::from([(
+        pgwarden_crds::settings::PARAMETERS_KEY.to_string(),
+        serde_json::to_string_pretty(&parameters).unwrap_or_default(),
+    )]);
+    if let Some(a) = archive {
+        data.insert(
             ARCHIVE_SETTINGS_KEY.to_string(),
             serde_json::to_string_pretty(a).unwrap_or_default(),
-        )])
-    });
+        );
+    }
+    let data = Some(data);
     ConfigMap {
         metadata: meta(
             cluster,
