@@ -6,4 +6,5 @@ pub mod controlplane;
 pub mod datapath;
 pub mod localnode;
 pub mod operator;
+pub mod restoring;
 pub mod watchdog;

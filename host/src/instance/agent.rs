@@ -2,10 +2,12 @@
 //! PostgreSQL, forward signals, and report archive facts until PostgreSQL stops.
 //!
 //! ```text
-//!   PG_VERSION? ─ no ─► restore? ─ yes ─► barman-cloud-restore + recovery settings
-//!        │                 └─ no ──► initdb
-//!        ▼
-//!   postgresql.pgwarden.conf ─► postgres (child) ─► [restore: wait for promotion]
+//!   restore.json + PGDATA + --restore-backup? (recovery, restore: a restart-proof state)
+//!     ├─ initdb ─────────────────────┐
+//!     ├─ existing cluster ───────────┤
+//!     └─ download? ─► replay ────────┤  postgres in recovery until promoted (no timeout;
+//!                                    ▼  started again when it stops recovery)
+//!   postgresql.pgwarden.conf ─► postgres (child), answering queries
 //!        ▼
 //!   loop: SIGTERM/SIGINT ─► fast shutdown │ postgres exited ─► exit │ tick ─► report facts
 //! ```
@@ -15,14 +17,14 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use pgwarden_crds::RecoveryTarget;
-use pgwarden_crds::settings::ArchiveSettings;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::archive::{self, ArchiveCheck, ArchiveFailure};
-use super::barman::{self, Barman};
+use super::barman;
 use super::facts::{self, ArchiveFacts, ArchiverStats};
 use super::layout::{self, Layout};
 use super::postgres::{self, PgConfig, Postgres, RunAs};
+use super::recovery::{self, Boot};
 use super::report::Reporter;
 
 /// Everything `instance run` needs.
@@ -78,27 +80,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         parameters: opts.parameters.clone(),
         recovery: Vec::new(),
     };
-    let restoring = !opts.pgdata.join("PG_VERSION").exists() && opts.restore.is_some();
-    if restoring {
-        let r = opts.restore.as_ref().expect("checked");
-        conf.recovery = restore(&pg, &opts, r)?;
-    } else if !opts.pgdata.join("PG_VERSION").exists() {
-        eprintln!("pgwarden-agent: initdb {}", opts.pgdata.display());
-        pg.initdb()?;
-    }
-    pg.write_config(&conf.render())?;
-    let mut child = pg.spawn()?;
-    let ready = tokio::task::block_in_place(|| pg.wait_ready(&mut child, Duration::from_secs(120)));
-    if let Err(e) = ready {
-        let _ = child.kill();
-        return Err(e);
-    }
-    if restoring {
-        tokio::task::block_in_place(|| pg.wait_promoted(&mut child, Duration::from_secs(3600)))?;
-        conf.recovery.clear();
-        pg.write_config(&conf.render())?;
-        eprintln!("pgwarden-agent: recovery ended, instance promoted");
-    }
+    // Blocking on purpose: a download or a replay takes as long as it takes.
+    let child = tokio::task::block_in_place(|| bootstrap(&opts, &layout, &pg, &mut conf))?;
     eprintln!("pgwarden-agent: PostgreSQL ready on port {}", opts.port);
     supervise(&opts, &layout, &pg, child).await
 }
@@ -175,37 +158,25 @@ fn prepare_state(layout: &Layout, run_as: RunAs) -> Result<()> {
     Ok(())
 }
 
-/// Restores the base backup into PGDATA; returns the recovery settings to start with.
-fn restore(pg: &Postgres, opts: &RunOptions, r: &RestoreOptions) -> Result<Vec<(String, String)>> {
-    let source: ArchiveSettings = match &r.source {
-        Some(file) => layout::read_json(file)?,
-        None => layout::read_archive_settings(&opts.settings_dir)?,
-    };
-    let barman = Barman::from_env();
-    std::fs::create_dir_all(&opts.pgdata)?;
-    pg.run_as.own(&opts.pgdata, false)?;
-    std::fs::set_permissions(
-        &opts.pgdata,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
-    eprintln!(
-        "pgwarden-agent: restoring backup {} from {}",
-        r.backup_id, source.destination_path
-    );
-    let args = barman::restore_args(&source, &r.backup_id, &opts.pgdata);
-    let mut cmd = barman.command("barman-cloud-restore", &source, &args);
-    pg.run_as.apply(&mut cmd);
-    barman.run("barman-cloud-restore", &mut cmd)?;
-    // The restored postgresql.auto.conf / our include may carry the source's settings: ours
-    // are rewritten before the start. recovery.signal makes PostgreSQL replay archived WAL.
-    let signal = opts.pgdata.join("recovery.signal");
-    std::fs::write(&signal, b"")?;
-    pg.run_as.own(&signal, false)?;
-    let _ = std::fs::remove_file(opts.pgdata.join("standby.signal"));
-    Ok(postgres::recovery_settings(
-        &barman::restore_command(&barman, &source),
-        r.target.as_ref(),
-    ))
+/// Brings PostgreSQL up from whatever the volume holds: a new cluster (initdb), an existing
+/// one, or a restore to begin or resume (see `recovery`); returns the running postmaster,
+/// promoted when it was restored.
+fn bootstrap(
+    opts: &RunOptions,
+    layout: &Layout,
+    pg: &Postgres,
+    conf: &mut PgConfig,
+) -> Result<std::process::Child> {
+    let restore = opts.restore.as_ref();
+    match recovery::prepare(pg, layout, restore, &opts.settings_dir, &current_exe())? {
+        Boot::Initdb => {
+            eprintln!("pgwarden-agent: initdb {}", opts.pgdata.display());
+            pg.initdb()?;
+            pg.start(conf)
+        }
+        Boot::Existing => pg.start(conf),
+        Boot::Recover(settings) => recovery::replay(pg, layout, conf, settings),
+    }
 }
 
 /// Gathers the archive facts, writes them to the state folder and patches the Cluster.

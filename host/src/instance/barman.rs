@@ -199,26 +199,23 @@ pub fn restore_args(s: &ArchiveSettings, backup_id: &str, pgdata: &Path) -> Vec<
     args
 }
 
-/// PostgreSQL's `restore_command` fetching WAL with `barman-cloud-wal-restore`.
-pub fn restore_command(barman: &Barman, s: &ArchiveSettings) -> String {
-    let mut words = vec![
-        barman
-            .command_path("barman-cloud-wal-restore")
-            .display()
-            .to_string(),
-    ];
-    words.extend(store_args(s));
-    words.extend([
+/// `barman-cloud-wal-restore` arguments fetching `wal` into `dest` (run by
+/// `pgwarden instance wal-restore`, PostgreSQL's restore_command). `--no-partial`: a segment
+/// the store holds only as `.partial` is not there, as PostgreSQL means it. `--spool-dir`:
+/// barman's default spool (`/var/tmp/walrestore`) is shared by every restore on the host,
+/// and barman delivers any file of the asked name it finds there.
+pub fn wal_restore_args(s: &ArchiveSettings, spool: &Path, wal: &str, dest: &Path) -> Vec<String> {
+    let mut args = store_args(s);
+    args.extend([
+        "--no-partial".into(),
+        "--spool-dir".into(),
+        spool.display().to_string(),
         s.destination_path.clone(),
         s.server_name.clone(),
-        "%f".into(),
-        "%p".into(),
+        wal.into(),
+        dest.display().to_string(),
     ]);
-    words
-        .iter()
-        .map(|w| shell_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
+    args
 }
 
 /// What `barman-cloud-backup-delete` deletes.
@@ -480,18 +477,21 @@ mod tests {
     }
 
     #[test]
-    fn restore_command_quotes_for_the_shell() {
-        let cmd = restore_command(
-            &Barman {
-                bin: Some("/opt/barman bin".into()),
-            },
-            &settings(),
+    fn wal_restore_args_read_the_store_as_written_without_partial_segments() {
+        let mut s = settings();
+        s.destination_path = "s3://bucket/pg%f".into();
+        let args = wal_restore_args(
+            &s,
+            Path::new("/data/pgwarden/wal-restore-spool"),
+            "00000002.history",
+            Path::new("pg_wal/RECOVERYHISTORY"),
         );
-        assert!(
-            cmd.starts_with("'/opt/barman bin/barman-cloud-wal-restore' --cloud-provider"),
-            "{cmd}"
+        assert_eq!(
+            args.join(" "),
+            "--cloud-provider aws-s3 --endpoint-url http://127.0.0.1:9000 --addressing-style path \
+             --no-partial --spool-dir /data/pgwarden/wal-restore-spool s3://bucket/pg%f pg-1 \
+             00000002.history pg_wal/RECOVERYHISTORY"
         );
-        assert!(cmd.ends_with("s3://bucket/path pg-1 %f %p"), "{cmd}");
     }
 
     #[test]

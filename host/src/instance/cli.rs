@@ -1,4 +1,4 @@
-//! `pgwarden instance run|wal-archive|backup|delete-backups`.
+//! `pgwarden instance run|wal-archive|wal-restore|backup|delete-backups`.
 //!
 //! Every option has an environment variable, so the pod template sets the same values the
 //! local tests pass on the command line. No option carries a secret: the store credentials
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use pgwarden_crds::RecoveryTarget;
-use pgwarden_crds::settings::{BackupSettings, pod};
+use pgwarden_crds::settings::{ARCHIVE_SETTINGS_KEY, BackupSettings, pod};
 
 use super::agent::{self, RestoreOptions, RunOptions};
 use super::archive::{self, Archived};
@@ -18,6 +18,7 @@ use super::barman::{self, Barman, Deletion, PgConn};
 use super::facts;
 use super::layout::{self, Layout};
 use super::report::Reporter;
+use super::walrestore;
 
 /// The in-pod instance agent.
 #[derive(Args, Debug)]
@@ -35,6 +36,10 @@ enum InstanceCommand {
         /// The WAL file, as PostgreSQL's `%p` (relative to PGDATA).
         path: PathBuf,
     },
+    /// PostgreSQL's restore_command: fetch one WAL file from the store. Exits 1 only when the
+    /// store says the file is not there; store errors are retried, then it exits 200 so that
+    /// PostgreSQL stops recovery instead of ending it.
+    WalRestore(WalRestoreArgs),
     /// Take (or find, if already taken) the base backup for a Backup object.
     Backup(BackupArgs),
     /// Delete backups from the store: by retention policy or by id.
@@ -112,6 +117,18 @@ struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+struct WalRestoreArgs {
+    /// Archive settings (JSON) of the store to read (the restore source). Default:
+    /// archive.json in the settings folder.
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// The file PostgreSQL asks for (`%f`).
+    wal: String,
+    /// Where PostgreSQL wants it (`%p`, relative to PGDATA).
+    dest: PathBuf,
+}
+
+#[derive(Args, Debug)]
 struct BackupArgs {
     #[command(flatten)]
     common: Common,
@@ -155,6 +172,7 @@ pub fn run(args: InstanceArgs) -> Result<()> {
     let result = match args.command {
         InstanceCommand::Run(a) => run_agent(*a),
         InstanceCommand::WalArchive { path } => wal_archive(path),
+        InstanceCommand::WalRestore(a) => wal_restore(a),
         InstanceCommand::Backup(a) => backup(a),
         InstanceCommand::DeleteBackups(a) => delete(a),
     };
@@ -214,6 +232,23 @@ fn wal_archive(path: PathBuf) -> Result<()> {
         Archived::Now { .. } => {}
     }
     Ok(())
+}
+
+/// Exits with the status PostgreSQL reads, never returns: an error or a panic stops recovery
+/// too (a Rust panic's own status, 101, would read as "not in the archive").
+fn wal_restore(a: WalRestoreArgs) -> ! {
+    let code = std::panic::catch_unwind(|| {
+        // PostgreSQL runs the restore_command in PGDATA.
+        let layout = Layout::from_env()
+            .unwrap_or_else(|_| Layout::new(&std::env::current_dir().unwrap_or_default()));
+        let source = a
+            .source
+            .clone()
+            .unwrap_or_else(|| layout::settings_dir().join(ARCHIVE_SETTINGS_KEY));
+        walrestore::wal_restore(&layout, &source, &a.wal, &a.dest)
+    })
+    .unwrap_or(walrestore::ABORT_RECOVERY);
+    std::process::exit(code)
 }
 
 fn backup(a: BackupArgs) -> Result<()> {

@@ -8,6 +8,9 @@
 //!   <data volume>/pgwarden/archive-failure.json  the last archive failure (scrubbed)
 //!   <data volume>/pgwarden/archive-facts.json    the last archive facts reported
 //!   <data volume>/pgwarden/backups/<name>.json   facts of each backup this agent ran
+//!   <data volume>/pgwarden/restore.json          a restore's phase (see `restore`)
+//!   <data volume>/pgwarden/wal-restore-failure.json  the restore_command's last give-up
+//!   <data volume>/pgwarden/wal-restore-spool/    barman-cloud-wal-restore's spool (unused)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -58,6 +61,12 @@ impl Layout {
     pub fn backups(&self) -> PathBuf {
         self.state.join("backups")
     }
+    pub fn restore_state(&self) -> PathBuf {
+        self.state.join("restore.json")
+    }
+    pub fn wal_restore_failure(&self) -> PathBuf {
+        self.state.join("wal-restore-failure.json")
+    }
     /// PostgreSQL's `.ready` / `.done` markers.
     pub fn archive_status(&self) -> PathBuf {
         self.pgdata.join("pg_wal/archive_status")
@@ -92,4 +101,48 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a JSON file atomically and durably: see [`write_durable`].
+pub fn write_json_durable<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_durable(path, &serde_json::to_vec_pretty(value)?)
+}
+
+/// Writes `bytes` to `path` atomically and durably: the temporary file is fsynced before it
+/// is renamed and the folder after, so that after a crash the file holds the old content or
+/// the new, and surely the new once this returns (a restore's next step relies on it).
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_writes_replace_the_whole_file_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/restore.json");
+        write_json_durable(&path, &serde_json::json!({"phase": "downloading"})).unwrap();
+        write_json_durable(&path, &serde_json::json!({"phase": "replaying"})).unwrap();
+        let back: serde_json::Value = read_json(&path).unwrap();
+        assert_eq!(back["phase"], "replaying");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["restore.json"]);
+    }
 }

@@ -1,9 +1,12 @@
 //! The in-pod instance agent: runs PostgreSQL, archives WAL, takes backups, reports facts.
 //!
 //! ```text
-//!   cli       `pgwarden instance run|wal-archive|backup|delete-backups`
+//!   cli       `pgwarden instance run|wal-archive|wal-restore|backup|delete-backups`
 //!   agent     bootstrap (initdb | restore), supervise postgres, report archive facts
+//!   restore   the restore state machine (pure): downloading → replaying → promoted
+//!   recovery  its I/O: download the base backup, replay until promoted, resume after restarts
 //!   archive   the archive_command, with parallel archiving ahead of PostgreSQL
+//!   walrestore the restore_command: "not in the store" ends recovery, store errors stop it
 //!   backup    barman-cloud-backup, idempotent per Backup (named by the object's uid)
 //!   barman    the barman cloud command lines (pure) and what their failures mean
 //!   postgres  initdb, postgresql.pgwarden.conf, psql, recovery settings
@@ -21,5 +24,8 @@ pub mod cli;
 pub mod facts;
 pub mod layout;
 pub mod postgres;
+pub mod recovery;
 pub mod report;
+pub mod restore;
 pub mod retention;
+pub mod walrestore;

@@ -182,36 +182,88 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// Waits until PostgreSQL answers queries; fails at once if the postmaster exits.
-    pub fn wait_ready(&self, child: &mut std::process::Child, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
+    /// Writes the configuration, starts the postmaster and waits until it answers queries.
+    pub fn start(&self, conf: &PgConfig) -> Result<std::process::Child> {
+        self.write_config(&conf.render())?;
+        let mut child = self.spawn()?;
+        if let Err(e) = self.wait_ready(&mut child) {
+            let _ = child.kill();
+            return Err(e);
+        }
+        Ok(child)
+    }
+
+    /// Waits until PostgreSQL answers queries, for as long as the postmaster runs (crash
+    /// recovery before it answers takes as long as the WAL to replay); fails at once if the
+    /// postmaster exits.
+    pub fn wait_ready(&self, child: &mut std::process::Child) -> Result<()> {
+        let mut progress = Progress::new("not answering yet");
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!("postgres exited during start-up ({status}); see its log above");
             }
-            match self.query("SELECT 1") {
-                Ok(_) => return Ok(()),
-                Err(e) if start.elapsed() > timeout => {
-                    return Err(e.context("PostgreSQL did not become ready"));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            if self.query("SELECT 1").is_ok() {
+                return Ok(());
             }
+            progress.tell();
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
-    /// Waits until recovery has ended and the instance is promoted.
-    pub fn wait_promoted(&self, child: &mut std::process::Child, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
+    /// Waits until recovery has ended and the instance is promoted, or the postmaster exits.
+    /// No timeout: until it is consistent PostgreSQL refuses connections for as long as the
+    /// replay takes, and a replay that goes on is a restore that goes on.
+    pub fn wait_promoted(&self, child: &mut std::process::Child) -> Result<RecoveryEnd> {
+        let mut progress = Progress::new("in recovery");
+        loop {
             if let Some(status) = child.try_wait()? {
-                bail!("postgres exited during recovery ({status}); see its log above");
+                return Ok(RecoveryEnd::Exited(status));
             }
             if self.query("SELECT pg_is_in_recovery()").ok().as_deref() == Some("f") {
-                return Ok(());
+                return Ok(RecoveryEnd::Promoted);
             }
+            progress.tell();
             std::thread::sleep(Duration::from_millis(300));
         }
-        bail!("recovery did not end within {}s", timeout.as_secs())
+    }
+}
+
+/// How a wait for the end of recovery ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryEnd {
+    Promoted,
+    /// The postmaster exited while in recovery (e.g. the restore_command stopped recovery).
+    Exited(std::process::ExitStatus),
+}
+
+/// A line in the log every minute of a long wait, so that a long replay is seen to go on.
+struct Progress {
+    what: &'static str,
+    start: Instant,
+    told: Duration,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            start: Instant::now(),
+            told: Duration::ZERO,
+        }
+    }
+
+    fn tell(&mut self) {
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.told + Self::EVERY {
+            self.told = elapsed;
+            eprintln!(
+                "pgwarden-agent: PostgreSQL {} after {}s",
+                self.what,
+                elapsed.as_secs()
+            );
+        }
     }
 }
 
@@ -275,10 +327,24 @@ fn conf_string(value: &str) -> String {
 
 /// The archive command calling this very binary.
 pub fn archive_command(exe: &Path) -> String {
+    format!("{} instance wal-archive %p", command_word(exe))
+}
+
+/// The restore command calling this very binary, reading the store's settings from `source`
+/// (a path: no setting and no secret on the command line).
+pub fn restore_command(exe: &Path, source: &Path) -> String {
     format!(
-        "{} instance wal-archive %p",
-        shell_quote(&exe.display().to_string())
+        "{} instance wal-restore --source {} %f %p",
+        command_word(exe),
+        command_word(source)
     )
+}
+
+/// A path as one word of archive_command or restore_command: quoted for the shell, with every
+/// `%` doubled, since PostgreSQL expands `%p`, `%f`, `%r` and `%%` in these commands before
+/// the shell sees them (a folder named `pg%f` would become the WAL file's name).
+fn command_word(path: &Path) -> String {
+    shell_quote(&path.display().to_string()).replace('%', "%%")
 }
 
 /// Recovery settings for a restore: where WAL comes from and where replay stops.
@@ -395,6 +461,48 @@ mod tests {
         assert!(conf.contains("archive_command = '/usr/bin/pgwarden instance wal-archive %p'\n"));
         assert!(conf.contains("archive_timeout = '60s'\n"));
         assert!(conf.contains("max_connections = '50'\n"));
+    }
+
+    /// PostgreSQL's expansion of `%p`, `%f`, `%r`, `%%` (any other `%` stays), as in
+    /// xlogarchive.c / pgarch.c.
+    fn pg_expand(cmd: &str, p: &str, f: &str) -> String {
+        let mut out = String::new();
+        let mut chars = cmd.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('%', Some('p')) => out.push_str(p),
+                ('%', Some('f')) => out.push_str(f),
+                ('%', Some('r')) => out.push_str("000000010000000000000001"),
+                ('%', Some('%')) => out.push('%'),
+                _ => {
+                    out.push(c);
+                    continue;
+                }
+            }
+            chars.next();
+        }
+        out
+    }
+
+    #[test]
+    fn commands_double_every_percent_sign_of_their_paths() {
+        let exe = Path::new("/opt/pg%fwarden/pgwarden");
+        let source = Path::new("/etc/pg%p%%/it's%r.json");
+        let archive = archive_command(exe);
+        assert_eq!(archive, "/opt/pg%%fwarden/pgwarden instance wal-archive %p");
+        let restore = restore_command(exe, source);
+        let wal = "000000010000000000000007";
+        assert_eq!(
+            pg_expand(&restore, "pg_wal/RECOVERYXLOG", wal),
+            format!(
+                "/opt/pg%fwarden/pgwarden instance wal-restore --source \
+                 '/etc/pg%p%%/it'\\''s%r.json' {wal} pg_wal/RECOVERYXLOG"
+            )
+        );
+        assert_eq!(
+            pg_expand(&archive, "pg_wal/x", wal),
+            "/opt/pg%fwarden/pgwarden instance wal-archive pg_wal/x"
+        );
     }
 
     #[test]
