@@ -77,7 +77,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .as_ref()
             .map(|_| postgres::archive_command(&current_exe())),
         archive_timeout_seconds: archive.as_ref().map_or(0, |a| a.archive_timeout_seconds),
-        parameters: opts.parameters.clone(),
+        parameters: super::parameters::live::at_start(&opts, &layout, &pg),
         recovery: Vec::new(),
     };
     // Blocking on purpose: a download or a replay takes as long as it takes.
@@ -97,11 +97,10 @@ async fn supervise(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.report_interval);
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     loop {
         tokio::select! {
-            _ = term.recv() => return stop(&mut child, pid),
-            _ = int.recv() => return stop(&mut child, pid),
+            _ = term.recv() => return stop(&mut child),
+            _ = int.recv() => return stop(&mut child),
             _ = tick.tick() => {
                 if let Some(status) = child.try_wait()? {
                     bail!("postgres exited on its own ({status})");
@@ -109,6 +108,8 @@ async fn supervise(
                 if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
                     eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
                 }
+                // May restart the postmaster (a new `child`): an error means it is not back.
+                super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;
             }
         }
     }
@@ -138,8 +139,9 @@ async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync:
 }
 
 /// Fast shutdown: SIGINT to the postmaster, then wait for it.
-fn stop(child: &mut std::process::Child, pid: nix::unistd::Pid) -> Result<()> {
+fn stop(child: &mut std::process::Child) -> Result<()> {
     eprintln!("pgwarden-agent: stopping PostgreSQL (fast shutdown)");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
     let status = child.wait()?;
     eprintln!("pgwarden-agent: PostgreSQL stopped ({status})");
