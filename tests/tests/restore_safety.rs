@@ -132,6 +132,16 @@ fn a_restore_killed_during_wal_replay_resumes_with_every_row() {
     run.start_again();
     run.wait_ready(10 * MIN).unwrap_or_else(|e| panic!("{e}"));
     assert_restored(&run, &want);
+
+    // Killed again once promoted: a normal start, neither restored nor promoted again.
+    run.kill_container();
+    run.start_again();
+    run.wait_ready(5 * MIN).unwrap_or_else(|e| panic!("{e}"));
+    assert_restored(&run, &want);
+    assert_eq!(
+        run.restore_state().expect("restore.json")["phase"],
+        "promoted"
+    );
 }
 
 /// MinIO stops while PostgreSQL replays archived WAL (no recovery target): as long as the

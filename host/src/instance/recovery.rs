@@ -74,6 +74,10 @@ pub fn prepare(
         }
         (Start::Replay, Some(r)) => {
             let source = Source::of(r, settings_dir)?;
+            if state.is_none() {
+                // An earlier agent's restore: from now on, its progress is recorded.
+                record(layout, &source.state(r, Phase::Replaying))?;
+            }
             eprintln!(
                 "pgwarden-agent: resuming the replay of backup {}",
                 r.backup_id
@@ -101,6 +105,17 @@ impl Source {
             .unwrap_or_else(|| settings_dir.join(ARCHIVE_SETTINGS_KEY));
         let settings = layout::read_json(&file)?;
         Ok(Self { file, settings })
+    }
+
+    /// The state of restoring `r` from this store, entered now.
+    fn state(&self, r: &RestoreOptions, phase: Phase) -> RestoreState {
+        RestoreState {
+            phase,
+            backup_id: r.backup_id.clone(),
+            destination_path: self.settings.destination_path.clone(),
+            server_name: self.settings.server_name.clone(),
+            since: archive::now(),
+        }
     }
 
     fn recovery_settings(&self, r: &RestoreOptions, exe: &Path) -> Vec<(String, String)> {
@@ -207,13 +222,7 @@ fn download(
     source: &Source,
     wipe: bool,
 ) -> Result<()> {
-    let state = RestoreState {
-        phase: Phase::Downloading,
-        backup_id: r.backup_id.clone(),
-        destination_path: source.settings.destination_path.clone(),
-        server_name: source.settings.server_name.clone(),
-        since: archive::now(),
-    };
+    let state = source.state(r, Phase::Downloading);
     record(layout, &state)?;
     ready_pgdata(pg, wipe)?;
     eprintln!(

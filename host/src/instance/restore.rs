@@ -17,7 +17,8 @@
 //! already ended recovery (it removes the file, durably, only then): the agent records
 //! `promoted` and starts normally rather than send a promoted cluster back into recovery.
 //! PGDATA's contents are deleted only in the `downloading` state: the agent never deletes
-//! files it cannot prove it wrote.
+//! files it cannot prove it wrote. A volume without `restore.json` (an agent of an earlier
+//! version) starts normally, unless it is a restore still replaying (`recovery.signal`).
 
 use serde::{Deserialize, Serialize};
 
@@ -133,8 +134,11 @@ pub fn decide(
 }
 
 /// No restore state: a volume of a new instance, or of an agent from before restore states.
+/// Such an agent left `recovery.signal` in a restored PGDATA until PostgreSQL promoted it:
+/// with a restore still asked, its replay is resumed (a normal start would fail on it).
 fn fresh(pgdata: PgdataFacts, restore_asked: bool) -> Result<Start, Refusal> {
     match (pgdata.has_pg_version, restore_asked, pgdata.is_empty) {
+        (true, true, _) if pgdata.has_recovery_signal => Ok(Start::Replay),
         (true, _, _) => Ok(Start::Normal {
             record_promoted: false,
         }),
@@ -225,6 +229,18 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn an_earlier_agents_interrupted_replay_resumes() {
+        assert_eq!(decide(None, RECOVERING, true), Ok(Start::Replay));
+        // Without a restore asked, recovery.signal is not the agent's: left to PostgreSQL.
+        assert_eq!(
+            decide(None, RECOVERING, false),
+            Ok(Start::Normal {
+                record_promoted: false
+            })
+        );
     }
 
     #[test]
