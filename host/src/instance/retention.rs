@@ -3,6 +3,15 @@
 //! `barman-cloud-backup-delete -b ID` against the store the backup went to and report the
 //! outcome in `status.deletion.agent`. A backup already absent from the store counts as
 //! deleted, so a repeated attempt (an agent restart, a retry) is harmless.
+//!
+//! WAL: barman 3.19.1 (`cloud_backup_delete._remove_wals_for_backup`) deletes WAL with a
+//! backup only when no older completed backup (`DONE`, `WAITING_FOR_WALS`) is left in the
+//! store, and then only the segments before the next such backup's `begin_wal` (on the same
+//! timeline). Deleting a backup that is not the oldest removes no WAL. So the WAL of every
+//! backup that stays, from its `begin_wal` to the newest segment, stays; the operator never
+//! asks for the backup that starts the recovery window (see `plan::retention::floor`).
+//! Two deletions run at once can only leave WAL behind, never remove WAL a kept backup needs:
+//! each removes segments before a backup that is still in the store when it lists it.
 
 use pgwarden_crds::settings::ArchiveSettings;
 use pgwarden_crds::{Backup, BackupAgentState, BackupDeletionAgent};

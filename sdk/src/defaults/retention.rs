@@ -127,8 +127,7 @@ pub fn newest_completed(backups: &[Backup]) -> Option<&Backup> {
 pub fn window_start_backup(backups: &[Backup], start: DateTime<Utc>) -> Option<&Backup> {
     completed(backups)
         .into_iter()
-        .filter(|(ended, _)| *ended < start)
-        .next_back()
+        .rfind(|(ended, _)| *ended < start)
         .map(|(_, b)| b)
 }
 
