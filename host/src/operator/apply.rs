@@ -182,31 +182,10 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
         match (step, action) {
             (Step::Nothing, _) => continue,
             (Step::Apply, Action::Apply { target, object }) => {
-                // The whole object, as this manager's full intent: what it no longer sends
-                // and owned alone is removed by the server.
-                let params = PatchParams::apply(MANAGER).force();
-                api(ctx, target)
-                    .patch(
-                        &target.name,
-                        &params,
-                        &Patch::Apply(applied::stamped(object)),
-                    )
-                    .await?;
-                info!(object = %target, "applied");
-                ctx.metrics.wrote("apply");
+                server_side_apply(ctx, target, object).await?;
             }
             (Step::Stamp, Action::Apply { target, object }) => {
-                // A merge patch of the annotation only: an apply would claim every field.
-                let patch = json!({"metadata": {"annotations": {applied::ANNOTATION: applied::hash(object)}}});
-                let params = PatchParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..Default::default()
-                };
-                api(ctx, target)
-                    .patch(&target.name, &params, &Patch::Merge(&patch))
-                    .await?;
-                info!(object = %target, "recorded the applied hash");
-                ctx.metrics.wrote("apply");
+                stamp(ctx, target, object).await?;
             }
             (Step::Recreate | Step::Delete, a) => {
                 let target = a.target().expect("delete has a target");
@@ -253,6 +232,35 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
         writes += 1;
     }
     Ok(writes)
+}
+
+/// Server-side apply of the whole object, stamped with its hash, as this manager's full
+/// intent: what it no longer sends, and owned alone, the server removes.
+async fn server_side_apply(ctx: &Context, target: &ObjectRef, object: &Value) -> Result<()> {
+    let params = PatchParams::apply(MANAGER).force();
+    let patch = Patch::Apply(applied::stamped(object));
+    api(ctx, target)
+        .patch(&target.name, &params, &patch)
+        .await?;
+    info!(object = %target, "applied");
+    ctx.metrics.wrote("apply");
+    Ok(())
+}
+
+/// Records the hash of `object` on the live one: a merge patch of the annotation alone (an
+/// apply of it would be this manager's whole intent and remove every other field it owns).
+async fn stamp(ctx: &Context, target: &ObjectRef, object: &Value) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {applied::ANNOTATION: applied::hash(object)}}});
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    api(ctx, target)
+        .patch(&target.name, &params, &Patch::Merge(&patch))
+        .await?;
+    info!(object = %target, "recorded the applied hash");
+    ctx.metrics.wrote("apply");
+    Ok(())
 }
 
 /// Records an Event about `regarding`.

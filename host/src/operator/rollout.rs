@@ -4,8 +4,9 @@
 //! the same claim: the instance is down meanwhile. Hence, per reconcile, at most one pod is
 //! deleted, and only when
 //! - no instance pod is terminating or missing (a replacement is still under way),
-//! - every *other* instance pod is Ready (the pod itself may be broken: a fixed template
-//!   must be able to replace a crash-looping pod),
+//! - every *other* instance pod is Ready, unless the pod itself is not Ready: deleting a pod
+//!   that serves nothing takes nothing down, and a fixed template must be able to replace
+//!   crash-looping pods (with two of them broken, "the others are Ready" would never hold),
 //! - no Backup is running on it (deleting it would fail the Backup): the change waits for
 //!   the Backup to end.
 //!
@@ -70,35 +71,22 @@ pub fn next(pods: &[InstancePod], running: &[RunningBackup]) -> Decision {
         .enumerate()
         .filter(|(_, p)| !p.current && !matches!(p.state, PodState::Missing))
         .collect();
-    let Some(first) = outdated.first().map(|(_, p)| p) else {
+    if outdated.is_empty() {
         return Decision::UpToDate;
-    };
-    let busy = pods
-        .iter()
-        .find(|p| matches!(p.state, PodState::Terminating | PodState::Missing));
-    if let Some(busy) = busy {
-        let doing = match busy.state {
-            PodState::Missing => "is being created",
-            _ => "is terminating",
-        };
-        return wait(
-            ROLLING_UPDATE,
-            format!(
-                "pod {} {doing}; {} outdated pod(s) wait, replaced one at a time (next: {})",
-                busy.name,
-                outdated.len(),
-                first.name
-            ),
-        );
+    }
+    if let Some(in_flight) = in_flight(pods, &outdated) {
+        return in_flight;
     }
     let backup_on = |pod: &InstancePod| running.iter().find(|b| b.pod == pod.name);
-    let others_ready = |pod: &InstancePod| {
-        pods.iter()
-            .all(|p| p.name == pod.name || p.state == PodState::Ready)
+    let may_go = |pod: &InstancePod| {
+        pod.state != PodState::Ready
+            || pods
+                .iter()
+                .all(|p| p.name == pod.name || p.state == PodState::Ready)
     };
     let candidate = outdated
         .iter()
-        .filter(|(_, p)| backup_on(p).is_none() && others_ready(p))
+        .filter(|(_, p)| backup_on(p).is_none() && may_go(p))
         .max_by_key(|(i, p)| (p.state != PodState::Ready, *i));
     if let Some((_, pod)) = candidate {
         return Decision::Replace {
@@ -117,22 +105,40 @@ pub fn next(pods: &[InstancePod], running: &[RunningBackup]) -> Decision {
                 backup.name, pod.name
             ),
         ),
-        None => {
-            let unready: Vec<&str> = pods
-                .iter()
-                .filter(|p| p.state != PodState::Ready)
-                .map(|p| p.name.as_str())
-                .collect();
-            wait(
-                ROLLING_UPDATE,
-                format!(
-                    "waiting for pod(s) {} to be Ready before replacing pod {}",
-                    unready.join(", "),
-                    first.name
-                ),
-            )
-        }
+        None => wait(
+            ROLLING_UPDATE,
+            format!(
+                "waiting for pod(s) {} to be Ready before replacing pod {}",
+                names(pods.iter().filter(|p| p.state != PodState::Ready)),
+                outdated[0].1.name
+            ),
+        ),
     }
+}
+
+/// A replacement still under way (a pod terminating, or missing until it is created):
+/// nothing else is deleted meanwhile.
+fn in_flight(pods: &[InstancePod], outdated: &[(usize, &InstancePod)]) -> Option<Decision> {
+    let busy = pods
+        .iter()
+        .find(|p| matches!(p.state, PodState::Terminating | PodState::Missing))?;
+    let doing = match busy.state {
+        PodState::Missing => "is being created",
+        _ => "is terminating",
+    };
+    Some(wait(
+        ROLLING_UPDATE,
+        format!(
+            "pod {} {doing}; {} outdated pod(s) wait, replaced one at a time (next: {})",
+            busy.name,
+            outdated.len(),
+            names(outdated.iter().map(|(_, p)| *p).take(1))
+        ),
+    ))
+}
+
+fn names<'a>(pods: impl Iterator<Item = &'a InstancePod>) -> String {
+    pods.map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn wait(reason: &'static str, message: String) -> Decision {
@@ -323,9 +329,21 @@ mod tests {
         assert_eq!(next(&pods, &[]).replaced(), Some("pg-2"));
         let pods = [pod("pg-1", NotReady, false), pod("pg-2", Ready, false)];
         assert_eq!(next(&pods, &[]).replaced(), Some("pg-1"));
+        // ...also when several are broken, one at a time...
+        let pods = [pod("pg-1", NotReady, false), pod("pg-2", NotReady, false)];
+        assert_eq!(next(&pods, &[]).replaced(), Some("pg-2"));
         // ...but a Ready pod is never taken down while another is not Ready.
         let pods = [pod("pg-1", Ready, false), pod("pg-2", NotReady, true)];
         assert!(matches!(next(&pods, &[]), Decision::Wait { .. }));
+        // Nor is a broken pod replaced while a Backup runs on it.
+        let pods = [pod("pg-1", NotReady, false)];
+        assert!(matches!(
+            next(&pods, &[running("b", "pg-1")]),
+            Decision::Wait {
+                reason: WAITING_FOR_BACKUP,
+                ..
+            }
+        ));
     }
 
     fn apply(kind: &str, name: &str) -> Action {
