@@ -6,7 +6,9 @@
 //!   pod, same postmaster); a change PostgreSQL reads only at start is applied by the agent's
 //!   restart of PostgreSQL (same pod), and `status.parameters` says which;
 //! - a value PostgreSQL refuses is named in `status.parameters.refused` and PostgreSQL keeps
-//!   the previous one, also after its container is restarted (no crash loop).
+//!   the previous one, also after its container is restarted (no crash loop);
+//! - a value PostgreSQL reads only at start and cannot start with (a missing preload library)
+//!   is undone by the agent, and stays out after a container restart.
 //!
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
@@ -263,6 +265,62 @@ fn a_value_postgresql_refuses_is_named_and_the_previous_one_stays_across_a_conta
     });
 }
 
+#[test]
+fn a_value_postgresql_cannot_start_with_is_undone_and_kept_out_after_a_container_restart() {
+    let w = world("params-nostart", 233 + (std::process::id() % 7) as u8);
+    apply_yaml(&w.ns, &cluster(&[("work_mem", "8MB")]));
+    let pod = w.wait_pod_ready();
+    let (uid, restarts) = w.uid_and_restarts();
+
+    // Read only at start, and PostgreSQL does not start with it (postgres -C does not load
+    // libraries, so only the restart finds out): the agent starts it again without it.
+    apply_yaml(
+        &w.ns,
+        &cluster(&[
+            ("work_mem", "8MB"),
+            ("shared_preload_libraries", "no_such_lib"),
+        ]),
+    );
+    let status = w.wait_status("names shared_preload_libraries as refused", |s| {
+        s["refused"].as_array().is_some_and(|r| {
+            r.iter().any(|p| {
+                p["name"] == "shared_preload_libraries"
+                    && p["reason"] == "PostgreSQL did not start with it"
+            })
+        })
+    });
+    assert!(!status.to_string().contains("no_such_lib"), "{status}");
+    let mut last = None;
+    let back = wait_for(READY, Duration::from_millis(500), || {
+        last = w.show(&pod, "shared_preload_libraries");
+        (last.as_deref() == Some("")).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "PostgreSQL not back without the library: {last:?}"
+    );
+    assert_eq!(w.uid_and_restarts(), (uid.clone(), restarts));
+
+    // The container restarts: the value PostgreSQL did not start with stays out.
+    kill_agent(&uid);
+    let pod = wait_for(READY, Duration::from_secs(1), || {
+        let (u, r) = w.uid_and_restarts();
+        let pod = get(&w.ns, "pod", POD)?;
+        (u == uid && r > restarts && is_ready(&pod)).then_some(pod)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the container did not come back ready: {}",
+            get(&w.ns, "pod", POD).unwrap_or_default()["status"]
+        )
+    });
+    assert_eq!(w.show(&pod, "work_mem").as_deref(), Some("8MB"));
+    assert_eq!(
+        w.show(&pod, "shared_preload_libraries").as_deref(),
+        Some("")
+    );
+}
+
 /// SIGKILL to the pod's `pgwarden instance run` (found by its environment): the node restarts
 /// the container.
 fn kill_agent(uid: &str) {
@@ -273,10 +331,8 @@ fn kill_agent(uid: &str) {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_agent = args.len() >= 3
-            && args[0].ends_with(b"pgwarden")
-            && args[1] == b"instance"
-            && args[2] == b"run";
+        // argv[0] is whatever binary the node runs as `pgwarden` ($PGWARDEN_BIN).
+        let is_agent = args.len() >= 3 && args[1] == b"instance" && args[2] == b"run";
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
         let here = String::from_utf8_lossy(&environ).contains(&format!("pods/{uid}/"));
         if is_agent && here {

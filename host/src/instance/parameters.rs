@@ -127,6 +127,16 @@ pub fn revert(new: &[Parameter], names: &[String], old: &[Parameter]) -> Vec<Par
     out
 }
 
+/// The names in `params` set to a value PostgreSQL did not start with (`failed`): tried again
+/// only once the Cluster sets another value.
+pub fn known_bad(params: &[Parameter], failed: &[Parameter]) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, v)| value_of(failed, k) == Some(v.as_str()))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// What PostgreSQL said of the values in a check file (`postgres -C` output, one parameter per
 /// line of the file in `params`' order): the parameters it names, and why, without the values.
 pub fn refused_in(stderr: &str, params: &[Parameter]) -> Vec<RefusedParameter> {

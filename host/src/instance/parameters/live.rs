@@ -17,7 +17,9 @@ use pgwarden_crds::{GROUP, VERSION};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Parameter, Reloaded, changed, describe, refused_in, revert, splice, verdict, vet};
+use super::{
+    Parameter, Reloaded, changed, describe, known_bad, refused_in, revert, splice, verdict, vet,
+};
 use crate::instance::agent::RunOptions;
 use crate::instance::barman::scrub;
 use crate::instance::facts::BackupFacts;
@@ -49,6 +51,8 @@ struct Record {
     source: Option<String>,
     /// Written, but PostgreSQL reads them only at start.
     pending_restart: Vec<String>,
+    /// Values PostgreSQL did not start with: kept out until the Cluster sets another value.
+    failed_start: Vec<Parameter>,
     status: ParametersStatus,
     reported: bool,
 }
@@ -87,10 +91,21 @@ fn read_source(settings_dir: &Path) -> Option<String> {
     std::fs::read_to_string(settings_dir.join(PARAMETERS_KEY)).ok()
 }
 
-fn parse_source(text: Option<&str>) -> Result<BTreeMap<String, String>> {
-    text.map_or(Ok(BTreeMap::new()), |t| {
-        serde_json::from_str(t).with_context(|| format!("cannot parse {PARAMETERS_KEY}"))
-    })
+fn parse_source(text: Option<&str>) -> serde_json::Result<BTreeMap<String, String>> {
+    text.map_or(Ok(BTreeMap::new()), serde_json::from_str)
+}
+
+/// The settings file itself, refused: nothing in it is applied. Where, not what (serde's
+/// message may quote a value).
+fn unreadable(e: &serde_json::Error) -> RefusedParameter {
+    RefusedParameter {
+        name: PARAMETERS_KEY.into(),
+        reason: format!(
+            "not a JSON object of strings (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
+    }
 }
 
 fn status(applied_by: Option<AppliedBy>, changed: Vec<String>) -> ParametersStatus {
@@ -107,13 +122,12 @@ fn status(applied_by: Option<AppliedBy>, changed: Vec<String>) -> ParametersStat
 pub fn at_start(opts: &RunOptions, layout: &Layout, pg: &Postgres) -> Vec<Parameter> {
     let mut record = load(layout);
     let source = read_source(&opts.settings_dir);
-    let cluster = parse_source(source.as_deref()).unwrap_or_else(|e| {
-        eprintln!("pgwarden-agent: {e:#}; starting without the Cluster's parameters");
-        BTreeMap::new()
-    });
-    let vetted = vet(&opts.parameters, &cluster);
-    let (params, mut refused) = check_values(pg, layout, vetted.params, &record.written);
-    refused.splice(0..0, vetted.refused);
+    let (cluster, unreadable) = match parse_source(source.as_deref()) {
+        Ok(c) => (c, None),
+        Err(e) => (BTreeMap::new(), Some(unreadable(&e))),
+    };
+    let (params, mut refused) = screen(opts, layout, pg, &record, &cluster);
+    refused.extend(unreadable);
     let mut s = status(
         Some(AppliedBy::Start),
         params.iter().map(|(k, _)| k.clone()).collect(),
@@ -168,16 +182,11 @@ fn change(
         Err(e) => {
             record.source = source;
             let mut s = status(None, Vec::new());
-            s.refused = vec![RefusedParameter {
-                name: PARAMETERS_KEY.into(),
-                reason: format!("{e:#}"),
-            }];
+            s.refused = vec![unreadable(&e)];
             return record.set_status(s, None);
         }
     };
-    let vetted = vet(&opts.parameters, &cluster);
-    let (candidate, mut refused) = check_values(pg, layout, vetted.params, &record.written);
-    refused.splice(0..0, vetted.refused);
+    let (candidate, mut refused) = screen(opts, layout, pg, record, &cluster);
     let names = changed(&record.written, &candidate);
     match apply(pg, &record.written, candidate, &names) {
         Ok((written, v)) => {
@@ -209,6 +218,31 @@ fn change(
         ),
     }
 }
+
+/// The flags and the Cluster's parameters less what is never written, what PostgreSQL did not
+/// start with and what it refuses; each refused one keeps its value in the file.
+fn screen(
+    opts: &RunOptions,
+    layout: &Layout,
+    pg: &Postgres,
+    record: &Record,
+    cluster: &BTreeMap<String, String>,
+) -> (Vec<Parameter>, Vec<RefusedParameter>) {
+    let mut vetted = vet(&opts.parameters, cluster);
+    let bad = known_bad(&vetted.params, &record.failed_start);
+    let params = revert(&vetted.params, &bad, &record.written);
+    vetted
+        .refused
+        .extend(bad.into_iter().map(|name| RefusedParameter {
+            name,
+            reason: DID_NOT_START.into(),
+        }));
+    let (params, refused) = check_values(pg, layout, params, &record.written);
+    vetted.refused.extend(refused);
+    (params, vetted.refused)
+}
+
+const DID_NOT_START: &str = "PostgreSQL did not start with it";
 
 /// Writes `candidate` in place of `written` and reloads; writes back the previous value of
 /// what PostgreSQL refused on reload. Returns what the file holds and the verdict.
@@ -298,6 +332,10 @@ fn write_conf(pg: &Postgres, old: &[Parameter], new: &[Parameter]) -> Result<()>
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let Some(next) = splice(&text, old, new) else {
+        // Written already, by a tick that then failed to reload: nothing to write.
+        if splice(&text, new, new).is_some() {
+            return Ok(());
+        }
         bail!(
             "{CONF_FILE} does not hold the parameters last written: they apply at the pod's next start"
         );
@@ -338,9 +376,19 @@ fn restart_when_free(
         record.set_status(s, Some(&why));
         return Ok(());
     }
-    let names = std::mem::take(&mut record.pending_restart);
+    let waiting = std::mem::take(&mut record.pending_restart);
+    let Ok(names) = still_pending(pg, &waiting) else {
+        // PostgreSQL did not answer: the next tick tries again.
+        record.pending_restart = waiting;
+        return Ok(());
+    };
     let restart_from = std::mem::take(&mut record.restart_from);
     s.pending_restart.clear();
+    if names.is_empty() {
+        // Changed back to the running value before the restart came: none needed.
+        record.set_status(s, None);
+        return Ok(());
+    }
     eprintln!(
         "pgwarden-agent: restarting PostgreSQL (fast shutdown) to apply {}",
         names.join(", ")
@@ -357,17 +405,33 @@ fn restart_when_free(
             );
             let back = revert(&record.written, &names, &restart_from);
             write_conf(pg, &record.written, &back)?;
+            record.failed_start.retain(|(k, _)| !names.contains(k));
+            for n in &names {
+                if let Some(v) = super::value_of(&record.written, n) {
+                    record.failed_start.push((n.clone(), v.to_string()));
+                }
+            }
             start(pg, child).context("PostgreSQL did not start with the previous values either")?;
             record.written = back;
             s.refused.extend(names.iter().map(|n| RefusedParameter {
                 name: n.clone(),
-                reason: "PostgreSQL did not start with it".into(),
+                reason: DID_NOT_START.into(),
             }));
         }
     }
     s.applied_at = Some(crate::instance::archive::now());
     record.set_status(s, None);
     Ok(())
+}
+
+/// The `names` PostgreSQL still holds for a restart.
+fn still_pending(pg: &Postgres, names: &[String]) -> Result<Vec<String>> {
+    let rows = pg.query("SELECT name FROM pg_settings WHERE pending_restart")?;
+    Ok(names
+        .iter()
+        .filter(|n| rows.lines().any(|r| r.eq_ignore_ascii_case(n)))
+        .cloned()
+        .collect())
 }
 
 /// Why PostgreSQL must not restart now: a backup this agent runs, or any barman backup

@@ -294,3 +294,15 @@ fn the_settings_config_map_carries_the_clusters_parameters() {
         .unwrap();
     assert_eq!(data[PARAMETERS_KEY], "{}");
 }
+
+#[test]
+fn a_value_postgresql_did_not_start_with_stays_out_until_the_cluster_changes_it() {
+    let failed = p(&[("shared_preload_libraries", "no_such_lib")]);
+    let same = p(&[
+        ("Shared_Preload_Libraries", "no_such_lib"),
+        ("work_mem", "8MB"),
+    ]);
+    assert_eq!(known_bad(&same, &failed), ["Shared_Preload_Libraries"]);
+    let other = p(&[("shared_preload_libraries", "pg_stat_statements")]);
+    assert!(known_bad(&other, &failed).is_empty());
+}
