@@ -30,6 +30,14 @@ fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+fn created_at(scheduled: &ScheduledBackup) -> Option<DateTime<Utc>> {
+    scheduled
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| crate::convert::from_jiff(t.0))
+}
+
 /// The Backup name of a run: `<scheduledbackup>-<yyyymmddhhmmss>`.
 pub fn run_name(scheduled: &ScheduledBackup, at: DateTime<Utc>) -> String {
     let name = scheduled.metadata.name.as_deref().unwrap_or("scheduled");
@@ -62,21 +70,17 @@ pub fn schedule(
     );
     let next_run = Some(next_after(now)?);
     if last.is_none() && scheduled.spec.immediate.unwrap_or(false) {
+        // Named after the ScheduledBackup's creation, not `now`: an operator that dies after
+        // creating the Backup but before recording the run asks again, and the same name
+        // finds the Backup already there instead of starting a second one.
+        let created = created_at(scheduled).unwrap_or(now);
         let create = Some(ScheduledRun {
-            name: run_name(scheduled, now),
+            name: run_name(scheduled, created),
             scheduled_at: now,
         });
         return Ok(ScheduleDecision { create, next_run });
     }
-    let since = last
-        .or_else(|| {
-            scheduled
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| crate::convert::from_jiff(t.0))
-        })
-        .unwrap_or(now);
+    let since = last.or_else(|| created_at(scheduled)).unwrap_or(now);
     let due = next_after(since)?;
     if due > now {
         return Ok(ScheduleDecision {
