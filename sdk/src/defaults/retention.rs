@@ -34,15 +34,18 @@ pub enum RetentionWindow {
 impl RetentionWindow {
     /// `30d`, `4w`, `6m`, as the Cluster spells it; `None` for anything else (zero too).
     pub fn parse(text: &str) -> Option<Self> {
-        let (count, unit) = text.split_at(text.len().checked_sub(1)?);
-        if !count.bytes().all(|b| b.is_ascii_digit()) {
+        let unit = text.chars().last()?;
+        let count = &text[..text.len() - unit.len_utf8()];
+        let digits = !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit());
+        if !digits || count.bytes().all(|b| b == b'0') {
             return None;
         }
-        let count: u32 = count.parse().ok().filter(|c| *c > 0)?;
+        // More than u32::MAX units reaches past the calendar's start anyway: keep everything.
+        let count = count.parse::<u32>().unwrap_or(u32::MAX);
         match unit {
-            "d" => Some(Self::Days(count)),
-            "w" => Some(Self::Weeks(count)),
-            "m" => Some(Self::Months(count)),
+            'd' => Some(Self::Days(count)),
+            'w' => Some(Self::Weeks(count)),
+            'm' => Some(Self::Months(count)),
             _ => None,
         }
     }
@@ -302,9 +305,12 @@ mod tests {
         // 02-31 does not exist: chrono clamps to the month's last day.
         assert_eq!(start("3m"), Some(t("2026-02-28T08:30:00Z")));
         assert_eq!(start("12m"), Some(t("2025-05-31T08:30:00Z")));
-        for bad in ["", "d", "0d", "-1d", "+1d", "3y", "1.5m", "30"] {
+        for bad in ["", "d", "0d", "-1d", "+1d", "3y", "1.5m", "30", "5é", "é"] {
             assert_eq!(RetentionWindow::parse(bad), None, "{bad:?}");
         }
+        // The CRD admits any count: one beyond u32 keeps everything.
+        let huge = RetentionWindow::parse("99999999999d");
+        assert_eq!(huge, Some(RetentionWindow::Days(u32::MAX)));
         let far = RetentionWindow::Days(u32::MAX).start(now);
         assert_eq!(far, DateTime::<Utc>::MIN_UTC);
     }
