@@ -234,8 +234,9 @@ pub struct ObjectStore {
     pub wal: Option<WalBackupConfiguration>,
     /// Base backup options.
     pub data: Option<DataBackupConfiguration>,
-    /// How long backups are kept: a number of days, weeks or months (`30d`, `4w`, `6m`).
-    /// Default: forever.
+    /// How long backups are kept: a recovery window of days, weeks or calendar months (`30d`,
+    /// `4w`, `6m`), as barman's `RECOVERY WINDOW`: the newest backup that ended before the
+    /// window stays too, as it restores to the window's first moment. Default: forever.
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^[1-9][0-9]*[dwm]$')",
          "message": "retentionPolicy must be a positive number of days, weeks or months, like 30d, 4w or 6m"}

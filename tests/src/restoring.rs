@@ -275,6 +275,23 @@ impl RestoreRun {
         self.log_text().matches("restored log file \"").count()
     }
 
+    /// The pod's readiness probe, `pgwarden instance ready`, with the agent's environment:
+    /// `Ok` when it says Ready, else `Err` with what it printed.
+    pub fn probe_ready(&self) -> Result<(), String> {
+        let out = Command::new(&deps().pgwarden)
+            .args(["instance", "ready"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(self.agent_env())
+            .stdin(Stdio::null())
+            .output()
+            .expect("pgwarden instance ready");
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+
     /// Runs SQL on the instance; `Err` with psql's error when it does not answer.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(deps().pg_bin.join("psql"))

@@ -621,10 +621,13 @@ fn retention_hands_expired_backups_to_the_agent_and_removes_the_deleted_ones() {
     past_backup(&ns, "old-a", "pg", 60, Some("20260926T000000"));
     past_backup(&ns, "old-b", "pg", 45, Some("20261011T000000"));
     past_backup(&ns, "never", "pg", 40, None);
+    past_backup(&ns, "window-start", "pg", 35, Some("20261026T000000"));
     past_backup(&ns, "recent", "pg", 1, Some("20261124T000000"));
 
-    // The policy (default: past 30 days, keeping the newest completed) expires three; the
-    // one with no backup in the store goes at once, the others go to the primary's agent.
+    // The policy (default: a 30-day recovery window, kept from the newest backup that ended
+    // before it, as barman's RECOVERY WINDOW) expires three; the one with no backup in the
+    // store goes at once, the others go to the primary's agent. window-start stays: it is
+    // the one that restores to the window's first moment.
     wait_gone(&ns, "backup", "never");
     wait_event(
         &ns,
@@ -651,8 +654,10 @@ fn retention_hands_expired_backups_to_the_agent_and_removes_the_deleted_ones() {
             ),
         );
     }
-    let recent = get(&ns, "backup", "recent").unwrap();
-    assert!(recent["status"]["deletion"].is_null(), "{recent}");
+    for kept in ["recent", "window-start"] {
+        let b = get(&ns, "backup", kept).unwrap();
+        assert!(b["status"]["deletion"].is_null(), "{kept}: {b}");
+    }
 
     // The agent's reports, as `pgwarden instance` writes them: one deleted, one failed.
     let report = |name: &str, outcome: Result<(), String>| {

@@ -500,6 +500,8 @@ fn the_production_policy_keeps_the_objects_of_deleted_backups_marked_deleted() {
     );
     wait_get(&ns, "pod", "pg-1");
     past_backup(&ns, "old", "pg", 60, Some("20260926T000000"));
+    // Ended before the 30-day window: it restores to the window's first moment, so it stays.
+    past_backup(&ns, "window-start", "pg", 35, Some("20261026T000000"));
     past_backup(&ns, "recent", "pg", 1, Some("20261124T000000"));
 
     let asked = wait_json(&ns, "backup", "old", "deletion asked", |b| {
@@ -526,7 +528,10 @@ fn the_production_policy_keeps_the_objects_of_deleted_backups_marked_deleted() {
     );
     let describe = ns.kubectl(&["describe", "backup", "old"]).stdout;
     assert!(describe.contains("DeletedByRetention"), "{describe}");
-    assert!(get(&ns, "backup", "recent").unwrap()["status"]["deletion"].is_null());
+    for kept in ["recent", "window-start"] {
+        let b = get(&ns, "backup", kept).unwrap();
+        assert!(b["status"]["deletion"].is_null(), "{kept}: {b}");
+    }
 }
 
 #[test]

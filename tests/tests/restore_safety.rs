@@ -162,6 +162,19 @@ fn a_store_outage_during_replay_stops_recovery_instead_of_promoting() {
         (r.restored_wal_files() >= 8).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    // A hot standby in mid-replay answers queries: the readiness probe must still say no.
+    let answer = run.wait_until("the restoring instance answers", 2 * MIN, |r| {
+        r.try_psql("SELECT pg_is_in_recovery()").ok()
+    });
+    assert_eq!(
+        answer.unwrap_or_else(|e| panic!("{e}")),
+        "t",
+        "replay ended before the probe could be tried: the test needs more WAL"
+    );
+    assert!(
+        run.probe_ready().is_err(),
+        "the readiness probe passed in mid-replay"
+    );
     s3.stop();
 
     // Down: the restore_command gives up (failure recorded), PostgreSQL stops recovery, the
@@ -182,6 +195,11 @@ fn a_store_outage_during_replay_stops_recovery_instead_of_promoting() {
                 && let Ok(in_recovery) = r.try_psql("SELECT pg_is_in_recovery()")
             {
                 assert_eq!(in_recovery, "t", "out of recovery while the store was down");
+                // Answering, but not Ready: the pod must not be Ready in mid-replay.
+                assert!(
+                    r.probe_ready().is_err(),
+                    "the readiness probe passed during recovery"
+                );
             }
             let again = log.contains("starting it again");
             (again && failure.exists()).then_some(())
@@ -206,6 +224,9 @@ fn a_store_outage_during_replay_stops_recovery_instead_of_promoting() {
 
     s3.restart();
     run.wait_ready(10 * MIN).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = run.probe_ready() {
+        panic!("the readiness probe fails once promoted: {e}");
+    }
     assert_restored(&run, &want);
 }
 

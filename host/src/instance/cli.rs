@@ -44,6 +44,18 @@ enum InstanceCommand {
     Backup(BackupArgs),
     /// Delete backups from the store: by retention policy or by id.
     DeleteBackups(DeleteArgs),
+    /// The readiness probe: exits 0 only when PostgreSQL accepts connections and writes (out
+    /// of recovery), so a restoring instance is not Ready before it has replayed every WAL.
+    Ready(ReadyArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReadyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// PostgreSQL's bin folder.
+    #[arg(long, env = super::postgres::ENV_PG_BIN, default_value = "/usr/lib/postgresql/15/bin")]
+    pg_bin: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +187,7 @@ pub fn run(args: InstanceArgs) -> Result<()> {
         InstanceCommand::WalRestore(a) => wal_restore(a),
         InstanceCommand::Backup(a) => backup(a),
         InstanceCommand::DeleteBackups(a) => delete(a),
+        InstanceCommand::Ready(a) => ready(a),
     };
     result.map_err(|e| anyhow::anyhow!(barman::scrub(&format!("{e:#}"))))
 }
@@ -314,4 +327,21 @@ fn delete(a: DeleteArgs) -> Result<()> {
     let mut cmd = b.command("barman-cloud-backup-delete", &archive, &args);
     b.run("barman-cloud-backup-delete", &mut cmd)?;
     Ok(())
+}
+
+/// Ready = PostgreSQL answers and is out of recovery. `pg_isready` alone says yes as soon as a
+/// restore is consistent, long before the last WAL file is replayed.
+fn ready(a: ReadyArgs) -> Result<()> {
+    let pg = super::postgres::Postgres {
+        bin: a.pg_bin,
+        pgdata: a.common.pgdata,
+        port: a.common.port,
+        socket_dir: a.common.socket_dir,
+        run_as: super::postgres::RunAs::detect()?,
+    };
+    match pg.query("SELECT pg_is_in_recovery()")?.as_str() {
+        "f" => Ok(()),
+        "t" => bail!("PostgreSQL is in recovery: not ready for writes yet"),
+        other => bail!("unexpected answer to pg_is_in_recovery(): {other}"),
+    }
 }

@@ -60,7 +60,9 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
         resources: cluster.spec.resources.clone(),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec!["pg_isready".into(), "-q".into()]),
+                // Out of recovery, not only answering: a restoring instance is not Ready
+                // until it has replayed the last WAL file and been promoted.
+                command: Some(vec!["pgwarden".into(), "instance".into(), "ready".into()]),
             }),
             period_seconds: Some(5),
             ..Default::default()
