@@ -3,9 +3,10 @@
 //! `status.deletion` on each Backup, as backups themselves are handed over), and removes the
 //! Backup objects once the agent reports the backup deleted. See [`crate::plan::retention`].
 //!
-//! The policy's answer never expires the Cluster's newest completed backup nor the one that
-//! starts its recovery window: the planner's floor ([`retention::floor`]) takes them out,
-//! with a Warning Event and a log line.
+//! The policy's answer never expires the Cluster's newest completed backup, the one that
+//! starts its recovery window, nor a Backup another Cluster of the namespace restores from
+//! (collected here from the Cluster store): the planner's floor ([`retention::floor`]) takes
+//! them out, with a Warning Event and a log line.
 //!
 //! A Cluster with no finished Backup costs no policy call; one with nothing to delete costs
 //! no write.
@@ -38,6 +39,17 @@ fn backups_of(ctx: &Context, cluster: &Cluster) -> Vec<Backup> {
         .into_iter()
         .filter(|b| b.namespace() == ns && b.spec.cluster.name == name)
         .map(|b| (*b).clone())
+        .collect()
+}
+
+/// Every Cluster's `spec.bootstrap.recovery.backup`, from the Cluster store (all namespaces:
+/// the floor keeps only those of the retained Cluster's namespace).
+fn restores(ctx: &Context) -> Vec<retention::floor::Restore> {
+    ctx.stores
+        .clusters
+        .state()
+        .iter()
+        .filter_map(|c| retention::floor::Restore::of(c))
         .collect()
 }
 
@@ -90,13 +102,14 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         Vec::new()
     };
     let pod = primary(&ctx, &cluster);
-    let actions = plan::plan_retention(&RetentionInput {
+    let input = RetentionInput {
         cluster: &cluster,
         backups: &backups,
         expired: &expired,
         agent_pod: pod.as_deref(),
         now,
-    });
+    };
+    let actions = retention::plan_retention_with(&input, &restores(&ctx));
     log_floor(&actions);
     for action in &actions {
         let subject = plan::retention_subject(&cluster, &backups, action);

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!   live Backups ─► policy.retention ─► expired names
-//!   less the floor (the newest completed backup, the one that starts the recovery window:
-//!   a host invariant, see [`floor`]) ──► Warning Event RetentionFloor for each kept one
+//!   less the floor (the newest completed backup, the one that starts the recovery window,
+//!   those a Cluster restores from: a host invariant, see [`floor`])
+//!                                     ──► Warning Event RetentionFloor for each kept one
 //!   expired, no backup id ───────────────► delete the Backup (nothing in the store)
 //!   expired ─────────────────────────────► status.deletion {Retention, pod, attempt 1}
 //!   the agent of that pod ───────────────► barman-cloud-backup-delete -b ID,
@@ -121,11 +122,18 @@ pub fn retention_subject(cluster: &Cluster, backups: &[Backup], action: &Action)
     }
 }
 
-/// The actions of one retention reconcile. The policy's answer first loses the Backups of
-/// the retention floor ([`floor`]: the newest completed backup and the one that starts the
-/// recovery window), each with a Warning Event.
+/// The actions of one retention reconcile, with no restoring Cluster known (as
+/// [`plan_retention_with`] and no [`floor::Restore`]; `pgwarden policy eval` plans so).
 pub fn plan_retention(input: &RetentionInput<'_>) -> Vec<Action> {
-    let (expired, mut actions) = floor::enforce(input);
+    plan_retention_with(input, &[])
+}
+
+/// The actions of one retention reconcile. The policy's answer first loses the Backups of
+/// the retention floor ([`floor`]: the newest completed backup, the one that starts the
+/// recovery window, and those a Cluster of the namespace restores from, as `restores` name
+/// them), each with a Warning Event.
+pub fn plan_retention_with(input: &RetentionInput<'_>, restores: &[floor::Restore]) -> Vec<Action> {
+    let (expired, mut actions) = floor::enforce(input, restores);
     for backup in input.backups.iter().filter(|b| belongs(b, input.cluster)) {
         let expiry = expired.iter().find(|e| e.name == name(backup));
         match (deletion(backup), expiry) {

@@ -1,13 +1,22 @@
 //! The retention floor: Backups no policy may expire. Whatever the policy answers, the host
-//! keeps a Cluster's newest completed backup (the Cluster stays recoverable) and the backup
-//! that starts its recovery window (the newest completed one that ended before the window:
-//! without it, the window's first moments are unrecoverable). A host invariant, like the
+//! keeps a Cluster's newest completed backup (the Cluster stays recoverable), the backup that
+//! starts its recovery window (the newest completed one that ended before the window: without
+//! it, the window's first moments are unrecoverable), and every Backup another Cluster of the
+//! namespace restores from (its `spec.bootstrap.recovery.backup`). A host invariant, like the
 //! guardrails: a policy can keep more, never less.
 //!
 //! ```text
 //!   policy's expired names ─► less the floor ─► plan_retention
 //!                             └─ each kept one ─► Warning Event RetentionFloor on the Cluster
 //! ```
+//!
+//! A restore needs its Backup and the WAL after it until the replay ends; deleting the
+//! Backup (`barman-cloud-backup-delete -b ID`) removes WAL up to the next backup's
+//! `begin_wal`, so PostgreSQL, told "does not exist", would promote without the rest of the
+//! data. The host cannot tell from a Cluster's spec when its replay is over, so the Backup
+//! stays as long as a Cluster naming it exists (simple and conservative: a restored Cluster
+//! holds its Backup until it is deleted). Only Clusters known when the policy is asked count;
+//! a deletion already asked is carried through.
 //!
 //! WAL needs no floor of its own: the agent deletes one backup at a time
 //! (`barman-cloud-backup-delete -b ID`), and barman removes WAL with a backup only when no
@@ -34,24 +43,81 @@ enum Why {
     Newest,
     /// The retention policy does not parse: every completed backup may be needed.
     UnknownWindow,
+    /// These Clusters of the namespace restore from it.
+    Restoring(Vec<String>),
 }
 
-/// The Cluster's Backups the host keeps whatever the policy answers, with why (by name).
-fn floor(cluster: &Cluster, backups: &[Backup], now: DateTime<Utc>) -> Vec<(String, Why)> {
+/// A Cluster restoring from a Backup (its `spec.bootstrap.recovery.backup`), as the operator
+/// found it in its Cluster store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    /// The namespace of the restoring Cluster, and so of the Backup it names.
+    pub namespace: Option<String>,
+    /// The restoring Cluster.
+    pub cluster: String,
+    /// The Backup it restores from.
+    pub backup: String,
+}
+
+impl Restore {
+    /// The Backup `cluster` restores from, if it restores from a Backup object.
+    pub fn of(cluster: &Cluster) -> Option<Restore> {
+        let recovery = cluster.spec.bootstrap.as_ref()?.recovery.as_ref()?;
+        Some(Restore {
+            namespace: cluster.metadata.namespace.clone(),
+            cluster: cluster.metadata.name.clone().unwrap_or_default(),
+            backup: recovery.backup.as_ref()?.name.clone(),
+        })
+    }
+}
+
+/// The Cluster's live Backups that Clusters of its namespace restore from, each with the
+/// names of those Clusters (in the order given).
+fn restored(cluster: &Cluster, live: &[Backup], restores: &[Restore]) -> Vec<(String, Why)> {
+    let mut kept: Vec<(String, Vec<String>)> = Vec::new();
+    let here = restores
+        .iter()
+        .filter(|r| r.namespace == cluster.metadata.namespace)
+        .filter(|r| live.iter().any(|b| name(b) == r.backup));
+    for r in here {
+        match kept.iter_mut().find(|(n, _)| *n == r.backup) {
+            Some((_, clusters)) => clusters.push(r.cluster.clone()),
+            None => kept.push((r.backup.clone(), vec![r.cluster.clone()])),
+        }
+    }
+    kept.into_iter()
+        .map(|(n, clusters)| (n, Why::Restoring(clusters)))
+        .collect()
+}
+
+/// The Cluster's Backups the host keeps whatever the policy answers, with why (by name; the
+/// first reason found names a Backup kept for several).
+fn floor(
+    cluster: &Cluster,
+    backups: &[Backup],
+    restores: &[Restore],
+    now: DateTime<Utc>,
+) -> Vec<(String, Why)> {
     let live = candidates(cluster, backups);
-    let mut kept = Vec::new();
+    let mut kept = restored(cluster, &live, restores);
     match defaults::retention_window(cluster) {
         Ok(window) => {
             let start = window.map(|w| w.start(now));
-            if let Some(b) = start.and_then(|s| defaults::window_start_backup(&live, s)) {
+            if let Some(b) = start.and_then(|s| defaults::window_start_backup(&live, s))
+                && !kept.iter().any(|(n, _)| n == name(b))
+            {
                 kept.push((name(b).to_string(), Why::WindowStart));
             }
         }
-        Err(_) => kept.extend(
-            live.iter()
+        Err(_) => {
+            let completed: Vec<(String, Why)> = live
+                .iter()
                 .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Completed))
-                .map(|b| (name(b).to_string(), Why::UnknownWindow)),
-        ),
+                .filter(|b| !kept.iter().any(|(n, _)| n == name(b)))
+                .map(|b| (name(b).to_string(), Why::UnknownWindow))
+                .collect();
+            kept.extend(completed);
+        }
     }
     if let Some(b) = defaults::newest_completed(&live)
         && !kept.iter().any(|(n, _)| n == name(b))
@@ -73,14 +139,24 @@ fn note(cluster: &Cluster, backup: &str, why: &Why) -> String {
             "the {} does not parse, so every completed backup may be needed",
             policy_text(cluster)
         ),
+        Why::Restoring(clusters) => match clusters.as_slice() {
+            [one] => format!(
+                "Cluster {one} restores from it (spec.bootstrap.recovery.backup), so it stays while it exists"
+            ),
+            many => format!(
+                "Clusters {} restore from it (spec.bootstrap.recovery.backup), so it stays while they exist",
+                many.join(", ")
+            ),
+        },
     };
     format!("kept Backup {backup} that the policy expired: {because}")
 }
 
 /// The policy's answer less the floor, and a Warning Event on the Cluster for each Backup the
-/// floor took out of it (one per Backup and reason: a repeat is the same Event).
-pub fn enforce(input: &RetentionInput<'_>) -> (Vec<Expiry>, Vec<Action>) {
-    let kept = floor(input.cluster, input.backups, input.now);
+/// floor took out of it (one per Backup and reason: a repeat is the same Event). `restores`
+/// are every Cluster's (any namespace: only the Cluster's own namespace counts).
+pub fn enforce(input: &RetentionInput<'_>, restores: &[Restore]) -> (Vec<Expiry>, Vec<Action>) {
+    let kept = floor(input.cluster, input.backups, restores, input.now);
     let mut events = Vec::new();
     let mut allowed = Vec::new();
     for expiry in input.expired {
@@ -104,7 +180,8 @@ mod tests {
     use pgwarden_sdk::types::Expiry;
     use serde_json::json;
 
-    use super::super::{RetentionInput, plan_retention};
+    use super::super::{RetentionInput, plan_retention, plan_retention_with};
+    use super::Restore;
     use crate::plan::{Action, EventType};
 
     fn t(s: &str) -> DateTime<Utc> {
@@ -171,6 +248,80 @@ mod tests {
             agent_pod: Some("pg-1"),
             now: t(now),
         })
+    }
+
+    /// A Cluster in `namespace` restoring from the Backup `backup`.
+    fn restoring(namespace: &str, name: &str, backup: &str) -> Cluster {
+        serde_json::from_value(json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("{name}-uid")},
+            "spec": {"bootstrap": {"recovery": {"backup": {"name": backup}}}}
+        }))
+        .unwrap()
+    }
+
+    /// The notes of the RetentionFloor Events among the actions.
+    fn floor_notes(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { reason, note, .. } if reason == "RetentionFloor" => {
+                    Some(note.as_str())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The plan with `clusters` in the operator's Cluster store (the retained one among them
+    /// or not: only their `spec.bootstrap.recovery.backup` counts).
+    fn plan_among(clusters: &[Cluster], expired: &[&str]) -> Vec<Action> {
+        let (c, backups) = (cluster(Some("7d")), daily());
+        let restores: Vec<Restore> = clusters.iter().filter_map(Restore::of).collect();
+        let expired: Vec<Expiry> = expired.iter().map(|n| Expiry::remove(*n)).collect();
+        let input = RetentionInput {
+            cluster: &c,
+            backups: &backups,
+            expired: &expired,
+            agent_pod: Some("pg-1"),
+            now: t("2026-11-25T10:00:00Z"),
+        };
+        plan_retention_with(&input, &restores)
+    }
+
+    #[test]
+    fn a_backup_a_cluster_restores_from_stays_whatever_the_policy_answers() {
+        let clusters = [
+            cluster(Some("7d")),
+            restoring("ns", "pg-copy", "daily-16"),
+            restoring("ns", "pg-audit", "daily-16"),
+        ];
+        let actions = plan_among(&clusters, &["daily-16", "daily-17"]);
+        assert_eq!(asked(&actions), ["daily-17"]);
+        assert_eq!(
+            floor_notes(&actions),
+            [
+                "kept Backup daily-16 that the policy expired: Clusters pg-copy, pg-audit restore from it (spec.bootstrap.recovery.backup), so it stays while they exist"
+            ]
+        );
+        let restoring_one = [restoring("ns", "pg-copy", "daily-17")];
+        assert_eq!(
+            floor_notes(&plan_among(&restoring_one, &["daily-16", "daily-17"])),
+            [
+                "kept Backup daily-17 that the policy expired: Cluster pg-copy restores from it (spec.bootstrap.recovery.backup), so it stays while it exists"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backup_named_by_a_cluster_in_another_namespace_does_not_stay() {
+        let clusters = [
+            restoring("other", "pg-copy", "daily-16"),
+            cluster(Some("7d")),
+        ];
+        let actions = plan_among(&clusters, &["daily-16", "daily-17"]);
+        assert_eq!(asked(&actions), ["daily-16", "daily-17"]);
+        assert!(floor_notes(&actions).is_empty(), "{actions:?}");
     }
 
     #[test]
