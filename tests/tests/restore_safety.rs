@@ -144,6 +144,32 @@ fn a_restore_killed_during_wal_replay_resumes_with_every_row() {
     );
 }
 
+/// The mounted restore source goes away in mid-replay (its Backup deleted, the Cluster's
+/// spec edited: the operator drops the ConfigMap key), and the agent is killed too: the
+/// restore goes on from the store it started with, kept in the agent's state folder.
+#[test]
+fn a_restore_whose_mounted_source_goes_away_in_mid_replay_completes() {
+    let s3 = S3Server::start();
+    let (pg, id, want) = source(&s3, "gone", 1_000, 40);
+
+    let mut run = RestoreRun::begin(&s3, &pg, &id, "gone-restored", &[]);
+    run.wait_until("WAL replay under way", 5 * MIN, |r| {
+        (r.restored_wal_files() >= 8).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mounted = run.dir.path().join("restore-source.json");
+    std::fs::remove_file(&mounted).expect("remove the mounted restore source");
+    let replayed = run.restored_wal_files();
+    run.wait_until("replay goes on without the mounted source", 5 * MIN, |r| {
+        (r.restored_wal_files() >= replayed + 4).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    run.kill_container();
+    run.start_again();
+    run.wait_ready(10 * MIN).unwrap_or_else(|e| panic!("{e}"));
+    assert_restored(&run, &want);
+}
+
 /// MinIO stops while PostgreSQL replays archived WAL (no recovery target): as long as the
 /// store is down the instance must stay in recovery, whatever `barman-cloud-wal-restore`
 /// says; once the store is back, recovery goes on to the end of the archive.

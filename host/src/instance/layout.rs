@@ -9,6 +9,7 @@
 //!   <data volume>/pgwarden/archive-facts.json    the last archive facts reported
 //!   <data volume>/pgwarden/backups/<name>.json   facts of each backup this agent ran
 //!   <data volume>/pgwarden/restore.json          a restore's phase (see `restore`)
+//!   <data volume>/pgwarden/restore-source.json   the store a restore reads, kept at its start
 //!   <data volume>/pgwarden/wal-restore-failure.json  the restore_command's last give-up
 //!   <data volume>/pgwarden/wal-restore-spool/    barman-cloud-wal-restore's spool (unused)
 //! ```
@@ -63,6 +64,10 @@ impl Layout {
     }
     pub fn restore_state(&self) -> PathBuf {
         self.state.join("restore.json")
+    }
+    /// The store a restore reads, kept by the agent before the download.
+    pub fn restore_source(&self) -> PathBuf {
+        self.state.join("restore-source.json")
     }
     pub fn wal_restore_failure(&self) -> PathBuf {
         self.state.join("wal-restore-failure.json")

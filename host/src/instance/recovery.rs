@@ -68,12 +68,16 @@ pub fn prepare(
             Ok(Boot::Existing)
         }
         (Start::Download { wipe }, Some(r)) => {
-            let source = Source::of(r, settings_dir)?;
+            // A download begun before restarts from the store it began with.
+            let source = match wipe {
+                true => Source::kept(r, settings_dir, layout)?,
+                false => Source::keep(r, settings_dir, layout)?,
+            };
             download(pg, layout, r, &source, wipe)?;
             Ok(Boot::Recover(source.recovery_settings(r, exe)))
         }
         (Start::Replay, Some(r)) => {
-            let source = Source::of(r, settings_dir)?;
+            let source = Source::kept(r, settings_dir, layout)?;
             if state.is_none() {
                 // An earlier agent's restore: from now on, its progress is recorded.
                 record(layout, &source.state(r, Phase::Replaying))?;
@@ -91,18 +95,41 @@ pub fn prepare(
 }
 
 /// The store a restore reads: its settings file (read again by every `wal-restore` call) and
-/// the settings in it.
+/// the settings in it. The file is the agent's own copy in the state folder, made before the
+/// download: the mounted source (a ConfigMap key) may go while the replay still needs it (its
+/// Backup deleted, the Cluster's spec edited), and a restore must finish from the store it
+/// started with.
 struct Source {
     file: PathBuf,
     settings: ArchiveSettings,
 }
 
 impl Source {
-    fn of(r: &RestoreOptions, settings_dir: &Path) -> Result<Self> {
+    /// The store given to this run: `--restore-source`, else the Cluster's own archive.json.
+    fn given(r: &RestoreOptions, settings_dir: &Path) -> Result<ArchiveSettings> {
         let file = r
             .source
             .clone()
             .unwrap_or_else(|| settings_dir.join(ARCHIVE_SETTINGS_KEY));
+        layout::read_json(&file)
+    }
+
+    /// The given store, kept durably in the state folder (a new download starts from it).
+    fn keep(r: &RestoreOptions, settings_dir: &Path, layout: &Layout) -> Result<Self> {
+        let settings = Self::given(r, settings_dir)?;
+        let file = layout.restore_source();
+        layout::write_json_durable(&file, &settings)
+            .context("cannot keep the restore's source store")?;
+        Ok(Self { file, settings })
+    }
+
+    /// The store kept when the download began; a restore begun by an earlier agent version
+    /// (no copy yet) keeps the given one now.
+    fn kept(r: &RestoreOptions, settings_dir: &Path, layout: &Layout) -> Result<Self> {
+        let file = layout.restore_source();
+        if !file.exists() {
+            return Self::keep(r, settings_dir, layout);
+        }
         let settings = layout::read_json(&file)?;
         Ok(Self { file, settings })
     }

@@ -112,8 +112,10 @@ pub fn pod_state(pod: &Pod) -> PodState {
     }
 }
 
-/// The Backups of `cluster` in phase `running`, with the pod each runs on (the one the
-/// operator recorded, else the one the policy targeted).
+/// The Backups of `cluster` that run or are about to run, with their pod (the one the
+/// operator recorded, else the one the policy targeted): every Backup not yet ended that has a
+/// pod. A pending one counts too: its agent may have started barman before this cache sees
+/// the phase `running`.
 pub fn running_backups<B: std::ops::Deref<Target = Backup>>(
     backups: &[B],
     cluster: &Cluster,
@@ -131,9 +133,11 @@ pub fn running_backups<B: std::ops::Deref<Target = Backup>>(
                 .as_ref()
                 .and_then(|i| i.pod_name.clone())
                 .or_else(|| status.settings.as_ref().map(|s| s.target_pod.clone()))?;
-            (status.phase == Some(BackupPhase::Running)).then(|| RunningBackup {
+            let ended = status.phase.is_some_and(|p| p.is_final());
+            (!ended).then(|| RunningBackup {
                 name: b.metadata.name.clone().unwrap_or_default(),
                 pod,
+                started: status.phase == Some(BackupPhase::Running),
             })
         })
         .collect()
@@ -238,6 +242,16 @@ spec:
                 serde_json::json!({"phase": "completed", "instanceID": {"podName": "postgresql-bkp-1"}}),
             ),
             backup(
+                "starting",
+                "postgresql-bkp",
+                serde_json::json!({"phase": "pending", "settings": settings("postgresql-bkp-1")}),
+            ),
+            backup(
+                "failed",
+                "postgresql-bkp",
+                serde_json::json!({"phase": "failed", "instanceID": {"podName": "postgresql-bkp-1"}}),
+            ),
+            backup(
                 "other",
                 "another",
                 serde_json::json!({"phase": "running", "instanceID": {"podName": "another-1"}}),
@@ -252,7 +266,8 @@ spec:
             pairs,
             [
                 ("recorded", "postgresql-bkp-1"),
-                ("targeted", "postgresql-bkp-2")
+                ("targeted", "postgresql-bkp-2"),
+                ("starting", "postgresql-bkp-1")
             ]
         );
     }

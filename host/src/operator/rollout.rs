@@ -39,11 +39,13 @@ pub enum PodState {
     NotReady,
 }
 
-/// A Backup in phase `running`, and the pod it runs on.
+/// A Backup not yet ended, and the pod it runs (or is about to run) on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningBackup {
     pub name: String,
     pub pod: String,
+    /// Its phase is `running`; else it is pending, its agent perhaps already started.
+    pub started: bool,
 }
 
 /// What the rollout does now.
@@ -77,7 +79,13 @@ pub fn next(pods: &[InstancePod], running: &[RunningBackup]) -> Decision {
     if let Some(in_flight) = in_flight(pods, &outdated) {
         return in_flight;
     }
-    let backup_on = |pod: &InstancePod| running.iter().find(|b| b.pod == pod.name);
+    // A pending Backup holds a Ready pod only: on a pod that is not Ready it cannot start,
+    // and waiting for it would keep the pod from the template that may fix it.
+    let backup_on = |pod: &InstancePod| {
+        running
+            .iter()
+            .find(|b| b.pod == pod.name && (b.started || pod.state == PodState::Ready))
+    };
     let may_go = |pod: &InstancePod| {
         pod.state != PodState::Ready
             || pods
@@ -223,7 +231,29 @@ mod tests {
         RunningBackup {
             name: name.into(),
             pod: pod.into(),
+            started: true,
         }
+    }
+
+    fn pending(name: &str, pod: &str) -> RunningBackup {
+        RunningBackup {
+            started: false,
+            ..running(name, pod)
+        }
+    }
+
+    #[test]
+    fn a_pending_backup_holds_a_ready_pod_but_not_a_broken_one() {
+        let ready = [pod("pg-1", Ready, false)];
+        assert!(matches!(
+            next(&ready, &[pending("b", "pg-1")]),
+            Decision::Wait { .. }
+        ));
+        let broken = [pod("pg-1", NotReady, false)];
+        assert!(matches!(
+            next(&broken, &[pending("b", "pg-1")]),
+            Decision::Replace { .. }
+        ));
     }
 
     use PodState::*;

@@ -65,6 +65,8 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
                 command: Some(vec!["pgwarden".into(), "instance".into(), "ready".into()]),
             }),
             period_seconds: Some(5),
+            // A probe runs psql: on a busy node one second is too short.
+            timeout_seconds: Some(5),
             ..Default::default()
         }),
         ..Default::default()

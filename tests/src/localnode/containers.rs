@@ -116,7 +116,13 @@ impl ContainerRuntime {
         }
     }
 
-    pub(super) async fn probe(&mut self, spec: &Container, ip: &str, mounts: &[(String, PathBuf)]) {
+    pub(super) async fn probe(
+        &mut self,
+        spec: &Container,
+        ip: &str,
+        mounts: &[(String, PathBuf)],
+        binaries: &[(String, PathBuf)],
+    ) {
         let Some(probe) = &spec.readiness_probe else {
             self.ready = true;
             return;
@@ -134,7 +140,7 @@ impl ContainerRuntime {
         self.next_probe = Some(now + Duration::from_secs(every));
         let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         let env = self.probe_env();
-        self.ready = run_probe(probe, spec, ip, &env, mounts, timeout).await;
+        self.ready = run_probe(probe, spec, ip, &env, mounts, binaries, timeout).await;
     }
 
     /// The probe runs with the env the process was started with.
@@ -215,6 +221,7 @@ pub(super) async fn run_probe(
     ip: &str,
     env: &[(String, String)],
     mounts: &[(String, PathBuf)],
+    binaries: &[(String, PathBuf)],
     timeout: Duration,
 ) -> bool {
     let port_of = |p: &IntOrString| -> Option<u16> {
@@ -238,6 +245,11 @@ pub(super) async fn run_probe(
         let Some((first, rest)) = argv.split_first() else {
             return false;
         };
+        // As for the container's command: `pgwarden` is the image's binary on its PATH.
+        let first = binaries
+            .iter()
+            .find(|(name, _)| name == first)
+            .map_or_else(|| first.clone(), |(_, path)| path.display().to_string());
         let mut cmd = tokio::process::Command::new(first);
         cmd.args(rest)
             .env_clear()

@@ -105,7 +105,7 @@ impl PodRuntime {
             }
             let c = &mut self.containers[i];
             if c.child.is_some() {
-                c.probe(spec, &self.ip, &mounts).await;
+                c.probe(spec, &self.ip, &mounts, &ctx.opts.binaries).await;
             } else {
                 c.ready = false;
             }
