@@ -93,6 +93,17 @@ pub fn deps() -> &'static Deps {
     })
 }
 
+impl Deps {
+    /// The programs a local node's instance pods run.
+    pub fn host_programs(&self) -> crate::localnode::HostPrograms {
+        crate::localnode::HostPrograms {
+            pgwarden: self.pgwarden.clone(),
+            pg_bin: self.pg_bin.clone(),
+            barman_bin: self.barman_bin.clone(),
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

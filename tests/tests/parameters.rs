@@ -43,25 +43,19 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     // Short: PostgreSQL's socket path (under the pod's folder) must stay under 108 bytes.
     let dir = shared_tempdir("pgw-par-");
     let state = dir.path().to_path_buf();
-    let d = deps();
-    let mut opts = Options::new(&cp.kubeconfig, &state.join("node"));
+    let node_dir = state.join("node");
+    // No store here: the region is never used.
+    let mut opts = Options::for_instances(
+        &cp.kubeconfig,
+        &node_dir,
+        &deps().host_programs(),
+        "us-east-1",
+    );
     opts.name = format!("params-{}", ns.name);
     opts.subnet = subnet;
-    opts.binaries = vec![("pgwarden".into(), d.pgwarden.clone())];
-    let pg = d.pg_bin.display();
-    opts.env = [
-        ("PATH", format!("{pg}:/usr/local/bin:/usr/bin:/bin")),
-        ("PGWARDEN_PG_BIN", pg.to_string()),
-        ("PGWARDEN_LISTEN_ADDRESSES", "{podIP}".into()),
-        ("PGWARDEN_SOCKET_DIR", "{podDir}/run".into()),
-        // The readiness probe's pg_isready.
-        ("PGHOST", "{podDir}/run".into()),
-        // A change is noticed on the agent's report tick.
-        ("PGWARDEN_REPORT_INTERVAL", "2".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    // A change is noticed on the agent's report tick.
+    opts.env
+        .push(("PGWARDEN_REPORT_INTERVAL".into(), "2".into()));
     ns.pin_to_node(&opts.name)
         .expect("pin the namespace to its node");
     let node = LocalNode::start(opts).expect("local node");

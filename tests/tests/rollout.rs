@@ -48,27 +48,15 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     // Short: PostgreSQL's socket path (under the pod's folder) must stay under 108 bytes.
     let dir = shared_tempdir("pgw-roll-");
     let state = dir.path().to_path_buf();
-    let d = deps();
-    let mut opts = Options::new(&cp.kubeconfig, &state.join("node"));
+    let node_dir = state.join("node");
+    let mut opts = Options::for_instances(
+        &cp.kubeconfig,
+        &node_dir,
+        &deps().host_programs(),
+        &s3.credentials.region,
+    );
     opts.name = format!("rollout-{}", ns.name);
     opts.subnet = subnet;
-    opts.binaries = vec![("pgwarden".into(), d.pgwarden.clone())];
-    let (pg, barman) = (d.pg_bin.display(), d.barman_bin.display());
-    opts.env = [
-        (
-            "PATH",
-            format!("{pg}:{barman}:/usr/local/bin:/usr/bin:/bin"),
-        ),
-        ("PGWARDEN_PG_BIN", pg.to_string()),
-        ("PGWARDEN_BARMAN_BIN", barman.to_string()),
-        ("AWS_DEFAULT_REGION", s3.credentials.region.clone()),
-        ("PGWARDEN_LISTEN_ADDRESSES", "{podIP}".into()),
-        ("PGWARDEN_SOCKET_DIR", "{podDir}/run".into()),
-        ("PGHOST", "{podDir}/run".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
     ns.pin_to_node(&opts.name)
         .expect("pin the namespace to its node");
     let node = LocalNode::start(opts).expect("local node");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pgwarden_tests::controlplane::{Bins, Isolated, isolated, operator_rbac_manifest, run_kubectl};
 use pgwarden_tests::datapath::{S3Server, free_port};
-use pgwarden_tests::localnode::{LocalNode, Options};
+use pgwarden_tests::localnode::{HostPrograms, LocalNode, Options};
 use serde_json::Value;
 
 use crate::paths;
@@ -193,27 +193,14 @@ fn start_node(plane: &Plane, dir: &Path, fresh: bool) -> Result<LocalNode> {
     if fresh {
         let _ = std::fs::remove_dir_all(dir);
     }
-    let var = |name: &str| std::env::var(name).unwrap_or_default();
-    let pg_bin = var("PGWARDEN_PG_BIN");
-    let barman_bin = var("PGWARDEN_BARMAN_BIN");
-    let mut opts = Options::new(&plane.kubeconfig, dir);
-    opts.binaries = vec![("pgwarden".into(), PathBuf::from(var("PGWARDEN_BIN")))];
-    opts.env = [
-        (
-            "PATH",
-            format!("{pg_bin}:{barman_bin}:/usr/local/bin:/usr/bin:/bin"),
-        ),
-        ("PGWARDEN_PG_BIN", pg_bin.clone()),
-        ("PGWARDEN_BARMAN_BIN", barman_bin.clone()),
-        // The store's region (the S3 server signs for it).
-        ("AWS_DEFAULT_REGION", "us-east-1".into()),
-        ("PGWARDEN_LISTEN_ADDRESSES", "{podIP}".into()),
-        ("PGWARDEN_SOCKET_DIR", "{podDir}/run".into()),
-        ("PGHOST", "{podDir}/run".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let var = |name: &str| PathBuf::from(std::env::var(name).unwrap_or_default());
+    let programs = HostPrograms {
+        pgwarden: var("PGWARDEN_BIN"),
+        pg_bin: var("PGWARDEN_PG_BIN"),
+        barman_bin: var("PGWARDEN_BARMAN_BIN"),
+    };
+    // The store's region: the S3 server signs for it.
+    let opts = Options::for_instances(&plane.kubeconfig, dir, &programs, "us-east-1");
     LocalNode::start(opts)
 }
 

@@ -13,8 +13,8 @@
 //!   Lease: one replica leads, the others wait; /metrics, /healthz, /readyz
 //! ```
 
-pub mod apply;
 pub mod applied;
+pub mod apply;
 mod backup;
 mod cluster;
 pub mod conditions;

@@ -90,7 +90,49 @@ pub struct Options {
     pub subnet: u8,
 }
 
+/// The host's programs an instance pod runs in host-binary mode.
+#[derive(Clone, Debug)]
+pub struct HostPrograms {
+    /// Resolves the containers' and probes' `pgwarden`.
+    pub pgwarden: PathBuf,
+    /// PostgreSQL's `bin` folder.
+    pub pg_bin: PathBuf,
+    /// The barman cloud tools' folder.
+    pub barman_bin: PathBuf,
+}
+
 impl Options {
+    /// A node for instance pods: `pgwarden` is `programs.pgwarden`, PostgreSQL and barman are
+    /// on the PATH, the store's region is `region`, and each pod listens on its own address
+    /// with its socket in its own folder (a socket path must stay under 108 bytes: keep
+    /// `state_dir` short).
+    pub fn for_instances(
+        kubeconfig: &Path,
+        state_dir: &Path,
+        programs: &HostPrograms,
+        region: &str,
+    ) -> Self {
+        let (pg, barman) = (programs.pg_bin.display(), programs.barman_bin.display());
+        let env = [
+            (
+                "PATH",
+                format!("{pg}:{barman}:/usr/local/bin:/usr/bin:/bin"),
+            ),
+            ("PGWARDEN_PG_BIN", pg.to_string()),
+            ("PGWARDEN_BARMAN_BIN", barman.to_string()),
+            ("AWS_DEFAULT_REGION", region.to_string()),
+            ("PGWARDEN_LISTEN_ADDRESSES", "{podIP}".into()),
+            ("PGWARDEN_SOCKET_DIR", "{podDir}/run".into()),
+            // For psql run inside the pod.
+            ("PGHOST", "{podDir}/run".into()),
+        ];
+        Self {
+            binaries: vec![("pgwarden".into(), programs.pgwarden.clone())],
+            env: env.map(|(k, v)| (k.to_string(), v)).into(),
+            ..Self::new(kubeconfig, state_dir)
+        }
+    }
+
     /// Defaults: `pgwarden-local`, subnet 20, no extra env.
     pub fn new(kubeconfig: &Path, state_dir: &Path) -> Self {
         Self {
