@@ -250,9 +250,12 @@ fn a_store_outage_during_replay_stops_recovery_instead_of_promoting() {
 
     s3.restart();
     run.wait_ready(10 * MIN).unwrap_or_else(|e| panic!("{e}"));
-    if let Err(e) = run.probe_ready() {
-        panic!("the readiness probe fails once promoted: {e}");
-    }
+    // As a kubelet probes again: Ready within a few tries once promoted.
+    let mut last = String::new();
+    run.wait_until("the readiness probe passes once promoted", MIN, |r| {
+        r.probe_ready().map_err(|e| last = e).ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}; the probe said: {last}"));
     assert_restored(&run, &want);
 }
 
