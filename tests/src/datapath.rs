@@ -136,6 +136,16 @@ pub fn shared_tempdir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
+/// `dir`, removed when dropped; kept (and named on stderr) when `$PGWARDEN_KEEP_STATE` is
+/// set, for the pods' logs.
+pub fn removed_unless_kept(dir: tempfile::TempDir) -> Option<tempfile::TempDir> {
+    if std::env::var_os(crate::controlplane::KEEP_STATE_ENV).is_none() {
+        return Some(dir);
+    }
+    eprintln!("keeping the node's state in {}", dir.keep().display());
+    None
+}
+
 /// Spawns `cmd` in its own process group, logging to `log`, watched by a watchdog.
 fn spawn_watched(cmd: &mut Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).expect("log file");

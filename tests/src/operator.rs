@@ -682,3 +682,32 @@ impl Drop for ModuleServer {
         let _ = TcpStream::connect(self.addr);
     }
 }
+
+/// `kubectl apply`, waiting for the namespace's `default` ServiceAccount that admission needs.
+pub fn apply_when_admitted(ns: &Namespace<'_>, yaml: &str) {
+    let mut last = String::new();
+    let ok =
+        crate::datapath::wait_for(
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || match ns
+                .kubectl_with_input(&["apply", "-f", "-"], Some(yaml))
+                .into_result()
+            {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            },
+        );
+    assert!(ok.is_some(), "kubectl apply failed: {last}\n{yaml}");
+}
+
+/// The seed's `aws-creds` Secret holding `creds`.
+pub fn store_secret_yaml(creds: &crate::datapath::Credentials) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws-creds\nstringData:\n  ACCESS_KEY_ID: {}\n  ACCESS_SECRET_KEY: {}\n",
+        creds.access_key_id, creds.secret_access_key
+    )
+}

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
-use pgwarden_tests::datapath::{deps, shared_tempdir, wait_for};
+use pgwarden_tests::datapath::{deps, removed_unless_kept, shared_tempdir, wait_for};
 use pgwarden_tests::localnode::{LocalNode, Options};
 use pgwarden_tests::operator::{Operator, apply_yaml, get};
 use serde_json::Value;
@@ -65,12 +65,7 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
         _op: op,
         _node: node,
         state,
-        _dir: if std::env::var_os(pgwarden_tests::controlplane::KEEP_STATE_ENV).is_some() {
-            eprintln!("keeping the node's state in {}", dir.keep().display());
-            None
-        } else {
-            Some(dir)
-        },
+        _dir: removed_unless_kept(dir),
     }
 }
 

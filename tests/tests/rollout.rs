@@ -19,9 +19,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
-use pgwarden_tests::datapath::{S3Server, deps, shared_tempdir, wait_for};
+use pgwarden_tests::datapath::{S3Server, deps, removed_unless_kept, shared_tempdir, wait_for};
 use pgwarden_tests::localnode::{LocalNode, Options};
-use pgwarden_tests::operator::{Operator, apply_yaml, condition, get};
+use pgwarden_tests::operator::{
+    Operator, apply_when_admitted, apply_yaml, condition, get, store_secret_yaml,
+};
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-rollout";
@@ -60,14 +62,7 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     ns.pin_to_node(&opts.name)
         .expect("pin the namespace to its node");
     let node = LocalNode::start(opts).expect("local node");
-    let c = &s3.credentials;
-    apply_when_admitted(
-        &ns,
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws-creds\nstringData:\n  ACCESS_KEY_ID: {}\n  ACCESS_SECRET_KEY: {}\n",
-            c.access_key_id, c.secret_access_key
-        ),
-    );
+    apply_when_admitted(&ns, &store_secret_yaml(&s3.credentials));
     let op = Operator::start(cp, &ns.name);
     World {
         ns,
@@ -75,33 +70,8 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
         op,
         _node: node,
         state,
-        _dir: if std::env::var_os(pgwarden_tests::controlplane::KEEP_STATE_ENV).is_some() {
-            eprintln!("keeping the node's state in {}", dir.keep().display());
-            None
-        } else {
-            Some(dir)
-        },
+        _dir: removed_unless_kept(dir),
     }
-}
-
-/// `kubectl apply`, waiting for the namespace's `default` ServiceAccount that admission needs.
-fn apply_when_admitted(ns: &Namespace<'_>, yaml: &str) {
-    let mut last = String::new();
-    let ok = wait_for(
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || match ns
-            .kubectl_with_input(&["apply", "-f", "-"], Some(yaml))
-            .into_result()
-        {
-            Ok(_) => Some(()),
-            Err(e) => {
-                last = e.to_string();
-                None
-            }
-        },
-    );
-    assert!(ok.is_some(), "kubectl apply failed: {last}\n{yaml}");
 }
 
 impl World<'_> {
