@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
@@ -49,23 +50,17 @@ fn restore(cluster: &Cluster, ctx: &Context) -> std::result::Result<Option<Resto
 
 /// Whether the Cluster already has an instance pod: a recovery waits only before its first.
 fn has_pods(cluster: &Cluster, ctx: &Context) -> bool {
-    let (ns, name) = (cluster.namespace(), cluster.name_any());
-    ctx.stores
-        .pods
-        .state()
-        .iter()
-        .any(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
+    !cluster_pods(cluster, ctx).is_empty()
 }
 
-/// The live pods labelled with the Cluster's name, in its namespace.
-fn cluster_pods(cluster: &Cluster, ctx: &Context) -> Vec<k8s_openapi::api::core::v1::Pod> {
+/// The live pods labelled with the Cluster's name, in its namespace (from the cache).
+fn cluster_pods(cluster: &Cluster, ctx: &Context) -> Vec<Arc<Pod>> {
     let (ns, name) = (cluster.namespace(), cluster.name_any());
     ctx.stores
         .pods
         .state()
-        .iter()
+        .into_iter()
         .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
-        .map(|p| (**p).clone())
         .collect()
 }
 
@@ -284,15 +279,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         return Err(Error::Kube(e));
     }
     let missing = observe::missing_secrets(&cluster, |secret| ctx.stores.secret(&ns, secret));
-    let pods: Vec<_> = ctx
-        .stores
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(&ns) && p.labels().get(LABEL_CLUSTER) == Some(&name)
-        })
-        .collect();
+    let pods = cluster_pods(&cluster, &ctx);
     let instances = observe::instances(&pods, &names::instance(&name, 0));
     let status = cluster.status.clone().unwrap_or_default();
     let archiving = match (&cluster.spec.backup, missing.is_empty()) {

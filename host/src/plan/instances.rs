@@ -39,7 +39,10 @@ pub fn instance_index(cluster_name: &str, pod_name: &str) -> Option<u32> {
 /// Deletions of the Cluster's live instance pods beyond [`planned_instances`]: pods left by a
 /// spec stored before the limit (or by an earlier operator) stop archiving into the
 /// Cluster's destination. Their claims are kept.
-pub fn surplus_pods(cluster: &Cluster, pods: &[Pod]) -> Vec<Action> {
+pub fn surplus_pods<P: std::ops::Deref<Target = Pod>>(
+    cluster: &Cluster,
+    pods: &[P],
+) -> Vec<Action> {
     let name = cluster.name_any();
     let planned = planned_instances(cluster);
     pods.iter()
@@ -47,7 +50,7 @@ pub fn surplus_pods(cluster: &Cluster, pods: &[Pod]) -> Vec<Action> {
         .filter(|p| p.labels().get(LABEL_CLUSTER) == Some(&name))
         .filter(|p| instance_index(&name, &p.name_any()).is_some_and(|i| i >= planned))
         .map(|p| Action::Delete {
-            target: reference(p),
+            target: reference(&**p),
             owner_uids: p.owner_references().iter().map(|o| o.uid.clone()).collect(),
             cluster: p.labels().get(LABEL_CLUSTER).cloned(),
         })
@@ -104,7 +107,8 @@ mod tests {
             pod("pg-2", "pg"),
             pod("pg-3", "pg"),
             pod("other-2", "other"),
-        ];
+        ]
+        .map(Box::new);
         let deleted: Vec<String> = surplus_pods(&cluster(3), &pods)
             .iter()
             .filter_map(|a| a.target().map(|t| t.name.clone()))
