@@ -8,3 +8,4 @@ pub mod localnode;
 pub mod operator;
 pub mod restoring;
 pub mod watchdog;
+pub mod world;

@@ -13,11 +13,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
-use pgwarden_tests::datapath::{S3Server, deps, removed_unless_kept, shared_tempdir, wait_for};
-use pgwarden_tests::localnode::{LocalNode, Options};
+use pgwarden_tests::datapath::{S3Server, wait_for};
+use pgwarden_tests::localnode::LocalNode;
 use pgwarden_tests::operator::{
     Operator, apply_when_admitted, apply_yaml, get, list, store_secret_yaml,
 };
+use pgwarden_tests::world::node_for;
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-faults";
@@ -42,30 +43,15 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     let ns = cp.namespace(hint);
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
-    // Short: PostgreSQL's socket path (under the pod's folder) must stay under 108 bytes.
-    let dir = shared_tempdir("pgw-faults-");
-    let state = dir.path().to_path_buf();
-    let node_dir = state.join("node");
-    let mut opts = Options::for_instances(
-        &cp.kubeconfig,
-        &node_dir,
-        &deps().host_programs(),
-        &s3.credentials.region,
-    );
-    opts.name = format!("faults-{}", ns.name);
-    opts.subnet = subnet;
-    // Two tests, two nodes, one control plane: each namespace keeps to its own node.
-    ns.pin_to_node(&opts.name)
-        .expect("pin the namespace to its node");
-    let node = LocalNode::start(opts).expect("local node");
+    let n = node_for(cp, &ns, "faults", subnet, &s3.credentials.region, &[]);
     apply_when_admitted(&ns, &store_secret_yaml(&s3.credentials));
     World {
         cp,
         ns,
         s3,
-        _node: node,
-        state,
-        _dir: removed_unless_kept(dir),
+        _node: n.node,
+        state: n.state,
+        _dir: n.dir,
     }
 }
 

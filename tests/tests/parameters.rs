@@ -17,9 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
-use pgwarden_tests::datapath::{deps, removed_unless_kept, shared_tempdir, wait_for};
-use pgwarden_tests::localnode::{LocalNode, Options};
+use pgwarden_tests::datapath::{deps, wait_for};
+use pgwarden_tests::localnode::LocalNode;
 use pgwarden_tests::operator::{Operator, apply_yaml, get};
+use pgwarden_tests::world::node_for;
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
@@ -40,32 +41,16 @@ struct World<'a> {
 fn world(hint: &str, subnet: u8) -> World<'static> {
     let cp: &'static ControlPlane = with_crds();
     let ns = cp.namespace(hint);
-    // Short: PostgreSQL's socket path (under the pod's folder) must stay under 108 bytes.
-    let dir = shared_tempdir("pgw-par-");
-    let state = dir.path().to_path_buf();
-    let node_dir = state.join("node");
-    // No store here: the region is never used.
-    let mut opts = Options::for_instances(
-        &cp.kubeconfig,
-        &node_dir,
-        &deps().host_programs(),
-        "us-east-1",
-    );
-    opts.name = format!("params-{}", ns.name);
-    opts.subnet = subnet;
-    // A change is noticed on the agent's report tick.
-    opts.env
-        .push(("PGWARDEN_REPORT_INTERVAL".into(), "2".into()));
-    ns.pin_to_node(&opts.name)
-        .expect("pin the namespace to its node");
-    let node = LocalNode::start(opts).expect("local node");
+    // No store here: the region is never used. A change is noticed on the agent's report tick.
+    let report = [("PGWARDEN_REPORT_INTERVAL", "2")];
+    let n = node_for(cp, &ns, "par", subnet, "us-east-1", &report);
     let op = Operator::start(cp, &ns.name);
     World {
         ns,
         _op: op,
-        _node: node,
-        state,
-        _dir: removed_unless_kept(dir),
+        _node: n.node,
+        state: n.state,
+        _dir: n.dir,
     }
 }
 

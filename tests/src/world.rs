@@ -1,0 +1,48 @@
+//! What the end-to-end tests through the operator share: a local node of its own for one
+//! test's namespace.
+
+use std::path::PathBuf;
+
+use crate::controlplane::{ControlPlane, Namespace};
+use crate::datapath::{deps, removed_unless_kept, shared_tempdir};
+use crate::localnode::{LocalNode, Options};
+
+/// A local node running one namespace's instance pods, and its folder.
+pub struct NamespaceNode {
+    pub node: LocalNode,
+    /// The folder of the node's state (pods, volumes, logs).
+    pub state: PathBuf,
+    /// Removed when dropped, unless `$PGWARDEN_KEEP_STATE` is set.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// Starts a node named `<tag>-<namespace>` with pod addresses `127.<subnet>.x.y` (tests of one
+/// binary run in parallel, each on its own node and subnet) and pins `ns` to it. `env` is added
+/// to every container's. The folder is `/tmp/pgw-<tag>-…`: keep `tag` short, PostgreSQL's
+/// socket path under the pod's folder must stay under 108 bytes.
+pub fn node_for(
+    cp: &ControlPlane,
+    ns: &Namespace<'_>,
+    tag: &str,
+    subnet: u8,
+    region: &str,
+    env: &[(&str, &str)],
+) -> NamespaceNode {
+    let dir = shared_tempdir(&format!("pgw-{tag}-"));
+    let state = dir.path().to_path_buf();
+    let node_dir = state.join("node");
+    let mut opts =
+        Options::for_instances(&cp.kubeconfig, &node_dir, &deps().host_programs(), region);
+    opts.name = format!("{tag}-{}", ns.name);
+    opts.subnet = subnet;
+    opts.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    ns.pin_to_node(&opts.name)
+        .expect("pin the namespace to its node");
+    let node = LocalNode::start(opts).expect("local node");
+    NamespaceNode {
+        node,
+        state,
+        dir: removed_unless_kept(dir),
+    }
+}
