@@ -8,6 +8,8 @@ use pgwarden_crds::settings::pod::LABEL_CLUSTER;
 use super::actions::{Action, ObjectRef};
 use super::errors::GuardrailError;
 
+pub mod pod;
+
 /// The largest object the operator applies.
 pub const MAX_OBJECT_BYTES: usize = 512 << 10;
 

@@ -23,9 +23,8 @@ pub use actions::{Action, EventType, ObjectRef};
 pub use backup::{backup_subject, plan_backup, plan_schedule, scheduled_subject};
 pub use cluster::{
     Bootstrap, ClusterDecisions, RESTORE_SOURCE_KEY, RecoveryWait, Restore, agent_role,
-    agent_role_binding, agent_rules, check_template, claim, instance_pod, owner, plan_cluster,
-    plan_cluster_restoring, recovery, reference, restore_args, service, service_account,
-    settings_config_map, subject, with_restore,
+    agent_role_binding, agent_rules, claim, owner, plan_cluster, plan_cluster_restoring, recovery,
+    reference, restore_args, service, service_account, settings_config_map, subject, with_restore,
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
