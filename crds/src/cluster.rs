@@ -35,9 +35,10 @@ use crate::settings::parameters;
 pub struct ClusterSpec {
     /// Number of PostgreSQL instances (pods). Only 1 is accepted until standbys stream from
     /// the primary: more instances would be unrelated databases archiving into one
-    /// destination, each overwriting the others' WAL files.
+    /// destination, each overwriting the others' WAL files. Never more than 9, even then.
     #[serde(default = "default_instances")]
     #[schemars(range(min = 1))]
+    #[schemars(extend("maximum" = MAX_INSTANCES_EVER))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self <= 1",
          "message": "spec.instances above 1 is refused until streaming standbys exist: each instance would be an unrelated database (its own initdb) archiving WAL files of the same names into one destination, corrupting the archive"}
@@ -74,6 +75,38 @@ fn default_instances() -> i32 {
 /// more (the CEL rule on `spec.instances`), and the operator never plans more pods than this,
 /// whatever a policy answers, so that one destination never gets two archivers.
 pub const MAX_INSTANCES: i32 = 1;
+
+/// The hard ceiling of `spec.instances` (the schema's `maximum`), which stays when the rule
+/// above is lifted: the operator asks the policy once per instance and holds every pod
+/// template, so the number must be small and known; and the pod names `<name>-1` to
+/// `<name>-9` keep one digit, which [`MAX_NAME_LENGTH`] counts on.
+pub const MAX_INSTANCES_EVER: i32 = 9;
+
+/// The longest suffix of a name derived from a Cluster's (`pgwarden_sdk::names`): the
+/// settings ConfigMap `<name>-settings`. The others are `-rw`, `-r`, `-any`, `-agent` and
+/// the pods' and claims' `-1` to `-9`.
+pub const LONGEST_DERIVED_SUFFIX: &str = "-settings";
+
+/// Services, label values and pod host names are limited to 63 characters.
+pub const DNS_LABEL_LENGTH: usize = 63;
+
+/// The longest Cluster name admission accepts: every name derived from it (the Services, the
+/// ConfigMap, the agent's ServiceAccount, Role and RoleBinding, the pods and claims) and the
+/// label value `postgresql.k8s.2ndq.io/cluster` then fit in 63 characters.
+pub const MAX_NAME_LENGTH: usize = DNS_LABEL_LENGTH - LONGEST_DERIVED_SUFFIX.len();
+
+/// The root-level CEL rules of the Cluster CRD, on `metadata.name` (the one field of
+/// `metadata` a CRD's rules may read): a name that a derived object cannot carry is refused
+/// at admission, rather than left with an empty status after the operator's first create
+/// fails.
+pub fn name_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"rule": format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}"),
+         "message": format!("metadata.name must be at most {MAX_NAME_LENGTH} characters: it names the Services <name>-rw, <name>-r and <name>-any, the ConfigMap <name>-settings, the ServiceAccount, Role and RoleBinding <name>-agent and the pods and claims <name>-<n>, and is the value of the label postgresql.k8s.2ndq.io/cluster, each limited to {DNS_LABEL_LENGTH} characters")},
+        {"rule": "self.metadata.name.matches('^[a-z][-a-z0-9]*$')",
+         "message": "metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' (no '.'): it names the Services <name>-rw, <name>-r and <name>-any, which must be DNS-1035 labels"}
+    ])
+}
 
 /// Storage of an instance's data directory (a PersistentVolumeClaim).
 #[skip_serializing_none]

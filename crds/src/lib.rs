@@ -29,8 +29,9 @@ pub use backup::{
 pub use cluster::{
     ArchiveStatus, Bootstrap, BootstrapInitDb, BootstrapRecovery, Cluster, ClusterSpec,
     ClusterStatus, DataBackupConfiguration, DataCompression, Encryption, MAX_INSTANCES,
-    ObjectStore, PolicyInForce, PostgresConfiguration, RecoveryTarget, S3Credentials,
-    StorageConfiguration, WalBackupConfiguration, WalCompression,
+    MAX_INSTANCES_EVER, MAX_NAME_LENGTH as MAX_CLUSTER_NAME_LENGTH, ObjectStore, PolicyInForce,
+    PostgresConfiguration, RecoveryTarget, S3Credentials, StorageConfiguration,
+    WalBackupConfiguration, WalCompression,
 };
 pub use common::{LocalObjectReference, SecretKeySelector, condition_types};
 pub use policy::{
@@ -38,7 +39,9 @@ pub use policy::{
     ReconcilePolicyStatus,
 };
 pub use scheduled::{
-    BackupOwnerReference, ScheduledBackup, ScheduledBackupSpec, ScheduledBackupStatus,
+    BackupOwnerReference, MAX_NAME_LENGTH as MAX_SCHEDULED_BACKUP_NAME_LENGTH,
+    MIN_INTERVAL_SECONDS as MIN_SCHEDULE_INTERVAL_SECONDS, ScheduledBackup, ScheduledBackupSpec,
+    ScheduledBackupStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -52,14 +55,33 @@ pub const VERSION: &str = "v1alpha1";
 /// The four CustomResourceDefinitions, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     [
-        Cluster::crd(),
+        with_root_rules(Cluster::crd(), cluster::name_rules()),
         Backup::crd(),
-        ScheduledBackup::crd(),
+        with_root_rules(ScheduledBackup::crd(), scheduled::name_rules()),
         ReconcilePolicy::crd(),
     ]
     .into_iter()
     .map(tidy)
     .collect()
+}
+
+/// Adds CEL rules at the root of a CRD's schema, where `self.metadata.name` is readable (the
+/// derive puts rules on the spec, which cannot see the object's name).
+fn with_root_rules(
+    mut crd: CustomResourceDefinition,
+    rules: serde_json::Value,
+) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.x_kubernetes_validations =
+                Some(serde_json::from_value(rules.clone()).expect("CEL rules deserialize"));
+        }
+    }
+    crd
 }
 
 /// Two touches on the generated schemas: an optional enum lists `null` among its values

@@ -43,7 +43,9 @@ pub struct ScheduledBackupSpec {
     /// @monthly, @yearly. Example: `0 0 2 * * *` (02:00:00 every day).
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$') || self.matches('^\\\\s*[0-9*?/,LW#A-Za-z-]+(\\\\s+[0-9*?/,LW#A-Za-z-]+){4,5}\\\\s*$')",
-         "message": "schedule must be a cron expression of 5 fields (minute hour day-of-month month day-of-week) or 6 fields with seconds first, or one of @hourly, @daily, @weekly, @monthly, @yearly"}
+         "message": "schedule must be a cron expression of 5 fields (minute hour day-of-month month day-of-week) or 6 fields with seconds first, or one of @hourly, @daily, @weekly, @monthly, @yearly"},
+        {"rule": "!self.matches('^\\\\s*\\\\S+(\\\\s+\\\\S+){5}\\\\s*$') || self.matches('^\\\\s*[0-5]?[0-9]\\\\s')",
+         "message": "schedule fires more than once a minute: the seconds field (the first of 6) must be one number from 0 to 59, as in `0 */5 * * * *`; a Backup at most once a minute"}
     ]))]
     pub schedule: String,
     /// The Cluster to back up, in the same namespace. Cannot change.
@@ -56,6 +58,24 @@ pub struct ScheduledBackupSpec {
     /// `self` (deleted with the ScheduledBackup) or `cluster` (deleted with the Cluster).
     /// Default: none.
     pub backup_owner_reference: Option<BackupOwnerReference>,
+}
+
+/// The shortest time between two Backups a schedule may ask for: admission refuses a
+/// 6-field schedule whose seconds field is not one number (the only way a cron fires twice in
+/// a minute), and the operator checks the fire times of a schedule stored before that rule.
+pub const MIN_INTERVAL_SECONDS: i64 = 60;
+
+/// The longest ScheduledBackup name: it is the value of the label
+/// `postgresql.k8s.2ndq.io/scheduled-backup` on each Backup it creates (63 characters at
+/// most), and those Backups are named `<name>-<yyyymmddhhmmss>`.
+pub const MAX_NAME_LENGTH: usize = 63;
+
+/// The root-level CEL rule of the ScheduledBackup CRD, on `metadata.name`.
+pub fn name_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"rule": format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}"),
+         "message": format!("metadata.name must be at most {MAX_NAME_LENGTH} characters: it is the value of the label postgresql.k8s.2ndq.io/scheduled-backup on each Backup it creates, and label values are limited to 63 characters")}
+    ])
 }
 
 /// Which object owns the Backups a ScheduledBackup creates.

@@ -439,6 +439,8 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
             json!(3),
             "spec.instances above 1 is refused until streaming standbys exist",
         ),
+        // The hard ceiling that stays when standbys come: not two billion policy calls.
+        ("/spec/instances", json!(2147483647), "maximum of 9"),
         (
             "/spec/backup/retentionPolicy",
             json!("30 days"),
@@ -519,6 +521,43 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
     assert_rejected(&both, None, "or inheritFromIAMRole: true (not both)");
 }
 
+/// Every name derived from the Cluster's fits 63 characters and is a DNS-1035 label, so a
+/// name that would break one is refused with the reason; the longest one allowed passes.
+#[test]
+fn cluster_names_must_fit_every_derived_name() {
+    let named = |name: &str| with(seed_cluster(), "/metadata/name", json!(name));
+    let longest = format!(
+        "a{}",
+        "b".repeat(pgwarden_crds::MAX_CLUSTER_NAME_LENGTH - 1)
+    );
+    let errors = admission_errors(&named(&longest), None);
+    assert!(errors.is_empty(), "{longest} refused: {errors:?}");
+    let sixty = "a".repeat(60);
+    assert_rejected(
+        &named(&sixty),
+        None,
+        "metadata.name must be at most 54 characters: it names the Services <name>-rw",
+    );
+    for bad in ["pg.prod", "1pg"] {
+        assert_rejected(
+            &named(bad),
+            None,
+            "metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' (no '.')",
+        );
+    }
+}
+
+#[test]
+fn scheduled_backup_names_fit_the_label_of_their_backups() {
+    let named = |name: &str| with(seed_scheduled(), "/metadata/name", json!(name));
+    assert!(admission_errors(&named(&"s".repeat(63)), None).is_empty());
+    assert_rejected(
+        &named(&"s".repeat(64)),
+        None,
+        "metadata.name must be at most 63 characters: it is the value of the label",
+    );
+}
+
 fn seed_backup() -> Value {
     documents(&root().join("examples/seed/backup.yaml")).remove(0)
 }
@@ -545,7 +584,24 @@ fn scheduled_backup_schedule_and_cluster_rules() {
         let bad = with(seed_scheduled(), "/spec/schedule", json!(schedule));
         assert_rejected(&bad, None, "schedule must be a cron expression of 5 fields");
     }
-    for schedule in ["*/5 * * * *", "0 0 2 * * *", "@daily", "0 30 1 * * MON-FRI"] {
+    // More often than once a minute: only a 6-field seconds field that is not one number.
+    for schedule in [
+        "* * * * * *",
+        "*/10 * * * * *",
+        "0,30 0 2 * * *",
+        "1-5 * * * * *",
+    ] {
+        let bad = with(seed_scheduled(), "/spec/schedule", json!(schedule));
+        assert_rejected(&bad, None, "schedule fires more than once a minute");
+    }
+    for schedule in [
+        "*/5 * * * *",
+        "0 0 2 * * *",
+        "@daily",
+        "0 30 1 * * MON-FRI",
+        "* * * * *",
+        " 59 * * * * *",
+    ] {
         let ok = with(seed_scheduled(), "/spec/schedule", json!(schedule));
         let e = admission_errors(&ok, None);
         assert!(e.is_empty(), "{schedule} rejected: {e:?}");

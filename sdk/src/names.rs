@@ -42,3 +42,38 @@ pub const CA_VOLUME: &str = "endpoint-ca";
 pub const CA_MOUNT_PATH: &str = "/etc/pgwarden-ca";
 /// File name of the CA bundle inside [`CA_MOUNT_PATH`].
 pub const CA_FILE: &str = "ca.crt";
+
+#[cfg(test)]
+mod tests {
+    use pgwarden_crds::{MAX_CLUSTER_NAME_LENGTH, MAX_INSTANCES_EVER};
+
+    /// Admission caps Cluster names at `MAX_CLUSTER_NAME_LENGTH` (from the longest suffix):
+    /// every name derived here from a name that long must fit a DNS-1035 label of 63
+    /// characters, so a new, longer suffix fails here until the cap follows it.
+    #[test]
+    fn every_derived_name_of_the_longest_cluster_name_fits_63_characters() {
+        let cluster = format!("a{}", "b".repeat(MAX_CLUSTER_NAME_LENGTH - 1));
+        let mut derived = vec![
+            super::settings_config_map(&cluster),
+            super::service_rw(&cluster),
+            super::service_r(&cluster),
+            super::service_any(&cluster),
+            super::agent(&cluster),
+            cluster.clone(),
+        ];
+        derived.extend((0..MAX_INSTANCES_EVER as u32).map(|i| super::instance(&cluster, i)));
+        for name in derived {
+            assert!(name.len() <= 63, "{name} has {} characters", name.len());
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name} is not a DNS-1035 label"
+            );
+        }
+        assert_eq!(
+            super::settings_config_map(&cluster).len(),
+            63,
+            "the cap is tight"
+        );
+    }
+}
