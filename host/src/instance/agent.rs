@@ -130,11 +130,25 @@ async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync:
     };
     let here = super::backups::Here {
         namespace,
+        cluster: opts.cluster.clone().unwrap_or_default(),
         pod,
         layout: layout.clone(),
         settings_dir: opts.settings_dir.clone(),
         pg: std::sync::Arc::new(pg),
     };
+    // Deletions only for a known Cluster: the agent refuses any request not for its own.
+    if here.cluster.is_empty() {
+        eprintln!(
+            "pgwarden-agent: no Cluster name ({}): no backup deletion is run",
+            pgwarden_crds::settings::pod::ENV_CLUSTER
+        );
+    } else {
+        tokio::spawn(super::backups::deletions(
+            client.clone(),
+            here.clone(),
+            reporter.clone(),
+        ));
+    }
     tokio::spawn(super::backups::watch(client, here, reporter.clone()));
 }
 

@@ -4,9 +4,9 @@
 //! so the store and the agent's memory (see [`super::backup`]) tell whether it was already
 //! taken: a restarted agent reports it truthfully and never takes it twice.
 //!
-//! The same watch carries deletions: a Backup whose `status.deletion` names this pod (the
-//! retention policy expired it) has its backup deleted from the store (see
-//! [`super::retention`]).
+//! Deletions come another way ([`deletions`]): the operator's requests in the Cluster's own
+//! settings ConfigMap (mounted as the settings folder), never a Backup's `status.deletion`,
+//! which any agent of the namespace may write (see [`super::retention`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use super::facts::{self, BackupFacts};
 use super::layout::{self, Layout};
 use super::report::Reporter;
 use super::retention;
+use crate::plan::retention::Request;
 
 /// The settings of the backup this pod must take, if `backup` is assigned to it and its
 /// agent report is not final yet.
@@ -58,6 +59,8 @@ fn default_settings(pod: &str) -> BackupSettings {
 #[derive(Clone)]
 pub struct Here {
     pub namespace: String,
+    /// The Cluster this pod is an instance of.
+    pub cluster: String,
     pub pod: String,
     pub layout: Layout,
     pub settings_dir: std::path::PathBuf,
@@ -78,13 +81,6 @@ pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
     while let Some(event) = events.next().await {
         let Ok(backup) = event else { continue };
         let uid = backup.uid().unwrap_or_else(|| backup.name_any());
-        if let Some(deletion) = retention::assigned(&backup, &here.pod)
-            && taken.insert(format!("{uid}/delete/{}", deletion.attempt))
-        {
-            let (here, reporter) = (here.clone(), reporter.clone());
-            let name = backup.name_any();
-            tokio::spawn(async move { delete(&name, deletion, &here, &reporter).await });
-        }
         let Some(settings) = assigned(&backup, &here.pod) else {
             continue;
         };
@@ -98,30 +94,94 @@ pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
     }
 }
 
-/// Deletes a backup the operator expired, and reports the outcome on its Backup.
-async fn delete(object: &str, deletion: retention::Assigned, here: &Here, reporter: &Reporter) {
-    eprintln!(
-        "pgwarden-agent: deleting backup {} of {object} (attempt {})",
-        deletion.backup_id, deletion.attempt
-    );
-    let (settings_dir, d) = (here.settings_dir.clone(), deletion.clone());
+/// How often the settings folder is read for deletion requests (a kubelet updates a mounted
+/// ConfigMap within about a minute; the local node within a second).
+const DELETIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs the deletion requests the operator writes for this pod, each attempt once, until the
+/// task is dropped.
+pub async fn deletions(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
+    let api: Api<Backup> = Api::namespaced(client, &here.namespace);
+    let me = retention::Me {
+        cluster: here.cluster.clone(),
+        pod: here.pod.clone(),
+    };
+    let mut done: HashSet<(String, u32)> = HashSet::new();
+    let mut last_error = None;
+    loop {
+        match retention::assigned(&here.settings_dir, &me) {
+            Ok(requests) => {
+                for r in requests {
+                    if done.insert((r.uid.clone(), r.attempt)) {
+                        let (api, here, reporter) = (api.clone(), here.clone(), reporter.clone());
+                        tokio::spawn(async move { delete(&api, r, &here, &reporter).await });
+                    }
+                }
+            }
+            Err(e) if last_error.as_ref() != Some(&e) => {
+                eprintln!("pgwarden-agent: {e}");
+                last_error = Some(e);
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(DELETIONS_EVERY).await;
+    }
+}
+
+/// Deletes a backup the operator expired, once the request passed [`retention::check`], and
+/// reports the outcome on its Backup. A request about a Backup that is not this Cluster's (or
+/// not the object named) is refused in the log only: the agent writes no other Cluster's
+/// Backup.
+async fn delete(api: &Api<Backup>, r: Request, here: &Here, reporter: &Reporter) {
+    let me = retention::Me {
+        cluster: here.cluster.clone(),
+        pod: here.pod.clone(),
+    };
+    let backup = match api.get_opt(&r.backup).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return eprintln!(
+                "pgwarden-agent: Backup {} is gone: nothing to delete",
+                r.backup
+            );
+        }
+        Err(e) => {
+            return eprintln!(
+                "pgwarden-agent: cannot read Backup {}: {}",
+                r.backup,
+                scrub(&format!("{e:#}"))
+            );
+        }
+    };
+    let ours =
+        backup.spec.cluster.name == here.cluster && backup.uid().as_deref() == Some(r.uid.as_str());
+    let (settings_dir, req) = (here.settings_dir.clone(), r.clone());
     let outcome = tokio::task::spawn_blocking(move || {
         let archive = layout::read_archive_settings(&settings_dir).map_err(|e| format!("{e:#}"))?;
-        retention::delete(&retention::store_of(&archive, &d), &d.backup_id)
+        retention::check(&req, &me, &archive, &backup)?;
+        eprintln!(
+            "pgwarden-agent: deleting backup {} of {} (attempt {})",
+            req.backup_id, req.backup, req.attempt
+        );
+        retention::delete(&archive, &req)
     })
     .await
     .unwrap_or_else(|e| Err(format!("the deletion thread failed: {e}")));
     eprintln!(
-        "pgwarden-agent: deleting backup {}: {outcome:?}",
-        deletion.backup_id
+        "pgwarden-agent: deleting backup {} of {}: {outcome:?}",
+        r.backup_id, r.backup
     );
-    let patch = retention::report_patch(object, &here.pod, deletion.attempt, &outcome, now());
+    if !ours {
+        return;
+    }
+    let patch = retention::report_patch(&r.backup, &here.pod, r.attempt, &outcome, now());
     if let Err(e) = reporter
-        .apply_status("Backup", "backups", object, &patch)
+        .apply_status("Backup", "backups", &r.backup, &patch)
         .await
     {
         eprintln!(
-            "pgwarden-agent: cannot report the deletion of {object}: {}",
+            "pgwarden-agent: cannot report the deletion of {}: {}",
+            r.backup,
             scrub(&format!("{e:#}"))
         );
     }

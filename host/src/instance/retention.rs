@@ -1,8 +1,16 @@
 //! The agent's side of retention: when the operator hands this pod the deletion of a Backup's
-//! backup (`status.deletion.podName` is this pod, for an attempt not reported yet), run
-//! `barman-cloud-backup-delete -b ID` against the store the backup went to and report the
-//! outcome in `status.deletion.agent`. A backup already absent from the store counts as
-//! deleted, so a repeated attempt (an agent restart, a retry) is harmless.
+//! backup (a request in `deletions.json` of the Cluster's settings ConfigMap, mounted in the
+//! settings folder, naming this pod, for an attempt not run yet), run
+//! `barman-cloud-backup-delete -b ID` against its store and report the outcome in the Backup's
+//! `status.deletion.agent`. A backup already absent from the store counts as deleted, so a
+//! repeated attempt (an agent restart, a retry) is harmless.
+//!
+//! Only the operator writes that ConfigMap and only this Cluster's pods mount it; the agent
+//! still refuses a request that is not for its Cluster, not in its own store, or whose backup
+//! in the store is not that Backup's (barman names a backup after its Backup's uid), since a
+//! Backup's status (where the backup id and store come from) may be written by any agent of
+//! the namespace. `status.deletion` itself is never acted on (see
+//! `plan::retention::requests`).
 //!
 //! WAL: barman 3.19.1 (`cloud_backup_delete._remove_wals_for_backup`) deletes WAL with a
 //! backup only when no older completed backup (`DONE`, `WAITING_FOR_WALS`) is left in the
@@ -13,65 +21,108 @@
 //! Two deletions run at once can only leave WAL behind, never remove WAL a kept backup needs:
 //! each removes segments before a backup that is still in the store when it lists it.
 
+use std::path::Path;
+
 use pgwarden_crds::settings::ArchiveSettings;
 use pgwarden_crds::{Backup, BackupAgentState, BackupDeletionAgent};
 use serde_json::{Value, json};
 
 use super::barman::{self, Barman, Deletion, scrub};
+use crate::plan::retention::requests::{self, Request};
 use pgwarden_crds::{GROUP, VERSION};
 
-/// A deletion this pod must run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Assigned {
-    pub attempt: u32,
-    pub backup_id: String,
-    /// The store the backup is in, when the Backup's status names it.
-    pub destination_path: Option<String>,
-    pub server_name: Option<String>,
+/// Who this agent is: the deletions it may run are its Cluster's, on its pod.
+#[derive(Clone, Debug)]
+pub struct Me {
+    pub cluster: String,
+    pub pod: String,
 }
 
-/// The deletion `backup` asks of `pod`, unless its agent already reported this attempt.
-pub fn assigned(backup: &Backup, pod: &str) -> Option<Assigned> {
-    let status = backup.status.as_ref()?;
-    let deletion = status.deletion.as_ref()?;
-    let attempt = deletion.attempt.unwrap_or(1);
-    if deletion.pod_name.as_deref() != Some(pod) {
-        return None;
-    }
-    let reported = deletion.agent.as_ref().is_some_and(|a| {
-        a.attempt == Some(attempt) && a.state.is_some_and(|s| s != BackupAgentState::Running)
-    });
-    (!reported)
-        .then(|| Assigned {
-            attempt,
-            backup_id: status.backup_id.clone().unwrap_or_default(),
-            destination_path: status.destination_path.clone(),
-            server_name: status.server_name.clone(),
-        })
-        .filter(|a| !a.backup_id.is_empty())
+/// The requests of the settings folder that name this pod (none when the file is absent).
+pub fn assigned(settings_dir: &Path, me: &Me) -> Result<Vec<Request>, String> {
+    let path = settings_dir.join(requests::KEY);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let all = requests::parse(text.as_deref())?;
+    Ok(all.into_iter().filter(|r| r.pod == me.pod).collect())
 }
 
-/// The archive settings pointed at the store the backup is in.
-pub fn store_of(archive: &ArchiveSettings, a: &Assigned) -> ArchiveSettings {
-    let mut store = archive.clone();
-    if let Some(path) = &a.destination_path {
-        store.destination_path = path.clone();
+/// Refuses a request that is not for this Cluster, for another store than this Cluster's, or
+/// whose Backup object (as the API server has it) is another Cluster's or another object.
+pub fn check(
+    r: &Request,
+    me: &Me,
+    archive: &ArchiveSettings,
+    backup: &Backup,
+) -> Result<(), String> {
+    let refused = |why: String| {
+        Err(format!(
+            "refused the deletion of backup {} of Backup {} (attempt {}): {why}",
+            r.backup_id, r.backup, r.attempt
+        ))
+    };
+    if r.cluster != me.cluster || backup.spec.cluster.name != me.cluster {
+        return refused(format!(
+            "the Backup is for Cluster {}, this agent is Cluster {}'s",
+            backup.spec.cluster.name, me.cluster
+        ));
     }
-    if let Some(server) = &a.server_name {
-        store.server_name = server.clone();
+    if backup.metadata.uid.as_deref() != Some(r.uid.as_str()) {
+        return refused("the Backup of that name is another object (its uid differs)".into());
     }
-    store
+    let path = r
+        .destination_path
+        .as_deref()
+        .unwrap_or(&archive.destination_path);
+    let server = r.server_name.as_deref().unwrap_or(&archive.server_name);
+    if (path, server)
+        != (
+            archive.destination_path.as_str(),
+            archive.server_name.as_str(),
+        )
+    {
+        return refused(format!(
+            "its store {path} (server {server}) is not this Cluster's store {} (server {})",
+            archive.destination_path, archive.server_name
+        ));
+    }
+    if r.backup_id.is_empty() {
+        return refused("the request names no backup id".into());
+    }
+    Ok(())
 }
 
-/// Deletes the backup (blocking); `Ok` also when it is not in the store any more.
-pub fn delete(store: &ArchiveSettings, backup_id: &str) -> Result<(), String> {
+/// Deletes the backup (blocking); `Ok` also when it is not in the store any more. A backup
+/// whose barman name is neither the Backup's uid (how the agent names the backups it takes)
+/// nor its name is another Backup's: refused.
+pub fn delete(store: &ArchiveSettings, r: &Request) -> Result<(), String> {
     let b = Barman::from_env();
-    match super::backup::show(&b, store, backup_id) {
-        Ok(None) => return Ok(()),
-        Ok(Some(_)) => {}
-        Err(e) => return Err(scrub(&format!("{e:#}"))),
+    let list_args = barman::backup_list_args(store);
+    let mut cmd = b.command("barman-cloud-backup-list", store, &list_args);
+    let out = b
+        .run("barman-cloud-backup-list", &mut cmd)
+        .map_err(|e| scrub(&e.to_string()))?;
+    let list: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("barman-cloud-backup-list answered no JSON: {e}"))?;
+    let found = list["backups_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["backup_id"] == r.backup_id.as_str());
+    let Some(found) = found else {
+        return Ok(());
+    };
+    let named = found["backup_name"].as_str().unwrap_or_default();
+    if named != r.uid && named != r.backup {
+        return Err(format!(
+            "refused the deletion of backup {} of Backup {}: the store names that backup {named:?}, not after this Backup (uid {})",
+            r.backup_id, r.backup, r.uid
+        ));
     }
-    let args = barman::backup_delete_args(store, &Deletion::BackupId(backup_id.into()));
+    let args = barman::backup_delete_args(store, &Deletion::BackupId(r.backup_id.clone()));
     let mut cmd = b.command("barman-cloud-backup-delete", store, &args);
     b.run("barman-cloud-backup-delete", &mut cmd)
         .map(|_| ())
@@ -108,47 +159,18 @@ pub fn report_patch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwarden_crds::{BackupDeletion, BackupStatus};
+    use pgwarden_crds::ExpiredObject;
 
-    fn backup(pod: &str, attempt: u32, reported: Option<(u32, BackupAgentState)>) -> Backup {
-        let mut b = Backup::new("b", Default::default());
-        b.status = Some(BackupStatus {
-            backup_id: Some("20261101T000000".into()),
-            destination_path: Some("s3://old/path".into()),
-            deletion: Some(BackupDeletion {
-                reason: Some("Retention".into()),
-                pod_name: Some(pod.into()),
-                attempt: Some(attempt),
-                agent: reported.map(|(attempt, state)| BackupDeletionAgent {
-                    attempt: Some(attempt),
-                    state: Some(state),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        b
+    fn me() -> Me {
+        Me {
+            cluster: "pg".into(),
+            pod: "pg-1".into(),
+        }
     }
 
-    #[test]
-    fn runs_each_attempt_handed_to_this_pod_once() {
-        let a = assigned(&backup("pg-1", 1, None), "pg-1").unwrap();
-        assert_eq!((a.attempt, a.backup_id.as_str()), (1, "20261101T000000"));
-        assert_eq!(assigned(&backup("pg-2", 1, None), "pg-1"), None);
-        let done = backup("pg-1", 1, Some((1, BackupAgentState::Failed)));
-        assert_eq!(assigned(&done, "pg-1"), None);
-        let retry = backup("pg-1", 2, Some((1, BackupAgentState::Failed)));
-        assert_eq!(assigned(&retry, "pg-1").map(|a| a.attempt), Some(2));
-        let mut no_id = backup("pg-1", 1, None);
-        no_id.status.as_mut().unwrap().backup_id = None;
-        assert_eq!(assigned(&no_id, "pg-1"), None);
-    }
-
-    #[test]
-    fn deletes_from_the_store_the_backup_went_to() {
-        let archive = ArchiveSettings {
-            destination_path: "s3://new/path".into(),
+    fn archive() -> ArchiveSettings {
+        ArchiveSettings {
+            destination_path: "s3://b/pg".into(),
             endpoint_url: None,
             endpoint_ca_file: None,
             server_name: "pg".into(),
@@ -156,13 +178,70 @@ mod tests {
             encryption: None,
             max_parallel: 1,
             archive_timeout_seconds: 300,
-        };
-        let a = assigned(&backup("pg-1", 1, None), "pg-1").unwrap();
-        let store = store_of(&archive, &a);
-        assert_eq!(
-            (store.destination_path.as_str(), store.server_name.as_str()),
-            ("s3://old/path", "pg")
+        }
+    }
+
+    fn request(pod: &str) -> Request {
+        Request {
+            backup: "old".into(),
+            uid: "u-1".into(),
+            cluster: "pg".into(),
+            backup_id: "20261101T000000".into(),
+            destination_path: Some("s3://b/pg".into()),
+            server_name: Some("pg".into()),
+            pod: pod.into(),
+            attempt: 1,
+            requested_at: "T".into(),
+            object: ExpiredObject::Remove,
+        }
+    }
+
+    fn backup(cluster: &str, uid: &str) -> Backup {
+        let mut b = Backup::new(
+            "old",
+            pgwarden_crds::BackupSpec {
+                cluster: pgwarden_crds::LocalObjectReference {
+                    name: cluster.into(),
+                },
+                target: None,
+            },
         );
+        b.metadata.uid = Some(uid.into());
+        b
+    }
+
+    #[test]
+    fn reads_the_requests_of_this_pod_from_the_settings_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(assigned(dir.path(), &me()).unwrap(), vec![]);
+        let text = requests::render(&[request("pg-1"), request("pg-2")]);
+        std::fs::write(dir.path().join(requests::KEY), text).unwrap();
+        assert_eq!(assigned(dir.path(), &me()).unwrap(), vec![request("pg-1")]);
+        std::fs::write(dir.path().join(requests::KEY), "{").unwrap();
+        assert!(assigned(dir.path(), &me()).is_err());
+    }
+
+    #[test]
+    fn refuses_another_clusters_backup_another_object_and_another_store() {
+        let r = request("pg-1");
+        assert_eq!(check(&r, &me(), &archive(), &backup("pg", "u-1")), Ok(()));
+        let other = check(&r, &me(), &archive(), &backup("other", "u-1")).unwrap_err();
+        assert!(
+            other.contains("the Backup is for Cluster other, this agent is Cluster pg's"),
+            "{other}"
+        );
+        let remade = check(&r, &me(), &archive(), &backup("pg", "u-2")).unwrap_err();
+        assert!(remade.contains("uid differs"), "{remade}");
+        let mut elsewhere = r.clone();
+        elsewhere.server_name = Some("other".into());
+        let e = check(&elsewhere, &me(), &archive(), &backup("pg", "u-1")).unwrap_err();
+        assert_eq!(
+            e,
+            "refused the deletion of backup 20261101T000000 of Backup old (attempt 1): its store s3://b/pg (server other) is not this Cluster's store s3://b/pg (server pg)"
+        );
+        let mut foreign = r.clone();
+        foreign.cluster = "other".into();
+        assert!(check(&foreign, &me(), &archive(), &backup("pg", "u-1")).is_err());
     }
 
     #[test]

@@ -171,19 +171,26 @@ pub fn plan_cluster_restoring(
     Ok(actions)
 }
 
-/// What the instance agent may do, in its Cluster's namespace only: watch the Backups (to
-/// take the ones that target its pod) and write the status of Backups and Clusters (its
-/// facts). Nothing else: no Secrets (credentials reach it as env), no pods.
-pub fn agent_rules() -> Vec<PolicyRule> {
+/// What the instance agent of Cluster `cluster` may do, in its namespace only: watch the
+/// Backups (to take the ones that target its pod), write the status of Backups (its facts on
+/// the backups it takes: their names are not known ahead) and of its own Cluster only.
+/// Nothing else: no Secrets (credentials reach it as env), no pods, no ConfigMaps (deletion
+/// requests reach it in its settings ConfigMap, which only the operator writes).
+pub fn agent_rules(cluster: &str) -> Vec<PolicyRule> {
     let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![pgwarden_crds::GROUP.into()]),
         resources: Some(resources.iter().map(|r| r.to_string()).collect()),
         verbs: verbs.iter().map(|v| v.to_string()).collect(),
         ..Default::default()
     };
+    let own = PolicyRule {
+        resource_names: Some(vec![cluster.into()]),
+        ..rule(&["clusters/status"], &["get", "patch"])
+    };
     vec![
         rule(&["backups"], &["get", "list", "watch"]),
-        rule(&["backups/status", "clusters/status"], &["get", "patch"]),
+        rule(&["backups/status"], &["get", "patch"]),
+        own,
     ]
 }
 
@@ -199,7 +206,7 @@ pub fn service_account(cluster: &Cluster) -> ServiceAccount {
 pub fn agent_role(cluster: &Cluster) -> Role {
     Role {
         metadata: meta(cluster, names::agent(name(cluster)), BTreeMap::new()),
-        rules: Some(agent_rules()),
+        rules: Some(agent_rules(name(cluster))),
     }
 }
 

@@ -9,6 +9,7 @@ use super::actions::{Action, ObjectRef};
 use super::errors::GuardrailError;
 
 pub mod pod;
+mod pod_security;
 
 /// The largest object the operator applies.
 pub const MAX_OBJECT_BYTES: usize = 512 << 10;
@@ -140,7 +141,8 @@ pub fn check_rbac(
     };
     match target.kind.as_str() {
         "Role" => {
-            let agent = serde_json::to_value(super::cluster::agent_rules()).unwrap_or_default();
+            let agent = serde_json::to_value(super::cluster::agent_rules(&subject.cluster))
+                .unwrap_or_default();
             if object.get("rules") != Some(&agent) {
                 return refused(format!(
                     "a Role may grant only the instance agent's rules {agent}"

@@ -8,17 +8,21 @@
 //!   those a Cluster restores from: a host invariant, see [`floor`])
 //!                                     ──► Warning Event RetentionFloor for each kept one
 //!   expired, no backup id ───────────────► delete the Backup (nothing in the store)
-//!   expired ─────────────────────────────► status.deletion {Retention, pod, attempt 1}
+//!   expired ─────────────────────────────► a request {pod, attempt 1} in the Cluster's
+//!                                          settings ConfigMap (see [`requests`]), copied to
+//!                                          status.deletion for people
 //!   the agent of that pod ───────────────► barman-cloud-backup-delete -b ID,
 //!                                          reports status.deletion.agent {attempt, state}
 //!   succeeded, object: remove ───────────► delete the Backup, Event on the Cluster
 //!   succeeded, object: keep ─────────────► condition Deleted (DeletedByRetention), Event
 //!   failed ──────────────────────────────► reason DeleteFailed + Warning, again after 5 min
 //!   no answer for 10 min ────────────────► asked again (the pod may be gone)
+//!   status.deletion with no request ─────► ignored, Warning Event DeletionIgnored
 //! ```
 //!
 //! Once asked, a deletion is carried through whatever the policy answers next: Backups with a
-//! `status.deletion` are not shown to the policy again.
+//! request are not shown to the policy again. What was asked is the operator's own record,
+//! the requests; a Backup's status (which agents may write) never starts or repeats one.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use pgwarden_crds::{Backup, BackupAgentState, BackupDeletion, Cluster, ExpiredObject};
@@ -31,6 +35,9 @@ use super::cluster::{reference, subject};
 use super::guardrails::Subject;
 
 pub mod floor;
+pub mod requests;
+
+pub use requests::Request;
 
 /// Why a deletion is asked, in `status.deletion.reason`.
 pub const REASON: &str = "Retention";
@@ -70,11 +77,28 @@ fn belongs(backup: &Backup, cluster: &Cluster) -> bool {
         && backup.metadata.namespace == cluster.metadata.namespace
 }
 
-/// The Backups the policy is asked about: the Cluster's, not already being deleted.
+/// The requests `status.deletion` copies describe: what a dry run (`pgwarden policy eval`,
+/// with no ConfigMap) takes as asked. The operator reads its ConfigMap instead.
+pub fn requests_from_status(backups: &[Backup]) -> Vec<Request> {
+    backups.iter().filter_map(Request::from_status).collect()
+}
+
+fn requested<'a>(backup: &Backup, requests: &'a [Request]) -> Option<&'a Request> {
+    requests.iter().find(|r| r.is_for(backup))
+}
+
+/// The Backups the policy is asked about (dry run: as [`candidates_with`] with the requests
+/// of [`requests_from_status`]).
 pub fn candidates(cluster: &Cluster, backups: &[Backup]) -> Vec<Backup> {
+    candidates_with(cluster, backups, &requests_from_status(backups))
+}
+
+/// The Backups the policy is asked about: the Cluster's, not already being deleted (asked in
+/// `requests`, or deleted and kept).
+pub fn candidates_with(cluster: &Cluster, backups: &[Backup], requests: &[Request]) -> Vec<Backup> {
     backups
         .iter()
-        .filter(|b| belongs(b, cluster) && deletion(b).is_none())
+        .filter(|b| belongs(b, cluster) && requested(b, requests).is_none() && !settled(b))
         .cloned()
         .collect()
 }
@@ -91,11 +115,18 @@ fn settled(backup: &Backup) -> bool {
     })
 }
 
-/// Whether any Backup of the Cluster has a deletion under way (the reconcile polls then).
+/// Whether any Backup of the Cluster has a deletion under way (dry run: the requests of
+/// [`requests_from_status`]).
 pub fn in_flight(cluster: &Cluster, backups: &[Backup]) -> bool {
+    in_flight_with(cluster, backups, &requests_from_status(backups))
+}
+
+/// Whether any Backup of the Cluster has a deletion asked in `requests` and not over (the
+/// reconcile polls then).
+pub fn in_flight_with(cluster: &Cluster, backups: &[Backup], requests: &[Request]) -> bool {
     backups
         .iter()
-        .any(|b| belongs(b, cluster) && deletion(b).is_some() && !settled(b))
+        .any(|b| belongs(b, cluster) && requested(b, requests).is_some() && !settled(b))
 }
 
 fn policy_text(cluster: &Cluster) -> String {
@@ -128,27 +159,75 @@ pub fn plan_retention(input: &RetentionInput<'_>) -> Vec<Action> {
     plan_retention_with(input, &[])
 }
 
-/// The actions of one retention reconcile. The policy's answer first loses the Backups of
-/// the retention floor ([`floor`]: the newest completed backup, the one that starts the
-/// recovery window, and those a Cluster of the namespace restores from, as `restores` name
-/// them), each with a Warning Event.
+/// The actions of a dry run: [`plan_requested`] with the requests the Backups' status copies
+/// describe ([`requests_from_status`]).
 pub fn plan_retention_with(input: &RetentionInput<'_>, restores: &[floor::Restore]) -> Vec<Action> {
+    plan_requested(input, restores, &requests_from_status(input.backups)).actions
+}
+
+/// What one retention reconcile does: its actions, and the deletion requests the Cluster's
+/// settings ConfigMap must hold afterwards ([`requests::KEY`]).
+#[derive(Debug, PartialEq)]
+pub struct Planned {
+    pub actions: Vec<Action>,
+    pub requests: Vec<Request>,
+}
+
+/// The actions of one retention reconcile, given the deletions already asked (`requests`,
+/// the operator's own record). The policy's answer first loses the Backups of the retention
+/// floor ([`floor`]: the newest completed backup, the one that starts the recovery window,
+/// and those a Cluster of the namespace restores from, as `restores` name them), each with a
+/// Warning Event.
+pub fn plan_requested(
+    input: &RetentionInput<'_>,
+    restores: &[floor::Restore],
+    requests: &[Request],
+) -> Planned {
     let (expired, mut actions) = floor::enforce(input, restores);
+    let mut next = Vec::new();
     for backup in input.backups.iter().filter(|b| belongs(b, input.cluster)) {
         let expiry = expired.iter().find(|e| e.name == name(backup));
-        match (deletion(backup), expiry) {
-            (None, Some(e)) => expire(input, backup, e.object, &mut actions),
-            (None, None) => {}
+        match (requested(backup, requests), expiry) {
             (Some(_), _) if settled(backup) => {}
-            (Some(d), _) => follow(input, backup, d, &mut actions),
+            (Some(r), _) => follow(input, backup, r, &mut actions, &mut next),
+            (None, _) if settled(backup) => {}
+            (None, Some(e)) => expire(input, backup, e.object, &mut actions, &mut next),
+            (None, None) => ignored(backup, &mut actions),
         }
     }
-    if in_flight(input.cluster, input.backups) || !expired.is_empty() {
+    if !next.is_empty() || !expired.is_empty() {
         actions.push(Action::Requeue {
             after_seconds: POLL_SECONDS,
         });
     }
-    actions
+    Planned {
+        actions,
+        requests: next,
+    }
+}
+
+/// A `status.deletion` the operator has no request for: someone else wrote it (an agent may
+/// write any Backup's status). Nothing acts on it; the Backup gets a Warning Event.
+fn ignored(backup: &Backup, actions: &mut Vec<Action>) {
+    let Some(d) = deletion(backup).filter(|d| d.pod_name.is_some()) else {
+        return;
+    };
+    actions.push(Action::Event {
+        regarding: reference(backup),
+        event_type: EventType::Warning,
+        reason: requests::IGNORED.into(),
+        note: format!(
+            "status.deletion of Backup {} asks pod {} (attempt {}) to delete backup {}, but the operator asked no such deletion: ignored (deletions are asked only through the Cluster's settings ConfigMap)",
+            name(backup),
+            d.pod_name.as_deref().unwrap_or_default(),
+            d.attempt.unwrap_or(1),
+            backup
+                .status
+                .as_ref()
+                .and_then(|s| s.backup_id.as_deref())
+                .unwrap_or("(none)"),
+        ),
+    });
 }
 
 fn remove(backup: &Backup) -> Action {
@@ -165,20 +244,36 @@ fn remove(backup: &Backup) -> Action {
     }
 }
 
+/// Asks `pod` for attempt `attempt` of the deletion of `backup`'s backup: the request, and
+/// its copy in the Backup's status (for people; nothing acts on the copy).
 fn ask(
     backup: &Backup,
     pod: &str,
     attempt: u32,
     object: ExpiredObject,
     now: DateTime<Utc>,
-) -> Action {
-    Action::PatchStatus {
+    asked: (&mut Vec<Action>, &mut Vec<Request>),
+) {
+    let status = backup.status.clone().unwrap_or_default();
+    asked.1.push(Request {
+        backup: name(backup).into(),
+        uid: backup.metadata.uid.clone().unwrap_or_default(),
+        cluster: backup.spec.cluster.name.clone(),
+        backup_id: status.backup_id.unwrap_or_default(),
+        destination_path: status.destination_path,
+        server_name: status.server_name,
+        pod: pod.into(),
+        attempt,
+        requested_at: stamp(now),
+        object,
+    });
+    asked.0.push(Action::PatchStatus {
         target: reference(backup),
         status: json!({ "deletion": {
             "reason": REASON, "requestedAt": stamp(now), "podName": pod, "attempt": attempt,
             "object": object,
         }}),
-    }
+    });
 }
 
 /// The Backup kept, marked deleted: condition `Deleted`, reason and message.
@@ -206,6 +301,7 @@ fn expire(
     backup: &Backup,
     object: ExpiredObject,
     actions: &mut Vec<Action>,
+    next: &mut Vec<Request>,
 ) {
     let status = backup.status.clone().unwrap_or_default();
     let policy = policy_text(input.cluster);
@@ -230,7 +326,7 @@ fn expire(
     let Some(pod) = input.agent_pod else {
         return;
     };
-    actions.push(ask(backup, pod, 1, object, input.now));
+    ask(backup, pod, 1, object, input.now, (actions, next));
     actions.push(Action::Event {
         regarding: reference(backup),
         event_type: EventType::Normal,
@@ -252,20 +348,25 @@ fn age(since: Option<&str>, now: DateTime<Utc>) -> i64 {
 }
 
 /// A Backup whose deletion was asked.
+/// The request is kept (pushed to `next`) until its deletion is over; the agent's report
+/// counts only for the attempt and pod asked.
 fn follow(
     input: &RetentionInput<'_>,
     backup: &Backup,
-    d: &BackupDeletion,
+    r: &Request,
     actions: &mut Vec<Action>,
+    next: &mut Vec<Request>,
 ) {
-    let attempt = d.attempt.unwrap_or(1);
-    let report = d.agent.as_ref().filter(|a| a.attempt == Some(attempt));
+    let attempt = r.attempt;
+    let report = deletion(backup)
+        .and_then(|d| d.agent.as_ref())
+        .filter(|a| a.attempt == Some(attempt) && a.pod_name.as_deref() == Some(r.pod.as_str()));
     let state = report.and_then(|a| a.state);
     let status = backup.status.clone().unwrap_or_default();
-    let id = status.backup_id.clone().unwrap_or_default();
-    let asked = age(d.requested_at.as_deref(), input.now);
-    let pod = d.pod_name.as_deref().unwrap_or_default();
-    let object = d.object.unwrap_or_default();
+    let id = r.backup_id.clone();
+    let asked = age(Some(&r.requested_at), input.now);
+    let pod = r.pod.as_str();
+    let object = r.object;
     match state {
         Some(BackupAgentState::Succeeded) if object == ExpiredObject::Keep => {
             let message = format!(
@@ -321,18 +422,35 @@ fn follow(
                     ),
                 });
             }
-            if asked >= RETRY_FAILED_SECONDS
-                && let Some(pod) = input.agent_pod
-            {
-                actions.push(ask(backup, pod, attempt + 1, object, input.now));
-            }
+            retry(
+                input,
+                backup,
+                r,
+                asked >= RETRY_FAILED_SECONDS,
+                (actions, next),
+            );
         }
-        _ if asked >= RETRY_SILENT_SECONDS && state.is_none() => {
-            if let Some(pod) = input.agent_pod {
-                actions.push(ask(backup, pod, attempt + 1, object, input.now));
-            }
-        }
-        _ => {}
+        _ => retry(
+            input,
+            backup,
+            r,
+            asked >= RETRY_SILENT_SECONDS && state.is_none(),
+            (actions, next),
+        ),
+    }
+}
+
+/// Asks the next attempt when `due` and there is a pod to ask, else keeps the request.
+fn retry(
+    input: &RetentionInput<'_>,
+    backup: &Backup,
+    r: &Request,
+    due: bool,
+    asked: (&mut Vec<Action>, &mut Vec<Request>),
+) {
+    match input.agent_pod.filter(|_| due) {
+        Some(pod) => ask(backup, pod, r.attempt + 1, r.object, input.now, asked),
+        None => asked.1.push(r.clone()),
     }
 }
 
@@ -385,6 +503,7 @@ mod tests {
             object: None,
             agent: agent.map(|(state, error)| BackupDeletionAgent {
                 attempt: Some(attempt),
+                pod_name: Some("pg-1".into()),
                 state: Some(state),
                 error: Some(error.into()).filter(|e: &String| !e.is_empty()),
                 ..Default::default()
@@ -594,6 +713,101 @@ mod tests {
         let foreign = remove(&other);
         let subject = retention_subject(&c, std::slice::from_ref(&other), &foreign);
         assert!(super::super::guardrails::check_one(&subject, &foreign).is_err());
+    }
+
+    fn requested(backups: &[Backup], expired: &[&str], asked: &[Request]) -> Planned {
+        let c = cluster();
+        let expired: Vec<Expiry> = expired.iter().map(|s| Expiry::remove(*s)).collect();
+        let input = RetentionInput {
+            cluster: &c,
+            backups,
+            expired: &expired,
+            agent_pod: Some("pg-1"),
+            now: now(),
+        };
+        plan_requested(&input, &[], asked)
+    }
+
+    #[test]
+    fn a_status_deletion_the_operator_did_not_ask_is_ignored_with_a_warning() {
+        // Forged by someone who may write Backup status (any agent of the namespace): long
+        // silent, so the old protocol would have asked attempt 2 of the forged deletion.
+        let forged = backup("b", Some("X"), Some(asked(1, "2026-11-25T07:00:00Z", None)));
+        let planned = requested(std::slice::from_ref(&forged), &[], &[]);
+        assert_eq!(planned.requests, vec![]);
+        let [
+            Action::Event {
+                event_type,
+                reason,
+                note,
+                regarding,
+            },
+        ] = &planned.actions[..]
+        else {
+            panic!("{:?}", planned.actions)
+        };
+        assert_eq!(
+            (event_type, reason.as_str(), regarding.name.as_str()),
+            (&EventType::Warning, requests::IGNORED, "b")
+        );
+        assert_eq!(
+            note,
+            "status.deletion of Backup b asks pod pg-1 (attempt 1) to delete backup X, but the operator asked no such deletion: ignored (deletions are asked only through the Cluster's settings ConfigMap)"
+        );
+        // Not a candidate taken out of the policy's view either.
+        assert_eq!(candidates_with(&cluster(), &[forged], &[]).len(), 1);
+    }
+
+    #[test]
+    fn an_expired_backup_becomes_a_request_kept_until_its_agent_reports() {
+        let fresh = backup("old", Some("X"), None);
+        let planned = requested(std::slice::from_ref(&fresh), &["old"], &[]);
+        let r = &planned.requests[0];
+        assert_eq!(
+            (
+                r.backup.as_str(),
+                r.backup_id.as_str(),
+                r.pod.as_str(),
+                r.attempt,
+                r.cluster.as_str()
+            ),
+            ("old", "X", "pg-1", 1, "pg")
+        );
+        assert_eq!(r.destination_path.as_deref(), Some("s3://b/p"));
+        // Asked (the status copy is there), no report yet: the request stays as it was.
+        let mut copied = fresh.clone();
+        copied.status.as_mut().unwrap().deletion = Some(asked(1, "2026-11-25T08:00:00Z", None));
+        let again = requested(std::slice::from_ref(&copied), &[], &planned.requests);
+        assert_eq!(again.requests, planned.requests);
+        // A report for another pod does not count.
+        let mut d = asked(
+            1,
+            "2026-11-25T08:00:00Z",
+            Some((BackupAgentState::Succeeded, "")),
+        );
+        d.agent.as_mut().unwrap().pod_name = Some("other-1".into());
+        copied.status.as_mut().unwrap().deletion = Some(d);
+        let other = requested(std::slice::from_ref(&copied), &[], &planned.requests);
+        assert!(
+            !other
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Delete { .. }))
+        );
+        // Its own report ends it: the Backup goes and the request with it.
+        let d = asked(
+            1,
+            "2026-11-25T08:00:00Z",
+            Some((BackupAgentState::Succeeded, "")),
+        );
+        copied.status.as_mut().unwrap().deletion = Some(d);
+        let done = requested(&[copied], &[], &planned.requests);
+        assert!(
+            matches!(&done.actions[0], Action::Delete { .. }),
+            "{:?}",
+            done.actions
+        );
+        assert_eq!(done.requests, vec![]);
     }
 
     #[test]

@@ -108,7 +108,9 @@ fn the_agent_runs_as_its_clusters_account_with_a_role_of_its_own() {
         role["rules"],
         json!([
             { "apiGroups": ["postgresql.k8s.2ndq.io"], "resources": ["backups"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": ["postgresql.k8s.2ndq.io"], "resources": ["backups/status", "clusters/status"], "verbs": ["get", "patch"] },
+            { "apiGroups": ["postgresql.k8s.2ndq.io"], "resources": ["backups/status"], "verbs": ["get", "patch"] },
+            // Its own Cluster's status only: another Cluster's is not its to write.
+            { "apiGroups": ["postgresql.k8s.2ndq.io"], "resources": ["clusters/status"], "resourceNames": ["pg"], "verbs": ["get", "patch"] },
         ])
     );
     let binding = applied(&actions, "RoleBinding", "pg-agent");
@@ -127,7 +129,7 @@ fn a_template_running_as_another_account_is_refused() {
     let refused = planned_with(|spec| spec.service_account_name = Some("admin".into()));
     assert_eq!(
         refused,
-        "refused Pod prod/pg-1: it refers to ServiceAccount admin, which does not belong to Cluster pg"
+        "refused Pod prod/pg-1: it refers to ServiceAccount admin (spec.serviceAccountName), which does not belong to Cluster pg"
     );
 }
 
@@ -251,10 +253,11 @@ fn a_template_reading_an_unnamed_secret_is_refused() {
         },
     ));
     decisions.pods[0] = template;
-    let err = plan_cluster(&cluster, &decisions).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "refused Pod prod/pg-1: it refers to Secret db-admin, which does not belong to Cluster pg"
+    let err = plan_cluster(&cluster, &decisions).unwrap_err().to_string();
+    assert!(
+        err.starts_with("refused Pod prod/pg-1: it refers to Secret db-admin (spec.containers[0].env[")
+            && err.ends_with("].valueFrom.secretKeyRef), which does not belong to Cluster pg"),
+        "{err}"
     );
 }
 
@@ -285,7 +288,7 @@ fn templates_reaching_other_secrets_or_the_node_are_refused() {
     });
     assert_eq!(
         env_from,
-        "refused Pod prod/pg-1: it refers to Secret db-admin, which does not belong to Cluster pg"
+        "refused Pod prod/pg-1: it refers to Secret db-admin (spec.containers[0].envFrom[0].secretRef), which does not belong to Cluster pg"
     );
     let projected = planned_with(|spec| {
         spec.volumes.get_or_insert_with(Vec::new).push(Volume {

@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, KeyToPath,
-    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, EnvVarSource, ExecAction, KeyToPath,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -17,6 +20,22 @@ use crate::names;
 
 /// The image of instance pods when the Cluster sets no `spec.imageName` (the seed's).
 pub const DEFAULT_IMAGE: &str = "2ndquadrant/postgresql:latest";
+
+/// Where the agent's service-account token (with the API server's CA and the namespace) is
+/// mounted: the path in-cluster configuration reads.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The volume of the token, projected explicitly (not by admission, whose files are 0644).
+pub const TOKEN_VOLUME: &str = "agent-token";
+/// Mode of the token files: the agent runs as root, PostgreSQL as `postgres`; 0400 owned by
+/// root keeps the token from the database's OS user (a superuser's `pg_read_file`, `COPY
+/// FROM PROGRAM`). No `fsGroup` either: it would hand the files to a group.
+pub const TOKEN_MODE: i32 = 0o400;
+/// Capabilities the agent keeps (all others dropped). It runs as root only to keep the token
+/// from the database's OS user and runs PostgreSQL and barman as `postgres`: SETUID, SETGID
+/// to become that user (setgroups too), CHOWN to give it PGDATA and the files the agent
+/// writes there, FOWNER and DAC_OVERRIDE to write and chmod inside PGDATA (mode 0700,
+/// owned by `postgres`) as root. Measured: see README, "Least privilege".
+pub const AGENT_CAPABILITIES: [&str; 5] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"];
 
 /// A pod template under construction. [`instance_pod`] fills it with the defaults; policies
 /// adjust it with the methods below or through [`PodBuilder::template`], then [`build`].
@@ -57,6 +76,7 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
             ..Default::default()
         }]),
         volume_mounts: Some(mounts(cluster)),
+        security_context: Some(container_security()),
         resources: cluster.spec.resources.clone(),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
@@ -84,10 +104,86 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, Stri
             spec: Some(PodSpec {
                 containers: vec![container],
                 volumes: Some(volumes(cluster, instance)),
+                // The token only where the agent reads it: the explicit volume above.
+                automount_service_account_token: Some(false),
+                security_context: Some(PodSecurityContext {
+                    seccomp_profile: Some(runtime_default()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         },
     })
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// The `postgres` container's: no privilege escalation, every capability dropped but
+/// [`AGENT_CAPABILITIES`]. The agent is root (not `runAsNonRoot`) on purpose: the token it
+/// reads is then kept from the `postgres` user PostgreSQL runs as.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: Some(AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// The service-account token, the API server's CA and the namespace, as admission would
+/// project them but readable by root only ([`TOKEN_MODE`]).
+fn token_volume() -> Volume {
+    let token = VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            path: "token".into(),
+            expiration_seconds: Some(3607),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ca = VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: "kube-root-ca.crt".into(),
+            items: Some(vec![KeyToPath {
+                key: "ca.crt".into(),
+                path: "ca.crt".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let namespace = VolumeProjection {
+        downward_api: Some(DownwardAPIProjection {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "namespace".into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    };
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(TOKEN_MODE),
+            sources: Some(vec![token, ca, namespace]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn value(name: &str, value: &str) -> EnvVar {
@@ -171,6 +267,7 @@ fn mounts(cluster: &Cluster) -> Vec<VolumeMount> {
     let mut mounts = vec![
         mount(names::DATA_VOLUME, pod::DATA_MOUNT, false),
         mount(names::SETTINGS_VOLUME, SETTINGS_MOUNT_PATH, true),
+        mount(TOKEN_VOLUME, TOKEN_MOUNT_PATH, true),
     ];
     if endpoint_ca(cluster).is_some() {
         mounts.push(mount(names::CA_VOLUME, names::CA_MOUNT_PATH, true));
@@ -201,6 +298,7 @@ fn volumes(cluster: &Cluster, instance: u32) -> Vec<Volume> {
             }),
             ..Default::default()
         },
+        token_volume(),
     ];
     if let Some(ca) = endpoint_ca(cluster) {
         volumes.push(Volume {
@@ -271,5 +369,82 @@ impl PodBuilder {
     /// The finished template.
     pub fn build(self) -> PodTemplateSpec {
         self.template
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "pg", "namespace": "ns"},
+            "spec": {"instances": 1}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_default_pod_runs_with_the_least_it_needs_and_a_token_only_root_reads() {
+        let template = instance_pod(&cluster(), 0).unwrap().build();
+        let spec = template.spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let pod_seccomp = spec.security_context.clone().and_then(|s| s.seccomp_profile);
+        assert_eq!(pod_seccomp.map(|s| s.type_), Some("RuntimeDefault".into()));
+        let c = &spec.containers[0];
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            caps.add,
+            Some(
+                ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        assert_eq!(
+            sc.run_as_non_root, None,
+            "the agent is root to keep the token from postgres"
+        );
+        let mounted = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == TOKEN_MOUNT_PATH);
+        assert_eq!(
+            mounted.map(|m| (m.name.as_str(), m.read_only)),
+            Some((TOKEN_VOLUME, Some(true)))
+        );
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == TOKEN_VOLUME)
+            .unwrap();
+        let projected = volume.projected.as_ref().unwrap();
+        assert_eq!(projected.default_mode, Some(0o400));
+        let sources = projected.sources.iter().flatten();
+        let paths: Vec<String> = sources
+            .flat_map(|s| {
+                let token = s.service_account_token.iter().map(|t| t.path.clone());
+                let ca = s
+                    .config_map
+                    .iter()
+                    .flat_map(|c| c.items.iter().flatten().map(|i| i.path.clone()));
+                let ns = s
+                    .downward_api
+                    .iter()
+                    .flat_map(|d| d.items.iter().flatten().map(|i| i.path.clone()));
+                token.chain(ca).chain(ns).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(paths, ["token", "ca.crt", "namespace"]);
+        assert_eq!(
+            spec.security_context.as_ref().and_then(|s| s.fs_group),
+            None
+        );
     }
 }

@@ -142,6 +142,7 @@ impl PodRuntime {
                 chmod(&dir, 0o755)?;
             }
             let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            let modes = file_modes(v);
             if let Some(cm) = &v.config_map {
                 files.extend(
                     config_map_files(ctx.client, &ns, &cm.name, cm.items.as_deref()).await?,
@@ -185,7 +186,8 @@ impl PodRuntime {
                 }
             }
             for (path, content) in files {
-                write_if_changed(&dir.join(path), &content)?;
+                let mode = modes.get(&path).copied().unwrap_or(modes.default);
+                write_mode_if_changed(&dir.join(path), &content, mode)?;
             }
         }
         Ok(volumes)
@@ -511,4 +513,50 @@ impl PodRuntime {
             "containerStatuses": statuses,
         })
     }
+}
+
+/// The modes of a volume's files, as a kubelet sets them: the volume's `defaultMode` (0644
+/// when unset), or an item's own `mode`.
+struct FileModes {
+    default: u32,
+    items: BTreeMap<String, u32>,
+}
+
+impl FileModes {
+    fn get(&self, path: &str) -> Option<&u32> {
+        self.items.get(path)
+    }
+}
+
+fn file_modes(v: &Volume) -> FileModes {
+    let default = v
+        .config_map
+        .as_ref()
+        .and_then(|c| c.default_mode)
+        .or(v.secret.as_ref().and_then(|s| s.default_mode))
+        .or(v.projected.as_ref().and_then(|p| p.default_mode))
+        .map_or(0o644, |m| m as u32 & 0o777);
+    let mut items = BTreeMap::new();
+    let key_items = v
+        .config_map
+        .iter()
+        .flat_map(|c| c.items.iter().flatten())
+        .chain(v.secret.iter().flat_map(|s| s.items.iter().flatten()));
+    let projected = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+    let projected_items = projected.clone().flat_map(|s| {
+        let cm = s.config_map.iter().flat_map(|c| c.items.iter().flatten());
+        cm.chain(s.secret.iter().flat_map(|c| c.items.iter().flatten()))
+    });
+    for item in key_items.chain(projected_items) {
+        if let Some(mode) = item.mode {
+            items.insert(item.path.clone(), mode as u32 & 0o777);
+        }
+    }
+    for file in projected.flat_map(|s| s.downward_api.iter().flat_map(|d| d.items.iter().flatten()))
+    {
+        if let Some(mode) = file.mode {
+            items.insert(file.path.clone(), mode as u32 & 0o777);
+        }
+    }
+    FileModes { default, items }
 }

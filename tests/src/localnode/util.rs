@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use std::os::unix::fs::OpenOptionsExt;
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
@@ -139,15 +140,31 @@ pub(super) fn select(
 }
 
 pub(super) fn write_if_changed(path: &Path, content: &[u8]) -> Result<()> {
-    if std::fs::read(path).ok().as_deref() == Some(content) {
+    write_mode_if_changed(path, content, 0o644)
+}
+
+/// Writes `content` with `mode` (as a kubelet honours a volume's `defaultMode` or an item's
+/// `mode`) unless the file already holds both; the file appears whole, already with its mode.
+pub(super) fn write_mode_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    let current = std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    if current == Some(mode) && std::fs::read(path).ok().as_deref() == Some(content) {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let tmp = path.with_extension("localnode-tmp");
-    std::fs::write(&tmp, content)?;
-    chmod(&tmp, 0o644)?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, content))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    chmod(&tmp, mode)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
