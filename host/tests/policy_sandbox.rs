@@ -308,6 +308,7 @@ fn calls_run_off_the_executor_under_the_semaphore() {
     let engine = Engine::new(EngineConfig {
         max_concurrent_calls: Some(1),
         cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache")),
+        ..Default::default()
     })
     .unwrap();
     let policy = engine.load(&module("adversarial"), LIMITS).unwrap();
@@ -362,4 +363,123 @@ fn calls_run_off_the_executor_under_the_semaphore() {
         let fine = policy.run(|p| p.instance_pod(&cluster("fine"), 0)).await;
         assert!(fine.is_ok(), "{fine:?}");
     });
+}
+
+// ---- Limits that add up (issue 11 item 7): the sum of a call's memories, the counts of its
+// instances and memories, the size of a module, and limits changed without a new module.
+
+const MIB: usize = 1 << 20;
+
+/// `many-memories.wat` (32 core instances, each with a memory of `pages` 64 KiB pages),
+/// loaded under `memoryMiB: 64`.
+fn load_many_memories(pages: u32) -> std::result::Result<Policy, PolicyError> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/many-memories.wat");
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.replace(" 960)", &format!(" {pages})"));
+    let limits = Limits {
+        memory_bytes: 64 * MIB,
+        ..LIMITS
+    };
+    Engine::new(EngineConfig::default())
+        .unwrap()
+        .load(text.as_bytes(), limits)
+}
+
+#[test]
+fn thirty_two_memories_of_60_mib_hit_the_64_mib_cap() {
+    // Each memory is under the cap; the second one takes the call over it.
+    let err = timed(|| load_many_memories(960)).err().expect("refused");
+    assert!(matches!(err, PolicyError::MemoryCap { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the policy tried to use more than 64 MiB of memory in abi-version and was stopped"
+    );
+}
+
+#[test]
+fn thirty_two_small_memories_are_too_many() {
+    let err = load_many_memories(1).err().expect("refused");
+    let text = err.to_string();
+    assert!(matches!(err, PolicyError::Trap { .. }), "{err:?}");
+    assert!(
+        text.contains("memory count too high")
+            && text.ends_with("the sandbox allows 16 core instances, 4 memories and 8 tables"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_module_over_the_size_limit_is_refused_before_it_compiles() {
+    let engine = Engine::new(EngineConfig {
+        max_module_bytes: Some(64 << 10),
+        ..Default::default()
+    })
+    .unwrap();
+    let bytes = module("adversarial");
+    let err = engine.load(&bytes, LIMITS).err().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot load the policy module: the module is too large: {} bytes, over the 65536-byte limit (--policy-max-module-bytes)",
+            bytes.len()
+        )
+    );
+    assert_eq!(engine.modules_compiled(), 0);
+}
+
+#[test]
+fn dev_zero_as_a_module_file_is_too_large() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let limit = pgwarden::policy::DEFAULT_MAX_MODULE_BYTES;
+    let err = timed(|| {
+        runtime.block_on(pgwarden::policy::fetch::read_file("/dev/zero", limit))
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "/dev/zero (spec.module.file) is too large: more than {limit} bytes (the operator's module size limit, --policy-max-module-bytes)"
+        )
+    );
+}
+
+#[test]
+fn compiled_modules_are_evicted_least_recently_used_first() {
+    let engine = Engine::new(EngineConfig {
+        cached_modules: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let wat = |version: &str| {
+        format!(r#"(component (core module $m (func (export "v") (result i32) i32.const {version})))"#)
+    };
+    for version in ["1", "2", "3"] {
+        // Not policies (no ABI): refused after compiling, and not kept.
+        let _ = engine.load(wat(version).as_bytes(), LIMITS);
+    }
+    assert_eq!(engine.modules_compiled(), 0);
+    let policy = engine.load(&module("adversarial"), LIMITS).unwrap();
+    assert_eq!(engine.modules_compiled(), 1);
+    let other = engine.load(&module("default"), LIMITS).unwrap();
+    assert_eq!(engine.modules_compiled(), 1, "one module kept, the older evicted");
+    // Policies in force keep their own compiled module.
+    still_serves(&policy);
+    assert_ne!(policy.digest(), other.digest());
+}
+
+#[test]
+fn new_limits_need_no_new_module() {
+    let slow = adversarial().with_limits(Limits {
+        timeout: Duration::from_secs(60),
+        ..LIMITS
+    });
+    let quick = slow.with_limits(LIMITS);
+    assert_eq!(slow.digest(), quick.digest());
+    let err = timed(|| quick.instance_pod(&cluster("loop"), 0)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the policy ran past its 50ms limit in instance-pod and was stopped"
+    );
 }

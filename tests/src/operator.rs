@@ -48,6 +48,12 @@ pub fn policy(name: &str) -> PathBuf {
     path
 }
 
+thread_local! {
+    /// Flags of the next operator this thread starts ([`Operator::start_with_args`]): per
+    /// thread, as each test runs on its own, so the start functions keep their signatures.
+    static EXTRA_ARGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A running `pgwarden operator`.
 pub struct Operator {
     child: Child,
@@ -67,6 +73,14 @@ impl Operator {
     pub fn start(cp: &ControlPlane, namespace: &str) -> Operator {
         Self::try_start(cp, Some(namespace))
             .unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
+    }
+
+    /// [`Operator::start`] with more flags (e.g. `--policy-allow-http`).
+    pub fn start_with_args(cp: &ControlPlane, namespace: &str, args: &[&str]) -> Operator {
+        EXTRA_ARGS.set(args.iter().map(|a| a.to_string()).collect());
+        let operator = Self::try_start(cp, Some(namespace));
+        EXTRA_ARGS.take();
+        operator.unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
     }
 
     /// Starts the operator (every namespace when `namespace` is `None`).
@@ -119,6 +133,7 @@ impl Operator {
             .stderr(out)
             .process_group(0);
         if let Some(ns) = namespace {
+            .args(EXTRA_ARGS.with_borrow(Vec::clone))
             cmd.args(["--watch-namespace", ns, "--lease-namespace", ns]);
         }
         let child = cmd.spawn().context("cannot spawn pgwarden operator")?;

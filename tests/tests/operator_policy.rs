@@ -402,7 +402,9 @@ fn wait_last_error(ns: &Namespace<'_>, policy: &str, starts_with: &str) -> Value
 fn a_module_from_a_url_is_pinned_by_its_sha256() {
     let cp = with_crds();
     let ns = cp.namespace("policy-url");
-    let _op = Operator::start(cp, &ns.name);
+    // The module server listens on plain http at 127.0.0.1: both refused by default.
+    let allow = ["--policy-allow-http", "--policy-allow-private-addresses"];
+    let _op = Operator::start_with_args(cp, &ns.name, &allow);
     let name = format!("url-{}", ns.name);
     let _guard = PolicyGuard(&ns, name.clone());
     let module = std::fs::read(policy("production")).unwrap();
@@ -558,4 +560,114 @@ fn a_deleted_reconcile_policy_is_out_of_force_and_its_clusters_say_so() {
         condition(&cluster, "PolicyApplied").unwrap().1,
         "PolicyNotFound"
     );
+}
+
+fn file_policy_yaml(name: &str, file: &str, timeout_millis: Option<u32>) -> String {
+    let mut yaml = format!(
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    file: {file}\n"
+    );
+    if let Some(ms) = timeout_millis {
+        yaml.push_str(&format!("  limits:\n    timeoutMillis: {ms}\n"));
+    }
+    yaml
+}
+
+/// Issue 11 item 7: an endless `spec.module.file` is refused as too large (the operator stays
+/// up), and new `limits` take effect on the module in force, without a new module.
+#[test]
+fn an_endless_module_file_is_too_large_and_new_limits_need_no_new_module() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-limits");
+    let op = Operator::start(cp, &ns.name);
+    let name = format!("limits-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    apply_yaml(&ns, &file_policy_yaml(&name, "/dev/zero", None));
+    let limit = pgwarden::policy::DEFAULT_MAX_MODULE_BYTES;
+    let p = wait_last_error(&ns, &name, "cannot load policy module: /dev/zero");
+    assert_eq!(
+        p["status"]["lastError"],
+        format!(
+            "cannot load policy module: /dev/zero (spec.module.file) is too large: more than {limit} bytes (the operator's module size limit, --policy-max-module-bytes); the module in force stays none"
+        )
+    );
+    assert_eq!(op.get("/healthz").unwrap().0, 200);
+
+    let module = policy("adversarial");
+    let file = module.display().to_string();
+    apply_yaml(&ns, &file_policy_yaml(&name, &file, Some(3000)));
+    wait_policy_ready(&ns, &name);
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_yaml(&ns, &cluster_yaml("loop", Some(&name), true));
+    let says = |ms: u32| format!("the policy ran past its {ms}ms limit in");
+    wait_condition_message(&ns, "cluster", "loop", "PolicyApplied", &says(3000));
+    let loaded_at = get(&ns, "reconcilepolicy", &name).unwrap()["status"]["loadedAt"].clone();
+
+    // The same module, a shorter deadline: in force at once, nothing loaded again.
+    apply_yaml(&ns, &file_policy_yaml(&name, &file, Some(50)));
+    wait_condition_message(&ns, "cluster", "loop", "PolicyApplied", &says(50));
+    let p = get(&ns, "reconcilepolicy", &name).unwrap();
+    assert_eq!(p["status"]["digest"], sha256_of(&module));
+    assert_eq!(
+        p["status"]["loadedAt"], loaded_at,
+        "the module was not loaded again"
+    );
+}
+
+/// Issue 11 item 8: a namespace the platform bound to a policy (`--namespace-policy`) is
+/// decided by it whatever its Clusters name, and a Cluster naming another says so.
+#[test]
+fn a_cluster_in_a_bound_namespace_gets_the_bound_policy_and_says_so() {
+    let cp = with_crds();
+    let ns = cp.namespace("policy-bound");
+    let (bound, other) = (format!("bound-{}", ns.name), format!("other-{}", ns.name));
+    let _guards = (
+        PolicyGuard(&ns, bound.clone()),
+        PolicyGuard(&ns, other.clone()),
+    );
+    let binding = format!("{}={bound}", ns.name);
+    let _op = Operator::start_with_args(cp, &ns.name, &["--namespace-policy", &binding]);
+    let (production, default) = (policy("production"), policy("default"));
+    apply_yaml(
+        &ns,
+        &file_policy_yaml(&bound, &production.display().to_string(), None),
+    );
+    apply_yaml(
+        &ns,
+        &file_policy_yaml(&other, &default.display().to_string(), None),
+    );
+    wait_policy_ready(&ns, &bound);
+    wait_policy_ready(&ns, &other);
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_yaml(&ns, &cluster_yaml("escapes", Some(&other), true));
+    apply_yaml(&ns, &cluster_yaml("unnamed", None, true));
+
+    let expected = format!(
+        "spec.policy names ReconcilePolicy {other}, but namespace {} is bound to ReconcilePolicy {bound} by the platform (the operator's --namespace-policy): {bound} decides",
+        ns.name
+    );
+    let escapes = wait_condition_message(&ns, "cluster", "escapes", "PolicyAsRequested", &expected);
+    let (status, reason, _) = condition(&escapes, "PolicyAsRequested").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NamespaceBound")
+    );
+    wait_event(&ns, "escapes", "NamespaceBound", &expected);
+    for cluster in ["escapes", "unnamed"] {
+        let decided = wait_json(
+            &ns,
+            "cluster",
+            cluster,
+            "decided by the bound policy",
+            |c| c["status"]["policy"]["name"] == bound.as_str(),
+        );
+        assert_eq!(
+            decided["status"]["policy"]["digest"],
+            sha256_of(&production),
+            "{cluster}"
+        );
+    }
+    let unnamed = get(&ns, "cluster", "unnamed").unwrap();
+    let (status, _, message) = condition(&unnamed, "PolicyAsRequested").unwrap();
+    assert_eq!(status, "False");
+    assert!(message.starts_with("spec.policy is not set"), "{message}");
 }

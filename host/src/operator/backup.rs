@@ -75,9 +75,8 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue
         .get(&ObjectRef::new(&backup.spec.cluster.name).within(&ns));
     let named = match &cluster {
         Some(c) => ctx.policies.for_cluster(c)?,
-        None => ctx
-            .policies
-            .for_cluster(&Cluster::new(&backup.spec.cluster.name, Default::default()))?,
+        // No Cluster (yet): the namespace's binding still holds.
+        None => ctx.policies.for_namespace(&ns, None)?,
     };
     let started = Instant::now();
     let settings = match (&cluster, &status.instance_id) {

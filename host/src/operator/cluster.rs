@@ -298,7 +298,8 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
         Some(w) => Wanted::failed(types::READY, w.reason, w.message.clone()),
         None => readiness(cluster.spec.instances, &instances),
     };
-    let mut wanted = vec![ready, archiving, applied(&outcome)];
+    let bound = ctx.policies.as_requested(&cluster);
+    let mut wanted = vec![ready, archiving, applied(&outcome), bound];
     wanted.extend(last_backup);
     wanted.extend(rollout.as_ref().map(Decision::condition));
     let generation = cluster.meta().generation;

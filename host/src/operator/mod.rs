@@ -85,6 +85,17 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease. Default: pod name, else host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Allow `spec.module.url` over plain http (default: https only).
+    #[arg(long, env = "PGWARDEN_POLICY_ALLOW_HTTP")]
+    pub policy_allow_http: bool,
+    /// Allow `spec.module.url` hosts on loopback, link-local (the cloud metadata address),
+    /// private and other non-public addresses (default: refused).
+    #[arg(long, env = "PGWARDEN_POLICY_ALLOW_PRIVATE_ADDRESSES")]
+    pub policy_allow_private_addresses: bool,
+    /// `<namespace>=<ReconcilePolicy>`: every Cluster of the namespace is decided by that policy,
+    /// whatever its `spec.policy` says (repeatable, or comma-separated in the variable).
+    #[arg(long, env = "PGWARDEN_NAMESPACE_POLICY", value_delimiter = ',', value_parser = registry::parse_binding)]
+    pub namespace_policy: Vec<(String, String)>,
     /// Reconcile only this namespace's objects (ReconcilePolicies stay cluster-wide). Default:
     /// every namespace.
     #[arg(long, env = "PGWARDEN_WATCH_NAMESPACE")]
@@ -266,6 +277,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot load the default policy {}", path.display()))?;
             info!(path = %path.display(), digest = policy.digest(), "default policy loaded");
             Some(policy)
+        max_module_bytes: Some(args.policy_max_module_bytes),
         }
         None => None,
     };
@@ -318,7 +330,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores,
-        policies: Registry::new(default),
+        policies: Registry::new(default).bound(args.namespace_policy.iter().cloned()),
         reporter: events::Reporter {
             instance: identity.clone(),
         },
@@ -342,6 +354,8 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         .owns_stream(service_account_stream)
         .owns_stream(role_stream)
         .owns_stream(role_binding_stream)
+            allow_http: args.policy_allow_http,
+            allow_private: args.policy_allow_private_addresses,
         .watches_stream(secret_stream, move |secret: Secret| {
             // A Secret appearing or changing: the Clusters of its namespace that name it.
             let (ns, name) = (secret.namespace(), secret.name_any());

@@ -1,6 +1,7 @@
 //! The ReconcilePolicy controller: loads a module (ConfigMap key, file, or URL pinned by
-//! `sha256`; checked against `sha256` whenever set), compiles it once per digest, puts it in
-//! force without a restart, and keeps the last good module when a new one fails — saying why
+//! `sha256`; checked against `sha256` whenever set; never more than the module size limit),
+//! compiles it once per digest (under the call semaphore, timed), puts it and its `limits` in
+//! force without a restart (new limits alone need no new module), and keeps the last good module when a new one fails — saying why
 //! on the status. A change of a referenced ConfigMap reconciles the policy at once (see
 //! `operator::serve`), so new module bytes are in force within seconds.
 
@@ -21,7 +22,7 @@ use super::conditions::{self, Wanted};
 use super::context::Context;
 use super::errors::{Error, Result};
 use crate::plan::{EventType, reference};
-use crate::policy::{Limits, PolicyError, digest};
+use crate::policy::{Limits, Policy, PolicyError, digest};
 
 /// Reads the module bytes from their source.
 async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
@@ -46,9 +47,9 @@ async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
         });
     }
     if let Some(path) = &source.file {
-        return tokio::fs::read(path)
+        return crate::policy::fetch::read_file(path, ctx.fetcher.max_bytes)
             .await
-            .map_err(|e| Error::Module(format!("cannot read {path} (spec.module.file): {e}")));
+            .map_err(|e| Error::Module(e.to_string()));
     }
     if let Some(url) = &source.url {
         return ctx
@@ -62,15 +63,23 @@ async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {
     ))
 }
 
-/// The digest and ABI in force when the policy's module is a URL whose pin is already loaded:
-/// nothing to download.
-fn pinned_in_force(ctx: &Context, policy: &ReconcilePolicy) -> Option<(String, String)> {
-    let module = &policy.spec.module;
-    let pin = module.sha256.as_deref().filter(|_| module.url.is_some())?;
-    (ctx.policies.digest(&policy.name_any()).as_deref() == Some(pin)).then(|| {
-        let abi = policy.status.as_ref().and_then(|s| s.abi_version.clone());
-        (pin.to_string(), abi.unwrap_or_default())
-    })
+/// The policy in force under this name when its module has `digest`.
+fn in_force_with(ctx: &Context, name: &str, digest: &str) -> Option<Policy> {
+    ctx.policies.get(name).filter(|p| p.digest() == digest)
+}
+
+/// The module in force under the policy's limits: new limits take effect without a change
+/// of module (nothing compiles again). Returns the digest and ABI version in force.
+fn retuned(ctx: &Context, name: &str, in_force: Policy, limits: Limits) -> (String, String) {
+    if in_force.limits() != limits {
+        ctx.policies.insert(name, in_force.with_limits(limits));
+        info!(policy = %name, ?limits, "new limits in force");
+        let _ = ctx.policy_swapped.unbounded_send(());
+    }
+    (
+        in_force.digest().to_string(),
+        in_force.abi_version().to_string(),
+    )
 }
 
 /// A module that does not load is the ReconcilePolicy's fault (`ModuleLoadFailed`), not a
@@ -82,32 +91,31 @@ fn module_error(e: PolicyError) -> Error {
     }
 }
 
-/// Loads the module if its digest is new; returns the digest and ABI version in force.
+/// Loads the module if its digest is new, and puts the policy's limits in force; returns the
+/// digest and ABI version in force.
 async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String)> {
     let name = policy.name_any();
-    if let Some(in_force) = pinned_in_force(ctx, policy) {
-        return Ok(in_force);
+    let limits = Limits::from(policy.spec.limits.as_ref());
+    let module = &policy.spec.module;
+    // A URL whose pin is in force already: nothing to download.
+    let pin = module.sha256.as_deref().filter(|_| module.url.is_some());
+    if let Some(in_force) = pin.and_then(|pin| in_force_with(ctx, &name, pin)) {
+        return Ok(retuned(ctx, &name, in_force, limits));
     }
-    let bytes = fetch(ctx, &policy.spec.module).await?;
+    let bytes = fetch(ctx, module).await?;
     let found = digest(&bytes);
-    if let Some(expected) = policy.spec.module.sha256.as_deref().filter(|e| *e != found) {
+    if let Some(expected) = module.sha256.as_deref().filter(|e| *e != found) {
         return Err(Error::Module(format!(
             "the module's sha256 is {found}, spec.module.sha256 expects {expected}"
         )));
     }
-    if ctx.policies.digest(&name).as_deref() == Some(found.as_str()) {
-        let abi = policy
-            .status
-            .as_ref()
-            .and_then(|s| s.abi_version.clone())
-            .unwrap_or_default();
-        return Ok((found, abi));
+    if let Some(in_force) = in_force_with(ctx, &name, &found) {
+        return Ok(retuned(ctx, &name, in_force, limits));
     }
-    let engine = ctx.engine.clone();
-    let limits = Limits::from(policy.spec.limits.as_ref());
-    let loaded = tokio::task::spawn_blocking(move || engine.load(&bytes, limits))
+    let loaded = ctx
+        .engine
+        .load_bounded(bytes, limits)
         .await
-        .map_err(|e| Error::Module(format!("the loader thread failed: {e}")))?
         .map_err(module_error)?;
     let abi = loaded.abi_version().to_string();
     ctx.policies.insert(&name, loaded);

@@ -1,11 +1,20 @@
 //! The policies in force: the operator's default module and one per ReconcilePolicy, swapped
 //! live when a new module loads; a module that fails to load never replaces a working one.
+//!
+//! The platform may bind a namespace to a ReconcilePolicy (`--namespace-policy ns=policy`):
+//! every Cluster of that namespace is then decided by it, whatever its `spec.policy` says, so
+//! a tenant cannot leave the platform's rules (an encryption rule, say) by naming another
+//! policy or none. The binding is the operator's flag, not a field a tenant could write: only
+//! whoever can change the operator's Deployment can change it. A bound policy that is not
+//! loaded fails closed (the Cluster is not reconciled), never falls back to the asked one.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use pgwarden_crds::Cluster;
+use kube::ResourceExt;
+use pgwarden_crds::{Cluster, condition_types as types};
 
+use super::conditions::Wanted;
 use super::errors::{Error, Result};
 use crate::policy::Policy;
 
@@ -19,11 +28,25 @@ pub struct Named {
     pub policy: Policy,
 }
 
-/// Policies by ReconcilePolicy name, plus the default.
+/// Policies by ReconcilePolicy name, plus the default, and the namespaces bound to one.
 #[derive(Default)]
 pub struct Registry {
     default: Option<Policy>,
     named: RwLock<HashMap<String, Policy>>,
+    /// Namespace → the ReconcilePolicy that decides for all its Clusters.
+    bindings: HashMap<String, String>,
+}
+
+/// Parses `--namespace-policy`'s `<namespace>=<ReconcilePolicy>`.
+pub fn parse_binding(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((ns, policy)) if !ns.is_empty() && !policy.is_empty() => {
+            Ok((ns.trim().to_string(), policy.trim().to_string()))
+        }
+        _ => Err(format!(
+            "{text:?} is not <namespace>=<ReconcilePolicy name>"
+        )),
+    }
 }
 
 impl Registry {
@@ -31,13 +54,34 @@ impl Registry {
         Registry {
             default,
             named: RwLock::default(),
+            bindings: HashMap::new(),
         }
     }
 
-    /// The policy a Cluster names, or the default.
+    /// Binds namespaces to ReconcilePolicies (the last binding of a namespace wins).
+    pub fn bound(mut self, bindings: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.bindings.extend(bindings);
+        self
+    }
+
+    /// The policy that decides for a Cluster: its namespace's bound policy, else the one it
+    /// names, else the default.
     pub fn for_cluster(&self, cluster: &Cluster) -> Result<Named> {
-        match cluster.spec.policy.as_deref() {
-            Some(name) => self.named.read().unwrap().get(name).cloned().map(|policy| Named { name: name.into(), policy }).ok_or_else(|| {
+        let ns = cluster.namespace().unwrap_or_default();
+        self.for_namespace(&ns, cluster.spec.policy.as_deref())
+    }
+
+    /// The policy that decides in `namespace` for an object asking for `requested`.
+    pub fn for_namespace(&self, namespace: &str, requested: Option<&str>) -> Result<Named> {
+        if let Some(bound) = self.bindings.get(namespace) {
+            return self.named(bound).ok_or_else(|| {
+                Error::NoPolicy(format!(
+                    "namespace {namespace} is bound to ReconcilePolicy {bound} (the operator's --namespace-policy), which is not loaded: check `kubectl get reconcilepolicy {bound}` for its last error"
+                ))
+            });
+        }
+        match requested {
+            Some(name) => self.named(name).ok_or_else(|| {
                 Error::NoPolicy(format!(
                     "ReconcilePolicy {name} (spec.policy) is not loaded: create it, or check `kubectl get reconcilepolicy {name}` for its last error"
                 ))
@@ -48,13 +92,44 @@ impl Registry {
         }
     }
 
-    /// The digest in force for a ReconcilePolicy.
-    pub fn digest(&self, name: &str) -> Option<String> {
-        self.named
-            .read()
-            .unwrap()
-            .get(name)
-            .map(|p| p.digest().to_string())
+    fn named(&self, name: &str) -> Option<Named> {
+        let policy = self.named.read().unwrap().get(name).cloned()?;
+        Some(Named {
+            name: name.into(),
+            policy,
+        })
+    }
+
+    /// `PolicyAsRequested`: False when the Cluster's namespace is bound to a policy other than
+    /// the one it asks for (a Warning Event says so once), True otherwise.
+    pub fn as_requested(&self, cluster: &Cluster) -> Wanted {
+        let ns = cluster.namespace().unwrap_or_default();
+        let asked = cluster.spec.policy.as_deref();
+        match self.bindings.get(&ns) {
+            Some(bound) if asked != Some(bound.as_str()) => {
+                let asked = asked.map_or_else(
+                    || "spec.policy is not set (the operator's default policy)".to_string(),
+                    |name| format!("spec.policy names ReconcilePolicy {name}"),
+                );
+                Wanted::failed(
+                    types::POLICY_AS_REQUESTED,
+                    "NamespaceBound",
+                    format!(
+                        "{asked}, but namespace {ns} is bound to ReconcilePolicy {bound} by the platform (the operator's --namespace-policy): {bound} decides"
+                    ),
+                )
+            }
+            _ => Wanted::ok(
+                types::POLICY_AS_REQUESTED,
+                "AsRequested",
+                "the policy the Cluster asks for decides",
+            ),
+        }
+    }
+
+    /// The policy in force under a ReconcilePolicy's name.
+    pub fn get(&self, name: &str) -> Option<Policy> {
+        self.named.read().unwrap().get(name).cloned()
     }
 
     /// Puts a newly loaded module in force.
@@ -65,5 +140,76 @@ impl Registry {
     /// Forgets a deleted ReconcilePolicy.
     pub fn remove(&self, name: &str) {
         self.named.write().unwrap().remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(ns: &str, policy: Option<&str>) -> Cluster {
+        let mut cluster = Cluster::new("pg", Default::default());
+        cluster.metadata.namespace = Some(ns.into());
+        cluster.spec.policy = policy.map(str::to_string);
+        cluster
+    }
+
+    fn registry() -> Registry {
+        Registry::new(None).bound([("prod".to_string(), "production".to_string())])
+    }
+
+    #[test]
+    fn a_binding_parses_namespace_and_policy() {
+        assert_eq!(
+            parse_binding("prod=production"),
+            Ok(("prod".into(), "production".into()))
+        );
+        for bad in ["prod", "=production", "prod=", ""] {
+            assert!(parse_binding(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bound_namespace_is_decided_by_its_policy_whatever_the_cluster_names() {
+        let registry = registry();
+        // Not loaded: fails closed, naming the bound policy, never the one asked for.
+        for asked in [Some("lenient"), None] {
+            let Err(Error::NoPolicy(message)) = registry.for_cluster(&cluster("prod", asked))
+            else {
+                panic!("a bound namespace without its policy must fail");
+            };
+            assert!(
+                message.starts_with("namespace prod is bound to ReconcilePolicy production"),
+                "{message}"
+            );
+        }
+        let message = match registry.for_cluster(&cluster("dev", Some("lenient"))) {
+            Err(Error::NoPolicy(message)) => message,
+            _ => panic!("an unbound namespace uses the policy it names"),
+        };
+        assert!(
+            message.starts_with("ReconcilePolicy lenient (spec.policy)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn asking_for_another_policy_in_a_bound_namespace_is_reported() {
+        let registry = registry();
+        let other = registry.as_requested(&cluster("prod", Some("lenient")));
+        assert!(!other.ok);
+        assert_eq!(other.reason, "NamespaceBound");
+        assert_eq!(
+            other.message,
+            "spec.policy names ReconcilePolicy lenient, but namespace prod is bound to ReconcilePolicy production by the platform (the operator's --namespace-policy): production decides"
+        );
+        let none = registry.as_requested(&cluster("prod", None));
+        assert!(!none.ok && none.message.starts_with("spec.policy is not set"));
+        assert!(
+            registry
+                .as_requested(&cluster("prod", Some("production")))
+                .ok
+        );
+        assert!(registry.as_requested(&cluster("dev", Some("lenient"))).ok);
     }
 }

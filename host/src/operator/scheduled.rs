@@ -33,10 +33,8 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
         .get(&ObjectRef::new(&scheduled.spec.cluster.name).within(&ns));
     let named = match &cluster {
         Some(c) => ctx.policies.for_cluster(c)?,
-        None => ctx.policies.for_cluster(&Cluster::new(
-            &scheduled.spec.cluster.name,
-            Default::default(),
-        ))?,
+        // No Cluster (yet): the namespace's binding still holds.
+        None => ctx.policies.for_namespace(&ns, None)?,
     };
     let input = (*scheduled).clone();
     let now = Utc::now();

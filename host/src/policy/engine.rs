@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Cache, CacheConfig, Config, ResourceLimiter, Store, Trap};
+use wasmtime::{CacheConfig, Config, ResourceLimiter, Store, Trap};
 
 use super::bindings::{Policy as Bindings, PolicyPre};
 use super::errors::{PolicyError, Result};
+use super::sandbox::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Sandbox};
 use pgwarden_crds::PolicyLimits;
 use pgwarden_sdk::types::ABI_VERSION;
 
@@ -24,7 +25,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct Limits {
     /// Wall-clock deadline of one decision (rounded up to [`EPOCH_TICK`]).
     pub timeout: Duration,
-    /// Cap of the guest's linear memory, in bytes.
+    /// Cap of the guest's linear memories, all together, in bytes.
     pub memory_bytes: usize,
 }
 
@@ -59,22 +60,76 @@ pub struct EngineConfig {
     /// Folder of wasmtime's on-disk cache of compiled modules (keyed by module hash, compiler
     /// settings and wasmtime version). `None`: compile in memory only.
     pub cache_dir: Option<PathBuf>,
-    /// How many policy calls may run at once on blocking threads (default: 4).
+    /// How many policy calls and compilations may run at once on blocking threads (default: 4).
     pub max_concurrent_calls: Option<usize>,
+    /// The largest module compiled, in bytes (default: [`DEFAULT_MAX_MODULE_BYTES`]).
+    pub max_module_bytes: Option<usize>,
+    /// How long [`Engine::load_bounded`] waits for a compilation (default: [`COMPILE_TIMEOUT`]).
+    pub compile_timeout: Option<Duration>,
+    /// How many compiled modules stay in memory, least recently loaded evicted first
+    /// (default: [`CACHED_MODULES`]). Policies in force keep their own module.
+    pub cached_modules: Option<usize>,
 }
+
+/// The largest module compiled (or downloaded) when not told otherwise.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 32 << 20;
+/// How long a compilation may take before the load is given up (a release build compiles the
+/// default policy in about a second; a debug build in tens of seconds).
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Compiled modules kept in memory by digest.
+pub const CACHED_MODULES: usize = 16;
 
 /// The policy engine: one per operator. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     pub(super) wasmtime: wasmtime::Engine,
-    loaded: Arc<Mutex<HashMap<String, Compiled>>>,
+    loaded: Arc<Mutex<Cache<Compiled>>>,
     pub(super) permits: Arc<tokio::sync::Semaphore>,
+    max_module_bytes: usize,
+    compile_timeout: Duration,
 }
 
 #[derive(Clone)]
 struct Compiled {
     pre: PolicyPre<Sandbox>,
     abi_version: String,
+}
+
+/// Compiled modules by digest, at most `capacity`, the least recently used evicted first:
+/// every ReconcilePolicy edit may bring a new digest, and a compiled module is megabytes.
+struct Cache<T> {
+    capacity: usize,
+    clock: u64,
+    entries: HashMap<String, (u64, T)>,
+}
+
+impl<T: Clone> Cache<T> {
+    fn new(capacity: usize) -> Self {
+        Cache {
+            capacity: capacity.max(1),
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, digest: &str) -> Option<T> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(digest)?;
+        entry.0 = self.clock;
+        Some(entry.1.clone())
+    }
+
+    fn insert(&mut self, digest: String, value: T) {
+        self.clock += 1;
+        self.entries.insert(digest, (self.clock, value));
+        while self.entries.len() > self.capacity {
+            let oldest = self.entries.iter().min_by_key(|(_, (used, _))| *used);
+            let Some(oldest) = oldest.map(|(digest, _)| digest.clone()) else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
 }
 
 /// A loaded policy module with its limits. Cheap to clone; calls are independent.
@@ -87,34 +142,6 @@ pub struct Policy {
     pub(super) limits: Limits,
 }
 
-/// The store's data: the memory limiter, nothing else (no WASI context: nothing is granted).
-pub(super) struct Sandbox {
-    memory_cap: usize,
-    memory_cap_hit: bool,
-}
-
-impl ResourceLimiter for Sandbox {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.memory_cap;
-        self.memory_cap_hit |= !allowed;
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
 fn wasmtime_config(config: &EngineConfig) -> Result<Config> {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
@@ -123,7 +150,7 @@ fn wasmtime_config(config: &EngineConfig) -> Result<Config> {
     if let Some(dir) = &config.cache_dir {
         let mut cache = CacheConfig::new();
         cache.with_directory(dir.join(format!("wasmtime-{WASMTIME_VERSION}")));
-        let cache = Cache::new(cache).map_err(|e| {
+        let cache = wasmtime::Cache::new(cache).map_err(|e| {
             PolicyError::Engine(format!(
                 "cannot open the module cache {}: {e}",
                 dir.display()
@@ -161,23 +188,62 @@ impl Engine {
         ));
         Ok(Engine {
             wasmtime,
-            loaded: Arc::default(),
+            loaded: Arc::new(Mutex::new(Cache::new(
+                config.cached_modules.unwrap_or(CACHED_MODULES),
+            ))),
             permits,
+            max_module_bytes: config.max_module_bytes.unwrap_or(DEFAULT_MAX_MODULE_BYTES),
+            compile_timeout: config.compile_timeout.unwrap_or(COMPILE_TIMEOUT),
         })
+    }
+
+    /// [`Engine::load`] off the async executor, under the call semaphore (a compilation takes
+    /// a core as a call does) and given up after the compile timeout. A compilation cannot be
+    /// interrupted: one given up finishes on its thread, still holding its permit, so at most
+    /// `max_concurrent_calls` compilations and calls ever run at once.
+    pub async fn load_bounded(&self, bytes: Vec<u8>, limits: Limits) -> Result<Policy> {
+        self.check_size(bytes.len())?;
+        let permit = self.permits.clone().acquire_owned().await;
+        let permit =
+            permit.map_err(|e| PolicyError::Engine(format!("the call queue is closed: {e}")))?;
+        let engine = self.clone();
+        let compiling = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            engine.load(&bytes, limits)
+        });
+        match tokio::time::timeout(self.compile_timeout, compiling).await {
+            Ok(joined) => joined
+                .map_err(|e| PolicyError::Engine(format!("the compiler thread failed: {e}")))?,
+            Err(_) => Err(PolicyError::Load(format!(
+                "compiling the module took longer than {} s and was given up",
+                self.compile_timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Refuses a module above the size limit before anything parses it.
+    fn check_size(&self, size: usize) -> Result<()> {
+        if size > self.max_module_bytes {
+            return Err(PolicyError::Load(format!(
+                "the module is too large: {size} bytes, over the {}-byte limit (--policy-max-module-bytes)",
+                self.max_module_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Loads a module: compiled once per digest (and cached on disk when configured), its
     /// exports checked against the ABI, its `abi-version` asked once.
     #[tracing::instrument(skip_all, fields(digest, size = bytes.len()))]
     pub fn load(&self, bytes: &[u8], limits: Limits) -> Result<Policy> {
+        self.check_size(bytes.len())?;
         let digest = digest(bytes);
         tracing::Span::current().record("digest", digest.as_str());
         let known = self
             .loaded
             .lock()
             .map_err(|_| PolicyError::Engine("module table poisoned".into()))?
-            .get(&digest)
-            .cloned();
+            .get(&digest);
         let compiled = match known {
             Some(compiled) => compiled,
             None => {
@@ -199,9 +265,9 @@ impl Engine {
         })
     }
 
-    /// How many distinct modules (by digest) this engine has compiled.
+    /// How many compiled modules (by digest) this engine keeps in memory.
     pub fn modules_compiled(&self) -> usize {
-        self.loaded.lock().map_or(0, |l| l.len())
+        self.loaded.lock().map_or(0, |l| l.entries.len())
     }
 
     fn compile(&self, bytes: &[u8], limits: Limits) -> Result<Compiled> {
@@ -282,6 +348,14 @@ impl Policy {
         self.limits
     }
 
+    /// The same module under other limits: nothing compiles again.
+    pub fn with_limits(&self, limits: Limits) -> Policy {
+        Policy {
+            limits,
+            ..self.clone()
+        }
+    }
+
     /// One sandboxed call: a fresh store and instance, the deadline and memory cap armed;
     /// every failure classified. Blocking: at most the timeout.
     pub(super) fn call<R>(
@@ -292,10 +366,7 @@ impl Policy {
             &mut Store<Sandbox>,
         ) -> wasmtime::Result<std::result::Result<R, String>>,
     ) -> Result<R> {
-        let sandbox = Sandbox {
-            memory_cap: self.limits.memory_bytes,
-            memory_cap_hit: false,
-        };
+        let sandbox = Sandbox::new(self.limits.memory_bytes);
         let mut store = Store::new(&self.engine.wasmtime, sandbox);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         let ticks = self
@@ -342,6 +413,13 @@ impl Policy {
             Some(trap) => PolicyError::Trap {
                 decision,
                 detail: trap.to_string(),
+            },
+            None if text.contains("resource limit exceeded") => PolicyError::Trap {
+                decision,
+                detail: format!(
+                    "{}: the sandbox allows {MAX_INSTANCES} core instances, {MAX_MEMORIES} memories and {MAX_TABLES} tables",
+                    first_line(&text)
+                ),
             },
             None if text.contains("unknown import") || text.contains("has not been defined") => {
                 let import = text.split('`').nth(1).unwrap_or("an import").to_string();

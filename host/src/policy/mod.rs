@@ -1,9 +1,12 @@
 //! The policy engine: reconcile decisions made by sandboxed WebAssembly components.
 //!
 //! ```text
-//!   Engine::load(bytes, limits) ── compile once per sha256 (wasmtime disk cache) ──► Policy
+//!   Engine::load(bytes, limits) ── size cap, compile once per sha256 (LRU in memory,
+//!        wasmtime disk cache) ──► Policy; load_bounded: the same under the semaphore, timed
+//!   Policy::with_limits(limits): the same module, other limits (nothing compiles)
 //!   Policy::instance_pod(&cluster, 0) ─► fresh Store + instance from the pre-instantiated
-//!        component, epoch deadline, memory cap, every import a trap (nothing granted)
+//!        component, epoch deadline, memory cap summed over every memory, counts of
+//!        instances/memories/tables capped, every import a trap (nothing granted)
 //!        ─► typed output, validated ─► Ok(decision) | Err(PolicyError)
 //!   Policy::run(|p| ...).await: the same, off the async executor, under a semaphore
 //! ```
@@ -16,7 +19,12 @@ mod decisions;
 mod engine;
 mod errors;
 pub mod fetch;
+mod sandbox;
 
 pub use decisions::{MAX_MESSAGE_BYTES, MAX_POD_TEMPLATE_BYTES};
-pub use engine::{EPOCH_TICK, Engine, EngineConfig, Limits, Policy, WASMTIME_VERSION, digest};
+pub use engine::{
+    CACHED_MODULES, COMPILE_TIMEOUT, DEFAULT_MAX_MODULE_BYTES, EPOCH_TICK, Engine, EngineConfig,
+    Limits, Policy, WASMTIME_VERSION, digest,
+};
 pub use errors::{PolicyError, Result};
+pub use sandbox::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES};
