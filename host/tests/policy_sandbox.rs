@@ -365,6 +365,11 @@ fn calls_run_off_the_executor_under_the_semaphore() {
     });
 }
 
+/// The pod-template guardrail's cases (sdk/README.md, "What a policy may set in an instance
+/// pod").
+#[path = "policy_sandbox/pod_template.rs"]
+mod pod_template;
+
 // ---- Limits that add up (issue 11 item 7): the sum of a call's memories, the counts of its
 // instances and memories, the size of a module, and limits changed without a new module.
 
