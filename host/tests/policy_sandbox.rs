@@ -216,7 +216,7 @@ fn another_clusters_volume_is_refused() {
     let err = planned("foreign-claim").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "refused Pod default/foreign-claim-1: it refers to PersistentVolumeClaim someone-else-1, which does not belong to Cluster foreign-claim"
+        "refused Pod default/foreign-claim-1: it refers to PersistentVolumeClaim someone-else-1 (spec.volumes[0].persistentVolumeClaim), which does not belong to Cluster foreign-claim"
     );
 }
 
