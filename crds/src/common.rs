@@ -35,6 +35,9 @@ pub mod condition_types {
     /// Every instance pod runs the current pod template (False while a changed template is
     /// rolled out one pod at a time, or waits for a running Backup).
     pub const PODS_UP_TO_DATE: &str = "PodsUpToDate";
+    /// The retention policy's last decision on the Cluster's Backups was applied (set False,
+    /// with the policy and the reason, when it denied or failed; True again once it answers).
+    pub const RETENTION_APPLIED: &str = "RetentionApplied";
     /// The policy the Cluster asks for (`spec.policy`, or the operator's default) is the one
     /// deciding (False, reason `NamespaceBound`, when the platform bound its namespace to
     /// another with the operator's `--namespace-policy`).

@@ -464,9 +464,10 @@ fn scheduled_backup_creates_backups_and_a_bad_schedule_is_named() {
     apply_file(&ns, &seed("cluster-wal.yaml"));
     apply_yaml(
         &ns,
-        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ScheduledBackup\nmetadata:\n  name: every-second\nspec:\n  schedule: \"* * * * * *\"\n  backupOwnerReference: self\n  cluster:\n    name: postgresql-bkp\n",
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ScheduledBackup\nmetadata:\n  name: every-minute\nspec:\n  schedule: \"* * * * *\"\n  immediate: true\n  backupOwnerReference: self\n  cluster:\n    name: postgresql-bkp\n",
     );
-    let names = eventually("two scheduled Backups", Duration::from_secs(60), || {
+    // The immediate one, then the next minute's (admission refuses more than one a minute).
+    let names = eventually("two scheduled Backups", Duration::from_secs(100), || {
         let list = list(&ns, "backup");
         let names: Vec<String> = list
             .iter()
@@ -481,7 +482,7 @@ fn scheduled_backup_creates_backups_and_a_bad_schedule_is_named() {
     for name in &names {
         // <scheduled>-<yyyymmddhhmmss>: derived from the scheduled time, so never duplicated.
         let stamp = name
-            .strip_prefix("every-second-")
+            .strip_prefix("every-minute-")
             .unwrap_or_else(|| panic!("unexpected Backup name {name}"));
         assert!(
             stamp.len() == 14 && stamp.chars().all(|c| c.is_ascii_digit()),
@@ -495,7 +496,7 @@ fn scheduled_backup_creates_backups_and_a_bad_schedule_is_named() {
     let scheduled = wait_json(
         &ns,
         "scheduledbackup",
-        "every-second",
+        "every-minute",
         "status times",
         |s| s["status"]["lastScheduleTime"].is_string(),
     );
@@ -507,15 +508,14 @@ fn scheduled_backup_creates_backups_and_a_bad_schedule_is_named() {
     let out = ns.kubectl(&[
         "patch",
         "scheduledbackup",
-        "every-second",
+        "every-minute",
         "--type=merge",
         "-p",
         r#"{"spec":{"suspend":true}}"#,
     ]);
     assert!(out.success, "{}", out.stderr);
-    // Suspended: the policy says so on the condition, and no Backup comes after, though the
-    // schedule fires every second.
-    wait_json(&ns, "scheduledbackup", "every-second", "suspended", |s| {
+    // Suspended: the policy says so on the condition, and no Backup comes after.
+    wait_json(&ns, "scheduledbackup", "every-minute", "suspended", |s| {
         condition(s, "Scheduled").is_some_and(|c| c.2.contains("never (suspended)"))
     });
     let suspended = list(&ns, "backup").len();

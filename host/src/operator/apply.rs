@@ -161,7 +161,11 @@ fn api(ctx: &Context, target: &ObjectRef) -> Api<DynamicObject> {
     }
 }
 
-/// The shortest requeue the actions ask for.
+/// The soonest a policy's requeue answer brings an object back: an answer of 0 (or 1, in a
+/// loop) would make the operator reconcile it, and call the policy, without pause.
+pub const MIN_REQUEUE_SECONDS: u64 = 5;
+
+/// The shortest requeue the actions ask for, never under [`MIN_REQUEUE_SECONDS`].
 pub fn requeue(actions: &[Action]) -> Option<u64> {
     actions
         .iter()
@@ -170,6 +174,7 @@ pub fn requeue(actions: &[Action]) -> Option<u64> {
             _ => None,
         })
         .min()
+        .map(|seconds| seconds.max(MIN_REQUEUE_SECONDS))
 }
 
 /// Executes the actions in order; returns how many writes were sent.
@@ -493,5 +498,13 @@ mod tests {
         ];
         assert_eq!(requeue(&actions), Some(5));
         assert_eq!(requeue(&[]), None);
+    }
+
+    #[test]
+    fn a_requeue_answer_has_a_floor() {
+        let now = [Action::Requeue { after_seconds: 0 }];
+        assert_eq!(requeue(&now), Some(MIN_REQUEUE_SECONDS));
+        let later = [Action::Requeue { after_seconds: 6 }];
+        assert_eq!(requeue(&later), Some(6));
     }
 }

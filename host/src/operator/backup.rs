@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use pgwarden_crds::condition_types::POLICY_APPLIED;
 use pgwarden_crds::settings::BackupSettings;
 use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
 use pgwarden_crds::{Backup, Cluster};
 use pgwarden_sdk::types::{BackupFacts, Instance, Role};
-use tracing::instrument;
+use serde_json::json;
+use tracing::{instrument, warn};
 
 use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
+use super::failure::{self, Decision, Failure, Step};
 use crate::plan::{self, Action, guardrails};
 use crate::policy::cli::pod_facts;
 
@@ -68,6 +71,57 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue
     if status.phase.is_some_and(|p| p.is_final()) {
         return Ok(Requeue::await_change());
     }
+    let mut step = Step::new(Decision::BackupSettings);
+    match decide_and_apply(backup.clone(), ctx.clone(), &mut step).await {
+        Ok(requeue) => {
+            let message = format!(
+                "decisions of policy {} applied",
+                step.policy.unwrap_or_default()
+            );
+            let generation = backup.meta().generation;
+            let target = plan::reference(&*backup);
+            let back = failure::recovered(
+                target,
+                &status.conditions,
+                POLICY_APPLIED,
+                &message,
+                generation,
+            );
+            apply::apply(&ctx, &back).await?;
+            Ok(requeue)
+        }
+        Err(error) => Err(report(&ctx, &backup, step.failed(error)).await),
+    }
+}
+
+/// Tells a failed decision on the Backup: condition `PolicyApplied` False and a Warning Event
+/// naming the policy and the decision, and a Backup that has no phase yet gets `pending` with
+/// the same reason and message (instead of no status at all); then the error goes on to the
+/// controller's backoff.
+async fn report(ctx: &Context, backup: &Backup, failure: Failure) -> Error {
+    let status = backup.status.clone().unwrap_or_default();
+    if let Some(wanted) = failure.wanted(POLICY_APPLIED) {
+        let extra = match status.phase {
+            None => json!({"phase": "pending", "reason": wanted.reason, "message": wanted.message}),
+            Some(_) => json!({}),
+        };
+        let target = plan::reference(backup);
+        let generation = backup.meta().generation;
+        let actions = failure::report(target, &status.conditions, &wanted, generation, extra);
+        if let Err(e) = apply::apply(ctx, &actions).await {
+            warn!(error = %e, "cannot report the failure on the Backup");
+        }
+    }
+    failure.error
+}
+
+/// Asks the policy, plans, checks and applies; `step` follows the decision being asked.
+async fn decide_and_apply(
+    backup: Arc<Backup>,
+    ctx: Arc<Context>,
+    step: &mut Step,
+) -> Result<Requeue> {
+    let status = backup.status.clone().unwrap_or_default();
     let ns = backup.namespace().unwrap_or_default();
     let cluster = ctx
         .stores
@@ -78,6 +132,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue
         // No Cluster (yet): the namespace's binding still holds.
         None => ctx.policies.for_namespace(&ns, None)?,
     };
+    step.policy = Some(named.name.clone());
     let started = Instant::now();
     let settings = match (&cluster, &status.instance_id) {
         (Some(c), None) => {
@@ -105,6 +160,7 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue
         pod,
         now: Utc::now(),
     };
+    step.decision = Decision::BackupTransition;
     let transition = named
         .policy
         .run(move |p| p.backup_transition(&facts))

@@ -15,12 +15,14 @@
 
 pub mod applied;
 pub mod apply;
+mod backoff;
 mod backup;
 mod cluster;
 pub mod conditions;
 mod context;
 mod errors;
 pub mod events;
+mod failure;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -32,10 +34,9 @@ mod retention;
 pub mod rollout;
 mod scheduled;
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -55,6 +56,7 @@ use pgwarden_crds::{Backup, Cluster, ReconcilePolicy, ScheduledBackup};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use backoff::Backoff;
 pub use context::{Context, MANAGER, Stores};
 pub use errors::{Error, Result};
 pub use registry::Registry;
@@ -145,30 +147,13 @@ where
     (store, stream)
 }
 
-/// Per-object failure counts, for exponential backoff.
-#[derive(Default)]
-struct Backoff(Mutex<HashMap<String, u32>>);
-
-impl Backoff {
-    fn delay(&self, key: String) -> Duration {
-        let mut failures = self.0.lock().unwrap();
-        let n = failures.entry(key).or_default();
-        *n = (*n + 1).min(6);
-        Duration::from_secs(5 << (*n - 1))
-    }
-}
-
 fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
     ctx: Arc<(Arc<Context>, Backoff)>,
 ) -> Requeue {
     let kind = K::kind(&());
-    let key = format!(
-        "{kind}/{}/{}",
-        object.meta().namespace.as_deref().unwrap_or_default(),
-        object.meta().name.as_deref().unwrap_or_default()
-    );
+    let key = backoff::key(&*object);
     let delay = ctx.1.delay(key.clone());
     warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
     ctx.0
@@ -386,7 +371,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         .reconcile_all_on(swapped_rx)
         .shutdown_on_signal()
         .run(
-            |c, x: Arc<(Arc<Context>, Backoff)>| cluster::reconcile(c, x.0.clone()),
+            |c, x| backoff::counted(c, x, cluster::reconcile),
             error_policy,
             shared(&ctx),
         )
@@ -394,7 +379,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let backup_controller = Controller::for_stream(backup_stream, backups)
         .shutdown_on_signal()
         .run(
-            |b, x: Arc<(Arc<Context>, Backoff)>| backup::reconcile(b, x.0.clone()),
+            |b, x| backoff::counted(b, x, backup::reconcile),
             error_policy,
             shared(&ctx),
         )
@@ -402,7 +387,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
     let scheduled_controller = Controller::for_stream(scheduled_stream, scheduled)
         .shutdown_on_signal()
         .run(
-            |s, x: Arc<(Arc<Context>, Backoff)>| scheduled::reconcile(s, x.0.clone()),
+            |s, x| backoff::counted(s, x, scheduled::reconcile),
             error_policy,
             shared(&ctx),
         )
@@ -416,7 +401,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         })
         .shutdown_on_signal()
         .run(
-            |p, x: Arc<(Arc<Context>, Backoff)>| reconcile_policy::reconcile(p, x.0.clone()),
+            |p, x| backoff::counted(p, x, reconcile_policy::reconcile),
             error_policy,
             shared(&ctx),
         )
@@ -438,7 +423,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
             )
             .shutdown_on_signal()
             .run(
-                |c, x: Arc<(Arc<Context>, Backoff)>| retention::reconcile(c, x.0.clone()),
+                |c, x| backoff::counted(c, x, retention::reconcile),
                 error_policy,
                 shared(&ctx),
             )

@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
+use pgwarden_crds::condition_types::RETENTION_APPLIED as RETENTION;
 use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
 use pgwarden_crds::{Backup, Cluster};
+use serde_json::json;
 use tracing::instrument;
 
 use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
+use super::failure::{self, Decision, Step};
 use crate::plan::{self, RetentionInput, guardrails, retention};
 
 /// How often a Cluster with a retention policy is looked at when nothing happens (Backups age
@@ -79,6 +82,40 @@ fn log_floor(actions: &[plan::Action]) {
 #[instrument(skip(cluster, ctx), fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Requeue> {
     ctx.metrics.reconciled("Retention");
+    let mut step = Step::new(Decision::Retention);
+    let outcome = decide_and_apply(cluster.clone(), ctx.clone(), &mut step).await;
+    let conditions = cluster.status.clone().unwrap_or_default().conditions;
+    let (target, generation) = (plan::reference(&*cluster), cluster.metadata.generation);
+    match outcome {
+        Ok(requeue) => {
+            let message = format!(
+                "retention decisions of policy {} applied",
+                step.policy.unwrap_or_default()
+            );
+            let back = failure::recovered(target, &conditions, RETENTION, &message, generation);
+            apply::apply(&ctx, &back).await?;
+            Ok(requeue)
+        }
+        Err(error) => {
+            // Told on the Cluster: the Backups the policy was asked about are many or none.
+            let failure = step.failed(error);
+            if let Some(wanted) = failure.wanted(RETENTION) {
+                let report = failure::report(target, &conditions, &wanted, generation, json!({}));
+                if let Err(e) = apply::apply(&ctx, &report).await {
+                    tracing::warn!(error = %e, "cannot report the retention failure on the Cluster");
+                }
+            }
+            Err(failure.error)
+        }
+    }
+}
+
+/// Asks the policy, plans, checks and applies; `step` names the policy once found.
+async fn decide_and_apply(
+    cluster: Arc<Cluster>,
+    ctx: Arc<Context>,
+    step: &mut Step,
+) -> Result<Requeue> {
     let backups = backups_of(&ctx, &cluster);
     let live = retention::candidates(&cluster, &backups);
     let finished = live.iter().any(|b| {
@@ -93,6 +130,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
     let now = Utc::now();
     let expired = if finished {
         let named = ctx.policies.for_cluster(&cluster)?;
+        step.policy = Some(named.name.clone());
         let (c, b) = ((*cluster).clone(), live.clone());
         let started = Instant::now();
         let expired = named.policy.run(move |p| p.retention(&c, &b, now)).await?;

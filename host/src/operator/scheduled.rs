@@ -5,19 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Timelike, Utc};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use pgwarden_crds::{Cluster, ScheduledBackup};
+use pgwarden_crds::{MIN_SCHEDULE_INTERVAL_SECONDS, ScheduledBackup};
+use pgwarden_sdk::defaults;
 use serde_json::json;
-use tracing::instrument;
+use tracing::{instrument, warn};
 
 use super::apply;
 use super::conditions::{self, Wanted};
 use super::context::Context;
 use super::errors::{Error, Result};
+use super::failure::{self, Decision, Step};
 use crate::plan::{self, Action, EventType, guardrails, reference};
 use crate::policy::PolicyError;
 
@@ -26,6 +28,65 @@ const SCHEDULED: &str = "Scheduled";
 #[instrument(skip(scheduled, ctx), fields(scheduled_backup = %scheduled.name_any()))]
 pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Result<Requeue> {
     ctx.metrics.reconciled("ScheduledBackup");
+    if let Some(wanted) = too_frequent(&scheduled.spec.schedule, Utc::now()) {
+        // Stored before admission refused such schedules: no Backup until the spec changes.
+        let status = scheduled.status.clone().unwrap_or_default();
+        let target = reference(&*scheduled);
+        let generation = scheduled.meta().generation;
+        let report = failure::report(target, &status.conditions, &wanted, generation, json!({}));
+        apply::apply(&ctx, &report).await?;
+        return Ok(Requeue::await_change());
+    }
+    let mut step = Step::new(Decision::Schedule);
+    match decide_and_apply(scheduled.clone(), ctx.clone(), &mut step).await {
+        Ok(requeue) => Ok(requeue),
+        Err(error) => {
+            let failure = step.failed(error);
+            if let Some(wanted) = failure.wanted(SCHEDULED) {
+                let status = scheduled.status.clone().unwrap_or_default();
+                let (target, generation) = (reference(&*scheduled), scheduled.meta().generation);
+                let actions =
+                    failure::report(target, &status.conditions, &wanted, generation, json!({}));
+                if let Err(e) = apply::apply(&ctx, &actions).await {
+                    warn!(error = %e, "cannot report the failure on the ScheduledBackup");
+                }
+            }
+            Err(failure.error)
+        }
+    }
+}
+
+/// `Scheduled` False when two consecutive runs of `schedule` are less than
+/// [`MIN_SCHEDULE_INTERVAL_SECONDS`] apart, else `None` (a schedule that does not parse is the
+/// policy's to name). Exact: a cron fires twice within a minute only through its seconds
+/// field, so the first two runs from the start of a minute it fires in tell.
+fn too_frequent(schedule: &str, now: DateTime<Utc>) -> Option<Wanted> {
+    let cron = defaults::parse_schedule(schedule).ok()?;
+    let minute = cron
+        .find_next_occurrence(&now, false)
+        .ok()?
+        .with_second(0)?
+        .with_nanosecond(0)?;
+    let first = cron.find_next_occurrence(&minute, true).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    let gap = (second - first).num_seconds();
+    (gap < MIN_SCHEDULE_INTERVAL_SECONDS).then(|| {
+        Wanted::failed(
+            SCHEDULED,
+            "ScheduleTooFrequent",
+            format!(
+                "spec.schedule {schedule:?} runs {gap} s apart ({first} and {second}): a Backup at most every {MIN_SCHEDULE_INTERVAL_SECONDS} s; give the seconds field one number, as in \"0 */5 * * * *\""
+            ),
+        )
+    })
+}
+
+/// Asks the policy, plans, checks and applies; `step` follows the decision being asked.
+async fn decide_and_apply(
+    scheduled: Arc<ScheduledBackup>,
+    ctx: Arc<Context>,
+    step: &mut Step,
+) -> Result<Requeue> {
     let ns = scheduled.namespace().unwrap_or_default();
     let cluster = ctx
         .stores
@@ -36,6 +97,7 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
         // No Cluster (yet): the namespace's binding still holds.
         None => ctx.policies.for_namespace(&ns, None)?,
     };
+    step.policy = Some(named.name.clone());
     let input = (*scheduled).clone();
     let now = Utc::now();
     let status = scheduled.status.clone().unwrap_or_default();
@@ -97,4 +159,58 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
         None if wanted.ok => Requeue::requeue(Duration::from_secs(300)),
         None => Requeue::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// What admission refuses now, stored before it did: refused here too, from any moment
+    /// (mid-minute as well, where the next two runs may fall in different minutes).
+    #[test]
+    fn a_schedule_more_often_than_once_a_minute_is_refused() {
+        for now in ["2026-11-30T10:00:00Z", "2026-11-30T10:00:45Z"] {
+            for schedule in ["* * * * * *", "0,30 */5 * * * *", "*/10 0 2 * * *"] {
+                let wanted = too_frequent(schedule, at(now))
+                    .unwrap_or_else(|| panic!("{schedule} at {now} accepted"));
+                assert_eq!(wanted.reason, "ScheduleTooFrequent");
+                assert!(!wanted.ok);
+                assert!(wanted.message.contains(schedule), "{}", wanted.message);
+            }
+        }
+        let every_second = too_frequent("* * * * * *", at("2026-11-30T10:00:00Z")).unwrap();
+        assert!(
+            every_second.message.contains("runs 1 s apart"),
+            "{}",
+            every_second.message
+        );
+    }
+
+    #[test]
+    fn once_a_minute_or_less_passes() {
+        for schedule in [
+            "* * * * *",
+            "0 * * * * *",
+            "59 */5 * * * *",
+            "@hourly",
+            "0 0 2 * * *",
+        ] {
+            assert_eq!(
+                too_frequent(schedule, at("2026-11-30T10:00:30Z")),
+                None,
+                "{schedule}"
+            );
+        }
+        assert_eq!(
+            too_frequent("99 99 99 99 99", Utc::now()),
+            None,
+            "the policy's to name"
+        );
+    }
 }
