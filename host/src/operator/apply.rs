@@ -149,6 +149,47 @@ fn without_status(object: &Value) -> Value {
     object
 }
 
+/// The live object is controlled by the owner `uid`: an ownerReference with `controller:
+/// true` and that uid. A label or a non-controller reference anyone can write is not enough.
+pub fn controlled_by(live: &Value, uid: &str) -> bool {
+    let references = live
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array);
+    references.into_iter().flatten().any(|r| {
+        r.get("controller") == Some(&Value::Bool(true))
+            && r.get("uid").and_then(Value::as_str) == Some(uid)
+    })
+}
+
+/// The objects the actions would apply that exist and are not controlled by the owner `uid`
+/// (someone else's `<cluster>-rw`, say): the operator must leave them unchanged, since a
+/// forced apply would take them over and the garbage collector would then delete them with
+/// the Cluster. The live object is checked, not the desired one; the cache holds only
+/// labelled objects, so one it lacks is read from the API server.
+pub async fn not_controlled(
+    ctx: &Context,
+    actions: &[Action],
+    uid: &str,
+) -> Result<Vec<ObjectRef>> {
+    let mut taken = Vec::new();
+    for action in actions {
+        let Action::Apply { target, .. } = action else {
+            continue;
+        };
+        let live = match ctx.stores.observed(target) {
+            Some(observed) => Some(observed),
+            None => api(ctx, target)
+                .get_opt(&target.name)
+                .await?
+                .and_then(|o| serde_json::to_value(o).ok()),
+        };
+        if live.is_some_and(|o| !controlled_by(&o, uid)) {
+            taken.push(target.clone());
+        }
+    }
+    Ok(taken)
+}
+
 fn api(ctx: &Context, target: &ObjectRef) -> Api<DynamicObject> {
     let (group, version) = target
         .api_version
@@ -488,6 +529,17 @@ mod tests {
                 "image": "pg:15", "resources": {"requests": {"cpu": "0.75"}}}]}}),
         };
         assert_eq!(step(&changed, Some(&live)), Step::Recreate);
+    }
+
+    #[test]
+    fn only_a_controller_reference_with_the_uid_is_control() {
+        let owned = |controller: bool, uid: &str| json!({"metadata": {"ownerReferences": [{"uid": uid, "controller": controller}]}});
+        assert!(controlled_by(&owned(true, "u1"), "u1"));
+        assert!(!controlled_by(&owned(false, "u1"), "u1"));
+        assert!(!controlled_by(&owned(true, "u2"), "u1"));
+        let labelled_only =
+            json!({"metadata": {"labels": {"postgresql.k8s.2ndq.io/cluster": "pg"}}});
+        assert!(!controlled_by(&labelled_only, "u1"));
     }
 
     #[test]

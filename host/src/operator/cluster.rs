@@ -126,8 +126,32 @@ async fn decide_and_apply(
     let mut actions = rollout::gate(actions, &rollout, &outdated);
     actions.extend(rollout::event(&rollout, reference(cluster)));
     guardrails::check(&plan::subject(cluster), &actions)?;
+    name_in_use(cluster, ctx, &actions).await?;
     apply::apply(ctx, &actions).await?;
     Ok((named, waiting, rollout))
+}
+
+/// Refuses to apply anything while one of the Cluster's names is taken by an object it does
+/// not control: applied, that object would be overwritten and then collected with the
+/// Cluster; skipped alone, the pods would run with someone else's ServiceAccount, settings
+/// or claim. The Cluster reports the objects by kind and name until they are renamed or
+/// removed.
+async fn name_in_use(cluster: &Cluster, ctx: &Context, actions: &[Action]) -> Result<()> {
+    let uid = cluster.uid().unwrap_or_default();
+    let taken = apply::not_controlled(ctx, actions, &uid).await?;
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let objects: Vec<String> = taken
+        .iter()
+        .map(|t| format!("{} {}", t.kind, t.name))
+        .collect();
+    Err(Error::NameInUse(format!(
+        "objects under the Cluster's names exist in namespace {} and are not controlled by Cluster {}: {}; they are left unchanged, and none of the Cluster's objects is applied until they are renamed or deleted",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any(),
+        objects.join(", "),
+    )))
 }
 
 /// `ContinuousArchiving` from the agent's facts.
@@ -294,9 +318,12 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
     let (last_ok, last_failed, last_backup) = last_backups(&ctx, &cluster);
     let waiting = outcome.as_ref().ok().and_then(|(_, w, _)| w.clone());
     let rollout = outcome.as_ref().ok().map(|(_, _, r)| r.clone());
-    let ready = match &waiting {
-        Some(w) => Wanted::failed(types::READY, w.reason, w.message.clone()),
-        None => readiness(cluster.spec.instances, &instances),
+    let ready = match (&waiting, &outcome) {
+        (Some(w), _) => Wanted::failed(types::READY, w.reason, w.message.clone()),
+        (_, Err(e @ Error::NameInUse(_))) => {
+            Wanted::failed(types::READY, e.reason(), e.to_string())
+        }
+        _ => readiness(cluster.spec.instances, &instances),
     };
     let bound = ctx.policies.as_requested(&cluster);
     let mut wanted = vec![ready, archiving, applied(&outcome), bound];
@@ -354,9 +381,12 @@ fn events(
     wanted: &[Wanted],
     cluster: &Cluster,
 ) -> Vec<Action> {
+    // One Event for a failure two conditions report (NameInUse: Ready and PolicyApplied).
+    let mut seen = std::collections::BTreeSet::new();
     wanted
         .iter()
         .filter(|w| !w.ok)
+        .filter(|w| seen.insert((&w.reason, &w.message)))
         .filter(|w| {
             !before
                 .iter()

@@ -16,6 +16,10 @@ pub enum Error {
     NoPolicy(String),
     #[error("cannot load policy module: {0}")]
     Module(String),
+    /// Objects the Cluster's names would take exist and are not controlled by it: left
+    /// unchanged, named in the message.
+    #[error("{0}")]
+    NameInUse(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -29,6 +33,7 @@ impl Error {
             Error::Guardrail(_) => "guardrail",
             Error::NoPolicy(_) => "no_policy",
             Error::Module(_) => "module",
+            Error::NameInUse(_) => "name_in_use",
         }
     }
 
@@ -41,6 +46,7 @@ impl Error {
             Error::Guardrail(_) => "GuardrailRefused",
             Error::NoPolicy(_) => "PolicyNotFound",
             Error::Module(_) => "ModuleLoadFailed",
+            Error::NameInUse(_) => "NameInUse",
         }
     }
 }
