@@ -111,7 +111,8 @@ pub struct BackupStatus {
     /// The deletion of the backup from the object store, once the policy's retention chose
     /// it: asked by the operator, carried out by an instance agent.
     pub deletion: Option<BackupDeletion>,
-    /// Conditions of the backup.
+    /// Conditions of the backup: PolicyApplied (False, naming the policy and the decision,
+    /// when the policy denied or failed a decision about this Backup).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -407,7 +407,8 @@ pub struct ClusterStatus {
     pub ready_instances: Option<i32>,
     /// Pod name of the primary instance.
     pub current_primary: Option<String>,
-    /// Ready, ContinuousArchiving, LastBackupSucceeded, PolicyApplied.
+    /// Ready, ContinuousArchiving, LastBackupSucceeded, PolicyApplied, PodsUpToDate, and
+    /// RetentionApplied (False, naming the policy, when its retention decision failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// WAL archiving facts, as the primary's agent last reported them.
