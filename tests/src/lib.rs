@@ -7,5 +7,6 @@ pub mod datapath;
 pub mod localnode;
 pub mod operator;
 pub mod restoring;
+pub mod stallproxy;
 pub mod watchdog;
 pub mod world;

@@ -57,7 +57,7 @@ thread_local! {
 /// A running `pgwarden operator`.
 pub struct Operator {
     child: Child,
-    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/leader` listen.
     pub metrics_addr: String,
     /// Its stdout and stderr.
     pub log: PathBuf,
@@ -69,7 +69,7 @@ fn free_port() -> Result<u16> {
 
 impl Operator {
     /// Starts the operator on `cp`, reconciling `namespace` only, with the default policy,
-    /// and waits until it leads (`/readyz`).
+    /// and waits until it leads (`/leader`).
     pub fn start(cp: &ControlPlane, namespace: &str) -> Operator {
         Self::try_start(cp, Some(namespace))
             .unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
@@ -96,6 +96,18 @@ impl Operator {
         lease: Option<&str>,
         wait_ready: bool,
     ) -> Result<Operator> {
+        Self::start_replica_via(cp, namespace, lease, wait_ready, &cp.operator_kubeconfig())
+    }
+
+    /// [`Operator::start_replica`] reaching the API server through `kubeconfig` (e.g. one of a
+    /// [`crate::stallproxy::StallProxy`]), with the operator's rights.
+    pub fn start_replica_via(
+        cp: &ControlPlane,
+        namespace: Option<&str>,
+        lease: Option<&str>,
+        wait_ready: bool,
+        kubeconfig: &std::path::Path,
+    ) -> Result<Operator> {
         // One start at a time: the first compiles the default policy into the shared cache
         // (tens of seconds in a debug build), the others then load it from there.
         static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -121,8 +133,9 @@ impl Operator {
                 &lease.map_or_else(|| format!("pgwarden-{label}-{port}"), str::to_string),
             ])
             .args(["--identity", &format!("test-{port}")])
+            .args(EXTRA_ARGS.with_borrow(Vec::clone))
             // Not admin: the user bound to deploy/operator.yaml's ClusterRole.
-            .env("KUBECONFIG", cp.operator_kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -133,7 +146,6 @@ impl Operator {
             .stderr(out)
             .process_group(0);
         if let Some(ns) = namespace {
-            .args(EXTRA_ARGS.with_borrow(Vec::clone))
             cmd.args(["--watch-namespace", ns, "--lease-namespace", ns]);
         }
         let child = cmd.spawn().context("cannot spawn pgwarden operator")?;
@@ -170,14 +182,14 @@ impl Operator {
         self.child.id()
     }
 
-    /// Waits until it leads and serves (`/readyz` 200).
+    /// Waits until it leads and serves (`/leader` 200; `/readyz` is 200 for a standby too).
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("the operator exited ({status}):\n{}", self.log_tail(40));
             }
-            if self.get("/readyz").is_ok_and(|(code, _)| code == 200) {
+            if self.get("/leader").is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -220,7 +220,7 @@ fn steady_state_reconciles_write_nothing() {
     );
 }
 
-/// Two replicas on one Lease: the second serves `/healthz` but not `/readyz` and reconciles
+/// Two replicas on one Lease: the second says on `/leader` it does not lead and reconciles
 /// nothing while the first leads; SIGTERM to the first makes it release the Lease on its way
 /// out, and the second takes over and reconciles.
 #[test]
@@ -240,10 +240,10 @@ fn a_second_replica_waits_and_takes_over_when_the_leader_stops() {
         }
     });
     assert_eq!(second.get("/healthz").unwrap().0, 200);
-    assert_ne!(
-        second.get("/readyz").unwrap().0,
-        200,
-        "a waiting replica is not ready"
+    assert_eq!(
+        second.get("/leader").unwrap().0,
+        503,
+        "a waiting replica does not lead"
     );
     let holder = |ns: &pgwarden_tests::controlplane::Namespace<'_>| {
         get(ns, "lease", lease).unwrap()["spec"]["holderIdentity"].clone()

@@ -302,7 +302,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
     if let Err(Error::Kube(e)) = outcome {
         return Err(Error::Kube(e));
     }
-    let missing = observe::missing_secrets(&cluster, |secret| ctx.stores.secret(&ns, secret));
+    let missing = ctx.missing_secrets(&cluster).await?;
     let pods = cluster_pods(&cluster, &ctx);
     let instances = observe::instances(&pods, &names::instance(&name, 0));
     let status = cluster.status.clone().unwrap_or_default();

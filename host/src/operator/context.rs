@@ -1,6 +1,7 @@
 //! What every reconcile shares: the client, the reflector caches (the observed state), the
 //! policies, who reports Events and the metrics.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::channel::mpsc::UnboundedSender;
@@ -8,12 +9,14 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Api;
 use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 use serde_json::Value;
 
 use super::metrics::Metrics;
+use super::observe::{self, MissingSecret};
 use super::registry::Registry;
 use crate::plan::ObjectRef as Target;
 use crate::policy::Engine;
@@ -31,7 +34,6 @@ pub struct Stores {
     pub claims: Store<PersistentVolumeClaim>,
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
-    pub secrets: Store<Secret>,
     pub service_accounts: Store<ServiceAccount>,
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
@@ -70,11 +72,6 @@ impl Stores {
             _ => None,
         }
     }
-
-    /// A Secret of a namespace.
-    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.secrets.get(&ObjectRef::new(name).within(namespace))
-    }
 }
 
 /// Shared by all reconciles.
@@ -90,4 +87,36 @@ pub struct Context {
     pub fetcher: crate::policy::fetch::Fetcher,
     /// Signalled when a module is put in force: every Cluster is reconciled again.
     pub policy_swapped: UnboundedSender<()>,
+}
+
+impl Context {
+    /// The key names of Secret `namespace/name`, `None` when there is no such Secret.
+    ///
+    /// Read from the API server when a Cluster reconciles, not from a cache: the operator only
+    /// checks that a referenced key exists, so it holds no Secret's values (a cache of every
+    /// Secret would keep all of them in its memory). Changes reach the Cluster through a
+    /// metadata-only watch of Secrets (`mod.rs`), which carries no data.
+    pub async fn secret_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> kube::Result<Option<BTreeSet<String>>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.get_opt(name).await?.as_ref().map(observe::secret_keys))
+    }
+
+    /// The Secret references of `cluster` that do not resolve: one read of each Secret named.
+    pub async fn missing_secrets(&self, cluster: &Cluster) -> kube::Result<Vec<MissingSecret>> {
+        let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
+        let mut keys = BTreeMap::new();
+        for (_, selector) in observe::secret_references(cluster) {
+            if !keys.contains_key(&selector.name) {
+                let found = self.secret_keys(namespace, &selector.name).await?;
+                keys.insert(selector.name, found);
+            }
+        }
+        Ok(observe::missing_secrets(cluster, |name| {
+            keys.get(name).cloned().flatten()
+        }))
+    }
 }

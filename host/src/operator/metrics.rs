@@ -26,7 +26,8 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<(&'static str, String), u64>>,
     writes: Mutex<BTreeMap<&'static str, u64>>,
     policy: Mutex<BTreeMap<String, Histogram>>,
-    ready: AtomicBool,
+    /// Whether this replica holds the Lease and reconciles.
+    leading: AtomicBool,
 }
 
 impl Metrics {
@@ -65,17 +66,22 @@ impl Metrics {
         h.count += 1;
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP pgwarden_leader Whether this replica holds the Lease and reconciles.\n# TYPE pgwarden_leader gauge\npgwarden_leader {}",
+            u8::from(self.is_leading())
+        );
         out.push_str("# HELP pgwarden_reconciles_total Reconciles run, by kind.\n# TYPE pgwarden_reconciles_total counter\n");
         for (kind, n) in self.reconciles.lock().unwrap().iter() {
             let _ = writeln!(out, "pgwarden_reconciles_total{{kind=\"{kind}\"}} {n}");

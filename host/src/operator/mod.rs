@@ -10,7 +10,8 @@
 //!     (also on a change of the ConfigMap it loads from, watched by metadata)
 //!   Retention (per Cluster): policy.retention ─► Backups' status.deletion ─► the primary's
 //!     agent runs barman-cloud-backup-delete ─► the Backup objects removed
-//!   Lease: one replica leads, the others wait; /metrics, /healthz, /readyz
+//!   Lease: one replica leads, the others wait (ready, not leading); /metrics, /healthz,
+//!     /readyz, /leader
 //! ```
 
 pub mod applied;
@@ -66,9 +67,15 @@ use crate::policy::{Engine, EngineConfig, Limits};
 /// `pgwarden operator`.
 #[derive(clap::Args, Debug)]
 pub struct OperatorArgs {
-    /// Where /metrics, /healthz and /readyz listen.
-    #[arg(long, env = "PGWARDEN_METRICS_ADDR", default_value = "127.0.0.1:8080")]
-    pub metrics_addr: String,
+    /// Where /metrics, /healthz, /readyz and /leader listen (`address:port`). Each client gets
+    /// 5 s to send its request, 64 are served at once (`http::Limits`).
+    #[arg(
+        long,
+        visible_alias = "metrics-addr",
+        env = "PGWARDEN_LISTEN_ADDRESS",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen_address: String,
     /// The default policy module (.wasm), used by Clusters that name no ReconcilePolicy.
     #[arg(long, env = "PGWARDEN_DEFAULT_POLICY")]
     pub default_policy: Option<PathBuf>,
@@ -78,15 +85,6 @@ pub struct OperatorArgs {
     /// Size limit of a module downloaded from a ReconcilePolicy's `spec.module.url`.
     #[arg(long, env = "PGWARDEN_POLICY_MAX_MODULE_BYTES", default_value_t = crate::policy::fetch::DEFAULT_MAX_MODULE_BYTES)]
     pub policy_max_module_bytes: usize,
-    /// Namespace of the leader-election Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "pgwarden-operator")]
-    pub lease_name: String,
-    /// This replica's identity in the Lease. Default: pod name, else host name and pid.
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
     /// Allow `spec.module.url` over plain http (default: https only).
     #[arg(long, env = "PGWARDEN_POLICY_ALLOW_HTTP")]
     pub policy_allow_http: bool,
@@ -98,6 +96,15 @@ pub struct OperatorArgs {
     /// whatever its `spec.policy` says (repeatable, or comma-separated in the variable).
     #[arg(long, env = "PGWARDEN_NAMESPACE_POLICY", value_delimiter = ',', value_parser = registry::parse_binding)]
     pub namespace_policy: Vec<(String, String)>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "pgwarden-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease. Default: pod name, else host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Reconcile only this namespace's objects (ReconcilePolicies stay cluster-wide). Default:
     /// every namespace.
     #[arg(long, env = "PGWARDEN_WATCH_NAMESPACE")]
@@ -196,6 +203,18 @@ fn forgetting_deleted(
     })
 }
 
+/// Changes of Secrets, metadata only: they reconcile the Clusters that name a Secret when it
+/// appears, changes or goes. No value reaches the operator this way and nothing is cached: a
+/// Cluster's reconcile reads the one Secret it names (`Context::missing_secrets`).
+/// (An `Api` of `PartialObjectMeta` asks the API server for metadata only.)
+fn secret_changes(
+    api: Api<PartialObjectMeta<Secret>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+}
+
 /// Changes of every ConfigMap, metadata only (a ReconcilePolicy may name any namespace's; the
 /// bytes are read when the policy reconciles, so the cache holds no module).
 fn module_config_maps(
@@ -232,25 +251,33 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         .await
         .context("cannot reach the API server (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
+    let listener = tokio::net::TcpListener::bind(&args.listen_address)
         .await
-        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    tokio::spawn(http::serve(listener, metrics.clone()));
-
+        .with_context(|| format!("cannot listen on {}", args.listen_address))?;
     let identity = identity(&args);
-    let lease = leader::LeaderElection::new(
-        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+    let lease = Arc::new(leader::LeaderElection::new(
+        leader::KubeLease {
+            api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            name: args.lease_name.clone(),
+        },
+        leader::SystemClock,
         &args.lease_name,
         &identity,
-        Duration::from_secs(15),
-    );
-    tokio::select! {
-        acquired = lease.acquire() => acquired.context("leader election")?,
-        () = shutdown_signal() => return Ok(()),
-    }
+        leader::Timing::default(),
+    ));
+    // Ready once in contact with the API server through the Lease, which starts after the
+    // default policy is compiled below: a standby is ready too, and warm. Leading is /leader.
+    let contact = lease.clone();
+    tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        move || contact.in_contact(),
+        http::Limits::default(),
+    ));
 
     let engine = Engine::new(EngineConfig {
         cache_dir: args.policy_cache.clone(),
+        max_module_bytes: Some(args.policy_max_module_bytes),
         ..Default::default()
     })?;
     let default = match &args.default_policy {
@@ -262,10 +289,15 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot load the default policy {}", path.display()))?;
             info!(path = %path.display(), digest = policy.digest(), "default policy loaded");
             Some(policy)
-        max_module_bytes: Some(args.policy_max_module_bytes),
         }
         None => None,
     };
+
+    let won = tokio::select! {
+        won = lease.acquire() => won,
+        () = shutdown_signal() => return Ok(()),
+    };
+    metrics.set_leading(true);
 
     let ns = args.watch_namespace.as_deref();
     let owned = watcher::Config::default().labels(LABEL_CLUSTER);
@@ -295,8 +327,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         reflect(scoped::<ServiceAccount>(&client, ns), owned.clone());
     let (roles, role_stream) = reflect(scoped::<Role>(&client, ns), owned.clone());
     let (role_bindings, role_binding_stream) = reflect(scoped::<RoleBinding>(&client, ns), owned);
-    let (secrets, secret_stream) =
-        reflect(scoped::<Secret>(&client, ns), watcher::Config::default());
+    let secret_stream = secret_changes(scoped::<PartialObjectMeta<Secret>>(&client, ns));
 
     let (swapped_tx, swapped_rx) = futures::channel::mpsc::unbounded();
     let stores = Stores {
@@ -307,7 +338,6 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         claims,
         services,
         config_maps,
-        secrets,
         service_accounts,
         roles,
         role_bindings,
@@ -324,6 +354,8 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         fetcher: crate::policy::fetch::Fetcher {
             cache_dir: args.policy_cache.as_ref().map(|d| d.join("downloads")),
             max_bytes: args.policy_max_module_bytes,
+            allow_http: args.policy_allow_http,
+            allow_private: args.policy_allow_private_addresses,
             ..Default::default()
         },
         policy_swapped: swapped_tx,
@@ -339,9 +371,7 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
         .owns_stream(service_account_stream)
         .owns_stream(role_stream)
         .owns_stream(role_binding_stream)
-            allow_http: args.policy_allow_http,
-            allow_private: args.policy_allow_private_addresses,
-        .watches_stream(secret_stream, move |secret: Secret| {
+        .watches_stream(secret_stream, move |secret: PartialObjectMeta<Secret>| {
             // A Secret appearing or changing: the Clusters of its namespace that name it.
             let (ns, name) = (secret.namespace(), secret.name_any());
             by_secret
@@ -429,13 +459,11 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
             )
             .for_each(|_| async {});
 
-    // Ready: leading, with the default policy compiled, about to reconcile.
-    metrics.set_ready(true);
     info!(%identity, "operator running");
     tokio::select! {
         _ = futures::future::join5(cluster_controller, backup_controller, scheduled_controller, policy_controller, retention_controller) => {
             info!("controllers stopped");
-            metrics.set_ready(false);
+            metrics.set_leading(false);
             // A standby takes over at once instead of waiting for the Lease to expire.
             match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
                 Ok(Ok(())) => info!(lease = %args.lease_name, "lease released"),
@@ -443,7 +471,12 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
                 Err(_) => warn!("releasing the lease timed out; it expires by itself"),
             }
         }
-        _ = lease.keep() => warn!("leadership lost: stopping so a leader can take over"),
+        () = lease.keep(won) => {
+            // Stop reconciling now (the controllers are dropped with this select): a standby
+            // may take over once the lease expires. Kubernetes restarts us as a standby.
+            metrics.set_leading(false);
+            anyhow::bail!("leadership lost: stopped reconciling so that another replica can lead");
+        }
     }
     Ok(())
 }

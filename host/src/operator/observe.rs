@@ -1,6 +1,8 @@
 //! Pure checks of observed objects: credentials that must exist, and what the instance pods
 //! say about the Cluster.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use pgwarden_crds::{Backup, BackupPhase, Cluster, SecretKeySelector};
 
@@ -59,27 +61,28 @@ pub fn secret_references(cluster: &Cluster) -> Vec<(String, SecretKeySelector)> 
     refs
 }
 
-/// The references that do not resolve, given a lookup of Secrets by name.
-pub fn missing_secrets<S: std::ops::Deref<Target = Secret>>(
+/// The names of a Secret's keys: all the operator keeps of it (never a value).
+pub fn secret_keys(secret: &Secret) -> BTreeSet<String> {
+    let data = secret.data.iter().flat_map(|d| d.keys());
+    let string_data = secret.string_data.iter().flat_map(|d| d.keys());
+    data.chain(string_data).cloned().collect()
+}
+
+/// The references that do not resolve, given the key names of each Secret by name (`None`:
+/// no such Secret).
+pub fn missing_secrets(
     cluster: &Cluster,
-    lookup: impl Fn(&str) -> Option<S>,
+    keys: impl Fn(&str) -> Option<BTreeSet<String>>,
 ) -> Vec<MissingSecret> {
     secret_references(cluster)
         .into_iter()
         .filter_map(|(field, selector)| {
-            let secret = lookup(&selector.name);
-            let has_key = secret.as_deref().is_some_and(|s| {
-                s.data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(&selector.key))
-                    || s.string_data
-                        .as_ref()
-                        .is_some_and(|d| d.contains_key(&selector.key))
-            });
+            let keys = keys(&selector.name);
+            let has_key = keys.as_ref().is_some_and(|k| k.contains(&selector.key));
             (!has_key).then(|| MissingSecret {
                 field,
                 selector,
-                secret_exists: secret.is_some(),
+                secret_exists: keys.is_some(),
             })
         })
         .collect()
@@ -192,12 +195,12 @@ spec:
     #[test]
     fn resolved_references_are_not_reported() {
         let s = secret(&["ACCESS_KEY_ID", "ACCESS_SECRET_KEY"]);
-        assert!(missing_secrets(&cluster(SEED), |_| Some(&s)).is_empty());
+        assert!(missing_secrets(&cluster(SEED), |_| Some(secret_keys(&s))).is_empty());
     }
 
     #[test]
     fn a_missing_secret_names_field_and_fix() {
-        let missing = missing_secrets(&cluster(SEED), |_| None::<&Secret>);
+        let missing = missing_secrets(&cluster(SEED), |_| None);
         assert_eq!(missing.len(), 2);
         let msg = missing[0].message("default");
         assert!(msg.contains("Secret default/aws-creds not found"), "{msg}");
@@ -275,7 +278,7 @@ spec:
     #[test]
     fn a_missing_key_is_told_apart_from_a_missing_secret() {
         let s = secret(&["ACCESS_KEY_ID"]);
-        let missing = missing_secrets(&cluster(SEED), |_| Some(&s));
+        let missing = missing_secrets(&cluster(SEED), |_| Some(secret_keys(&s)));
         assert_eq!(missing.len(), 1);
         assert!(missing[0].secret_exists);
         assert!(
