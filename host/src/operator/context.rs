@@ -1,6 +1,7 @@
 //! What every reconcile shares: the client, the reflector caches (the observed state), the
 //! policies, who reports Events and the metrics.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -110,9 +111,9 @@ impl Context {
         let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
         let mut keys = BTreeMap::new();
         for (_, selector) in observe::secret_references(cluster) {
-            if !keys.contains_key(&selector.name) {
-                let found = self.secret_keys(namespace, &selector.name).await?;
-                keys.insert(selector.name, found);
+            if let Entry::Vacant(slot) = keys.entry(selector.name) {
+                let found = self.secret_keys(namespace, slot.key()).await?;
+                slot.insert(found);
             }
         }
         Ok(observe::missing_secrets(cluster, |name| {

@@ -141,27 +141,19 @@ impl Fake {
 }
 
 impl LeaseApi for Fake {
-    fn get(&self) -> impl Future<Output = kube::Result<Option<Lease>>> + Send {
-        async move {
-            self.unless_hung().await;
-            Ok(self.lease.lock().unwrap().clone())
-        }
+    async fn get(&self) -> kube::Result<Option<Lease>> {
+        self.unless_hung().await;
+        Ok(self.lease.lock().unwrap().clone())
     }
 
-    fn create(&self, lease: &Lease) -> impl Future<Output = kube::Result<Lease>> + Send {
-        let lease = lease.clone();
-        async move {
-            self.unless_hung().await;
-            self.write(&lease, true)
-        }
+    async fn create(&self, lease: &Lease) -> kube::Result<Lease> {
+        self.unless_hung().await;
+        self.write(lease, true)
     }
 
-    fn replace(&self, lease: &Lease) -> impl Future<Output = kube::Result<Lease>> + Send {
-        let lease = lease.clone();
-        async move {
-            self.unless_hung().await;
-            self.write(&lease, false)
-        }
+    async fn replace(&self, lease: &Lease) -> kube::Result<Lease> {
+        self.unless_hung().await;
+        self.write(lease, false)
     }
 }
 
