@@ -122,7 +122,7 @@ impl Operator {
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(binary());
         cmd.arg("operator")
-            .args(["--metrics-addr", &metrics_addr])
+            .args(["--listen-address", &metrics_addr])
             .arg("--default-policy")
             .arg(policy("default"))
             // Compiling a module takes long in a debug build: once per digest for all tests.
