@@ -2,7 +2,8 @@
 //! `deploy/operator.yaml`'s ServiceAccount, and of the user the other tests run the operator
 //! as, are exactly the set below (`kubectl auth can-i --list`), and the Deployment is locked
 //! down (non-root, read-only root filesystem, no capabilities, bounded resources), as the API
-//! server's own validation of it (a server-side dry run) accepts.
+//! server's own validation of it (a server-side dry run) accepts. And a Secret no Cluster names
+//! never reaches the operator's memory (it watches Secrets by metadata only).
 //!
 //! That the operator works with exactly these rights is what every other operator test shows:
 //! they run it as [`OPERATOR_USER`], bound to this ClusterRole and to nothing else.
@@ -211,4 +212,81 @@ fn the_deployment_is_locked_down_and_admitted() {
             out.stderr
         );
     }
+}
+
+/// Whether any writable mapping of process `pid` holds one of `needles` (read through
+/// `/proc/<pid>/mem`; the operator is this test's child, so it may).
+fn memory_holds(pid: u32, needles: &[&[u8]]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let regions = maps.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next()?, fields.next()?);
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        // Writable data only, and no multi-GiB reservation (nothing is stored there).
+        (perms.starts_with("rw") && end - start < 1 << 30).then_some((start, end - start))
+    });
+    let mut buf = Vec::new();
+    for (start, len) in regions {
+        buf.resize(len as usize, 0);
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        if needles.iter().any(|n| contains(&buf, n)) {
+            return true;
+        }
+    }
+    false
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(at) = haystack[from..].iter().position(|b| *b == needle[0]) {
+        if haystack[from + at..].starts_with(needle) {
+            return true;
+        }
+        from += at + 1;
+    }
+    false
+}
+
+/// The operator only checks that the keys a Cluster names exist: a Secret no Cluster names
+/// never reaches its memory, in any form (before, every Secret of the watched namespaces was
+/// cached whole, values included).
+#[test]
+fn a_secret_no_cluster_names_never_reaches_the_operators_memory() {
+    use base64::Engine as _;
+    use pgwarden_tests::operator::*;
+    let cp = with_crds();
+    let ns = cp.namespace("secret-values");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let marker = format!("pgwarden-secret-marker-{nanos}-{}", std::process::id());
+    let literal = format!("--from-literal=password={marker}");
+    let out = ns.kubectl(&["create", "secret", "generic", "unrelated", &literal]);
+    assert!(out.success, "{}", out.stderr);
+    let op = Operator::start(cp, &ns.name);
+    // A Cluster whose own Secret resolves: the operator has listed and reconciled by then.
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_file(&ns, &seed("cluster-wal.yaml"));
+    let waiting = "the primary's agent has not reported WAL archiving yet";
+    wait_condition_message(
+        &ns,
+        "cluster",
+        "postgresql-bkp",
+        "ContinuousArchiving",
+        waiting,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&marker);
+    assert!(
+        !memory_holds(op.pid(), &[marker.as_bytes(), encoded.as_bytes()]),
+        "the value of Secret {}/unrelated, which no Cluster names, is in the operator's memory",
+        ns.name
+    );
 }
