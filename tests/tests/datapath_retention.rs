@@ -74,8 +74,24 @@ fn primary_agent(s3: &S3Server, cp: &ControlPlane, ns: &Namespace<'_>) -> Instan
         env: vec![
             ("KUBECONFIG".into(), cp.kubeconfig.display().to_string()),
             ("POD_NAMESPACE".into(), ns.name.clone()),
+            ("PGWARDEN_CLUSTER".into(), SERVER.into()),
         ],
     })
+}
+
+/// Copies the operator's deletion requests from the Cluster's settings ConfigMap into the
+/// agent's settings folder, as a kubelet updates a mounted ConfigMap.
+fn sync_requests(ns: &Namespace<'_>, pg: &Instance) {
+    let cm = get(ns, "configmap", &format!("{SERVER}-settings"));
+    if let Some(text) = cm
+        .as_ref()
+        .and_then(|c| c["data"]["deletions.json"].as_str())
+    {
+        let path = pg.settings_dir().join("deletions.json");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("deletions.json");
+        std::fs::rename(&tmp, &path).expect("deletions.json");
+    }
 }
 
 #[test]
@@ -93,10 +109,11 @@ fn the_agent_deletes_an_expired_backup_from_the_store_and_its_object_goes() {
         assert!(ok, "backup failed: {stderr}\n{facts}");
         facts["backupId"].as_str().unwrap().to_string()
     };
-    let old_id = take("store-old");
+    // Named as their Backups: the agent deletes only a backup named after its Backup.
+    let old_id = take("old");
     pg.psql("CREATE TABLE kept AS SELECT generate_series(1, 100) AS i");
     pg.switch_wal();
-    let new_id = take("store-new");
+    let new_id = take("new");
     assert_eq!(backup_infos(&s3).len(), 2);
 
     // 60 and 40 days ago: "new" ended before the 30d window, so it starts it and "old" is
@@ -105,14 +122,13 @@ fn the_agent_deletes_an_expired_backup_from_the_store_and_its_object_goes() {
     backup_object(&ns, "new", &new_id, 40);
 
     // Expired, handed to pg-1, deleted by its agent, the object removed.
-    eventually(
-        "Backup old removed",
-        Duration::from_secs(180),
-        || match get(&ns, "backup", "old") {
+    eventually("Backup old removed", Duration::from_secs(180), || {
+        sync_requests(&ns, &pg);
+        match get(&ns, "backup", "old") {
             None => Ok(()),
             Some(b) => Err(b["status"].to_string()),
-        },
-    );
+        }
+    });
     wait_event(
         &ns,
         SERVER,
@@ -243,14 +259,13 @@ fn a_recovery_window_keeps_the_backup_that_starts_it_and_every_wal_from_it_on() 
     backup_object(&ns, "recent", &ids[2], 1);
     backup_object(&ns, "window-start", &ids[1], 10);
     backup_object(&ns, "past", &ids[0], 20);
-    eventually(
-        "Backup past removed",
-        Duration::from_secs(180),
-        || match get(&ns, "backup", "past") {
+    eventually("Backup past removed", Duration::from_secs(180), || {
+        sync_requests(&ns, &pg);
+        match get(&ns, "backup", "past") {
             None => Ok(()),
             Some(b) => Err(b["status"].to_string()),
-        },
-    );
+        }
+    });
     // The policy answers for all three at once: a deletion of "window-start" would have been
     // asked with that of "past".
     for kept in ["window-start", "recent"] {

@@ -1,7 +1,8 @@
 //! The retention controller: per Cluster, asks the policy which Backups are past the retention
 //! policy, hands their deletion from the object store to the agent of the primary (through
-//! `status.deletion` on each Backup, as backups themselves are handed over), and removes the
-//! Backup objects once the agent reports the backup deleted. See [`crate::plan::retention`].
+//! the requests in the Cluster's own settings ConfigMap, which agents cannot write; see
+//! [`retention::requests`]), and removes the Backup objects once the agent reports the backup
+//! deleted. See [`crate::plan::retention`].
 //!
 //! The policy's answer never expires the Cluster's newest completed backup, the one that
 //! starts its recovery window, nor a Backup another Cluster of the namespace restores from
@@ -15,11 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
+use kube::runtime::reflector::ObjectRef;
 use pgwarden_crds::condition_types::RETENTION_APPLIED as RETENTION;
 use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
 use pgwarden_crds::{Backup, Cluster};
+use pgwarden_sdk::names;
 use serde_json::json;
 use tracing::instrument;
 
@@ -27,6 +32,8 @@ use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Step};
+use crate::plan::GuardrailError;
+use crate::plan::retention::requests;
 use crate::plan::{self, RetentionInput, guardrails, retention};
 
 /// How often a Cluster with a retention policy is looked at when nothing happens (Backups age
@@ -66,6 +73,68 @@ fn primary(ctx: &Context, cluster: &Cluster) -> Option<String> {
         .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
         .find(|p| p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary"))
         .map(|p| p.name_any())
+}
+
+/// The Cluster's settings ConfigMap, where its deletion requests are kept; `None` until the
+/// Cluster's reconcile made it. One the Cluster does not own (someone else's object under that
+/// name) is refused: the operator never writes into it.
+fn settings_of(ctx: &Context, cluster: &Cluster) -> Result<Option<Arc<ConfigMap>>> {
+    let name = names::settings_config_map(&cluster.name_any());
+    let reference = ObjectRef::new(&name).within(&cluster.namespace().unwrap_or_default());
+    let Some(cm) = ctx.stores.config_maps.get(&reference) else {
+        return Ok(None);
+    };
+    let owned = cm
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == cluster.metadata.uid.as_ref());
+    if !owned {
+        let detail = format!(
+            "it is not owned by Cluster {}: no deletion is asked through it",
+            cluster.name_any()
+        );
+        return Err(invalid(&cm, detail));
+    }
+    Ok(Some(cm))
+}
+
+fn request_text(cm: &ConfigMap) -> Option<&str> {
+    cm.data.as_ref()?.get(requests::KEY).map(String::as_str)
+}
+
+fn invalid(cm: &ConfigMap, detail: String) -> Error {
+    let object = format!(
+        "ConfigMap {}/{}",
+        cm.namespace().unwrap_or_default(),
+        cm.name_any()
+    );
+    Error::Guardrail(GuardrailError::Invalid { object, detail })
+}
+
+/// Writes the requests into the ConfigMap under the retention's own field manager (the
+/// cluster planner's apply then leaves the key alone), only when they changed; the uid makes
+/// the apply fail rather than create a ConfigMap that was deleted meanwhile.
+async fn write_requests(ctx: &Context, cm: &ConfigMap, next: &[retention::Request]) -> Result<()> {
+    let text = requests::render(next);
+    if request_text(cm).unwrap_or("[]") == text {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": cm.name_any(), "namespace": cm.namespace(), "uid": cm.uid()},
+        "data": {requests::KEY: text},
+    });
+    let api: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &cm.namespace().unwrap_or_default());
+    api.patch(
+        &cm.name_any(),
+        &PatchParams::apply(requests::MANAGER),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    tracing::info!(configmap = %cm.name_any(), requests = next.len(), "deletion requests written");
+    ctx.metrics.wrote("apply");
+    Ok(())
 }
 
 /// Says in the log, as in the Event, each Backup the retention floor kept from the policy.
@@ -117,14 +186,19 @@ async fn decide_and_apply(
     step: &mut Step,
 ) -> Result<Requeue> {
     let backups = backups_of(&ctx, &cluster);
-    let live = retention::candidates(&cluster, &backups);
+    let settings = settings_of(&ctx, &cluster)?;
+    let asked = match &settings {
+        Some(cm) => requests::parse(request_text(cm)).map_err(|detail| invalid(cm, detail))?,
+        None => Vec::new(),
+    };
+    let live = retention::candidates_with(&cluster, &backups, &asked);
     let finished = live.iter().any(|b| {
         b.status
             .as_ref()
             .and_then(|s| s.phase)
             .is_some_and(|p| p.is_final())
     });
-    if !finished && !retention::in_flight(&cluster, &backups) {
+    if !finished && !retention::in_flight_with(&cluster, &backups, &asked) {
         return Ok(Requeue::await_change());
     }
     let now = Utc::now();
@@ -147,11 +221,16 @@ async fn decide_and_apply(
         agent_pod: pod.as_deref(),
         now,
     };
-    let actions = retention::plan_retention_with(&input, &restores(&ctx));
+    let planned = retention::plan_requested(&input, &restores(&ctx), &asked);
+    let actions = planned.actions;
     log_floor(&actions);
     for action in &actions {
         let subject = plan::retention_subject(&cluster, &backups, action);
         guardrails::check_one(&subject, action).map_err(Error::from)?;
+    }
+    // The requests first: the status copies and Events follow what was asked.
+    if let Some(cm) = &settings {
+        write_requests(&ctx, cm, &planned.requests).await?;
     }
     apply::apply(&ctx, &actions).await?;
     let has_policy = cluster

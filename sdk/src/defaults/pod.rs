@@ -33,8 +33,10 @@ pub const TOKEN_MODE: i32 = 0o400;
 /// Capabilities the agent keeps (all others dropped). It runs as root only to keep the token
 /// from the database's OS user and runs PostgreSQL and barman as `postgres`: SETUID, SETGID
 /// to become that user (setgroups too), CHOWN to give it PGDATA and the files the agent
-/// writes there, FOWNER and DAC_OVERRIDE to write and chmod inside PGDATA (mode 0700,
-/// owned by `postgres`) as root. Measured: see README, "Least privilege".
+/// writes there, DAC_OVERRIDE to write inside PGDATA (0700, `postgres`'s) as root, FOWNER to
+/// chmod a folder it gave `postgres` (a restore's PGDATA). Measured with `setpriv
+/// --bounding-set`: `instance run` (initdb, start, answer) fails without any one of the
+/// first four; FOWNER is the restore's `chmod 0700` after its chown.
 pub const AGENT_CAPABILITIES: [&str; 5] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"];
 
 /// A pod template under construction. [`instance_pod`] fills it with the defaults; policies
@@ -390,7 +392,10 @@ mod tests {
         let template = instance_pod(&cluster(), 0).unwrap().build();
         let spec = template.spec.unwrap();
         assert_eq!(spec.automount_service_account_token, Some(false));
-        let pod_seccomp = spec.security_context.clone().and_then(|s| s.seccomp_profile);
+        let pod_seccomp = spec
+            .security_context
+            .clone()
+            .and_then(|s| s.seccomp_profile);
         assert_eq!(pod_seccomp.map(|s| s.type_), Some("RuntimeDefault".into()));
         let c = &spec.containers[0];
         let sc = c.security_context.clone().unwrap();
