@@ -129,6 +129,17 @@ fn an_agent_cannot_make_another_clusters_agent_delete_its_backup_nor_the_databas
         ],
     );
     assert!(ok, "an agent may still write Backup status: {out}");
+    // b's agent had time to act (it polls its requests every 3 s; the old one acted on the
+    // watch event at once): the backup is still in the store, its Backup still there.
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(stored(&s3, &ns, "b").len(), 1, "b's backup was deleted");
+    let b = get(&ns, "backup", "b-first").expect("b's Backup stays");
+    assert!(
+        b["status"]["deletion"]["agent"].is_null(),
+        "{}",
+        b["status"]
+    );
+
     // The new channel, and b's Cluster status: not a's to write.
     let request = format!(
         r#"{{"data":{{"deletions.json":"[{{\"backup\":\"b-first\",\"uid\":\"x\",\"cluster\":\"b\",\"backupId\":\"{b_id}\",\"pod\":\"b-1\",\"attempt\":1,\"requestedAt\":\"2020-01-01T00:00:00Z\",\"object\":\"remove\"}}]"}}}}"#
@@ -180,17 +191,6 @@ fn an_agent_cannot_make_another_clusters_agent_delete_its_backup_nor_the_databas
             "status.deletion of Backup b-first asks pod b-1 (attempt 1) to delete backup {b_id}, but the operator asked no such deletion: ignored (deletions are asked only through the Cluster's settings ConfigMap)"
         ),
     );
-    // b's agent had time to act (it polls its requests every 3 s; the old one acted on the
-    // watch event at once): the backup is still in the store, its Backup still there.
-    std::thread::sleep(Duration::from_secs(20));
-    assert_eq!(stored(&s3, &ns, "b").len(), 1, "b's backup was deleted");
-    let b = get(&ns, "backup", "b-first").expect("b's Backup stays");
-    assert!(
-        b["status"]["deletion"]["agent"].is_null(),
-        "{}",
-        b["status"]
-    );
-
     token_kept_from_postgres(&n.state, &b1);
 }
 
@@ -199,7 +199,18 @@ fn an_agent_cannot_make_another_clusters_agent_delete_its_backup_nor_the_databas
 fn token_kept_from_postgres(state: &std::path::Path, pod: &Value) {
     let uid = pod["metadata"]["uid"].as_str().expect("pod uid");
     let pod_dir = state.join("node/pods").join(uid);
-    let token: PathBuf = pod_dir.join("volumes/agent-token/token");
+    // The volume mounted where in-cluster configuration reads the token (admission's
+    // `kube-api-access-*` when a pod does not mount one itself).
+    let mounts = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .cloned();
+    let volume = mounts
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+        .and_then(|m| m["name"].as_str().map(String::from))
+        .expect("a token mount");
+    let token: PathBuf = pod_dir.join("volumes").join(volume).join("token");
     let meta = std::fs::metadata(&token)
         .unwrap_or_else(|e| panic!("no token at {}: {e}", token.display()));
     assert_eq!(
