@@ -438,10 +438,8 @@ fn dev_zero_as_a_module_file_is_too_large() {
         .build()
         .unwrap();
     let limit = pgwarden::policy::DEFAULT_MAX_MODULE_BYTES;
-    let err = timed(|| {
-        runtime.block_on(pgwarden::policy::fetch::read_file("/dev/zero", limit))
-    })
-    .unwrap_err();
+    let err = timed(|| runtime.block_on(pgwarden::policy::fetch::read_file("/dev/zero", limit)))
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -458,7 +456,9 @@ fn compiled_modules_are_evicted_least_recently_used_first() {
     })
     .unwrap();
     let wat = |version: &str| {
-        format!(r#"(component (core module $m (func (export "v") (result i32) i32.const {version})))"#)
+        format!(
+            r#"(component (core module $m (func (export "v") (result i32) i32.const {version})))"#
+        )
     };
     for version in ["1", "2", "3"] {
         // Not policies (no ABI): refused after compiling, and not kept.
@@ -468,7 +468,11 @@ fn compiled_modules_are_evicted_least_recently_used_first() {
     let policy = engine.load(&module("adversarial"), LIMITS).unwrap();
     assert_eq!(engine.modules_compiled(), 1);
     let other = engine.load(&module("default"), LIMITS).unwrap();
-    assert_eq!(engine.modules_compiled(), 1, "one module kept, the older evicted");
+    assert_eq!(
+        engine.modules_compiled(),
+        1,
+        "one module kept, the older evicted"
+    );
     // Policies in force keep their own compiled module.
     still_serves(&policy);
     assert_ne!(policy.digest(), other.digest());

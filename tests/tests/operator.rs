@@ -128,8 +128,12 @@ fn seed_cluster_reconciles_to_owned_objects_and_is_collected() {
     );
     assert_eq!(can("watch", backups, ""), "yes");
     assert_eq!(can("patch", backups, "status"), "yes");
-    assert_eq!(can("patch", clusters, "status"), "yes");
-    assert_eq!(can("patch", clusters, ""), "no");
+    // Its own Cluster's status only (resourceNames): not another Cluster's, nor any unnamed.
+    let own_cluster = format!("{clusters}/postgresql-bkp");
+    assert_eq!(can("patch", &own_cluster, "status"), "yes");
+    assert_eq!(can("patch", &format!("{clusters}/other"), "status"), "no");
+    assert_eq!(can("patch", clusters, "status"), "no");
+    assert_eq!(can("patch", &own_cluster, ""), "no");
     assert_eq!(can("delete", backups, ""), "no");
     assert_eq!(can("get", "secrets", ""), "no");
 

@@ -100,7 +100,10 @@ fn objects_the_cluster_does_not_control_are_left_alone() {
         .iter()
         .map(|(kind, name, _)| ((*kind, *name), wait_get(&ns, kind, name)))
         .collect();
-    apply_yaml(&ns, &format!("{}  instances: 1\n", cluster_yaml(CLUSTER, None, false)));
+    apply_yaml(
+        &ns,
+        &format!("{}  instances: 1\n", cluster_yaml(CLUSTER, None, false)),
+    );
 
     let cluster = wait_json(&ns, "cluster", CLUSTER, "Ready reason NameInUse", |o| {
         condition(o, "Ready").is_some_and(|c| c.1 == "NameInUse")
