@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pgwarden::plan::{self, ClusterDecisions, GuardrailError};
+use pgwarden::plan::{self, GuardrailError};
 use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
 use pgwarden_crds::Cluster;
 
@@ -186,7 +186,7 @@ fn reading_the_clock_is_refused() {
 fn planned(name: &str) -> Result<(), GuardrailError> {
     let policy = adversarial();
     let cluster = cluster(name);
-    let decisions = ClusterDecisions::from_policy(&policy, &cluster).expect("the policy answers");
+    let decisions = policy.cluster_decisions(&cluster).expect("the policy answers");
     let actions = plan::plan_cluster(&cluster, &decisions)?;
     plan::guardrails::check(&plan::subject(&cluster), &actions)
 }

@@ -12,9 +12,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use pgwarden_crds::condition_types::POLICY_APPLIED;
 use pgwarden_crds::settings::BackupSettings;
-use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
+use pgwarden_crds::settings::pod::LABEL_CLUSTER;
 use pgwarden_crds::{Backup, Cluster};
-use pgwarden_sdk::types::{BackupFacts, Instance, Role};
+use pgwarden_sdk::types::{BackupFacts, Instance};
 use serde_json::json;
 use tracing::{instrument, warn};
 
@@ -23,7 +23,6 @@ use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Failure, Step};
 use crate::plan::{self, Action, guardrails};
-use crate::policy::cli::pod_facts;
 
 /// The Cluster's instances as the policy sees them.
 fn instances(ctx: &Context, cluster: &Cluster) -> Vec<Instance> {
@@ -33,19 +32,7 @@ fn instances(ctx: &Context, cluster: &Cluster) -> Vec<Instance> {
         .state()
         .into_iter()
         .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
-        .map(|p| {
-            let facts = pod_facts(&p);
-            let primary = p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary");
-            Instance {
-                name: facts.name,
-                role: if primary {
-                    Role::Primary
-                } else {
-                    Role::Replica
-                },
-                ready: facts.ready,
-            }
-        })
+        .map(|p| plan::instance(&p))
         .collect()
 }
 
@@ -153,7 +140,7 @@ async fn decide_and_apply(
         .or_else(|| settings.as_ref().map(|s| s.target_pod.clone()));
     let pod = target
         .and_then(|name| ctx.stores.pods.get(&ObjectRef::new(&name).within(&ns)))
-        .map(|p| pod_facts(&p));
+        .map(|p| plan::pod_facts(&p));
     let facts = BackupFacts {
         backup: (*backup).clone(),
         cluster: cluster.as_deref().cloned(),

@@ -24,8 +24,7 @@ use super::observe::{self, Instances, MissingSecret};
 use super::registry::Named;
 use super::rollout::{self, Decision, InstancePod, PodState};
 use crate::plan::{
-    self, Action, Bootstrap, ClusterDecisions, EventType, RecoveryWait, Restore, guardrails,
-    reference,
+    self, Action, Bootstrap, EventType, RecoveryWait, Restore, guardrails, reference,
 };
 
 /// The restore of a recovery Cluster, from the Backup it names and that Backup's Cluster as
@@ -106,14 +105,11 @@ async fn decide_and_apply(
     let named = ctx.policies.for_cluster(cluster)?;
     let input = cluster.clone();
     let started = Instant::now();
-    let decisions = named
-        .policy
-        .run(move |p| ClusterDecisions::from_policy(p, &input))
-        .await;
+    let decisions = named.policy.run(move |p| p.cluster_decisions(&input)).await;
     ctx.metrics.policy_call("cluster", started.elapsed());
     let restore = restore(cluster, ctx);
     let (bootstrap, waiting) = match &restore {
-        Ok(r) => (Bootstrap::Decided(r.as_ref()), None),
+        Ok(r) => (Bootstrap::from_restore(r.as_ref()), None),
         // Bootstrapped already (its Backup since deleted, say): the pods stay as they are, as
         // a restore happens once.
         Err(_) if has_pods(cluster, ctx) => (Bootstrap::Waiting, None),

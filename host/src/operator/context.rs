@@ -19,11 +19,9 @@ use serde_json::Value;
 use super::metrics::Metrics;
 use super::observe::{self, MissingSecret};
 use super::registry::Registry;
+pub use crate::plan::MANAGER;
 use crate::plan::ObjectRef as Target;
 use crate::policy::Engine;
-
-/// The field manager of everything the operator writes.
-pub const MANAGER: &str = "pgwarden-operator";
 
 /// Reflector caches: what the operator last saw of each kind.
 #[derive(Clone)]

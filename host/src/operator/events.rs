@@ -11,8 +11,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::context::MANAGER;
 use super::errors::Result;
+use crate::plan::MANAGER;
 
 /// Who reports: the controller and this replica.
 #[derive(Clone, Debug)]

@@ -2,6 +2,10 @@
 
 use serde::Serialize;
 
+/// The field manager of everything the operator writes (objects, status, Events): one owner
+/// of the fields its server-side applies set.
+pub const MANAGER: &str = "pgwarden-operator";
+
 /// An object, by kind and name.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -13,8 +13,8 @@ use pgwarden_sdk::types::{ScheduleDecision, Transition};
 use serde_json::json;
 
 use super::actions::{Action, EventType};
-use super::cluster::reference;
 use super::guardrails::Subject;
+use super::meta::reference;
 
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)

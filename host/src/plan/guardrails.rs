@@ -141,7 +141,7 @@ pub fn check_rbac(
     };
     match target.kind.as_str() {
         "Role" => {
-            let agent = serde_json::to_value(super::cluster::agent_rules(&subject.cluster))
+            let agent = serde_json::to_value(super::rbac::agent_rules(&subject.cluster))
                 .unwrap_or_default();
             if object.get("rules") != Some(&agent) {
                 return refused(format!(

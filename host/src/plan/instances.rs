@@ -18,7 +18,7 @@ pub use pgwarden_crds::MAX_INSTANCES;
 use pgwarden_crds::settings::pod::LABEL_CLUSTER;
 
 use super::actions::Action;
-use super::cluster::reference;
+use super::meta::reference;
 
 /// The number of instance pods the operator runs for `cluster`.
 pub fn planned_instances(cluster: &Cluster) -> u32 {

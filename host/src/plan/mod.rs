@@ -17,18 +17,27 @@ mod cluster;
 mod errors;
 pub mod guardrails;
 mod instances;
+mod meta;
+mod observed;
+mod rbac;
+mod recovery;
 pub mod retention;
 
-pub use actions::{Action, EventType, ObjectRef};
+pub use actions::{Action, EventType, MANAGER, ObjectRef};
 pub use backup::{backup_subject, plan_backup, plan_schedule, scheduled_subject};
 pub use cluster::{
-    Bootstrap, ClusterDecisions, RESTORE_SOURCE_KEY, RecoveryWait, Restore, agent_role,
-    agent_role_binding, agent_rules, claim, owner, plan_cluster, plan_cluster_restoring, recovery,
-    reference, restore_args, service, service_account, settings_config_map, subject, with_restore,
+    Bootstrap, ClusterDecisions, claim, plan_cluster, plan_cluster_restoring, service,
+    settings_config_map, subject,
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
 pub use instances::{MAX_INSTANCES, planned_instances, surplus_pods};
+pub use meta::{owner, reference};
+pub use observed::{instance, pod_facts};
+pub use rbac::{agent_role, agent_role_binding, agent_rules, service_account};
+pub use recovery::{
+    RESTORE_SOURCE_KEY, RecoveryWait, Restore, recovery, restore_args, with_restore,
+};
 pub use retention::{RetentionInput, plan_retention, retention_subject};
 
 #[cfg(test)]

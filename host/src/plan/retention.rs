@@ -31,8 +31,9 @@ use serde_json::json;
 
 use super::actions::{Action, EventType};
 use super::backup::backup_subject;
-use super::cluster::{reference, subject};
+use super::cluster::subject;
 use super::guardrails::Subject;
+use super::meta::reference;
 
 pub mod floor;
 pub mod requests;

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use pgwarden_crds::settings::pod as conventions;
 use pgwarden_crds::{Backup, BackupPhase, Cluster, ScheduledBackup};
 use pgwarden_sdk::names;
-use pgwarden_sdk::types::{BackupFacts, DECISIONS, Instance, PodFacts, Role};
+use pgwarden_sdk::testing::Evaluator;
+use pgwarden_sdk::types::{BackupFacts, DECISIONS, Instance, Outcome, Request, Role};
 use serde_json::{Value, json};
 
 use super::{Engine, EngineConfig, Limits, Policy, PolicyError};
@@ -187,7 +188,12 @@ impl Objects {
                 .and_then(|l| l.get(conventions::LABEL_CLUSTER))
                 == Some(&cluster_name)
         };
-        let pods: Vec<Instance> = self.pods.iter().filter(labelled).map(instance_of).collect();
+        let pods: Vec<Instance> = self
+            .pods
+            .iter()
+            .filter(labelled)
+            .map(|p| plan::instance(p))
+            .collect();
         if !pods.is_empty() {
             return pods;
         }
@@ -200,57 +206,6 @@ impl Objects {
                 ready: true,
             })
             .collect()
-    }
-}
-
-fn instance_of(pod: &Pod) -> Instance {
-    let role = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(conventions::LABEL_ROLE));
-    let facts = pod_facts(pod);
-    let role = if role.map(String::as_str) == Some("primary") {
-        Role::Primary
-    } else {
-        Role::Replica
-    };
-    Instance {
-        name: facts.name,
-        role,
-        ready: facts.ready,
-    }
-}
-
-/// What the host observes about a pod, for backup transitions.
-pub fn pod_facts(pod: &Pod) -> PodFacts {
-    let status = pod.status.clone().unwrap_or_default();
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let container = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == conventions::CONTAINER)
-        .cloned();
-    let started = container.as_ref().and_then(|c| {
-        c.state
-            .as_ref()?
-            .running
-            .as_ref()?
-            .started_at
-            .as_ref()
-            .map(|t| t.0)
-    });
-    PodFacts {
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        phase: status.phase.unwrap_or_else(|| "Unknown".into()),
-        ready,
-        restart_count: container.map_or(0, |c| c.restart_count.max(0) as u32),
-        container_started_at: started.map(pgwarden_sdk::convert::from_jiff),
     }
 }
 
@@ -426,7 +381,7 @@ fn eval_backup(
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(&n))
         })
-        .map(pod_facts);
+        .map(plan::pod_facts);
     let facts = BackupFacts {
         backup: backup.clone(),
         cluster: cluster.cloned(),
@@ -445,4 +400,15 @@ fn eval_backup(
             );
         }
     }
+
+/// `pgwarden policy test` runs the SDK's fixture runner on the module.
+impl Evaluator for Policy {
+    fn evaluate(&self, request: &Request) -> std::result::Result<Outcome, String> {
+        match self.decide(request) {
+            Ok(decision) => Ok(Outcome::Allowed(decision.to_json())),
+            Err(PolicyError::Denied(message)) => Ok(Outcome::Denied(message)),
+            Err(failure) => Err(failure.to_string()),
+        }
+    }
+}
 }

@@ -5,20 +5,26 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
-use pgwarden_sdk::testing::{Evaluator, json};
 use pgwarden_sdk::types::{
-    BackupFacts, Decision, Expiry, Instance, Outcome, Request, ScheduleDecision, Transition,
+    BackupFacts, Decision, Expiry, Instance, Request, ScheduleDecision, Transition,
 };
+use serde::Serialize;
 use tracing::Instrument;
 
 use super::bindings::{self, wit};
 use super::engine::Policy;
 use super::errors::{PolicyError, Result};
+use crate::plan::{ClusterDecisions, planned_instances};
 
 /// The largest pod template a policy may answer (the API server's own object limit is ~1.5 MiB).
 pub const MAX_POD_TEMPLATE_BYTES: usize = 1 << 20;
 /// The longest message or reason a policy may answer.
 pub const MAX_MESSAGE_BYTES: usize = 32 << 10;
+
+/// An object as the JSON text the host sends across the boundary.
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
 
 fn malformed(decision: &str, detail: impl Into<String>) -> PolicyError {
     PolicyError::MalformedOutput {
@@ -47,6 +53,16 @@ fn is_dns_subdomain(name: &str) -> bool {
 }
 
 impl Policy {
+    /// Every decision of `cluster`'s objects: its archive settings and one pod template per
+    /// planned instance.
+    pub fn cluster_decisions(&self, cluster: &Cluster) -> Result<ClusterDecisions> {
+        let archive = self.archive_settings(cluster)?;
+        let pods = (0..planned_instances(cluster))
+            .map(|i| self.instance_pod(cluster, i))
+            .collect::<Result<_>>()?;
+        Ok(ClusterDecisions { archive, pods })
+    }
+
     /// The pod template of instance `instance` of `cluster`, parsed as a k8s-openapi
     /// `PodTemplateSpec`.
     #[tracing::instrument(skip_all, fields(digest = self.digest(), instance))]
@@ -242,15 +258,5 @@ impl Policy {
         })
         .await;
         joined.map_err(|e| PolicyError::Engine(format!("the policy thread failed: {e}")))?
-    }
-}
-
-impl Evaluator for Policy {
-    fn evaluate(&self, request: &Request) -> std::result::Result<Outcome, String> {
-        match self.decide(request) {
-            Ok(decision) => Ok(Outcome::Allowed(decision.to_json())),
-            Err(PolicyError::Denied(message)) => Ok(Outcome::Denied(message)),
-            Err(failure) => Err(failure.to_string()),
-        }
     }
 }

@@ -29,7 +29,7 @@ use pgwarden_sdk::defaults;
 use pgwarden_sdk::types::Expiry;
 
 use super::{RetentionInput, candidates, name, policy_text};
-use crate::plan::{Action, EventType, cluster::reference};
+use crate::plan::{Action, EventType, meta::reference};
 
 /// The reason of the Event that says the host kept a Backup the policy expired.
 pub const REASON: &str = "RetentionFloor";

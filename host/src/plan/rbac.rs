@@ -1,0 +1,77 @@
+//! The instance agent's identity: a ServiceAccount the pods run as, a Role with
+//! [`agent_rules`] and the binding between them. The guardrails refuse any other Role.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject as RbacSubject};
+use pgwarden_crds::Cluster;
+use pgwarden_sdk::names;
+
+use super::meta::{cluster_name, object_meta};
+
+/// What the instance agent of Cluster `cluster` may do, in its namespace only: watch the
+/// Backups (to take the ones that target its pod), write the status of Backups (its facts on
+/// the backups it takes: their names are not known ahead) and of its own Cluster only.
+/// Nothing else: no Secrets (credentials reach it as env), no pods, no ConfigMaps (deletion
+/// requests reach it in its settings ConfigMap, which only the operator writes).
+pub fn agent_rules(cluster: &str) -> Vec<PolicyRule> {
+    let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![pgwarden_crds::GROUP.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    let own = PolicyRule {
+        resource_names: Some(vec![cluster.into()]),
+        ..rule(&["clusters/status"], &["get", "patch"])
+    };
+    vec![
+        rule(&["backups"], &["get", "list", "watch"]),
+        rule(&["backups/status"], &["get", "patch"]),
+        own,
+    ]
+}
+
+/// The ServiceAccount the instance pods run as: `<cluster>-agent`.
+pub fn service_account(cluster: &Cluster) -> ServiceAccount {
+    ServiceAccount {
+        metadata: object_meta(
+            cluster,
+            names::agent(cluster_name(cluster)),
+            BTreeMap::new(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The Role of the agent: [`agent_rules`].
+pub fn agent_role(cluster: &Cluster) -> Role {
+    Role {
+        metadata: object_meta(
+            cluster,
+            names::agent(cluster_name(cluster)),
+            BTreeMap::new(),
+        ),
+        rules: Some(agent_rules(cluster_name(cluster))),
+    }
+}
+
+/// Binds the agent's Role to its ServiceAccount.
+pub fn agent_role_binding(cluster: &Cluster) -> RoleBinding {
+    let agent = names::agent(cluster_name(cluster));
+    RoleBinding {
+        metadata: object_meta(cluster, agent.clone(), BTreeMap::new()),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: agent.clone(),
+        },
+        subjects: Some(vec![RbacSubject {
+            kind: "ServiceAccount".into(),
+            name: agent,
+            namespace: cluster.metadata.namespace.clone(),
+            ..Default::default()
+        }]),
+    }
+}
