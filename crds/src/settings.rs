@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{DataCompression, Encryption, WalCompression};
+use crate::SecretKeySelector;
+use crate::cluster::{DataCompression, Encryption, S3Credentials, WalCompression};
 
 pub mod parameters;
 
@@ -29,6 +30,42 @@ pub mod env {
     pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
     pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
     pub const REGION: &str = "AWS_DEFAULT_REGION";
+}
+
+/// One Secret key an [`S3Credentials`] names: the field (as in the manifest), the
+/// environment variable the instance pod gets its value in, and the selector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CredentialKey<'a> {
+    /// The field's name in `s3Credentials` (`accessKeyId`...).
+    pub field: &'static str,
+    /// The variable of [`env`] it becomes in the instance pod.
+    pub env: &'static str,
+    pub selector: &'a SecretKeySelector,
+}
+
+impl S3Credentials {
+    /// The Secret keys that are set, in manifest order: the one list of the credential fields
+    /// that the pod's environment, the Secret reads and the guardrails use.
+    pub fn selectors(&self) -> impl Iterator<Item = CredentialKey<'_>> {
+        [
+            ("accessKeyId", env::ACCESS_KEY_ID, &self.access_key_id),
+            (
+                "secretAccessKey",
+                env::SECRET_ACCESS_KEY,
+                &self.secret_access_key,
+            ),
+            ("sessionToken", env::SESSION_TOKEN, &self.session_token),
+            ("region", env::REGION, &self.region),
+        ]
+        .into_iter()
+        .filter_map(|(field, env, selector)| {
+            selector.as_ref().map(|selector| CredentialKey {
+                field,
+                env,
+                selector,
+            })
+        })
+    }
 }
 
 /// How WAL is archived: the arguments of barman-cloud-wal-archive, without secrets.
@@ -98,4 +135,65 @@ pub mod pod {
     pub const LABEL_CLUSTER: &str = "postgresql.k8s.2ndq.io/cluster";
     /// Label on instance pods: `primary` or `replica`.
     pub const LABEL_ROLE: &str = "postgresql.k8s.2ndq.io/role";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Option<SecretKeySelector> {
+        Some(SecretKeySelector {
+            name: name.into(),
+            key: "k".into(),
+        })
+    }
+
+    /// Every selector field of the type is listed, under the name the manifest spells it: a
+    /// field added to `S3Credentials` (this literal stops compiling) but not to `selectors()`
+    /// fails here.
+    #[test]
+    fn selectors_list_every_secret_field_of_s3_credentials() {
+        let creds = S3Credentials {
+            access_key_id: key("a"),
+            secret_access_key: key("s"),
+            session_token: key("t"),
+            region: key("r"),
+            inherit_from_iam_role: None,
+        };
+        let json = serde_json::to_value(&creds).unwrap();
+        let mut in_manifest: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.get("key").is_some())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut listed: Vec<&str> = creds.selectors().map(|k| k.field).collect();
+        in_manifest.sort();
+        listed.sort();
+        assert_eq!(listed, in_manifest);
+        let envs: Vec<(&str, &str)> = creds
+            .selectors()
+            .map(|k| (k.env, k.selector.name.as_str()))
+            .collect();
+        assert_eq!(
+            envs,
+            [
+                (env::ACCESS_KEY_ID, "a"),
+                (env::SECRET_ACCESS_KEY, "s"),
+                (env::SESSION_TOKEN, "t"),
+                (env::REGION, "r"),
+            ]
+        );
+    }
+
+    #[test]
+    fn selectors_skip_unset_fields() {
+        let creds = S3Credentials {
+            session_token: key("t"),
+            ..Default::default()
+        };
+        let fields: Vec<&str> = creds.selectors().map(|k| k.field).collect();
+        assert_eq!(fields, ["sessionToken"]);
+    }
 }

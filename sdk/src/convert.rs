@@ -2,9 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
-use pgwarden_crds::{BackupPhase, DataCompression, Encryption, WalCompression};
 
-use crate::types::{Expiry, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition};
+use crate::types::{Expiry, Instance, PodFacts, ScheduleDecision, ScheduledRun, Transition};
 use crate::wit;
 
 /// Seconds since the epoch → a UTC time (out-of-range values clamp to the epoch).
@@ -17,77 +16,59 @@ pub fn from_jiff(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32).unwrap_or_default()
 }
 
-pub(crate) fn wal_compression_to_wit(c: WalCompression) -> wit::WalCompression {
-    match c {
-        WalCompression::Gzip => wit::WalCompression::Gzip,
-        WalCompression::Bzip2 => wit::WalCompression::Bzip2,
-        WalCompression::Snappy => wit::WalCompression::Snappy,
-        WalCompression::Lz4 => wit::WalCompression::Lz4,
-        WalCompression::Xz => wit::WalCompression::Xz,
-        WalCompression::Zstd => wit::WalCompression::Zstd,
-    }
+/// The enums the WIT interface shares with the crds and SDK types, listed once. Each line is
+/// `WitName = module::Type { Variants }`; a variant has the same name on both sides (the WIT
+/// spells it in kebab-case), so one table gives `From` both ways for the guest's bindings
+/// (`crate::wit`, below) and the host's (`host/src/policy/bindings.rs`). A variant missing on
+/// either side is a compile error (the matches are exhaustive). Also emits a test
+/// `wit_enums_round_trip` in the invoking crate.
+#[macro_export]
+macro_rules! wit_enum_conversions {
+    ($($wit:ident)::+) => {
+        $crate::wit_enum_conversions!(@table [$($wit)::+]
+            WalCompression = crds::WalCompression { Gzip, Bzip2, Snappy, Lz4, Xz, Zstd },
+            DataCompression = crds::DataCompression { Gzip, Bzip2, Snappy, Lz4 },
+            Encryption = crds::Encryption { Aes256, AwsKms },
+            BackupPhase = crds::BackupPhase { Pending, Running, Completed, Failed },
+            ExpiredObject = crds::ExpiredObject { Remove, Keep },
+            Role = types::Role { Primary, Replica },
+        );
+    };
+    (@table [$($wit:ident)::+]
+        $($name:ident = $m:ident :: $ty:ident { $($v:ident),* }),* $(,)?) => {
+        const _: () = {
+            use $($wit)::+ as wit_types;
+            $(
+                impl ::core::convert::From<$crate::$m::$ty> for wit_types::$name {
+                    fn from(v: $crate::$m::$ty) -> Self {
+                        match v { $($crate::$m::$ty::$v => Self::$v,)* }
+                    }
+                }
+                impl ::core::convert::From<wit_types::$name> for $crate::$m::$ty {
+                    fn from(v: wit_types::$name) -> Self {
+                        match v { $(wit_types::$name::$v => Self::$v,)* }
+                    }
+                }
+            )*
+        };
+
+        #[cfg(test)]
+        #[test]
+        fn wit_enums_round_trip() {
+            use $($wit)::+ as wit_types;
+            let mut checked = 0;
+            $($(
+                let v = $crate::$m::$ty::$v;
+                let back = <$crate::$m::$ty>::from(<wit_types::$name>::from(v));
+                assert_eq!(back, v, "{} does not round-trip through the WIT enum", stringify!($ty::$v));
+                checked += 1;
+            )*)*
+            assert!(checked > 0);
+        }
+    };
 }
 
-pub(crate) fn wal_compression_from_wit(c: wit::WalCompression) -> WalCompression {
-    match c {
-        wit::WalCompression::Gzip => WalCompression::Gzip,
-        wit::WalCompression::Bzip2 => WalCompression::Bzip2,
-        wit::WalCompression::Snappy => WalCompression::Snappy,
-        wit::WalCompression::Lz4 => WalCompression::Lz4,
-        wit::WalCompression::Xz => WalCompression::Xz,
-        wit::WalCompression::Zstd => WalCompression::Zstd,
-    }
-}
-
-pub(crate) fn data_compression_to_wit(c: DataCompression) -> wit::DataCompression {
-    match c {
-        DataCompression::Gzip => wit::DataCompression::Gzip,
-        DataCompression::Bzip2 => wit::DataCompression::Bzip2,
-        DataCompression::Snappy => wit::DataCompression::Snappy,
-        DataCompression::Lz4 => wit::DataCompression::Lz4,
-    }
-}
-
-pub(crate) fn data_compression_from_wit(c: wit::DataCompression) -> DataCompression {
-    match c {
-        wit::DataCompression::Gzip => DataCompression::Gzip,
-        wit::DataCompression::Bzip2 => DataCompression::Bzip2,
-        wit::DataCompression::Snappy => DataCompression::Snappy,
-        wit::DataCompression::Lz4 => DataCompression::Lz4,
-    }
-}
-
-pub(crate) fn encryption_to_wit(e: Encryption) -> wit::Encryption {
-    match e {
-        Encryption::Aes256 => wit::Encryption::Aes256,
-        Encryption::AwsKms => wit::Encryption::AwsKms,
-    }
-}
-
-pub(crate) fn encryption_from_wit(e: wit::Encryption) -> Encryption {
-    match e {
-        wit::Encryption::Aes256 => Encryption::Aes256,
-        wit::Encryption::AwsKms => Encryption::AwsKms,
-    }
-}
-
-pub(crate) fn phase_to_wit(p: BackupPhase) -> wit::BackupPhase {
-    match p {
-        BackupPhase::Pending => wit::BackupPhase::Pending,
-        BackupPhase::Running => wit::BackupPhase::Running,
-        BackupPhase::Completed => wit::BackupPhase::Completed,
-        BackupPhase::Failed => wit::BackupPhase::Failed,
-    }
-}
-
-pub(crate) fn phase_from_wit(p: wit::BackupPhase) -> BackupPhase {
-    match p {
-        wit::BackupPhase::Pending => BackupPhase::Pending,
-        wit::BackupPhase::Running => BackupPhase::Running,
-        wit::BackupPhase::Completed => BackupPhase::Completed,
-        wit::BackupPhase::Failed => BackupPhase::Failed,
-    }
-}
+crate::wit_enum_conversions!(crate::wit);
 
 pub(crate) fn archive_to_wit(s: ArchiveSettings) -> wit::ArchiveSettings {
     wit::ArchiveSettings {
@@ -95,8 +76,8 @@ pub(crate) fn archive_to_wit(s: ArchiveSettings) -> wit::ArchiveSettings {
         endpoint_url: s.endpoint_url,
         endpoint_ca_file: s.endpoint_ca_file,
         server_name: s.server_name,
-        compression: s.compression.map(wal_compression_to_wit),
-        encryption: s.encryption.map(encryption_to_wit),
+        compression: s.compression.map(Into::into),
+        encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
     }
@@ -108,8 +89,8 @@ pub(crate) fn archive_from_wit(s: wit::ArchiveSettings) -> ArchiveSettings {
         endpoint_url: s.endpoint_url,
         endpoint_ca_file: s.endpoint_ca_file,
         server_name: s.server_name,
-        compression: s.compression.map(wal_compression_from_wit),
-        encryption: s.encryption.map(encryption_from_wit),
+        compression: s.compression.map(Into::into),
+        encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
     }
@@ -118,8 +99,8 @@ pub(crate) fn archive_from_wit(s: wit::ArchiveSettings) -> ArchiveSettings {
 pub(crate) fn backup_settings_to_wit(s: BackupSettings) -> wit::BackupSettings {
     wit::BackupSettings {
         target_pod: s.target_pod,
-        compression: s.compression.map(data_compression_to_wit),
-        encryption: s.encryption.map(encryption_to_wit),
+        compression: s.compression.map(Into::into),
+        encryption: s.encryption.map(Into::into),
         jobs: s.jobs,
         immediate_checkpoint: s.immediate_checkpoint,
     }
@@ -128,8 +109,8 @@ pub(crate) fn backup_settings_to_wit(s: BackupSettings) -> wit::BackupSettings {
 pub(crate) fn backup_settings_from_wit(s: wit::BackupSettings) -> BackupSettings {
     BackupSettings {
         target_pod: s.target_pod,
-        compression: s.compression.map(data_compression_from_wit),
-        encryption: s.encryption.map(encryption_from_wit),
+        compression: s.compression.map(Into::into),
+        encryption: s.encryption.map(Into::into),
         jobs: s.jobs,
         immediate_checkpoint: s.immediate_checkpoint,
     }
@@ -138,10 +119,7 @@ pub(crate) fn backup_settings_from_wit(s: wit::BackupSettings) -> BackupSettings
 pub(crate) fn instance_to_wit(i: &Instance) -> wit::Instance {
     wit::Instance {
         name: i.name.clone(),
-        role: match i.role {
-            Role::Primary => wit::Role::Primary,
-            Role::Replica => wit::Role::Replica,
-        },
+        role: i.role.into(),
         ready: i.ready,
     }
 }
@@ -149,10 +127,7 @@ pub(crate) fn instance_to_wit(i: &Instance) -> wit::Instance {
 pub(crate) fn instance_from_wit(i: wit::Instance) -> Instance {
     Instance {
         name: i.name,
-        role: match i.role {
-            wit::Role::Primary => Role::Primary,
-            wit::Role::Replica => Role::Replica,
-        },
+        role: i.role.into(),
         ready: i.ready,
     }
 }
@@ -179,7 +154,7 @@ pub(crate) fn pod_facts_from_wit(p: wit::PodFacts) -> PodFacts {
 
 pub(crate) fn transition_to_wit(t: Transition) -> wit::Transition {
     wit::Transition {
-        phase: phase_to_wit(t.phase),
+        phase: t.phase.into(),
         reason: t.reason,
         message: t.message,
         requeue_after_seconds: t.requeue_after_seconds,
@@ -188,7 +163,7 @@ pub(crate) fn transition_to_wit(t: Transition) -> wit::Transition {
 
 pub(crate) fn transition_from_wit(t: wit::Transition) -> Transition {
     Transition {
-        phase: phase_from_wit(t.phase),
+        phase: t.phase.into(),
         reason: t.reason,
         message: t.message,
         requeue_after_seconds: t.requeue_after_seconds,
@@ -208,20 +183,14 @@ pub(crate) fn schedule_to_wit(d: ScheduleDecision) -> wit::ScheduleDecision {
 pub(crate) fn expiry_to_wit(e: Expiry) -> wit::Expiry {
     wit::Expiry {
         name: e.name,
-        object: match e.object {
-            pgwarden_crds::ExpiredObject::Remove => wit::ExpiredObject::Remove,
-            pgwarden_crds::ExpiredObject::Keep => wit::ExpiredObject::Keep,
-        },
+        object: e.object.into(),
     }
 }
 
 pub(crate) fn expiry_from_wit(e: wit::Expiry) -> Expiry {
     Expiry {
         name: e.name,
-        object: match e.object {
-            wit::ExpiredObject::Remove => pgwarden_crds::ExpiredObject::Remove,
-            wit::ExpiredObject::Keep => pgwarden_crds::ExpiredObject::Keep,
-        },
+        object: e.object.into(),
     }
 }
 

@@ -1,11 +1,8 @@
 //! Host bindings of `sdk/wit/policy.wit` and conversions to the SDK's wire types.
 
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
-use pgwarden_crds::{BackupPhase, DataCompression, Encryption, WalCompression};
 use pgwarden_sdk::convert::time;
-use pgwarden_sdk::types::{
-    Expiry, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition,
-};
+use pgwarden_sdk::types::{Expiry, Instance, PodFacts, ScheduleDecision, ScheduledRun, Transition};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -17,56 +14,36 @@ mod generated {
 pub use generated::pgwarden::policy::types as wit;
 pub use generated::{Policy, PolicyPre};
 
+// The enum conversions come from the SDK's one table, as the guest's do.
+pgwarden_sdk::wit_enum_conversions!(wit);
+
 pub fn archive(s: wit::ArchiveSettings) -> ArchiveSettings {
     ArchiveSettings {
         destination_path: s.destination_path,
         endpoint_url: s.endpoint_url,
         endpoint_ca_file: s.endpoint_ca_file,
         server_name: s.server_name,
-        compression: s.compression.map(|c| match c {
-            wit::WalCompression::Gzip => WalCompression::Gzip,
-            wit::WalCompression::Bzip2 => WalCompression::Bzip2,
-            wit::WalCompression::Snappy => WalCompression::Snappy,
-            wit::WalCompression::Lz4 => WalCompression::Lz4,
-            wit::WalCompression::Xz => WalCompression::Xz,
-            wit::WalCompression::Zstd => WalCompression::Zstd,
-        }),
-        encryption: s.encryption.map(encryption),
+        compression: s.compression.map(Into::into),
+        encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
-    }
-}
-
-fn encryption(e: wit::Encryption) -> Encryption {
-    match e {
-        wit::Encryption::Aes256 => Encryption::Aes256,
-        wit::Encryption::AwsKms => Encryption::AwsKms,
     }
 }
 
 pub fn backup_settings(s: wit::BackupSettings) -> BackupSettings {
     BackupSettings {
         target_pod: s.target_pod,
-        compression: s.compression.map(|c| match c {
-            wit::DataCompression::Gzip => DataCompression::Gzip,
-            wit::DataCompression::Bzip2 => DataCompression::Bzip2,
-            wit::DataCompression::Snappy => DataCompression::Snappy,
-            wit::DataCompression::Lz4 => DataCompression::Lz4,
-        }),
-        encryption: s.encryption.map(encryption),
+        compression: s.compression.map(Into::into),
+        encryption: s.encryption.map(Into::into),
         jobs: s.jobs,
         immediate_checkpoint: s.immediate_checkpoint,
     }
 }
 
 pub fn instance(i: &Instance) -> wit::Instance {
-    let role = match i.role {
-        Role::Primary => wit::Role::Primary,
-        Role::Replica => wit::Role::Replica,
-    };
     wit::Instance {
         name: i.name.clone(),
-        role,
+        role: i.role.into(),
         ready: i.ready,
     }
 }
@@ -82,14 +59,8 @@ pub fn pod_facts(p: &PodFacts) -> wit::PodFacts {
 }
 
 pub fn transition(t: wit::Transition) -> Transition {
-    let phase = match t.phase {
-        wit::BackupPhase::Pending => BackupPhase::Pending,
-        wit::BackupPhase::Running => BackupPhase::Running,
-        wit::BackupPhase::Completed => BackupPhase::Completed,
-        wit::BackupPhase::Failed => BackupPhase::Failed,
-    };
     Transition {
-        phase,
+        phase: t.phase.into(),
         reason: t.reason,
         message: t.message,
         requeue_after_seconds: t.requeue_after_seconds,
@@ -97,9 +68,9 @@ pub fn transition(t: wit::Transition) -> Transition {
 }
 
 pub fn expiry(e: wit::Expiry) -> Expiry {
-    match e.object {
-        wit::ExpiredObject::Remove => Expiry::remove(e.name),
-        wit::ExpiredObject::Keep => Expiry::keep(e.name),
+    Expiry {
+        name: e.name,
+        object: e.object.into(),
     }
 }
 

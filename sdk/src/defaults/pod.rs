@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pgwarden_crds::settings::{SETTINGS_MOUNT_PATH, env, pod};
+use pgwarden_crds::settings::{SETTINGS_MOUNT_PATH, pod};
 use pgwarden_crds::{Cluster, SecretKeySelector as Selector};
 
 use super::cluster_name;
@@ -241,17 +241,7 @@ fn instance_env(cluster: &Cluster) -> Vec<EnvVar> {
         .as_ref()
         .and_then(|b| b.s3_credentials.as_ref());
     if let Some(creds) = creds {
-        let pairs = [
-            (env::ACCESS_KEY_ID, &creds.access_key_id),
-            (env::SECRET_ACCESS_KEY, &creds.secret_access_key),
-            (env::SESSION_TOKEN, &creds.session_token),
-            (env::REGION, &creds.region),
-        ];
-        env.extend(
-            pairs
-                .into_iter()
-                .filter_map(|(n, s)| s.as_ref().map(|s| secret_env(n, s))),
-        );
+        env.extend(creds.selectors().map(|k| secret_env(k.env, k.selector)));
     }
     env
 }
