@@ -432,6 +432,35 @@ impl ControlPlane {
             .map(|_| ())
     }
 
+    /// Applies the agent's admission policy of `deploy/operator.yaml` (see
+    /// [`agent_admission_manifest`]) and waits until the API server has checked it: its
+    /// expressions type-checked against the CRDs without a warning.
+    pub fn install_agent_admission(&self) -> Result<(), String> {
+        let manifest = agent_admission_manifest()?;
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest))
+            .into_result()?;
+        let policy = "validatingadmissionpolicy/pgwarden-agent-own-cluster";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let fields = "jsonpath={.metadata.generation} {.status.observedGeneration} \
+                {.status.typeChecking.expressionWarnings}";
+            let checked = self.kubectl(&["get", policy, "-o", fields])?;
+            let mut fields = checked.splitn(3, ' ');
+            let (generation, observed) = (fields.next(), fields.next());
+            let warnings = fields.next().unwrap_or_default().trim();
+            if generation.is_some() && generation == observed {
+                return match warnings {
+                    "" => Ok(()),
+                    w => Err(format!("{policy} does not type-check: {w}")),
+                };
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{policy} never checked: {checked}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every request of the API server's audit log (the operator's, see [`AUDIT_POLICY`]),
     /// in the order the server answered them.
     pub fn audited_requests(&self) -> Vec<AuditedRequest> {
@@ -685,6 +714,26 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {OPERATOR_US
 "
     );
     Ok(format!("{role}\n---\n{binding}"))
+}
+
+/// The ValidatingAdmissionPolicy of `deploy/operator.yaml` that holds an agent to its own
+/// Cluster's objects, and its binding, as one manifest for `kubectl apply -f -`.
+pub fn agent_admission_manifest() -> Result<String, String> {
+    let path = workspace_root().join("deploy/operator.yaml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let kinds = [
+        "kind: ValidatingAdmissionPolicy",
+        "kind: ValidatingAdmissionPolicyBinding",
+    ];
+    let docs: Vec<&str> = text
+        .split("\n---")
+        .filter(|doc| doc.lines().any(|l| kinds.contains(&l)))
+        .collect();
+    if docs.len() != kinds.len() {
+        return Err(format!("{} lacks {kinds:?}", path.display()));
+    }
+    Ok(docs.join("\n---"))
 }
 
 /// The `ClusterRole` document of a multi-document manifest, as YAML.
@@ -1099,7 +1148,8 @@ pub fn with_crds() -> &'static ControlPlane {
     let cp = shared();
     let installed = INSTALLED.get_or_init(|| {
         cp.install_crds()?;
-        cp.install_operator_rbac()
+        cp.install_operator_rbac()?;
+        cp.install_agent_admission()
     });
     if let Err(e) = installed {
         panic!("cannot install the CRDs: {e}");

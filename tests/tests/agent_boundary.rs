@@ -250,3 +250,90 @@ fn token_kept_from_postgres(state: &std::path::Path, pod: &Value) {
         String::from_utf8_lossy(&psql.stdout)
     );
 }
+
+/// A Role granting `resources/status` patch without resource names, bound to `subject` (a
+/// ServiceAccount of the namespace): RBAC that lets through what admission must refuse.
+fn grant_status_writes(ns: &Namespace<'_>, role: &str, subject: &str) {
+    apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {role}\nrules:\n  - apiGroups: [postgresql.k8s.2ndq.io]\n    resources: [backups/status, clusters/status]\n    verbs: [get, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {role}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {role}}}\nsubjects: [{{kind: ServiceAccount, name: {subject}, namespace: {}}}]\n",
+            ns.name
+        ),
+    );
+}
+
+/// `kubectl patch <kind> <name> --subresource=status` of `status.message` as `user`.
+fn patch_status(ns: &Namespace<'_>, user: &str, kind: &str, name: &str) -> (bool, String) {
+    let user = format!("system:serviceaccount:{}:{user}", ns.name);
+    let body = format!(r#"{{"status":{{"message":"written by {user}"}}}}"#);
+    let out = ns.kubectl(&[
+        "patch",
+        kind,
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &body,
+        "--as",
+        &user,
+    ]);
+    (out.success, format!("{}{}", out.stdout, out.stderr))
+}
+
+/// The ValidatingAdmissionPolicy of `deploy/operator.yaml` (installed with the CRDs): RBAC
+/// lets every agent of a namespace patch every Backup's status there (Backup names are not
+/// known in advance), admission lets `<x>-agent` write only those of Cluster `<x>`, and Cluster
+/// status only of `<x>` even where RBAC grants more. Fast: no node, no store.
+#[test]
+fn admission_lets_an_agent_write_the_status_of_its_own_clusters_objects_only() {
+    let cp = with_crds();
+    let ns = cp.namespace("agent-admission");
+    let _op = Operator::start(cp, &ns.name);
+    for c in ["a", "b"] {
+        let cluster = pgwarden_tests::operator::cluster_yaml(c, None, false);
+        apply_yaml(&ns, &format!("{cluster}  instances: 1\n"));
+        pgwarden_tests::operator::wait_get(&ns, "rolebinding", &format!("{c}-agent"));
+        apply_yaml(
+            &ns,
+            &format!(
+                "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Backup\nmetadata:\n  name: {c}-first\nspec:\n  cluster:\n    name: {c}\n"
+            ),
+        );
+    }
+    let refused = |kind: &str, name: &str, cluster: &str, what: &str| {
+        let (ok, out) = patch_status(&ns, "a-agent", kind, name);
+        let message = format!(
+            "system:serviceaccount:{}:a-agent may write the status of its own Cluster and its Backups only: {what}, whose agent is {cluster}-agent",
+            ns.name
+        );
+        assert!(
+            !ok && out.contains("forbidden") && out.contains(&message),
+            "a-agent's patch of {kind} {name} status: not refused with {message:?}: {out}"
+        );
+    };
+    refused(
+        "backup",
+        "b-first",
+        "b",
+        "Backup b-first belongs to Cluster b",
+    );
+    let (ok, out) = patch_status(&ns, "a-agent", "backup", "a-first");
+    assert!(ok, "a-agent may write its own Backup's status: {out}");
+
+    // Where RBAC grants more than the operator's Role does, admission still holds.
+    grant_status_writes(&ns, "wide-status", "a-agent");
+    refused("cluster", "b", "b", "this is Cluster b");
+    let (ok, out) = patch_status(&ns, "a-agent", "cluster", "a");
+    assert!(ok, "a-agent may write its own Cluster's status: {out}");
+
+    // Only agents are held to it: another ServiceAccount with those rights is not matched.
+    let out = ns.kubectl(&["create", "serviceaccount", "reporter"]);
+    assert!(out.success, "{}", out.stderr);
+    grant_status_writes(&ns, "reporter-status", "reporter");
+    let (ok, out) = patch_status(&ns, "reporter", "backup", "b-first");
+    assert!(
+        ok,
+        "a ServiceAccount not named *-agent is not matched: {out}"
+    );
+}
