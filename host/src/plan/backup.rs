@@ -1,7 +1,7 @@
 //! Backups: phase transitions as status patches and events, scheduled Backups (retention is
 //! in [`super::retention`]).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use pgwarden_crds::settings::{BackupSettings, pod};
@@ -14,11 +14,7 @@ use serde_json::json;
 
 use super::actions::{Action, EventType};
 use super::guardrails::Subject;
-use super::meta::reference;
-
-fn stamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
+use super::meta::{reference, time};
 
 fn phase_name(phase: BackupPhase) -> String {
     serde_json::to_value(phase)
@@ -63,10 +59,10 @@ pub fn plan_backup(
         "message": transition.message,
     });
     if transition.phase == BackupPhase::Running && status.started_at.is_none() {
-        patch["startedAt"] = json!(stamp(now));
+        patch["startedAt"] = json!(time(now));
     }
     if transition.phase.is_final() && status.stopped_at.is_none() {
-        patch["stoppedAt"] = json!(stamp(now));
+        patch["stoppedAt"] = json!(time(now));
     }
     if let (BackupPhase::Running, Some(settings)) = (transition.phase, settings) {
         patch["instanceID"] = json!({ "podName": settings.target_pod });
@@ -123,7 +119,7 @@ pub fn plan_schedule(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut status =
-        json!({ "lastCheckTime": stamp(now), "nextScheduleTime": decision.next_run.map(stamp) });
+        json!({ "lastCheckTime": time(now), "nextScheduleTime": decision.next_run.map(time) });
     if let Some(run) = &decision.create {
         let owner: Option<OwnerReference> =
             match scheduled.spec.backup_owner_reference.unwrap_or_default() {
@@ -163,7 +159,7 @@ pub fn plan_schedule(
             target: reference(&backup),
             object: serde_json::to_value(&backup).unwrap_or_default(),
         });
-        status["lastScheduleTime"] = json!(stamp(run.scheduled_at));
+        status["lastScheduleTime"] = json!(time(run.scheduled_at));
         actions.push(Action::Event {
             regarding: reference(scheduled),
             event_type: EventType::Normal,
@@ -171,7 +167,7 @@ pub fn plan_schedule(
             note: format!(
                 "created Backup {} for the run of {}",
                 run.name,
-                stamp(run.scheduled_at)
+                time(run.scheduled_at)
             ),
         });
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use pgwarden_crds::Cluster;
@@ -55,4 +56,9 @@ pub fn apply<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Action {
         target: reference(object),
         object: serde_json::to_value(object).unwrap_or_default(),
     }
+}
+
+/// A time as the API server writes one (RFC 3339, whole seconds, `Z`): status timestamps.
+pub fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

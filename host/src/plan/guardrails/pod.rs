@@ -16,10 +16,13 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::Cluster;
 use pgwarden_crds::settings::{env, pod};
 use pgwarden_sdk::names;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::fields::Fields;
 use super::pod_security;
 use crate::plan::errors::GuardrailError;
+use crate::plan::instances::instance_index;
+use crate::plan::meta::cluster_name;
 
 /// Template metadata a policy may set (the host sets the name, owner and cluster label; a
 /// foreign namespace is refused by [`super::check`] with its own message).
@@ -74,8 +77,8 @@ const CONTAINER_CHECKED: [&str; 7] = [
 ];
 
 /// What a template is checked against: the Cluster's own objects and the default pod.
-pub(super) struct Guard {
-    object: String,
+struct Guard {
+    fields: Fields,
     cluster: String,
     secrets: BTreeSet<String>,
     claim: String,
@@ -84,10 +87,6 @@ pub(super) struct Guard {
 }
 
 type Result<T = ()> = std::result::Result<T, GuardrailError>;
-
-fn cluster_name(cluster: &Cluster) -> &str {
-    cluster.metadata.name.as_deref().unwrap_or_default()
-}
 
 /// The secrets the Cluster's spec names: the only ones its pods may read.
 fn cluster_secrets(cluster: &Cluster) -> BTreeSet<String> {
@@ -119,7 +118,8 @@ pub fn check_pod_template(
     template: &PodTemplateSpec,
     extra: &BTreeSet<String>,
 ) -> Result {
-    let instance = pod_name_index(cluster, pod_name);
+    // A name that is not an instance's is held to instance 0's default.
+    let instance = instance_index(cluster_name(cluster), pod_name).unwrap_or(0);
     // The default of an instance the Cluster does not have: an empty template, the strictest.
     let default = pgwarden_sdk::defaults::instance_pod(cluster, instance)
         .map(|p| p.build())
@@ -127,18 +127,6 @@ pub fn check_pod_template(
     let guard = Guard::new(cluster, pod_name, instance, extra);
     let json = |t: &PodTemplateSpec| serde_json::to_value(t).unwrap_or(Value::Null);
     guard.check(&json(template), &json(&default))
-}
-
-fn pod_name_index(cluster: &Cluster, pod_name: &str) -> u32 {
-    let number = pod_name
-        .strip_prefix(cluster_name(cluster))
-        .and_then(|s| s.strip_prefix('-'))
-        .and_then(|n| n.parse::<u32>().ok());
-    number.unwrap_or(1).saturating_sub(1)
-}
-
-fn object(value: &Value) -> Option<&Map<String, Value>> {
-    value.as_object()
 }
 
 fn items(value: Option<&Value>) -> &[Value] {
@@ -153,6 +141,10 @@ fn text<'a>(value: &'a Value, key: &str) -> &'a str {
 /// default's by name, not position.
 fn named<'a>(list: Option<&'a Value>, name: &str) -> Option<&'a Value> {
     items(list).iter().find(|v| text(v, "name") == name)
+        let object = format!(
+            "Pod {}/{pod_name}",
+            cluster.metadata.namespace.as_deref().unwrap_or_default()
+        );
 }
 
 impl Guard {
@@ -161,10 +153,7 @@ impl Guard {
         let mut secrets = cluster_secrets(cluster);
         secrets.extend(extra.iter().cloned());
         Guard {
-            object: format!(
-                "Pod {}/{pod_name}",
-                cluster.metadata.namespace.as_deref().unwrap_or_default()
-            ),
+            fields: Fields { object },
             cluster: format!("Cluster {name}"),
             secrets,
             claim: names::instance(name, instance),
@@ -173,40 +162,26 @@ impl Guard {
         }
     }
 
-    /// A refusal naming the field at `path` and why.
-    pub(super) fn refuse(&self, path: &str, why: &str) -> GuardrailError {
-        GuardrailError::Invalid {
-            object: self.object.clone(),
-            detail: format!("{path} {why}"),
-        }
+    fn refuse(&self, path: &str, why: &str) -> GuardrailError {
+        self.fields.refuse(path, why)
     }
 
     fn foreign(&self, path: &str, reference: String) -> GuardrailError {
         GuardrailError::ForeignReference {
-            object: self.object.clone(),
+            object: self.fields.object.clone(),
             reference: format!("{reference} ({path})"),
             subject: self.cluster.clone(),
         }
     }
 
-    /// Every key of `value` not in `allowed` must be what `default` has under it.
-    pub(super) fn same_as_default(
+    fn same_as_default(
         &self,
         path: &str,
         value: &Value,
         default: Option<&Value>,
         allowed: &[&str],
     ) -> Result {
-        for (key, v) in object(value).into_iter().flatten() {
-            if allowed.contains(&key.as_str()) || default.and_then(|d| d.get(key)) == Some(v) {
-                continue;
-            }
-            return Err(self.refuse(
-                &format!("{path}.{key}"),
-                "is not a field a policy may set: it must be as in the SDK's default pod, or absent",
-            ));
-        }
-        Ok(())
+        self.fields.same_as_default(path, value, default, allowed)
     }
 
     fn check(&self, template: &Value, default: &Value) -> Result {
@@ -219,12 +194,12 @@ impl Guard {
         let containers = spec.get("containers");
         if named(containers, pod::CONTAINER).is_none() {
             return Err(GuardrailError::Invalid {
-                object: self.object.clone(),
+                object: self.fields.object.clone(),
                 detail: format!("the pod template has no container named {}", pod::CONTAINER),
             });
         }
         self.check_account(spec, base)?;
-        pod_security::check_pod(self, spec.get("securityContext"), base)?;
+        pod_security::check_pod(&self.fields, spec.get("securityContext"), base)?;
         // Every container (init or not, the default's or an extra one) is held to the
         // default `postgres` container's security context.
         let base_container = base.and_then(|b| named(b.get("containers"), pod::CONTAINER));
@@ -301,7 +276,7 @@ impl Guard {
         let context = container.get("securityContext");
         let default_context = base.and_then(|b| b.get("securityContext"));
         pod_security::check_container(
-            self,
+            &self.fields,
             &format!("{path}.securityContext"),
             context,
             default_context,
@@ -311,7 +286,7 @@ impl Guard {
     /// Probes and lifecycle hooks run in the container, except that `httpGet.host` and
     /// `tcpSocket.host` make the kubelet connect from the node to any address: refused.
     fn check_handlers(&self, path: &str, value: Option<&Value>) -> Result {
-        for (key, v) in value.and_then(object).into_iter().flatten() {
+        for (key, v) in value.and_then(Value::as_object).into_iter().flatten() {
             let here = format!("{path}.{key}");
             if matches!(key.as_str(), "httpGet" | "tcpSocket") && v.get("host").is_some() {
                 return Err(self.refuse(
@@ -337,7 +312,7 @@ impl Guard {
             let name = text(var, "name");
             if credentials.contains(&name) && var.get("value").is_some() {
                 return Err(GuardrailError::SecretValue {
-                    object: self.object.clone(),
+                    object: self.fields.object.clone(),
                     env: name.into(),
                 });
             }

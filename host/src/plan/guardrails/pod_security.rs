@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::pod::Guard;
+use super::fields::Fields;
 use crate::plan::errors::GuardrailError;
 
 type Result<T = ()> = std::result::Result<T, GuardrailError>;
@@ -35,7 +35,7 @@ const POD_RULED: [&str; 7] = [
 
 /// A container's `securityContext` against the default `postgres` container's.
 pub(super) fn check_container(
-    guard: &Guard,
+    guard: &Fields,
     path: &str,
     context: Option<&Value>,
     default: Option<&Value>,
@@ -73,7 +73,7 @@ pub(super) fn check_container(
 }
 
 /// The pod's `securityContext` against the default pod's.
-pub(super) fn check_pod(guard: &Guard, context: Option<&Value>, spec: Option<&Value>) -> Result {
+pub(super) fn check_pod(guard: &Fields, context: Option<&Value>, spec: Option<&Value>) -> Result {
     let path = "spec.securityContext";
     let null = Value::Null;
     let context = context.unwrap_or(&null);
@@ -113,7 +113,7 @@ fn names(value: Option<&Value>, key: &str) -> Vec<String> {
 
 /// `add` within the default's `add`, `drop` covering the default's `drop`.
 fn check_capabilities(
-    guard: &Guard,
+    guard: &Fields,
     path: &str,
     value: Option<&Value>,
     default: Option<&Value>,
@@ -149,7 +149,7 @@ fn list_or_none(list: &[String]) -> String {
 
 /// A flag that tightens (`runAsNonRoot`, `readOnlyRootFilesystem`): true where the default
 /// has it true; a policy may set it true anywhere.
-fn kept_true(guard: &Guard, path: &str, value: Option<&Value>, default: Option<&Value>) -> Result {
+fn kept_true(guard: &Fields, path: &str, value: Option<&Value>, default: Option<&Value>) -> Result {
     let on = Some(&Value::Bool(true));
     if default == on && value != on {
         return Err(guard.refuse(path, "must stay true as in the SDK's default pod"));
@@ -159,7 +159,7 @@ fn kept_true(guard: &Guard, path: &str, value: Option<&Value>, default: Option<&
 
 /// A user or group id: the default's if it sets one (unset would fall back to the image's,
 /// perhaps root); else any id but 0.
-fn kept_id(guard: &Guard, path: &str, value: Option<&Value>, default: Option<&Value>) -> Result {
+fn kept_id(guard: &Fields, path: &str, value: Option<&Value>, default: Option<&Value>) -> Result {
     match (value, default) {
         (v, Some(d)) if v != Some(d) => {
             Err(guard.refuse(path, &format!("must be {d} as in the SDK's default pod")))
@@ -173,7 +173,7 @@ fn kept_id(guard: &Guard, path: &str, value: Option<&Value>, default: Option<&Va
 
 /// The default's seccomp profile if it sets one; else any profile but `Unconfined`.
 fn kept_seccomp(
-    guard: &Guard,
+    guard: &Fields,
     path: &str,
     value: Option<&Value>,
     default: Option<&Value>,
