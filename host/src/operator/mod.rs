@@ -34,6 +34,7 @@ mod registry;
 mod retention;
 pub mod rollout;
 mod scheduled;
+mod status;
 
 use std::fmt::Debug;
 use std::path::PathBuf;

@@ -1,0 +1,346 @@
+//! The Cluster's status from what the controller observed and what its reconcile did: the
+//! phase, every condition the operator owns, the Warnings to tell and when to come back.
+//!
+//! ```text
+//!   ObservedCluster (spec, status before, pods, Backups, Secrets)  ─┐
+//!   Outcome (policy applied / failed, recovery wait, rollout)      ─┼─► cluster_status ─► ClusterReport
+//!   binding (PolicyAsRequested), now                               ─┘      { status, warnings, requeue }
+//! ```
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use pgwarden_crds::{
+    ArchiveStatus, BackupPhase, MAX_INSTANCES, PolicyInForce, condition_types as types,
+};
+use serde::Serialize;
+
+use crate::conditions::{self, Wanted};
+
+/// The Cluster's instance pods as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Instances {
+    pub total: i32,
+    pub ready: i32,
+    /// The pod name of the primary, if one is ready.
+    pub primary: Option<String>,
+}
+
+/// A Backup of the Cluster, as observed (only those in a final phase count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedBackup {
+    pub name: String,
+    pub phase: Option<BackupPhase>,
+    /// `status.stoppedAt` (RFC 3339, so that text order is time order).
+    pub stopped_at: String,
+    pub message: String,
+}
+
+/// What the Cluster controller observed, as plain data.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedCluster {
+    pub namespace: String,
+    pub generation: Option<i64>,
+    /// `spec.instances`.
+    pub instances_wanted: i32,
+    /// `spec.backup` is set.
+    pub backup_configured: bool,
+    /// `status.conditions` as stored.
+    pub conditions: Vec<Condition>,
+    /// `status.archive`, as the primary's agent reported it.
+    pub archive: Option<ArchiveStatus>,
+    pub instances: Instances,
+    /// One message per credential `spec.backup` names and the namespace lacks.
+    pub missing_secrets: Vec<String>,
+    pub backups: Vec<ObservedBackup>,
+}
+
+/// What the reconcile did with the policy's decisions.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The decisions were applied, by this policy.
+    Applied {
+        policy: PolicyInForce,
+        /// A recovery that cannot start yet: the condition reason and message.
+        waiting: Option<(String, String)>,
+        /// `PodsUpToDate`, from the rollout's decision.
+        rollout: Wanted,
+    },
+    /// Nothing was applied: the reason and message of the error; `name_in_use` when one of
+    /// the Cluster's names is taken by an object it does not control.
+    Failed {
+        reason: String,
+        message: String,
+        name_in_use: bool,
+    },
+}
+
+/// The status fields the operator owns (server-side apply under its field manager): the
+/// agent's `archive` and `parameters` are left out, so an apply never touches them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub phase: String,
+    pub instances: i32,
+    pub ready_instances: i32,
+    pub current_primary: Option<String>,
+    pub conditions: Vec<Condition>,
+    pub policy: Option<PolicyInForce>,
+    pub last_successful_backup: Option<String>,
+    pub last_failed_backup: Option<String>,
+    pub observed_generation: Option<i64>,
+}
+
+/// A Warning Event to tell about the Cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: String,
+    pub message: String,
+}
+
+/// The status, the Warnings and when to reconcile again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterReport {
+    pub status: ClusterStatus,
+    pub warnings: Vec<Warning>,
+    pub requeue_seconds: u64,
+}
+
+/// The Cluster's status from the observed facts, the outcome of the reconcile and the
+/// `PolicyAsRequested` condition of the namespace's binding.
+pub fn cluster_status(
+    observed: &ObservedCluster,
+    outcome: &Outcome,
+    binding: Wanted,
+    now: Timestamp,
+) -> ClusterReport {
+    let (last_ok, last_failed, last_backup) = last_backups(&observed.backups);
+    let mut wanted = vec![
+        ready(observed, outcome),
+        continuous_archiving(observed),
+        policy_applied(outcome),
+        binding,
+    ];
+    wanted.extend(last_backup);
+    if let Outcome::Applied { rollout, .. } = outcome {
+        wanted.push(rollout.clone());
+    }
+    let generation = observed.generation;
+    let status = ClusterStatus {
+        phase: phase(observed, outcome).into(),
+        instances: observed.instances.total,
+        ready_instances: observed.instances.ready,
+        current_primary: observed.instances.primary.clone(),
+        conditions: conditions::set_all(&observed.conditions, &wanted, generation, now),
+        policy: match outcome {
+            Outcome::Applied { policy, .. } => Some(policy.clone()),
+            Outcome::Failed { .. } => None,
+        },
+        last_successful_backup: last_ok,
+        last_failed_backup: last_failed,
+        observed_generation: generation,
+    };
+    ClusterReport {
+        status,
+        warnings: warnings(&observed.conditions, &wanted),
+        requeue_seconds: requeue_seconds(observed, outcome),
+    }
+}
+
+fn phase(observed: &ObservedCluster, outcome: &Outcome) -> &'static str {
+    let all_ready = observed.instances.ready >= observed.instances_wanted;
+    match (outcome, all_ready) {
+        (Outcome::Failed { .. }, _) => "Policy not applied",
+        (
+            Outcome::Applied {
+                waiting: Some(_), ..
+            },
+            _,
+        ) => "Waiting for the backup to recover from",
+        (Outcome::Applied { .. }, true) => "Cluster in healthy state",
+        (Outcome::Applied { .. }, false) => "Setting up instances",
+    }
+}
+
+/// A failure is retried in 30 s; credentials missing, a recovery waiting or a rollout under
+/// way are looked at again in 10 s; a steady Cluster in 5 minutes.
+fn requeue_seconds(observed: &ObservedCluster, outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Failed { .. } => 30,
+        Outcome::Applied {
+            waiting, rollout, ..
+        } if !observed.missing_secrets.is_empty() || waiting.is_some() || !rollout.ok => 10,
+        Outcome::Applied { .. } => 300,
+    }
+}
+
+/// `Ready`: a recovery waiting or a name in use says why; else the instance pods.
+fn ready(observed: &ObservedCluster, outcome: &Outcome) -> Wanted {
+    match outcome {
+        Outcome::Applied {
+            waiting: Some((reason, message)),
+            ..
+        } => Wanted::failed(types::READY, reason.clone(), message.clone()),
+        Outcome::Failed {
+            reason,
+            message,
+            name_in_use: true,
+        } => Wanted::failed(types::READY, reason.clone(), message.clone()),
+        _ => readiness(observed.instances_wanted, &observed.instances),
+    }
+}
+
+/// `Ready` from the instance pods.
+pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
+    if wanted > MAX_INSTANCES {
+        // A spec stored before admission refused it: say why only one instance runs.
+        return Wanted::failed(
+            types::READY,
+            "TooManyInstances",
+            format!(
+                "spec.instances is {wanted} but at most {MAX_INSTANCES} instance runs until streaming standbys exist: more would be unrelated databases archiving into one destination ({} ready)",
+                instances.ready
+            ),
+        );
+    }
+    let message = format!("{} of {wanted} instances ready", instances.ready);
+    if instances.ready >= wanted {
+        Wanted::ok(types::READY, "InstancesReady", message)
+    } else {
+        Wanted::failed(types::READY, "InstancesNotReady", message)
+    }
+}
+
+/// `PolicyApplied` from the outcome of the decisions.
+fn policy_applied(outcome: &Outcome) -> Wanted {
+    match outcome {
+        Outcome::Applied { policy, .. } => Wanted::ok(
+            types::POLICY_APPLIED,
+            "Applied",
+            format!(
+                "decisions of policy {} (sha256:{}) applied",
+                policy.name.as_deref().unwrap_or_default(),
+                policy.digest.as_deref().unwrap_or_default()
+            ),
+        ),
+        Outcome::Failed {
+            reason, message, ..
+        } => Wanted::failed(types::POLICY_APPLIED, reason.clone(), message.clone()),
+    }
+}
+
+/// `ContinuousArchiving` from the spec, the credentials and the agent's facts.
+fn continuous_archiving(observed: &ObservedCluster) -> Wanted {
+    if !observed.backup_configured {
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "NotConfigured",
+            "spec.backup is not set: WAL is not archived",
+        );
+    }
+    if !observed.missing_secrets.is_empty() {
+        let message = observed.missing_secrets.join("; ");
+        return Wanted::failed(types::CONTINUOUS_ARCHIVING, "SecretNotFound", message);
+    }
+    archiving(observed.archive.as_ref())
+}
+
+/// `ContinuousArchiving` from the agent's facts.
+pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
+    let Some(a) = archive else {
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "WaitingForFirstReport",
+            "the primary's agent has not reported WAL archiving yet",
+        );
+    };
+    let failed_last = match (&a.last_failed_time, &a.last_archived_time) {
+        (Some(failed), Some(archived)) => failed > archived,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if a.destination_checked == Some(false) || failed_last {
+        let wal = a.last_failed_wal.as_deref().unwrap_or("a WAL file");
+        let why = a.last_failure.as_deref().unwrap_or("no detail reported");
+        let waiting = a.ready_segments.unwrap_or(0);
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "ArchiveFailing",
+            format!(
+                "archiving {wal} failed: {why}; {waiting} WAL files wait, kept by PostgreSQL until archived"
+            ),
+        );
+    }
+    if a.last_archived_time.is_none() && a.last_archived_wal.is_none() {
+        return Wanted::failed(
+            types::CONTINUOUS_ARCHIVING,
+            "WaitingForFirstArchive",
+            "no WAL file has been archived yet: PostgreSQL hands one over when a segment fills, \
+             on a backup, or after archive_timeout",
+        );
+    }
+    Wanted::ok(
+        types::CONTINUOUS_ARCHIVING,
+        "Archiving",
+        "WAL files are archived to the object store",
+    )
+}
+
+/// The newest completed and failed Backups, and `LastBackupSucceeded` from the newest ended.
+fn last_backups(backups: &[ObservedBackup]) -> (Option<String>, Option<String>, Option<Wanted>) {
+    let mut ended: Vec<(&ObservedBackup, BackupPhase)> = backups
+        .iter()
+        .filter_map(|b| Some((b, b.phase.filter(|p| p.is_final())?)))
+        .collect();
+    ended.sort_by(|(a, _), (b, _)| (&a.stopped_at, &a.name).cmp(&(&b.stopped_at, &b.name)));
+    let last_of = |phase: BackupPhase| {
+        ended
+            .iter()
+            .rev()
+            .find(|e| e.1 == phase)
+            .map(|e| e.0.name.clone())
+    };
+    let condition = ended.last().map(|(backup, phase)| match phase {
+        BackupPhase::Completed => Wanted::ok(
+            types::LAST_BACKUP_SUCCEEDED,
+            "BackupCompleted",
+            format!("Backup {} completed", backup.name),
+        ),
+        _ => Wanted::failed(
+            types::LAST_BACKUP_SUCCEEDED,
+            "BackupFailed",
+            format!("Backup {} failed: {}", backup.name, backup.message),
+        ),
+    });
+    (
+        last_of(BackupPhase::Completed),
+        last_of(BackupPhase::Failed),
+        condition,
+    )
+}
+
+/// A Warning for each condition that turns False or changes its failure message.
+fn warnings(before: &[Condition], wanted: &[Wanted]) -> Vec<Warning> {
+    // One Event for a failure two conditions report (NameInUse: Ready and PolicyApplied).
+    let mut seen = std::collections::BTreeSet::new();
+    wanted
+        .iter()
+        .filter(|w| !w.ok)
+        .filter(|w| seen.insert((&w.reason, &w.message)))
+        .filter(|w| {
+            !before
+                .iter()
+                .any(|c| c.type_ == w.type_ && c.status == "False" && c.message == w.message)
+        })
+        .filter(|w| w.reason != "WaitingForFirstReport" && w.reason != "InstancesNotReady")
+        // A rollout under way is no failure: its own Normal Event says which pod goes.
+        .filter(|w| w.type_ != types::PODS_UP_TO_DATE)
+        .map(|w| Warning {
+            reason: w.reason.clone(),
+            message: w.message.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -1,0 +1,288 @@
+//! The Cluster's status from observed state alone.
+
+use super::*;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(seconds).unwrap()
+}
+
+fn observed(ready: i32) -> ObservedCluster {
+    ObservedCluster {
+        namespace: "ns".into(),
+        generation: Some(2),
+        instances_wanted: 1,
+        backup_configured: true,
+        archive: Some(ArchiveStatus {
+            last_archived_time: Some("2026-11-25T10:00:00Z".into()),
+            ..Default::default()
+        }),
+        instances: Instances {
+            total: 1,
+            ready,
+            primary: (ready > 0).then(|| "pg-1".to_string()),
+        },
+        ..Default::default()
+    }
+}
+
+fn applied() -> Outcome {
+    applied_with(
+        None,
+        Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
+    )
+}
+
+fn applied_with(waiting: Option<(String, String)>, rollout: Wanted) -> Outcome {
+    Outcome::Applied {
+        policy: PolicyInForce {
+            name: Some("default".into()),
+            digest: Some("abc".into()),
+        },
+        waiting,
+        rollout,
+    }
+}
+
+fn bound() -> Wanted {
+    Wanted::ok(types::POLICY_AS_REQUESTED, "AsRequested", "as asked")
+}
+
+fn condition<'a>(status: &'a ClusterStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {:?}", status.conditions))
+}
+
+#[test]
+fn ready_and_the_phase_agree() {
+    let healthy = cluster_status(&observed(1), &applied(), bound(), at(10));
+    assert_eq!(healthy.status.phase, "Cluster in healthy state");
+    assert_eq!(condition(&healthy.status, "Ready").status, "True");
+    assert_eq!(healthy.status.current_primary.as_deref(), Some("pg-1"));
+    assert_eq!(healthy.status.observed_generation, Some(2));
+    assert_eq!(healthy.requeue_seconds, 300);
+    assert!(healthy.warnings.is_empty(), "{:?}", healthy.warnings);
+    let starting = cluster_status(&observed(0), &applied(), bound(), at(10));
+    assert_eq!(starting.status.phase, "Setting up instances");
+    let ready = condition(&starting.status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InstancesNotReady")
+    );
+    assert!(starting.warnings.is_empty(), "not ready yet is no failure");
+}
+
+#[test]
+fn a_stored_spec_above_the_instance_limit_is_never_ready() {
+    let mut too_many = observed(1);
+    too_many.instances_wanted = 3;
+    let report = cluster_status(&too_many, &applied(), bound(), at(10));
+    let ready = condition(&report.status, "Ready");
+    assert_eq!(ready.reason, "TooManyInstances");
+    assert!(
+        ready.message.contains("spec.instances is 3"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(report.warnings[0].reason, "TooManyInstances");
+}
+
+#[test]
+fn a_name_in_use_fails_ready_and_policy_applied_with_one_warning() {
+    let outcome = Outcome::Failed {
+        reason: "NameInUse".into(),
+        message: "objects under the Cluster's names exist: Service pg-rw".into(),
+        name_in_use: true,
+    };
+    let report = cluster_status(&observed(1), &outcome, bound(), at(10));
+    assert_eq!(report.status.phase, "Policy not applied");
+    assert_eq!(report.status.policy, None);
+    assert_eq!(condition(&report.status, "Ready").reason, "NameInUse");
+    assert_eq!(
+        condition(&report.status, "PolicyApplied").reason,
+        "NameInUse"
+    );
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert_eq!(report.requeue_seconds, 30);
+}
+
+#[test]
+fn a_denial_leaves_ready_to_the_pods() {
+    let outcome = Outcome::Failed {
+        reason: "PolicyDenied".into(),
+        message: "policy default denied instance-pod: no".into(),
+        name_in_use: false,
+    };
+    let report = cluster_status(&observed(1), &outcome, bound(), at(10));
+    assert_eq!(condition(&report.status, "Ready").status, "True");
+    let applied = condition(&report.status, "PolicyApplied");
+    assert_eq!(
+        (applied.status.as_str(), applied.reason.as_str()),
+        ("False", "PolicyDenied")
+    );
+}
+
+#[test]
+fn policy_applied_names_the_policy_and_its_digest() {
+    let report = cluster_status(&observed(1), &applied(), bound(), at(10));
+    let c = condition(&report.status, "PolicyApplied");
+    assert_eq!(
+        c.message,
+        "decisions of policy default (sha256:abc) applied"
+    );
+    assert_eq!(
+        report.status.policy.unwrap().name.as_deref(),
+        Some("default")
+    );
+}
+
+#[test]
+fn a_recovery_waiting_says_why_it_is_not_ready() {
+    let waiting = ("BackupNotFound".into(), "Backup b does not exist".into());
+    let outcome = applied_with(
+        Some(waiting),
+        Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
+    );
+    let report = cluster_status(&observed(0), &outcome, bound(), at(10));
+    assert_eq!(
+        report.status.phase,
+        "Waiting for the backup to recover from"
+    );
+    assert_eq!(condition(&report.status, "Ready").reason, "BackupNotFound");
+    assert_eq!(report.requeue_seconds, 10);
+}
+
+#[test]
+fn archiving_follows_the_spec_the_secrets_and_the_facts() {
+    let mut unconfigured = observed(1);
+    unconfigured.backup_configured = false;
+    let r = cluster_status(&unconfigured, &applied(), bound(), at(1));
+    assert_eq!(
+        condition(&r.status, "ContinuousArchiving").reason,
+        "NotConfigured"
+    );
+    let mut missing = observed(1);
+    missing.missing_secrets = vec!["Secret s has no key a".into(), "Secret t is missing".into()];
+    let r = cluster_status(&missing, &applied(), bound(), at(1));
+    let c = condition(&r.status, "ContinuousArchiving");
+    assert_eq!(c.reason, "SecretNotFound");
+    assert_eq!(c.message, "Secret s has no key a; Secret t is missing");
+    assert_eq!(r.requeue_seconds, 10);
+
+    assert_eq!(archiving(None).reason, "WaitingForFirstReport");
+    let nothing_yet = ArchiveStatus {
+        archived_count: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        archiving(Some(&nothing_yet)).reason,
+        "WaitingForFirstArchive"
+    );
+    let failing = ArchiveStatus {
+        last_archived_time: Some("2026-11-25T10:00:00Z".into()),
+        last_failed_time: Some("2026-11-25T10:01:00Z".into()),
+        last_failed_wal: Some("000000010000000000000007".into()),
+        last_failure: Some("the object store is unreachable".into()),
+        ready_segments: Some(3),
+        ..Default::default()
+    };
+    let w = archiving(Some(&failing));
+    assert_eq!(w.reason, "ArchiveFailing");
+    assert!(
+        w.message.contains("000000010000000000000007") && w.message.contains("3 WAL files wait"),
+        "{}",
+        w.message
+    );
+}
+
+fn ended(name: &str, phase: BackupPhase, stopped_at: &str) -> ObservedBackup {
+    ObservedBackup {
+        name: name.into(),
+        phase: Some(phase),
+        stopped_at: stopped_at.into(),
+        message: "barman-cloud-backup exited 1".into(),
+    }
+}
+
+#[test]
+fn the_newest_ended_backup_sets_last_backup_succeeded() {
+    let mut o = observed(1);
+    o.backups = vec![
+        ended("b1", BackupPhase::Completed, "2026-11-25T10:00:00Z"),
+        ended("b2", BackupPhase::Failed, "2026-11-25T11:00:00Z"),
+        ObservedBackup {
+            phase: Some(BackupPhase::Running),
+            ..ended("b3", BackupPhase::Running, "")
+        },
+    ];
+    let r = cluster_status(&o, &applied(), bound(), at(1));
+    assert_eq!(r.status.last_successful_backup.as_deref(), Some("b1"));
+    assert_eq!(r.status.last_failed_backup.as_deref(), Some("b2"));
+    let c = condition(&r.status, "LastBackupSucceeded");
+    assert_eq!(c.message, "Backup b2 failed: barman-cloud-backup exited 1");
+    o.backups
+        .push(ended("b4", BackupPhase::Completed, "2026-11-25T12:00:00Z"));
+    let r = cluster_status(&o, &applied(), bound(), at(1));
+    assert_eq!(condition(&r.status, "LastBackupSucceeded").status, "True");
+}
+
+#[test]
+fn a_rollout_sets_pods_up_to_date_without_a_warning() {
+    let rollout = Wanted::failed(
+        types::PODS_UP_TO_DATE,
+        "RollingUpdate",
+        "replacing pod pg-1",
+    );
+    let outcome = applied_with(None, rollout);
+    let r = cluster_status(&observed(1), &outcome, bound(), at(1));
+    assert_eq!(condition(&r.status, "PodsUpToDate").reason, "RollingUpdate");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(r.requeue_seconds, 10);
+}
+
+#[test]
+fn a_steady_state_computes_the_same_status_and_no_warning() {
+    let mut o = observed(1);
+    o.archive = None;
+    let first = cluster_status(&o, &applied(), bound(), at(1));
+    o.conditions = first.status.conditions.clone();
+    let again = cluster_status(&o, &applied(), bound(), at(99));
+    assert_eq!(first.status, again.status, "transition times kept");
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+}
+
+#[test]
+fn a_failure_is_told_once_per_new_message() {
+    let outcome = Outcome::Failed {
+        reason: "PolicyDenied".into(),
+        message: "denied: one".into(),
+        name_in_use: false,
+    };
+    let mut o = observed(1);
+    let first = cluster_status(&o, &outcome, bound(), at(1));
+    assert_eq!(first.warnings.len(), 1);
+    o.conditions = first.status.conditions;
+    assert!(
+        cluster_status(&o, &outcome, bound(), at(2))
+            .warnings
+            .is_empty()
+    );
+    let other = Outcome::Failed {
+        reason: "PolicyDenied".into(),
+        message: "denied: two".into(),
+        name_in_use: false,
+    };
+    assert_eq!(cluster_status(&o, &other, bound(), at(3)).warnings.len(), 1);
+}
+
+#[test]
+fn the_status_leaves_out_the_fields_the_agent_owns() {
+    let r = cluster_status(&observed(1), &applied(), bound(), at(1));
+    let json = serde_json::to_value(&r.status).unwrap();
+    for agent in ["archive", "parameters", "firstRecoverabilityPoint"] {
+        assert!(json.get(agent).is_none(), "{agent} in {json}");
+    }
+    assert_eq!(json["readyInstances"], 1);
+}

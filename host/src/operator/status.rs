@@ -1,0 +1,101 @@
+//! Status written once: a controller's computed status (from the reconcile core) goes to the
+//! API server here, by server-side apply under the operator's field manager [`MANAGER`].
+//!
+//! An apply is the manager's whole intent for the fields it sends: a field it set before and
+//! leaves out now is removed (`currentPrimary` once no pod is ready), which a controller that
+//! always sends its kind's whole status wants. The fields other managers own (the agent's
+//! `status.archive` and `status.parameters`, under its own managers) are never in the applied
+//! object, so an apply leaves them as they are.
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::debug;
+
+use super::apply::contains;
+use super::context::{Context, MANAGER};
+use super::errors::Result;
+use crate::plan::ObjectRef;
+
+/// Applies `status` as the status of `target`, unless the observed object already holds it
+/// (a steady state writes nothing). Returns whether it wrote.
+pub async fn apply_status(
+    ctx: &Context,
+    target: &ObjectRef,
+    status: &impl Serialize,
+) -> Result<bool> {
+    // With its `null`s: a field the core left empty but the observed status still has is a
+    // difference (it is to be removed).
+    let desired = serde_json::to_value(status).unwrap_or_default();
+    let observed = ctx.stores.observed(target);
+    if observed.is_some_and(|o| contains(&o["status"], &desired)) {
+        return Ok(false);
+    }
+    let body = json!({
+        "apiVersion": target.api_version,
+        "kind": target.kind,
+        "metadata": {"name": target.name},
+        "status": without_nulls(desired),
+    });
+    api(ctx, target)
+        .patch_status(
+            &target.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    debug!(object = %target, "status applied");
+    ctx.metrics.wrote("status");
+    Ok(true)
+}
+
+/// `value` without the object fields that are `null`: in an apply, leaving a field out is
+/// what removes it (this manager no longer sets it).
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}
+
+fn api(ctx: &Context, target: &ObjectRef) -> Api<DynamicObject> {
+    let (group, version) = target
+        .api_version
+        .rsplit_once('/')
+        .unwrap_or(("", &target.api_version));
+    let gvk = GroupVersionKind::gvk(group, version, &target.kind);
+    let resource = ApiResource::from_gvk(&gvk);
+    match &target.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nulls_are_left_out_of_the_applied_status() {
+        let status = json!({
+            "phase": "Setting up instances",
+            "currentPrimary": null,
+            "policy": {"name": "default", "digest": null},
+            "conditions": [{"type": "Ready", "observedGeneration": null}],
+        });
+        assert_eq!(
+            without_nulls(status),
+            json!({
+                "phase": "Setting up instances",
+                "policy": {"name": "default"},
+                "conditions": [{"type": "Ready"}],
+            })
+        );
+    }
+}
