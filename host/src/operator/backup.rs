@@ -114,11 +114,12 @@ async fn decide_and_apply(
         .stores
         .clusters
         .get(&ObjectRef::new(&backup.spec.cluster.name).within(&ns));
-    let named = match &cluster {
-        Some(c) => ctx.policies.for_cluster(c)?,
-        // No Cluster (yet): the namespace's binding still holds.
-        None => ctx.policies.for_namespace(&ns, None)?,
-    };
+    let named = ctx.policies.for_cluster_of(
+        "Backup",
+        &ns,
+        &backup.spec.cluster.name,
+        cluster.as_deref(),
+    )?;
     step.policy = Some(named.name.clone());
     let started = Instant::now();
     let settings = match (&cluster, &status.instance_id) {

@@ -14,6 +14,10 @@ pub enum Error {
     Guardrail(#[from] GuardrailError),
     #[error("{0}")]
     NoPolicy(String),
+    /// The Cluster a Backup or ScheduledBackup names does not exist, and no namespace binding
+    /// says which policy decides without it.
+    #[error("{0}")]
+    ClusterNotFound(String),
     #[error("cannot load policy module: {0}")]
     Module(String),
     /// Objects the Cluster's names would take exist and are not controlled by it: left
@@ -32,6 +36,7 @@ impl Error {
             Error::Policy(e) => e.label(),
             Error::Guardrail(_) => "guardrail",
             Error::NoPolicy(_) => "no_policy",
+            Error::ClusterNotFound(_) => "cluster_not_found",
             Error::Module(_) => "module",
             Error::NameInUse(_) => "name_in_use",
         }
@@ -45,6 +50,7 @@ impl Error {
             Error::Policy(_) => "PolicyFailed",
             Error::Guardrail(_) => "GuardrailRefused",
             Error::NoPolicy(_) => "PolicyNotFound",
+            Error::ClusterNotFound(_) => "ClusterNotFound",
             Error::Module(_) => "ModuleLoadFailed",
             Error::NameInUse(_) => "NameInUse",
         }

@@ -102,6 +102,7 @@ impl Failure {
                 format!("{d}GuardrailRefused"),
                 format!("the guardrails refused what policy {policy} decided in {name}: {e}"),
             ),
+            Error::ClusterNotFound(message) => (self.error.reason().to_string(), message.clone()),
             e => (
                 e.reason().to_string(),
                 format!("no policy answered {name}: {e}"),
@@ -208,6 +209,21 @@ mod tests {
             w.message.starts_with("policy (none) failed in retention: "),
             "{}",
             w.message
+        );
+    }
+
+    #[test]
+    fn a_missing_cluster_is_told_as_such_on_the_backup() {
+        let message = "Cluster ns/pg (spec.cluster.name) does not exist, so no policy decides for this Backup: create the Cluster, or delete the Backup";
+        let missing =
+            Step::new(Decision::BackupSettings).failed(Error::ClusterNotFound(message.into()));
+        let w = missing.wanted("PolicyApplied").unwrap();
+        assert_eq!((w.ok, w.reason.as_str()), (false, "ClusterNotFound"));
+        assert_eq!(w.message, message);
+        let actions = report(target(), &[], &w, Some(1), json!({"phase": "pending"}));
+        assert!(
+            matches!(&actions[1], Action::Event { event_type: EventType::Warning, reason, note, .. } if reason == "ClusterNotFound" && note == message),
+            "{actions:?}"
         );
     }
 

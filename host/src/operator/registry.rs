@@ -71,6 +71,26 @@ impl Registry {
         self.for_namespace(&ns, cluster.spec.policy.as_deref())
     }
 
+    /// The policy that decides for a Backup or ScheduledBackup (`kind`) of the Cluster named
+    /// `cluster_name` in `namespace`, `cluster` as observed: the namespace's bound policy, else
+    /// the Cluster's. Without the Cluster the policy it would ask for is unknown: an error that
+    /// names the missing Cluster, never the default policy in its place.
+    pub fn for_cluster_of(
+        &self,
+        kind: &str,
+        namespace: &str,
+        cluster_name: &str,
+        cluster: Option<&Cluster>,
+    ) -> Result<Named> {
+        match cluster {
+            Some(cluster) => self.for_cluster(cluster),
+            None if self.bindings.contains_key(namespace) => self.for_namespace(namespace, None),
+            None => Err(Error::ClusterNotFound(format!(
+                "Cluster {namespace}/{cluster_name} (spec.cluster.name) does not exist, so no policy decides for this {kind}: create the Cluster, or delete the {kind}"
+            ))),
+        }
+    }
+
     /// The policy that decides in `namespace` for an object asking for `requested`.
     pub fn for_namespace(&self, namespace: &str, requested: Option<&str>) -> Result<Named> {
         if let Some(bound) = self.bindings.get(namespace) {
@@ -191,6 +211,26 @@ mod tests {
             message.starts_with("ReconcilePolicy lenient (spec.policy)"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_backup_of_a_missing_cluster_gets_no_policy_but_an_error_naming_the_cluster() {
+        let registry = registry();
+        let Err(error) = registry.for_cluster_of("Backup", "dev", "pg", None) else {
+            panic!("a missing Cluster must not get a policy");
+        };
+        assert_eq!(error.reason(), "ClusterNotFound");
+        assert_eq!(
+            error.to_string(),
+            "Cluster dev/pg (spec.cluster.name) does not exist, so no policy decides for this Backup: create the Cluster, or delete the Backup"
+        );
+        // A bound namespace's policy decides whatever the Cluster: not loaded here, so it
+        // fails closed naming the bound policy (the Cluster is not needed to know it).
+        let Err(Error::NoPolicy(message)) = registry.for_cluster_of("Backup", "prod", "pg", None)
+        else {
+            panic!("a bound namespace's policy decides without the Cluster");
+        };
+        assert!(message.starts_with("namespace prod is bound"), "{message}");
     }
 
     #[test]

@@ -92,11 +92,12 @@ async fn decide_and_apply(
         .stores
         .clusters
         .get(&ObjectRef::new(&scheduled.spec.cluster.name).within(&ns));
-    let named = match &cluster {
-        Some(c) => ctx.policies.for_cluster(c)?,
-        // No Cluster (yet): the namespace's binding still holds.
-        None => ctx.policies.for_namespace(&ns, None)?,
-    };
+    let named = ctx.policies.for_cluster_of(
+        "ScheduledBackup",
+        &ns,
+        &scheduled.spec.cluster.name,
+        cluster.as_deref(),
+    )?;
     step.policy = Some(named.name.clone());
     let input = (*scheduled).clone();
     let now = Utc::now();
