@@ -671,7 +671,9 @@ fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
         "--profiling=false".to_string(),
         // Namespaces may pin their pods to a node (annotation
         // scheduler.alpha.kubernetes.io/node-selector): tests with a local node each keep
-        // their pods on their own node, as the scheduler would otherwise spread them.
+        // their pods on their own node, as the scheduler would otherwise spread them. Added
+        // to the default plugins, which include ValidatingAdmissionPolicy (deploy/operator.yaml
+        // holds an agent to its own Cluster's objects with one).
         "--enable-admission-plugins=PodNodeSelector".to_string(),
         // The API server's own record of the operator's writes: tests count them there,
         // not with the operator's counters.

@@ -3,12 +3,13 @@
 //!
 //! Two Clusters `a` and `b` in one namespace, each with a completed backup in the store. As
 //! `system:serviceaccount:<ns>:a-agent` (what a database superuser of `a` could act as with
-//! its agent's token), a deletion of `b`'s backup is forged in `b`'s Backup status (the old
-//! channel, still writable: agents report their backups there); writing `b`'s settings
-//! ConfigMap (the new channel) or `b`'s Cluster status is Forbidden. `b`'s agent deletes
-//! nothing, and the operator reports the forged request (Warning Event `DeletionIgnored` on
-//! the Backup). And the token itself: the `postgres` OS user, as a shell or as a database
-//! superuser (`pg_read_file`), cannot read it.
+//! its agent's token), forging a deletion of `b`'s backup in `b`'s Backup status (the old
+//! channel; agents report their backups there, so RBAC lets them write it) is refused by the
+//! admission policy of `deploy/operator.yaml`; writing `b`'s settings ConfigMap (the new
+//! channel) or `b`'s Cluster status is Forbidden. Forged by someone else who may write Backup
+//! status, `b`'s agent deletes nothing, and the operator reports the forged request (Warning
+//! Event `DeletionIgnored` on the Backup). And the token itself: the `postgres` OS user, as a
+//! shell or as a database superuser (`pg_read_file`), cannot read it.
 //!
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
@@ -114,21 +115,26 @@ fn an_agent_cannot_make_another_clusters_agent_delete_its_backup_nor_the_databas
     assert_eq!(stored(&s3, &ns, "b").len(), 1, "b's backup is in the store");
 
     // The old channel: as a's agent, b's Backup status asks b's agent to delete b's backup.
+    // Admission refuses it (deploy/operator.yaml's policy; RBAC alone lets it through).
     let forged = r#"{"status":{"deletion":{"reason":"Retention","requestedAt":"2020-01-01T00:00:00Z","podName":"b-1","attempt":1,"object":"remove"}}}"#;
-    let (ok, out) = as_agent(
-        &ns,
-        "a",
-        &[
-            "patch",
-            "backup",
-            "b-first",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            forged,
-        ],
+    let patch = [
+        "patch",
+        "backup",
+        "b-first",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        forged,
+    ];
+    let (ok, out) = as_agent(&ns, "a", &patch);
+    assert!(
+        !ok && out.contains("Backup b-first belongs to Cluster b, whose agent is b-agent"),
+        "a's agent wrote b's Backup status: {out}"
     );
-    assert!(ok, "an agent may still write Backup status: {out}");
+    // Written by someone else who may write Backup status (here the admin): b's agent still
+    // acts on the operator's requests only.
+    let out = ns.kubectl(&patch);
+    assert!(out.success, "{}", out.stderr);
     // b's agent had time to act (it polls its requests every 3 s; the old one acted on the
     // watch event at once): the backup is still in the store, its Backup still there.
     std::thread::sleep(Duration::from_secs(20));
