@@ -12,10 +12,13 @@
 //!   allowed: { destinationPath: s3://backups/pg, ... }   # the decision as JSON
 //!   # or: denied: "spec.backup.wal.encryption"          # a substring of the denial
 //! ```
+//!
+//! A case may extend another file (`base: other.yaml`) and state only what differs: see
+//! [`files`].
 
 use std::fmt::Write as _;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +30,9 @@ use crate::glue::Exports;
 use crate::policy::Policy;
 use crate::types::{Decision, Outcome, Request};
 use crate::wit::{self, Guest};
+
+pub mod files;
+pub use files::{bless_dir, case_paths, load_case, load_dir};
 
 /// Something that answers decisions: the native policy code, or a wasm module in the host.
 pub trait Evaluator {
@@ -152,39 +158,6 @@ pub struct CaseResult {
     pub detail: String,
 }
 
-/// Reads every `*.yaml`, `*.yml` and `*.json` case of `dir`, sorted by file name.
-pub fn load_dir(dir: &Path) -> Result<Vec<Testcase>, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read fixture folder {}: {e}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
-        })
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| load_case(p)).collect()
-}
-
-/// Reads one case file.
-pub fn load_case(path: &Path) -> Result<Testcase, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    // Through JSON values: serde_yaml would want YAML tags (`!allowed`) for the enums.
-    let invalid =
-        |e: &dyn std::fmt::Display| format!("{} is not a valid test case: {e}", path.display());
-    let value: serde_json::Value = serde_yaml::from_str(&text).map_err(|e| invalid(&e))?;
-    let mut case: Testcase = serde_json::from_value(value).map_err(|e| invalid(&e))?;
-    if case.name.is_empty() {
-        case.name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-    }
-    Ok(case)
-}
-
 fn pretty(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
 }
@@ -257,35 +230,6 @@ pub fn run_dir(
         results.len() - failed
     );
     Ok(results)
-}
-
-/// Rewrites the `expect:` section of every case in `dir` with what `evaluator` answers
-/// (a golden-file "bless"); the request text is kept as written. Review the diff in git.
-pub fn bless_dir(dir: &Path, evaluator: &dyn Evaluator) -> Result<usize, String> {
-    let cases = load_dir(dir)?;
-    let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    paths.sort();
-    for (path, case) in paths.iter().zip(&cases) {
-        let expect = match evaluator.evaluate(&case.request)? {
-            Outcome::Allowed(value) => Expectation::Allowed(value),
-            Outcome::Denied(message) => Expectation::Denied(message),
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let head = text
-            .split("\nexpect:")
-            .next()
-            .unwrap_or_default()
-            .trim_end()
-            .to_string();
-        let tail = serde_yaml::to_string(&serde_json::json!({ "expect": expect }))
-            .map_err(|e| e.to_string())?;
-        std::fs::write(path, format!("{head}\n{tail}")).map_err(|e| e.to_string())?;
-    }
-    Ok(cases.len())
 }
 
 /// For a policy crate's `cargo test`: runs the fixtures of `dir` natively with policy `P`
