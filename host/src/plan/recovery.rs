@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodTemplateSpec};
-use pgwarden_crds::settings::{ArchiveSettings, SETTINGS_MOUNT_PATH, env, pod};
+use pgwarden_crds::settings::{ArchiveSettings, SETTINGS_MOUNT_PATH, pod};
 use pgwarden_crds::{Backup, BackupPhase, Cluster, ObjectStore, RecoveryTarget, S3Credentials};
 use pgwarden_sdk::names;
 use serde::Serialize;
@@ -257,19 +257,10 @@ fn env_value(container: &Container, var: &str) -> Option<String> {
 }
 
 fn credential_env(creds: &S3Credentials) -> Vec<EnvVar> {
-    [
-        (env::ACCESS_KEY_ID, &creds.access_key_id),
-        (env::SECRET_ACCESS_KEY, &creds.secret_access_key),
-        (env::SESSION_TOKEN, &creds.session_token),
-        (env::REGION, &creds.region),
-    ]
-    .into_iter()
-    .filter_map(|(var, selector)| {
-        selector
-            .as_ref()
-            .map(|s| pgwarden_sdk::defaults::secret_env(var, s))
-    })
-    .collect()
+    creds
+        .selectors()
+        .map(|k| pgwarden_sdk::defaults::secret_env(k.env, k.selector))
+        .collect()
 }
 
 /// The Secrets a restore's credentials name (the pod guardrail allows them).
@@ -277,16 +268,7 @@ pub fn restore_secrets(restore: Option<&Restore>) -> BTreeSet<String> {
     let Some(creds) = restore.and_then(|r| r.credentials.as_ref()) else {
         return BTreeSet::new();
     };
-    [
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        &creds.session_token,
-        &creds.region,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|s| s.name.clone())
-    .collect()
+    creds.selectors().map(|k| k.selector.name.clone()).collect()
 }
 
 #[cfg(test)]
