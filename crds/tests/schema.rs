@@ -40,13 +40,12 @@ fn schema_of(kind: &str) -> Value {
 /// Every YAML document of a file, as JSON values.
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
-
-use serde::Deserialize;
 
 #[test]
 fn committed_yaml_matches_generated() {

@@ -54,7 +54,7 @@ fn module_path() -> PathBuf {
 }
 
 fn requests() -> Vec<Request> {
-    let cluster: Box<pgwarden_crds::Cluster> = Box::new(serde_yaml::from_str(CLUSTER).unwrap());
+    let cluster: Box<pgwarden_crds::Cluster> = Box::new(serde_saphyr::from_str(CLUSTER).unwrap());
     vec![
         Request::ArchiveSettings {
             cluster: cluster.clone(),

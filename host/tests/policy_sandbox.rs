@@ -64,7 +64,7 @@ spec:
       secretAccessKey: {{ name: aws-creds, key: ACCESS_SECRET_KEY }}
 "#
     );
-    serde_yaml::from_str(&yaml).unwrap()
+    serde_saphyr::from_str(&yaml).unwrap()
 }
 
 /// The policy still answers a well-behaved call.

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgwarden_tests::controlplane::{OPERATOR_USER, with_crds, workspace_root};
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// Every right the operator holds, `resource[.group][/subresource]` → verbs, as `kubectl auth
 /// can-i --list` prints them in a namespace. Why each is needed is said in
@@ -114,13 +114,13 @@ fn manifest() -> Vec<Value> {
     let path = workspace_root().join("deploy/operator.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     text.split("\n---")
-        .map(|doc| serde_yaml::from_str::<Value>(doc).unwrap())
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
         .filter(|doc| !doc.is_null())
         .collect()
 }
 
 fn to_yaml(doc: &Value) -> String {
-    serde_yaml::to_string(doc).unwrap()
+    serde_saphyr::to_string(doc).unwrap()
 }
 
 fn is_kind(doc: &Value, kind: &str) -> bool {

@@ -1,35 +1,48 @@
 //! Per-object exponential backoff of failed reconciles: 5 s, 10 s, ... up to 160 s for an
 //! object that keeps failing, back to 5 s once it reconciles (a Cluster that failed six times
 //! last week must not wait 160 s after its next failure), and no entry kept for an object that
-//! succeeds (the map would otherwise grow with every object that ever failed once).
+//! succeeds (the map would otherwise grow with every object that ever failed once). The
+//! delays are `backon`'s (the backoff crate kube-runtime already uses), without jitter.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use kube::Resource;
 use kube::runtime::controller::Action as Requeue;
 
 use super::context::Context;
 use super::errors::Result;
 
-/// The first retry after a failure; each further failure doubles it.
+/// The first retry after a failure; each further failure doubles it up to [`LAST`].
 const FIRST: Duration = Duration::from_secs(5);
-/// Failures counted at most: the delay stops doubling at `FIRST * 2^(MAX_DOUBLINGS - 1)`.
-const MAX_DOUBLINGS: u32 = 6;
+const LAST: Duration = Duration::from_secs(160);
 
-/// Failure counts by object (`Kind/namespace/name`).
+fn delays() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(FIRST)
+        .with_factor(2.0)
+        .with_max_delay(LAST)
+        .without_max_times()
+        .build()
+}
+
+/// The delays still to come, by object (`Kind/namespace/name`).
 #[derive(Default)]
-pub struct Backoff(Mutex<HashMap<String, u32>>);
+pub struct Backoff(Mutex<HashMap<String, ExponentialBackoff>>);
 
 impl Backoff {
     /// One more failure of `key`: how long to wait before the next attempt.
     pub fn delay(&self, key: String) -> Duration {
-        let mut failures = self.0.lock().unwrap();
-        let n = failures.entry(key).or_default();
-        *n = (*n + 1).min(MAX_DOUBLINGS);
-        FIRST * (1 << (*n - 1))
+        let mut failing = self.0.lock().unwrap();
+        // Without a limit of times the iterator never ends; LAST is the safe answer anyway.
+        failing
+            .entry(key)
+            .or_insert_with(delays)
+            .next()
+            .unwrap_or(LAST)
     }
 
     /// `key` reconciled: its next failure starts again from the first delay.

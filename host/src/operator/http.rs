@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz`, `/readyz` and `/leader` on a small HTTP listener.
+//! `/metrics`, `/healthz`, `/readyz` and `/leader`, served by hyper's HTTP/1 server.
 //!
 //! Readiness and leadership are separate facts: a standby that reaches the API server is
 //! ready (so a two-replica rolling update can finish while the other replica leads), and
@@ -7,26 +7,34 @@
 //! The listener is open to whatever can reach its address, so a client gets a bounded time
 //! to send its request head ([`Limits::header_timeout`]) and to take the answer, a bounded
 //! head size, and only [`Limits::connections`] connections at once: a slow or silent client
-//! cannot hold the probes' listener.
+//! cannot hold the probes' listener. One request per connection (probes and scrapes connect
+//! anew), so a held connection cannot outlive its limits either.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use super::metrics::Metrics;
+use super::metrics::{self, Metrics};
 
 /// What one client may take of the listener.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Time to send the whole request head.
     pub header_timeout: Duration,
-    /// Time to take the response.
+    /// Time to take the response, after the head.
     pub write_timeout: Duration,
-    /// Largest request head read.
+    /// Largest request head read (hyper's read buffer; it cannot be below 8 KiB).
     pub max_head: usize,
     /// Connections served at once; more are closed at once.
     pub connections: usize,
@@ -43,23 +51,32 @@ impl Default for Limits {
     }
 }
 
-/// The response to a request line such as `GET /metrics HTTP/1.1`; `ready` is whether this
-/// replica is healthy enough to lead (started, and in contact with the API server).
-pub fn respond(request_line: &str, metrics: &Metrics, ready: bool) -> (u16, &'static str, String) {
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+/// The response to a request for `path`; `ready` is whether this replica is healthy enough
+/// to lead (started, and in contact with the API server).
+pub fn respond(path: &str, metrics: &Metrics, ready: bool) -> (u16, &'static str, String) {
+    const TEXT: &str = "text/plain";
     match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
-        "/healthz" => (200, "text/plain", "ok\n".into()),
-        "/readyz" if ready => (200, "text/plain", "ready\n".into()),
+        "/metrics" => (200, metrics::CONTENT_TYPE, metrics.render()),
+        "/healthz" => (200, TEXT, "ok\n".into()),
+        "/readyz" if ready => (200, TEXT, "ready\n".into()),
         "/readyz" => (
             503,
-            "text/plain",
+            TEXT,
             "not started or no contact with the API server\n".into(),
         ),
-        "/leader" if metrics.is_leading() => (200, "text/plain", "leading\n".into()),
-        "/leader" => (503, "text/plain", "standby\n".into()),
-        _ => (404, "text/plain", "not found\n".into()),
+        "/leader" if metrics.is_leading() => (200, TEXT, "leading\n".into()),
+        "/leader" => (503, TEXT, "standby\n".into()),
+        _ => (404, TEXT, "not found\n".into()),
     }
+}
+
+fn response(code: u16, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Serves until the task is dropped; `ready` is asked at each `/readyz`.
@@ -81,76 +98,58 @@ pub async fn serve(
         };
         let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &metrics, ready(), &limits).await {
-                debug!(error = %e, "http connection");
-            }
+            connection(stream, metrics, move || ready(), limits).await;
             drop(slot);
         });
     }
 }
 
-/// Reads the request head (up to the blank line) within the limits.
-async fn read_head(stream: &mut TcpStream, limits: &Limits) -> std::io::Result<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < limits.max_head {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    tokio::time::timeout(limits.header_timeout, read)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "request head too slow")
-        })??;
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
-async fn handle(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    ready: bool,
-    limits: &Limits,
-) -> std::io::Result<()> {
-    let head = read_head(&mut stream, limits).await?;
-    let (code, content_type, body) = respond(head.lines().next().unwrap_or(""), metrics, ready);
-    let reason = match code {
-        200 => "OK",
-        503 => "Service Unavailable",
-        _ => "Not Found",
-    };
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::time::timeout(limits.write_timeout, stream.write_all(response.as_bytes()))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response not taken"))?
+/// One connection, one request, within the limits.
+async fn connection(
+    stream: TcpStream,
+    metrics: Arc<Metrics>,
+    ready: impl Fn() -> bool + Send + Sync + 'static,
+    limits: Limits,
+) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (code, content_type, body) = respond(request.uri().path(), &metrics, ready());
+        async move { Ok::<_, Infallible>(response(code, content_type, body)) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    // hyper bounds the head; this bounds the rest (a client that does not take the answer).
+    let whole = limits.header_timeout + limits.write_timeout;
+    match tokio::time::timeout(whole, served).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "http connection"),
+        Err(_) => debug!("http connection: the response was not taken in time"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn routes() {
         let m = Metrics::default();
-        assert_eq!(respond("GET /healthz HTTP/1.1", &m, false).0, 200);
-        assert_eq!(respond("GET /readyz HTTP/1.1", &m, false).0, 503);
-        assert_eq!(respond("GET /readyz HTTP/1.1", &m, true).0, 200);
-        assert_eq!(respond("GET /leader HTTP/1.1", &m, true).0, 503);
+        assert_eq!(respond("/healthz", &m, false).0, 200);
+        assert_eq!(respond("/readyz", &m, false).0, 503);
+        assert_eq!(respond("/readyz", &m, true).0, 200);
+        assert_eq!(respond("/leader", &m, true).0, 503);
         m.set_leading(true);
-        assert_eq!(respond("GET /leader HTTP/1.1", &m, true).0, 200);
-        let metrics = respond("GET /metrics HTTP/1.1", &m, true).2;
+        assert_eq!(respond("/leader", &m, true).0, 200);
+        m.reconciled("Cluster");
+        let metrics = respond("/metrics", &m, true).2;
         assert!(metrics.contains("pgwarden_reconciles_total"));
         assert!(metrics.contains("pgwarden_leader 1"));
-        assert_eq!(respond("GET /nope HTTP/1.1", &m, true).0, 404);
+        assert_eq!(respond("/nope", &m, true).0, 404);
     }
 
     async fn start(limits: Limits) -> String {
@@ -209,6 +208,23 @@ mod tests {
         let mut response = String::new();
         split.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    /// A head over the cap is refused (431), not answered from its first 8 KiB.
+    #[tokio::test]
+    async fn an_oversized_head_is_refused() {
+        let addr = start(Limits::default()).await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let pad = "a".repeat(16 * 1024);
+        let request = format!("GET /healthz HTTP/1.1\r\nx-pad: {pad}\r\n\r\n");
+        let _ = stream.write_all(request.as_bytes()).await;
+        // Keep what came before a reset (the server closes with the rest of the head unread).
+        let (mut answer, mut buf) = (Vec::new(), [0u8; 1024]);
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     }
 
     /// Connections beyond the cap are closed at once; the held ones do not starve the cap

@@ -1,126 +1,151 @@
-//! Operator metrics in the Prometheus text format: reconciles and errors by kind, policy
-//! call latency, API writes. Served on `/metrics` next to `/healthz`.
+//! Operator metrics, exposed by `prometheus-client` in the OpenMetrics text format:
+//! reconciles and errors by kind, policy call latency, API writes, leadership. Served on
+//! `/metrics` next to `/healthz`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the policy latency histogram.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds (seconds) of the policy latency histogram: a decision takes tens to hundreds
+/// of microseconds, a slow one milliseconds.
 const BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
-/// All counters of one operator process.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    request: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// All metrics of one operator process.
 pub struct Metrics {
-    reconciles: Mutex<BTreeMap<&'static str, u64>>,
-    errors: Mutex<BTreeMap<(&'static str, String), u64>>,
-    writes: Mutex<BTreeMap<&'static str, u64>>,
-    policy: Mutex<BTreeMap<String, Histogram>>,
-    /// Whether this replica holds the Lease and reconciles.
-    leading: AtomicBool,
+    registry: Registry,
+    reconciles: Family<KindLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    writes: Family<RequestLabel, Counter>,
+    /// The sum of `writes` (the families cannot be summed without encoding them).
+    writes_total: AtomicU64,
+    policy: Family<DecisionLabel, Histogram, fn() -> Histogram>,
+    /// Whether this replica holds the Lease and reconciles (0 or 1).
+    leading: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            reconciles: Family::default(),
+            errors: Family::default(),
+            writes: Family::default(),
+            writes_total: AtomicU64::new(0),
+            policy: Family::new_with_constructor(latency_histogram),
+            leading: Gauge::default(),
+        };
+        let r = &mut metrics.registry;
+        // Counters are registered without `_total`: the encoder adds it to the samples.
+        r.register(
+            "pgwarden_leader",
+            "Whether this replica holds the Lease and reconciles.",
+            metrics.leading.clone(),
+        );
+        r.register(
+            "pgwarden_reconciles",
+            "Reconciles run, by kind.",
+            metrics.reconciles.clone(),
+        );
+        r.register(
+            "pgwarden_reconcile_errors",
+            "Failed reconciles, by kind and error.",
+            metrics.errors.clone(),
+        );
+        r.register(
+            "pgwarden_api_writes",
+            "Write requests sent to the API server, by kind of request.",
+            metrics.writes.clone(),
+        );
+        r.register(
+            "pgwarden_policy_call_seconds",
+            "Latency of policy decisions.",
+            metrics.policy.clone(),
+        );
+        metrics
+    }
 }
 
 impl Metrics {
     pub fn reconciled(&self, kind: &'static str) {
-        *self.reconciles.lock().unwrap().entry(kind).or_default() += 1;
+        self.reconciles.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn failed(&self, kind: &'static str, label: &str) {
-        *self
-            .errors
-            .lock()
-            .unwrap()
-            .entry((kind, label.to_string()))
-            .or_default() += 1;
+        let labels = ErrorLabels {
+            kind,
+            error: label.to_string(),
+        };
+        self.errors.get_or_create(&labels).inc();
     }
 
     /// One write request to the API server (apply, delete, status patch, event).
-    pub fn wrote(&self, kind: &'static str) {
-        *self.writes.lock().unwrap().entry(kind).or_default() += 1;
+    pub fn wrote(&self, request: &'static str) {
+        self.writes.get_or_create(&RequestLabel { request }).inc();
+        self.writes_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn writes_total(&self) -> u64 {
-        self.writes.lock().unwrap().values().sum()
+        self.writes_total.load(Ordering::Relaxed)
     }
 
     pub fn policy_call(&self, decision: &str, took: Duration) {
-        let mut policy = self.policy.lock().unwrap();
-        let h = policy.entry(decision.to_string()).or_default();
-        let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        let labels = DecisionLabel {
+            decision: decision.to_string(),
+        };
+        self.policy
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     pub fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::Relaxed);
+        self.leading.set(i64::from(leading));
     }
 
     pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
+        self.leading.get() == 1
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP pgwarden_leader Whether this replica holds the Lease and reconciles.\n# TYPE pgwarden_leader gauge\npgwarden_leader {}",
-            u8::from(self.is_leading())
-        );
-        out.push_str("# HELP pgwarden_reconciles_total Reconciles run, by kind.\n# TYPE pgwarden_reconciles_total counter\n");
-        for (kind, n) in self.reconciles.lock().unwrap().iter() {
-            let _ = writeln!(out, "pgwarden_reconciles_total{{kind=\"{kind}\"}} {n}");
-        }
-        out.push_str("# HELP pgwarden_reconcile_errors_total Failed reconciles, by kind and error.\n# TYPE pgwarden_reconcile_errors_total counter\n");
-        for ((kind, error), n) in self.errors.lock().unwrap().iter() {
-            let _ = writeln!(
-                out,
-                "pgwarden_reconcile_errors_total{{kind=\"{kind}\",error=\"{error}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP pgwarden_api_writes_total Write requests sent to the API server, by kind of request.\n# TYPE pgwarden_api_writes_total counter\n");
-        for (kind, n) in self.writes.lock().unwrap().iter() {
-            let _ = writeln!(out, "pgwarden_api_writes_total{{request=\"{kind}\"}} {n}");
-        }
-        out.push_str("# HELP pgwarden_policy_call_seconds Latency of policy decisions.\n# TYPE pgwarden_policy_call_seconds histogram\n");
-        for (decision, h) in self.policy.lock().unwrap().iter() {
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "pgwarden_policy_call_seconds_bucket{{decision=\"{decision}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "pgwarden_policy_call_seconds_bucket{{decision=\"{decision}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "pgwarden_policy_call_seconds_sum{{decision=\"{decision}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "pgwarden_policy_call_seconds_count{{decision=\"{decision}\"}} {}",
-                h.count
-            );
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -137,18 +162,28 @@ mod tests {
         m.failed("Backup", "ClusterNotFound");
         m.wrote("apply");
         m.policy_call("instance-pod", Duration::from_micros(300));
+        m.set_leading(true);
         let text = m.render();
-        assert!(text.contains("pgwarden_reconciles_total{kind=\"Cluster\"} 2"));
+        assert!(text.contains("pgwarden_reconciles_total{kind=\"Cluster\"} 2\n"));
         assert!(text.contains(
-            "pgwarden_reconcile_errors_total{kind=\"Backup\",error=\"ClusterNotFound\"} 1"
+            "pgwarden_reconcile_errors_total{kind=\"Backup\",error=\"ClusterNotFound\"} 1\n"
         ));
-        assert!(text.contains("pgwarden_api_writes_total{request=\"apply\"} 1"));
-        assert!(text.contains(
-            "pgwarden_policy_call_seconds_bucket{decision=\"instance-pod\",le=\"0.00025\"} 0"
-        ));
-        assert!(text.contains(
-            "pgwarden_policy_call_seconds_bucket{decision=\"instance-pod\",le=\"0.0005\"} 1"
-        ));
+        assert!(text.contains("pgwarden_api_writes_total{request=\"apply\"} 1\n"));
+        assert!(
+            text.contains(
+                "pgwarden_policy_call_seconds_bucket{le=\"0.00025\",decision=\"instance-pod\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pgwarden_policy_call_seconds_bucket{le=\"0.0005\",decision=\"instance-pod\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("pgwarden_leader 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(m.writes_total(), 1);
+        assert!(m.is_leading());
     }
 }

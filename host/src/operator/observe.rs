@@ -166,7 +166,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn cluster(yaml: &str) -> Cluster {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     const SEED: &str = r#"

@@ -142,8 +142,7 @@ impl Objects {
     /// Parses multi-document YAML.
     pub fn parse(text: &str) -> Result<Objects> {
         let mut objects = Objects::default();
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let value: Value = serde::Deserialize::deserialize(doc)?;
+        for value in serde_saphyr::from_multiple::<Value>(text)? {
             let kind = value
                 .get("kind")
                 .and_then(Value::as_str)

@@ -24,7 +24,7 @@ s3Credentials:
   secretAccessKey: { name: aws-creds, key: ACCESS_SECRET_KEY }
 wal: { encryption: AES256 }
 "#;
-    cluster.spec.backup = Some(serde_yaml::from_str(yaml).unwrap());
+    cluster.spec.backup = Some(serde_saphyr::from_str(yaml).unwrap());
     cluster
 }
 
