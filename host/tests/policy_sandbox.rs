@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pgwarden::plan::{self, GuardrailError};
+use pgwarden::plan::{self, ClusterDecisions, GuardrailError};
 use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
 use pgwarden_crds::Cluster;
 

@@ -93,19 +93,6 @@ pub fn wal_compression_flag(c: WalCompression) -> &'static str {
     }
 }
 
-/// The suffix barman gives WAL files compressed that way.
-pub fn wal_compression_suffix(c: Option<WalCompression>) -> &'static str {
-    match c {
-        None => "",
-        Some(WalCompression::Gzip) => ".gz",
-        Some(WalCompression::Bzip2) => ".bz2",
-        Some(WalCompression::Snappy) => ".snappy",
-        Some(WalCompression::Lz4) => ".lz4",
-        Some(WalCompression::Xz) => ".xz",
-        Some(WalCompression::Zstd) => ".zst",
-    }
-}
-
 fn data_compression_flag(c: DataCompression) -> &'static str {
     match c {
         DataCompression::Gzip => "--gzip",

@@ -93,7 +93,7 @@ pub fn missing_secrets(
 pub struct Instances {
     pub total: i32,
     pub ready: i32,
-    /// The ready pod with the lowest ordinal (the primary of this single-primary design).
+    /// The pod named as the primary, when it exists (ready or not: `ready` counts that).
     pub primary: Option<String>,
 }
 

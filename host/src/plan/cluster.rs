@@ -100,7 +100,7 @@ pub fn plan_cluster_restoring(
     for (i, template) in decisions.pods.iter().enumerate().take(planned) {
         actions.push(apply(&claim(cluster, i as u32)));
         if !matches!(bootstrap, Bootstrap::Waiting) {
-            actions.push(instance_pod(cluster, i as u32, template, restore)?);
+            actions.push(pod_apply(cluster, i as u32, template, restore)?);
         }
     }
     actions.extend(services(cluster).iter().map(apply));
@@ -109,7 +109,7 @@ pub fn plan_cluster_restoring(
 
 /// The apply of instance `instance`'s pod: the policy's template, with the restore if any,
 /// checked by the pod guardrail.
-fn instance_pod(
+fn pod_apply(
     cluster: &Cluster,
     instance: u32,
     template: &PodTemplateSpec,

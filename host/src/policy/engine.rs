@@ -398,7 +398,8 @@ impl Policy {
         }
         let text = format!("{e:#}");
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => PolicyError::Deadline {
+            // The deadline is the epoch interruption (fuel is not metered: no OutOfFuel).
+            Some(Trap::Interrupt) => PolicyError::Deadline {
                 decision,
                 timeout: self.limits.timeout,
             },
