@@ -5,6 +5,8 @@ mod backup;
 mod pod;
 mod retention;
 mod schedule;
+#[cfg(test)]
+mod tests;
 mod transition;
 
 pub use backup::{
