@@ -63,7 +63,6 @@ pub fn recovery(
     else {
         return Ok(None);
     };
-    let own = cluster.spec.backup.as_ref();
     let (store, backup_id) = match (&recovery.backup, &recovery.source) {
         (Some(reference), _) => from_backup(cluster, &reference.name, backup, backup_cluster)?,
         (None, Some(source)) => {
@@ -88,20 +87,41 @@ pub fn recovery(
             ));
         }
     };
+    let own = cluster.spec.backup.as_ref();
+    Ok(Some(Restore {
+        backup_id,
+        credentials: source_credentials(own, &store)?,
+        source: source_settings(own, &store)?,
+        target: recovery.recovery_target.clone(),
+    }))
+}
+
+/// The source store's credentials when the instance does not have them already; a wait when
+/// they differ from the Cluster's own (an instance gets one set of store credentials).
+fn source_credentials(
+    own: Option<&ObjectStore>,
+    store: &ObjectStore,
+) -> Result<Option<S3Credentials>, RecoveryWait> {
     let mine = own.and_then(|o| o.s3_credentials.as_ref());
-    let credentials = match (mine, store.s3_credentials.as_ref()) {
-        (Some(mine), Some(theirs)) if mine != theirs => {
-            return Err(wait(
-                "RecoveryCredentialsDiffer",
-                format!(
-                    "the store to restore from ({}) has other s3Credentials than spec.backup: an instance gets one set of store credentials, so use the same Secret keys for both",
-                    store.destination_path
-                ),
-            ));
-        }
-        (None, Some(theirs)) => Some(theirs.clone()),
-        _ => None,
-    };
+    match (mine, store.s3_credentials.as_ref()) {
+        (Some(mine), Some(theirs)) if mine != theirs => Err(wait(
+            "RecoveryCredentialsDiffer",
+            format!(
+                "the store to restore from ({}) has other s3Credentials than spec.backup: an instance gets one set of store credentials, so use the same Secret keys for both",
+                store.destination_path
+            ),
+        )),
+        (None, Some(theirs)) => Ok(Some(theirs.clone())),
+        _ => Ok(None),
+    }
+}
+
+/// The source store as archive settings (the agent's `--restore-source`): its CA must be the
+/// Cluster's own, the one file the pod mounts.
+fn source_settings(
+    own: Option<&ObjectStore>,
+    store: &ObjectStore,
+) -> Result<ArchiveSettings, RecoveryWait> {
     let own_ca = own.and_then(|o| o.endpoint_ca.as_ref());
     let endpoint_ca_file = match store.endpoint_ca.as_ref() {
         None => None,
@@ -118,7 +138,7 @@ pub fn recovery(
             ));
         }
     };
-    let source = ArchiveSettings {
+    Ok(ArchiveSettings {
         destination_path: store.destination_path.clone(),
         endpoint_url: store.endpoint_url.clone(),
         endpoint_ca_file,
@@ -127,13 +147,7 @@ pub fn recovery(
         encryption: None,
         max_parallel: 1,
         archive_timeout_seconds: 0,
-    };
-    Ok(Some(Restore {
-        backup_id,
-        source,
-        credentials,
-        target: recovery.recovery_target.clone(),
-    }))
+    })
 }
 
 /// The store and backup id of a completed Backup; a wait while it is absent or unfinished.

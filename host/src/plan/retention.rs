@@ -249,10 +249,10 @@ fn ask(
     attempt: u32,
     object: ExpiredObject,
     now: DateTime<Utc>,
-    asked: (&mut Vec<Action>, &mut Vec<Request>),
+    (actions, requests): (&mut Vec<Action>, &mut Vec<Request>),
 ) {
     let status = backup.status.clone().unwrap_or_default();
-    asked.1.push(Request {
+    requests.push(Request {
         backup: name(backup).into(),
         uid: backup.metadata.uid.clone().unwrap_or_default(),
         cluster: backup.spec.cluster.name.clone(),
@@ -264,7 +264,7 @@ fn ask(
         requested_at: time(now),
         object,
     });
-    asked.0.push(Action::PatchStatus {
+    actions.push(Action::PatchStatus {
         target: reference(backup),
         status: json!({ "deletion": {
             "reason": REASON, "requestedAt": time(now), "podName": pod, "attempt": attempt,
@@ -354,87 +354,77 @@ fn follow(
     actions: &mut Vec<Action>,
     next: &mut Vec<Request>,
 ) {
-    let attempt = r.attempt;
     let report = deletion(backup)
         .and_then(|d| d.agent.as_ref())
-        .filter(|a| a.attempt == Some(attempt) && a.pod_name.as_deref() == Some(r.pod.as_str()));
+        .filter(|a| a.attempt == Some(r.attempt) && a.pod_name.as_deref() == Some(r.pod.as_str()));
     let state = report.and_then(|a| a.state);
-    let status = backup.status.clone().unwrap_or_default();
-    let id = r.backup_id.clone();
     let asked = age(Some(&r.requested_at), input.now);
-    let pod = r.pod.as_str();
-    let object = r.object;
     match state {
-        Some(BackupAgentState::Succeeded) if object == ExpiredObject::Keep => {
-            let message = format!(
-                "backup {id} was deleted from {}: past the {}",
-                status
-                    .destination_path
-                    .as_deref()
-                    .unwrap_or("the object store"),
-                policy_text(input.cluster)
-            );
-            actions.push(mark_deleted(backup, &message, input.now));
-            actions.push(Action::Event {
-                regarding: reference(input.cluster),
-                event_type: EventType::Normal,
-                reason: "BackupDeleted".into(),
-                note: format!("{message}; Backup {} is kept, marked Deleted", name(backup)),
-            });
-        }
-        Some(BackupAgentState::Succeeded) => {
-            actions.push(remove(backup));
-            actions.push(Action::Event {
-                regarding: reference(input.cluster),
-                event_type: EventType::Normal,
-                reason: "BackupDeleted".into(),
-                note: format!(
-                    "deleted backup {id} of Backup {} from {}: past the {}",
-                    name(backup),
-                    status
-                        .destination_path
-                        .as_deref()
-                        .unwrap_or("the object store"),
-                    policy_text(input.cluster)
-                ),
-            });
-        }
+        Some(BackupAgentState::Succeeded) => deleted(input, backup, r, actions),
         Some(BackupAgentState::Failed) => {
             let error = report.and_then(|a| a.error.clone()).unwrap_or_default();
-            let message = format!(
-                "deleting backup {id} from the object store failed on pod {pod} (attempt {attempt}): {error}"
-            );
-            if status.message.as_deref() != Some(message.as_str()) {
-                actions.push(Action::PatchStatus {
-                    target: reference(backup),
-                    status: json!({ "reason": "DeleteFailed", "message": message }),
-                });
-                actions.push(Action::Event {
-                    regarding: reference(backup),
-                    event_type: EventType::Warning,
-                    reason: "DeleteFailed".into(),
-                    note: format!(
-                        "{message}; asked again in {} minutes",
-                        RETRY_FAILED_SECONDS / 60
-                    ),
-                });
-            }
-            retry(
-                input,
-                backup,
-                r,
-                asked >= RETRY_FAILED_SECONDS,
-                (actions, next),
-            );
+            delete_failed(backup, r, &error, actions);
+            let due = asked >= RETRY_FAILED_SECONDS;
+            retry(input, backup, r, due, (actions, next));
         }
-        _ => retry(
-            input,
-            backup,
-            r,
-            asked >= RETRY_SILENT_SECONDS && state.is_none(),
-            (actions, next),
-        ),
+        _ => {
+            let due = asked >= RETRY_SILENT_SECONDS && state.is_none();
+            retry(input, backup, r, due, (actions, next));
+        }
     }
+}
+
+/// The agent deleted the backup: the Backup object removed, or kept and marked deleted, as
+/// the policy asked; a Normal Event on the Cluster either way.
+fn deleted(input: &RetentionInput<'_>, backup: &Backup, r: &Request, actions: &mut Vec<Action>) {
+    let status = backup.status.clone().unwrap_or_default();
+    let store = status
+        .destination_path
+        .as_deref()
+        .unwrap_or("the object store");
+    let (id, policy) = (&r.backup_id, policy_text(input.cluster));
+    let note = if r.object == ExpiredObject::Keep {
+        let message = format!("backup {id} was deleted from {store}: past the {policy}");
+        actions.push(mark_deleted(backup, &message, input.now));
+        format!("{message}; Backup {} is kept, marked Deleted", name(backup))
+    } else {
+        actions.push(remove(backup));
+        format!(
+            "deleted backup {id} of Backup {} from {store}: past the {policy}",
+            name(backup)
+        )
+    };
+    actions.push(Action::Event {
+        regarding: reference(input.cluster),
+        event_type: EventType::Normal,
+        reason: "BackupDeleted".into(),
+        note,
+    });
+}
+
+/// The agent's deletion failed: reason `DeleteFailed` and a Warning Event, once per message.
+fn delete_failed(backup: &Backup, r: &Request, error: &str, actions: &mut Vec<Action>) {
+    let status = backup.status.clone().unwrap_or_default();
+    let (id, pod, attempt) = (&r.backup_id, &r.pod, r.attempt);
+    let message = format!(
+        "deleting backup {id} from the object store failed on pod {pod} (attempt {attempt}): {error}"
+    );
+    if status.message.as_deref() == Some(message.as_str()) {
+        return;
+    }
+    actions.push(Action::PatchStatus {
+        target: reference(backup),
+        status: json!({ "reason": "DeleteFailed", "message": message }),
+    });
+    actions.push(Action::Event {
+        regarding: reference(backup),
+        event_type: EventType::Warning,
+        reason: "DeleteFailed".into(),
+        note: format!(
+            "{message}; asked again in {} minutes",
+            RETRY_FAILED_SECONDS / 60
+        ),
+    });
 }
 
 /// Asks the next attempt when `due` and there is a pod to ask, else keeps the request.
@@ -443,11 +433,18 @@ fn retry(
     backup: &Backup,
     r: &Request,
     due: bool,
-    asked: (&mut Vec<Action>, &mut Vec<Request>),
+    (actions, requests): (&mut Vec<Action>, &mut Vec<Request>),
 ) {
     match input.agent_pod.filter(|_| due) {
-        Some(pod) => ask(backup, pod, r.attempt + 1, r.object, input.now, asked),
-        None => asked.1.push(r.clone()),
+        Some(pod) => ask(
+            backup,
+            pod,
+            r.attempt + 1,
+            r.object,
+            input.now,
+            (actions, requests),
+        ),
+        None => requests.push(r.clone()),
     }
 }
 

@@ -229,176 +229,200 @@ fn entry<T: serde::Serialize>(
     }
 }
 
-/// Checked actions: those the guardrails pass, and refusals.
-fn guarded(
-    subject: &plan::Subject,
-    actions: Vec<Action>,
-    out: &mut Vec<Value>,
-    refused: &mut Vec<Value>,
-) {
-    for action in actions {
-        match plan::guardrails::check_one(subject, &action) {
-            Ok(()) => out.push(serde_json::to_value(&action).unwrap_or_default()),
-            Err(e) => refused.push(json!(e.to_string())),
+/// What a dry run prints: the decisions, the actions the guardrails pass, and refusals.
+#[derive(Default)]
+struct Report {
+    decisions: Vec<Value>,
+    actions: Vec<Value>,
+    refused: Vec<Value>,
+}
+
+impl Report {
+    /// Checks `actions` against `subject`'s guardrails: each passed or refused.
+    fn guarded(&mut self, subject: &plan::Subject, actions: Vec<Action>) {
+        for action in actions {
+            match plan::guardrails::check_one(subject, &action) {
+                Ok(()) => self
+                    .actions
+                    .push(serde_json::to_value(&action).unwrap_or_default()),
+                Err(e) => self.refused.push(json!(e.to_string())),
+            }
         }
     }
 }
 
 /// Every decision (or only `filter`) on `objects`, with the actions they plan, as JSON.
 pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateTime<Utc>) -> Value {
-    let (mut decisions, mut actions, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    let mut report = Report::default();
+    let ask = Ask {
+        policy,
+        objects,
+        filter,
+        now,
+    };
     for cluster in &objects.clusters {
-        let subject = plan::subject(cluster);
-        let name = format!("Cluster {}", subject.object.name);
-        let archive = policy.archive_settings(cluster);
-        if wanted(filter, "archive-settings") {
-            decisions.push(entry("archive-settings", &name, &archive));
-        }
-        let count = cluster.spec.instances.max(0) as u32;
-        let pods: Vec<_> = (0..count)
-            .map(|i| policy.instance_pod(cluster, i))
-            .collect();
-        if wanted(filter, "instance-pod") {
-            decisions.extend(pods.iter().map(|p| entry("instance-pod", &name, p)));
-        }
-        let pods = pods.into_iter().collect::<Result<Vec<_>, _>>();
-        if let (Ok(archive), Ok(pods), true) = (archive, pods, filter.is_none()) {
-            match plan::plan_cluster(cluster, &plan::ClusterDecisions { archive, pods }) {
-                Ok(planned) => guarded(&subject, planned, &mut actions, &mut refused),
-                Err(e) => refused.push(json!(e.to_string())),
-            }
-        }
-        let backups: Vec<Backup> = objects
-            .backups
-            .iter()
-            .filter(|b| b.spec.cluster.name == subject.object.name)
-            .cloned()
-            .collect();
-        let live = plan::retention::candidates(cluster, &backups);
-        if wanted(filter, "retention") && !live.is_empty() {
-            let doomed = policy.retention(cluster, &live, now);
-            decisions.push(entry("retention", &name, &doomed));
-            if let Ok(doomed) = doomed {
-                // The agent of the first instance deletes, as on a Cluster whose primary is 1.
-                let pod = format!("{}-1", subject.object.name);
-                let planned = plan::plan_retention(&plan::RetentionInput {
-                    cluster,
-                    backups: &backups,
-                    expired: &doomed,
-                    agent_pod: Some(&pod),
-                    now,
-                });
-                for action in planned {
-                    let subject = plan::retention_subject(cluster, &backups, &action);
-                    guarded(&subject, vec![action], &mut actions, &mut refused);
-                }
-            }
-        }
+        ask.cluster(cluster, &mut report);
+        ask.retention(cluster, &mut report);
     }
     for backup in &objects.backups {
-        eval_backup(
-            policy,
-            objects,
-            backup,
-            filter,
-            now,
-            &mut decisions,
-            &mut actions,
-            &mut refused,
-        );
+        ask.backup(backup, &mut report);
     }
     for scheduled in &objects.scheduled {
-        if !wanted(filter, "schedule") {
-            continue;
-        }
-        let subject = plan::scheduled_subject(scheduled);
-        let decision = policy.schedule(scheduled, now);
-        decisions.push(entry(
-            "schedule",
-            &format!("ScheduledBackup {}", subject.object.name),
-            &decision,
-        ));
-        if let Ok(decision) = decision {
-            let cluster = objects.cluster(&scheduled.spec.cluster.name);
-            guarded(
-                &subject,
-                plan::plan_schedule(scheduled, cluster, &decision, now),
-                &mut actions,
-                &mut refused,
-            );
-        }
+        ask.schedule(scheduled, &mut report);
     }
     json!({
         "policy": { "digest": policy.digest(), "abiVersion": policy.abi_version() },
         "now": now,
-        "decisions": decisions,
-        "actions": actions,
-        "refused": refused,
+        "decisions": report.decisions,
+        "actions": report.actions,
+        "refused": report.refused,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn eval_backup(
-    policy: &Policy,
-    objects: &Objects,
-    backup: &Backup,
-    filter: Option<&str>,
+/// One dry run's policy, objects, decision filter and time.
+struct Ask<'a> {
+    policy: &'a Policy,
+    objects: &'a Objects,
+    filter: Option<&'a str>,
     now: DateTime<Utc>,
-    decisions: &mut Vec<Value>,
-    actions: &mut Vec<Value>,
-    refused: &mut Vec<Value>,
-) {
-    let subject = plan::backup_subject(backup);
-    let name = format!("Backup {}", subject.object.name);
-    let cluster = objects.cluster(&backup.spec.cluster.name);
-    let pending = backup
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .unwrap_or(BackupPhase::Pending)
-        == BackupPhase::Pending;
-    let settings = cluster
-        .filter(|_| pending)
-        .map(|cluster| policy.backup_settings(backup, cluster, &objects.instances(cluster)));
-    if let (Some(settings), true) = (&settings, wanted(filter, "backup-settings")) {
-        decisions.push(entry("backup-settings", &name, settings));
+}
+
+impl Ask<'_> {
+    fn wanted(&self, decision: &str) -> bool {
+        wanted(self.filter, decision)
     }
-    let settings = settings.and_then(Result::ok);
-    let pod_name = settings.as_ref().map(|s| s.target_pod.clone()).or_else(|| {
-        backup
-            .status
-            .as_ref()?
-            .instance_id
-            .as_ref()?
-            .pod_name
-            .clone()
-    });
-    let pod = pod_name
-        .and_then(|n| {
-            objects
-                .pods
-                .iter()
-                .find(|p| p.metadata.name.as_deref() == Some(&n))
-        })
-        .map(plan::pod_facts);
-    let facts = BackupFacts {
-        backup: backup.clone(),
-        cluster: cluster.cloned(),
-        pod,
-        now,
-    };
-    if wanted(filter, "backup-transition") {
-        let transition = policy.backup_transition(&facts);
-        decisions.push(entry("backup-transition", &name, &transition));
-        if let Ok(t) = transition {
-            guarded(
-                &subject,
-                plan::plan_backup(backup, cluster, &t, settings.as_ref(), now),
-                actions,
-                refused,
-            );
+
+    /// A Cluster's archive settings and pods, and the objects they plan.
+    fn cluster(&self, cluster: &Cluster, report: &mut Report) {
+        let subject = plan::subject(cluster);
+        let name = format!("Cluster {}", subject.object.name);
+        let archive = self.policy.archive_settings(cluster);
+        if self.wanted("archive-settings") {
+            report
+                .decisions
+                .push(entry("archive-settings", &name, &archive));
+        }
+        let count = cluster.spec.instances.max(0) as u32;
+        let pods: Vec<_> = (0..count)
+            .map(|i| self.policy.instance_pod(cluster, i))
+            .collect();
+        if self.wanted("instance-pod") {
+            let pods = pods.iter().map(|p| entry("instance-pod", &name, p));
+            report.decisions.extend(pods);
+        }
+        let pods = pods.into_iter().collect::<Result<Vec<_>, _>>();
+        if let (Ok(archive), Ok(pods), true) = (archive, pods, self.filter.is_none()) {
+            match plan::plan_cluster(cluster, &plan::ClusterDecisions { archive, pods }) {
+                Ok(planned) => report.guarded(&subject, planned),
+                Err(e) => report.refused.push(json!(e.to_string())),
+            }
         }
     }
+
+    /// A Cluster's retention over its Backups, and the deletions it plans.
+    fn retention(&self, cluster: &Cluster, report: &mut Report) {
+        let cluster_name = cluster.metadata.name.clone().unwrap_or_default();
+        let backups: Vec<Backup> = (self.objects.backups.iter())
+            .filter(|b| b.spec.cluster.name == cluster_name)
+            .cloned()
+            .collect();
+        let live = plan::retention::candidates(cluster, &backups);
+        if !self.wanted("retention") || live.is_empty() {
+            return;
+        }
+        let doomed = self.policy.retention(cluster, &live, self.now);
+        let name = format!("Cluster {cluster_name}");
+        report.decisions.push(entry("retention", &name, &doomed));
+        let Ok(doomed) = doomed else {
+            return;
+        };
+        // The agent of the first instance deletes, as on a Cluster whose primary is 1.
+        let pod = format!("{cluster_name}-1");
+        let planned = plan::plan_retention(&plan::RetentionInput {
+            cluster,
+            backups: &backups,
+            expired: &doomed,
+            agent_pod: Some(&pod),
+            now: self.now,
+        });
+        for action in planned {
+            let subject = plan::retention_subject(cluster, &backups, &action);
+            report.guarded(&subject, vec![action]);
+        }
+    }
+
+    /// A ScheduledBackup's schedule, and the Backup it creates.
+    fn schedule(&self, scheduled: &ScheduledBackup, report: &mut Report) {
+        if !self.wanted("schedule") {
+            return;
+        }
+        let subject = plan::scheduled_subject(scheduled);
+        let decision = self.policy.schedule(scheduled, self.now);
+        let name = format!("ScheduledBackup {}", subject.object.name);
+        report.decisions.push(entry("schedule", &name, &decision));
+        if let Ok(decision) = decision {
+            let cluster = self.objects.cluster(&scheduled.spec.cluster.name);
+            let planned = plan::plan_schedule(scheduled, cluster, &decision, self.now);
+            report.guarded(&subject, planned);
+        }
+    }
+
+    /// A Backup's settings (while pending) and transition, and the status they plan.
+    fn backup(&self, backup: &Backup, report: &mut Report) {
+        let (policy, objects, filter, now) = (self.policy, self.objects, self.filter, self.now);
+        let subject = plan::backup_subject(backup);
+        let name = format!("Backup {}", subject.object.name);
+        let cluster = objects.cluster(&backup.spec.cluster.name);
+        let pending = backup
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(BackupPhase::Pending)
+            == BackupPhase::Pending;
+        let settings = cluster
+            .filter(|_| pending)
+            .map(|cluster| policy.backup_settings(backup, cluster, &objects.instances(cluster)));
+        if let (Some(settings), true) = (&settings, wanted(filter, "backup-settings")) {
+            report
+                .decisions
+                .push(entry("backup-settings", &name, settings));
+        }
+        let settings = settings.and_then(Result::ok);
+        let pod_name = settings.as_ref().map(|s| s.target_pod.clone()).or_else(|| {
+            backup
+                .status
+                .as_ref()?
+                .instance_id
+                .as_ref()?
+                .pod_name
+                .clone()
+        });
+        let pod = pod_name
+            .and_then(|n| {
+                objects
+                    .pods
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(&n))
+            })
+            .map(plan::pod_facts);
+        let facts = BackupFacts {
+            backup: backup.clone(),
+            cluster: cluster.cloned(),
+            pod,
+            now,
+        };
+        if wanted(filter, "backup-transition") {
+            let transition = policy.backup_transition(&facts);
+            report
+                .decisions
+                .push(entry("backup-transition", &name, &transition));
+            if let Ok(t) = transition {
+                let planned = plan::plan_backup(backup, cluster, &t, settings.as_ref(), now);
+                report.guarded(&subject, planned);
+            }
+        }
+    }
+}
 
 /// `pgwarden policy test` runs the SDK's fixture runner on the module.
 impl Evaluator for Policy {
@@ -409,5 +433,4 @@ impl Evaluator for Policy {
             Err(failure) => Err(failure.to_string()),
         }
     }
-}
 }
