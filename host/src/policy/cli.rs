@@ -191,7 +191,7 @@ impl Objects {
             .pods
             .iter()
             .filter(labelled)
-            .map(|p| plan::instance(p))
+            .map(plan::instance)
             .collect();
         if !pods.is_empty() {
             return pods;
