@@ -188,7 +188,7 @@ fn the_deployment_is_locked_down_and_admitted() {
         }
     }
     let args: Vec<&str> = container["args"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .filter_map(Value::as_str)
