@@ -11,6 +11,14 @@ pub fn time(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or_default()
 }
 
+/// A status time as the operator and the agent write it (RFC 3339), if it is one: a
+/// missing or malformed time counts as absent.
+pub fn parse_time(value: Option<&str>) -> Option<DateTime<Utc>> {
+    value
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// A Kubernetes (jiff) timestamp as a chrono time.
 pub fn from_jiff(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32).unwrap_or_default()

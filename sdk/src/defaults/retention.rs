@@ -19,6 +19,7 @@ use chrono::{DateTime, Months, TimeDelta, Utc};
 use pgwarden_crds::{Backup, BackupPhase, Cluster};
 
 use super::cluster_name;
+use crate::convert::parse_time;
 
 /// How far back `spec.backup.retentionPolicy` reaches from now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,16 +87,10 @@ pub fn retention_window(cluster: &Cluster) -> Result<Option<RetentionWindow>, St
     })
 }
 
-fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value
-        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
 /// When a backup ended (`status.stoppedAt`), or was created if it never ended.
 pub fn backup_ended_at(backup: &Backup) -> Option<DateTime<Utc>> {
     let status = backup.status.as_ref();
-    stamp(status.and_then(|s| s.stopped_at.as_deref())).or_else(|| {
+    parse_time(status.and_then(|s| s.stopped_at.as_deref())).or_else(|| {
         backup
             .metadata
             .creation_timestamp

@@ -5,6 +5,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use pgwarden_crds::ScheduledBackup;
 
+use crate::convert::parse_time;
 use crate::types::{ScheduleDecision, ScheduledRun};
 
 /// Parses a schedule as `spec.schedule` documents it: 5 fields, 6 with seconds first, or
@@ -22,12 +23,6 @@ pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
         .build()
         .parse(schedule)
         .map_err(|e| format!("spec.schedule {schedule:?} is not a valid cron expression: {e}"))
-}
-
-fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value
-        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn created_at(scheduled: &ScheduledBackup) -> Option<DateTime<Utc>> {
@@ -62,7 +57,7 @@ pub fn schedule(
             )
         })
     };
-    let last = stamp(
+    let last = parse_time(
         scheduled
             .status
             .as_ref()

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use pgwarden_crds::{BackupAgentState, BackupPhase, BackupStatus};
 
 use super::cluster_name;
+use crate::convert::parse_time;
 use crate::types::{BackupFacts, PodFacts, Transition};
 
 /// How long a running backup may go without any report from the agent before it fails.
@@ -19,12 +20,6 @@ fn to(phase: BackupPhase, reason: &str, message: String, requeue: Option<u32>) -
         message,
         requeue_after_seconds: requeue,
     }
-}
-
-fn stamp(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value
-        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The seed's phases. A final phase never changes; a pending backup starts once its target
@@ -152,7 +147,7 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
             None,
         );
     }
-    let agent_started = stamp(agent.started_at.as_deref());
+    let agent_started = parse_time(agent.started_at.as_deref());
     if let (Some(BackupAgentState::Running), Some(started), Some(container)) =
         (agent.state, agent_started, pod.container_started_at)
         && container > started
@@ -168,7 +163,7 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
         );
     }
     if agent.state.is_none() {
-        let since = stamp(status.started_at.as_deref()).unwrap_or(now);
+        let since = parse_time(status.started_at.as_deref()).unwrap_or(now);
         if (now - since).num_seconds() > AGENT_START_TIMEOUT_SECONDS {
             return to(
                 BackupPhase::Failed,
