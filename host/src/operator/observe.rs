@@ -43,16 +43,12 @@ pub fn secret_references(cluster: &Cluster) -> Vec<(String, SecretKeySelector)> 
     };
     let mut refs = Vec::new();
     if let Some(creds) = &backup.s3_credentials {
-        let fields = [
-            ("accessKeyId", &creds.access_key_id),
-            ("secretAccessKey", &creds.secret_access_key),
-            ("sessionToken", &creds.session_token),
-            ("region", &creds.region),
-        ];
-        for (field, selector) in fields {
-            if let Some(s) = selector {
-                refs.push((format!("spec.backup.s3Credentials.{field}"), s.clone()));
-            }
+        for k in creds.selectors() {
+            let field = k.field;
+            refs.push((
+                format!("spec.backup.s3Credentials.{field}"),
+                k.selector.clone(),
+            ));
         }
     }
     if let Some(ca) = &backup.endpoint_ca {

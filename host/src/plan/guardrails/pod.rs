@@ -93,17 +93,10 @@ fn cluster_secrets(cluster: &Cluster) -> BTreeSet<String> {
     let Some(store) = cluster.spec.backup.as_ref() else {
         return BTreeSet::new();
     };
-    let creds = store.s3_credentials.as_ref();
-    let selectors = [
-        creds.and_then(|c| c.access_key_id.as_ref()),
-        creds.and_then(|c| c.secret_access_key.as_ref()),
-        creds.and_then(|c| c.session_token.as_ref()),
-        creds.and_then(|c| c.region.as_ref()),
-        store.endpoint_ca.as_ref(),
-    ];
-    selectors
-        .into_iter()
-        .flatten()
+    let creds = store.s3_credentials.iter().flat_map(|c| c.selectors());
+    creds
+        .map(|k| k.selector)
+        .chain(store.endpoint_ca.as_ref())
         .map(|s| s.name.clone())
         .collect()
 }
@@ -141,10 +134,6 @@ fn text<'a>(value: &'a Value, key: &str) -> &'a str {
 /// default's by name, not position.
 fn named<'a>(list: Option<&'a Value>, name: &str) -> Option<&'a Value> {
     items(list).iter().find(|v| text(v, "name") == name)
-        let object = format!(
-            "Pod {}/{pod_name}",
-            cluster.metadata.namespace.as_deref().unwrap_or_default()
-        );
 }
 
 impl Guard {
@@ -152,6 +141,10 @@ impl Guard {
         let name = cluster_name(cluster);
         let mut secrets = cluster_secrets(cluster);
         secrets.extend(extra.iter().cloned());
+        let object = format!(
+            "Pod {}/{pod_name}",
+            cluster.metadata.namespace.as_deref().unwrap_or_default()
+        );
         Guard {
             fields: Fields { object },
             cluster: format!("Cluster {name}"),
