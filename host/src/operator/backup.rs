@@ -114,19 +114,19 @@ async fn decide_and_apply(
         .stores
         .clusters
         .get(&ObjectRef::new(&backup.spec.cluster.name).within(&ns));
-    let named = ctx.policies.for_cluster_of(
+    let chosen = ctx.policies.for_cluster_of(
         "Backup",
         &ns,
         &backup.spec.cluster.name,
         cluster.as_deref(),
     )?;
-    step.policy = Some(named.name.clone());
+    step.policy = Some(chosen.name.clone());
     let started = Instant::now();
     let settings = match (&cluster, &status.instance_id) {
         (Some(c), None) => {
             let (b, c2, inst) = ((*backup).clone(), (**c).clone(), instances(&ctx, c));
             Some(
-                named
+                chosen
                     .policy
                     .run(move |p| p.backup_settings(&b, &c2, &inst))
                     .await?,
@@ -149,7 +149,7 @@ async fn decide_and_apply(
         now: Utc::now(),
     };
     step.decision = Decision::BackupTransition;
-    let transition = named
+    let transition = chosen
         .policy
         .run(move |p| p.backup_transition(&facts))
         .await?;

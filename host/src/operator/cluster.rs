@@ -21,7 +21,7 @@ use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::observe::{self, MissingSecret};
-use super::registry::Named;
+use super::registry::ChosenPolicy;
 use super::rollout::{self, Decision, InstancePod, PodState};
 use super::status;
 use crate::plan::{
@@ -102,11 +102,14 @@ fn rollout_of(cluster: &Cluster, ctx: &Context, actions: &[Action]) -> (Decision
 async fn decide_and_apply(
     cluster: &Cluster,
     ctx: &Context,
-) -> Result<(Named, Option<RecoveryWait>, Decision)> {
-    let named = ctx.policies.for_cluster(cluster)?;
+) -> Result<(ChosenPolicy, Option<RecoveryWait>, Decision)> {
+    let chosen = ctx.policies.for_cluster(cluster)?;
     let input = cluster.clone();
     let started = Instant::now();
-    let decisions = named.policy.run(move |p| p.cluster_decisions(&input)).await;
+    let decisions = chosen
+        .policy
+        .run(move |p| p.cluster_decisions(&input))
+        .await;
     ctx.metrics.policy_call("cluster", started.elapsed());
     let restore = restore(cluster, ctx);
     let (bootstrap, waiting) = match &restore {
@@ -125,7 +128,7 @@ async fn decide_and_apply(
     guardrails::check(&plan::subject(cluster), &actions)?;
     name_in_use(cluster, ctx, &actions).await?;
     apply::apply(ctx, &actions).await?;
-    Ok((named, waiting, rollout))
+    Ok((chosen, waiting, rollout))
 }
 
 /// Refuses to apply anything while one of the Cluster's names is taken by an object it does
@@ -192,12 +195,12 @@ fn observed(cluster: &Cluster, ctx: &Context, missing: &[MissingSecret]) -> Obse
 }
 
 /// The reconcile's outcome, for the core.
-fn outcome_of(outcome: &Result<(Named, Option<RecoveryWait>, Decision)>) -> Outcome {
+fn outcome_of(outcome: &Result<(ChosenPolicy, Option<RecoveryWait>, Decision)>) -> Outcome {
     match outcome {
-        Ok((named, waiting, rollout)) => Outcome::Applied {
+        Ok((chosen, waiting, rollout)) => Outcome::Applied {
             policy: PolicyInForce {
-                name: Some(named.name.clone()),
-                digest: Some(named.policy.digest().to_string()),
+                name: Some(chosen.name.clone()),
+                digest: Some(chosen.policy.digest().to_string()),
             },
             waiting: waiting
                 .as_ref()

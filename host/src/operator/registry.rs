@@ -21,9 +21,10 @@ use crate::policy::Policy;
 /// Name under which the default module is reported on a Cluster's status.
 pub const DEFAULT: &str = "default";
 
-/// A policy with the name it is known by.
+/// The policy that decides for an object, with the name it is reported under (a
+/// ReconcilePolicy's, or [`DEFAULT`]).
 #[derive(Clone)]
-pub struct Named {
+pub struct ChosenPolicy {
     pub name: String,
     pub policy: Policy,
 }
@@ -32,7 +33,7 @@ pub struct Named {
 #[derive(Default)]
 pub struct Registry {
     default: Option<Policy>,
-    named: RwLock<HashMap<String, Policy>>,
+    by_name: RwLock<HashMap<String, Policy>>,
     /// Namespace → the ReconcilePolicy that decides for all its Clusters.
     bindings: HashMap<String, String>,
 }
@@ -53,7 +54,7 @@ impl Registry {
     pub fn new(default: Option<Policy>) -> Self {
         Registry {
             default,
-            named: RwLock::default(),
+            by_name: RwLock::default(),
             bindings: HashMap::new(),
         }
     }
@@ -66,7 +67,7 @@ impl Registry {
 
     /// The policy that decides for a Cluster: its namespace's bound policy, else the one it
     /// names, else the default.
-    pub fn for_cluster(&self, cluster: &Cluster) -> Result<Named> {
+    pub fn for_cluster(&self, cluster: &Cluster) -> Result<ChosenPolicy> {
         let ns = cluster.namespace().unwrap_or_default();
         self.for_namespace(&ns, cluster.spec.policy.as_deref())
     }
@@ -81,7 +82,7 @@ impl Registry {
         namespace: &str,
         cluster_name: &str,
         cluster: Option<&Cluster>,
-    ) -> Result<Named> {
+    ) -> Result<ChosenPolicy> {
         match cluster {
             Some(cluster) => self.for_cluster(cluster),
             None if self.bindings.contains_key(namespace) => self.for_namespace(namespace, None),
@@ -92,29 +93,29 @@ impl Registry {
     }
 
     /// The policy that decides in `namespace` for an object asking for `requested`.
-    pub fn for_namespace(&self, namespace: &str, requested: Option<&str>) -> Result<Named> {
+    pub fn for_namespace(&self, namespace: &str, requested: Option<&str>) -> Result<ChosenPolicy> {
         if let Some(bound) = self.bindings.get(namespace) {
-            return self.named(bound).ok_or_else(|| {
+            return self.loaded(bound).ok_or_else(|| {
                 Error::NoPolicy(format!(
                     "namespace {namespace} is bound to ReconcilePolicy {bound} (the operator's --namespace-policy), which is not loaded: check `kubectl get reconcilepolicy {bound}` for its last error"
                 ))
             });
         }
         match requested {
-            Some(name) => self.named(name).ok_or_else(|| {
+            Some(name) => self.loaded(name).ok_or_else(|| {
                 Error::NoPolicy(format!(
                     "ReconcilePolicy {name} (spec.policy) is not loaded: create it, or check `kubectl get reconcilepolicy {name}` for its last error"
                 ))
             }),
-            None => self.default.clone().map(|policy| Named { name: DEFAULT.into(), policy }).ok_or_else(|| {
+            None => self.default.clone().map(|policy| ChosenPolicy { name: DEFAULT.into(), policy }).ok_or_else(|| {
                 Error::NoPolicy("the operator has no default policy (--default-policy) and spec.policy is not set: name a ReconcilePolicy in spec.policy".into())
             }),
         }
     }
 
-    fn named(&self, name: &str) -> Option<Named> {
-        let policy = self.named.read().unwrap().get(name).cloned()?;
-        Some(Named {
+    fn loaded(&self, name: &str) -> Option<ChosenPolicy> {
+        let policy = self.by_name.read().unwrap().get(name).cloned()?;
+        Some(ChosenPolicy {
             name: name.into(),
             policy,
         })
@@ -149,17 +150,17 @@ impl Registry {
 
     /// The policy in force under a ReconcilePolicy's name.
     pub fn get(&self, name: &str) -> Option<Policy> {
-        self.named.read().unwrap().get(name).cloned()
+        self.by_name.read().unwrap().get(name).cloned()
     }
 
     /// Puts a newly loaded module in force.
     pub fn insert(&self, name: &str, policy: Policy) {
-        self.named.write().unwrap().insert(name.into(), policy);
+        self.by_name.write().unwrap().insert(name.into(), policy);
     }
 
     /// Forgets a deleted ReconcilePolicy.
     pub fn remove(&self, name: &str) {
-        self.named.write().unwrap().remove(name);
+        self.by_name.write().unwrap().remove(name);
     }
 }
 

@@ -203,11 +203,11 @@ async fn decide_and_apply(
     }
     let now = Utc::now();
     let expired = if finished {
-        let named = ctx.policies.for_cluster(&cluster)?;
-        step.policy = Some(named.name.clone());
+        let chosen = ctx.policies.for_cluster(&cluster)?;
+        step.policy = Some(chosen.name.clone());
         let (c, b) = ((*cluster).clone(), live.clone());
         let started = Instant::now();
-        let expired = named.policy.run(move |p| p.retention(&c, &b, now)).await?;
+        let expired = chosen.policy.run(move |p| p.retention(&c, &b, now)).await?;
         ctx.metrics.policy_call("retention", started.elapsed());
         expired
     } else {

@@ -92,18 +92,18 @@ async fn decide_and_apply(
         .stores
         .clusters
         .get(&ObjectRef::new(&scheduled.spec.cluster.name).within(&ns));
-    let named = ctx.policies.for_cluster_of(
+    let chosen = ctx.policies.for_cluster_of(
         "ScheduledBackup",
         &ns,
         &scheduled.spec.cluster.name,
         cluster.as_deref(),
     )?;
-    step.policy = Some(named.name.clone());
+    step.policy = Some(chosen.name.clone());
     let input = (*scheduled).clone();
     let now = Utc::now();
     let status = scheduled.status.clone().unwrap_or_default();
     let generation = scheduled.meta().generation;
-    let decision = named.policy.run(move |p| p.schedule(&input, now)).await;
+    let decision = chosen.policy.run(move |p| p.schedule(&input, now)).await;
     let (mut actions, wanted) = match decision {
         Ok(decision) => {
             let actions = plan::plan_schedule(&scheduled, cluster.as_deref(), &decision, now);
