@@ -13,48 +13,19 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
-use pgwarden_crds::RecoveryTarget;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::archive::{self, ArchiveCheck, ArchiveFailure};
 use super::barman;
 use super::facts::{self, ArchiveFacts, ArchiverStats};
 use super::layout::{self, Layout};
+pub use super::options::{RestoreOptions, RunOptions};
 use super::postgres::{self, PgConfig, Postgres, RunAs};
 use super::recovery::{self, Boot};
 use super::report::Reporter;
-
-/// Everything `instance run` needs.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub pgdata: PathBuf,
-    pub pg_bin: PathBuf,
-    pub port: u16,
-    pub listen_addresses: String,
-    pub socket_dir: PathBuf,
-    pub settings_dir: PathBuf,
-    pub cluster: Option<String>,
-    pub pod_name: Option<String>,
-    pub namespace: Option<String>,
-    pub parameters: Vec<(String, String)>,
-    pub report_interval: Duration,
-    /// Replaces `pgwarden instance wal-archive %p` (benchmarks compare against plain barman).
-    pub archive_command: Option<String>,
-    pub restore: Option<RestoreOptions>,
-}
-
-/// Bootstrap from a backup instead of initdb.
-#[derive(Clone, Debug)]
-pub struct RestoreOptions {
-    /// Barman backup id (or name), or `latest`.
-    pub backup_id: String,
-    /// Archive settings of the store to restore from (default: the cluster's own).
-    pub source: Option<PathBuf>,
-    pub target: Option<RecoveryTarget>,
-}
 
 /// Runs the agent until PostgreSQL stops; returns PostgreSQL's exit status.
 pub async fn run(opts: RunOptions) -> Result<()> {

@@ -23,6 +23,7 @@ pub mod barman;
 pub mod cli;
 pub mod facts;
 pub mod layout;
+pub mod options;
 pub mod parameters;
 pub mod postgres;
 pub mod recovery;

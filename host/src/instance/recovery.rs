@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use pgwarden_crds::settings::{ARCHIVE_SETTINGS_KEY, ArchiveSettings};
 
-use super::agent::RestoreOptions;
 use super::archive;
 use super::barman::{self, Barman};
 use super::layout::{self, Layout};
+use super::options::RestoreOptions;
 use super::postgres::{self, PgConfig, Postgres, RecoveryEnd};
 use super::restore::{self, PgdataFacts, Phase, RestoreState, Start};
 use super::walrestore::WalRestoreFailure;

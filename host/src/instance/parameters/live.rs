@@ -20,10 +20,10 @@ use serde_json::json;
 use super::{
     Parameter, Reloaded, changed, describe, known_bad, refused_in, revert, splice, verdict, vet,
 };
-use crate::instance::agent::RunOptions;
 use crate::instance::barman::scrub;
 use crate::instance::facts::BackupFacts;
 use crate::instance::layout::{self, Layout};
+use crate::instance::options::RunOptions;
 use crate::instance::postgres::{CONF_FILE, Postgres};
 use crate::instance::report::Reporter;
 
