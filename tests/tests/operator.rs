@@ -331,13 +331,21 @@ fn backup_of_an_absent_cluster_waits_and_says_so() {
     let ns = cp.namespace("absent-cluster");
     let _op = Operator::start(cp, &ns.name);
     apply_file(&ns, &seed("backup.yaml"));
-    let message = "waiting for Cluster postgresql-bkp, which does not exist";
+    // No Cluster, so no policy to ask (not the default one in its place): the host says so.
+    let message = format!(
+        "Cluster {}/postgresql-bkp (spec.cluster.name) does not exist, so no policy decides for this Backup: create the Cluster, or delete the Backup",
+        ns.name
+    );
     let backup = wait_json(&ns, "backup", "backup-example", "status.message", |b| {
-        b["status"]["message"] == message
+        b["status"]["message"] == message.as_str()
     });
     assert_eq!(backup["status"]["phase"], "pending");
     assert_eq!(backup["status"]["reason"], "ClusterNotFound");
-    wait_event(&ns, "backup-example", "ClusterNotFound", message);
+    assert_eq!(
+        condition(&backup, "PolicyApplied").unwrap(),
+        ("False".into(), "ClusterNotFound".into(), message.clone())
+    );
+    wait_event(&ns, "backup-example", "ClusterNotFound", &message);
 }
 
 #[test]
