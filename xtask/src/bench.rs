@@ -121,6 +121,8 @@ fn measure(clusters: usize) -> Result<Figures> {
         .map_err(|e| anyhow::anyhow!("cannot install the CRDs: {e}"))?;
     cp.install_operator_rbac()
         .map_err(|e| anyhow::anyhow!("cannot install the operator's RBAC: {e}"))?;
+    cp.install_agent_admission()
+        .map_err(|e| anyhow::anyhow!("cannot install the agents' admission policy: {e}"))?;
     kubectl(&cp, &["create", "namespace", NS], None)?;
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws-creds\n  namespace: {NS}\nstringData:\n  ACCESS_KEY_ID: bench\n  ACCESS_SECRET_KEY: bench\n"

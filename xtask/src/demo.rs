@@ -19,7 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pgwarden_tests::controlplane::{Bins, Isolated, isolated, operator_rbac_manifest, run_kubectl};
+use pgwarden_tests::controlplane::{
+    Bins, Isolated, agent_admission_manifest, isolated, operator_rbac_manifest, run_kubectl,
+};
 use pgwarden_tests::datapath::{S3Server, free_port};
 use pgwarden_tests::localnode::{HostPrograms, LocalNode, Options};
 use serde_json::Value;
@@ -127,7 +129,10 @@ fn demo(once: bool) -> Result<()> {
         )?;
         // The operator runs with the rights a deployed one has (deploy/operator.yaml).
         let rbac = operator_rbac_manifest().map_err(anyhow::Error::msg)?;
-        plane.kubectl(&["apply", "-f", "-"], Some(&rbac))
+        plane.kubectl(&["apply", "-f", "-"], Some(&rbac))?;
+        // The agents are held to their own Cluster's statuses, as deployed.
+        let admission = agent_admission_manifest().map_err(anyhow::Error::msg)?;
+        plane.kubectl(&["apply", "-f", "-"], Some(&admission))
     })?;
     let operator = step("pgwarden operator", || Operator::start(&plane, &state))?;
     let result = if once {
