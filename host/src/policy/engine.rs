@@ -100,7 +100,13 @@ struct Compiled {
 struct Cache<T> {
     capacity: usize,
     clock: u64,
-    entries: HashMap<String, (u64, T)>,
+    entries: HashMap<String, Entry<T>>,
+}
+
+/// A cached value and the clock of its last use.
+struct Entry<T> {
+    used: u64,
+    value: T,
 }
 
 impl<T: Clone> Cache<T> {
@@ -115,15 +121,16 @@ impl<T: Clone> Cache<T> {
     fn get(&mut self, digest: &str) -> Option<T> {
         self.clock += 1;
         let entry = self.entries.get_mut(digest)?;
-        entry.0 = self.clock;
-        Some(entry.1.clone())
+        entry.used = self.clock;
+        Some(entry.value.clone())
     }
 
     fn insert(&mut self, digest: String, value: T) {
         self.clock += 1;
-        self.entries.insert(digest, (self.clock, value));
+        let used = self.clock;
+        self.entries.insert(digest, Entry { used, value });
         while self.entries.len() > self.capacity {
-            let oldest = self.entries.iter().min_by_key(|(_, (used, _))| *used);
+            let oldest = self.entries.iter().min_by_key(|(_, entry)| entry.used);
             let Some(oldest) = oldest.map(|(digest, _)| digest.clone()) else {
                 break;
             };
