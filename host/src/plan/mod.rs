@@ -9,7 +9,19 @@
 //! ```
 //!
 //! Nothing here talks to the API server: tests assert on the actions, `pgwarden policy
-//! eval` prints them.
+//! eval` prints them. Nor does it call the policy engine (the controllers and `policy eval`
+//! bring the decisions), use a runtime or a kube client (only kube's `Resource` traits).
+//!
+//! ```text
+//!   cluster    a Cluster's objects: pods, claims, Services, settings ConfigMap
+//!   rbac       the instance agent's ServiceAccount, Role (its rules) and RoleBinding
+//!   recovery   spec.bootstrap.recovery resolved to a restore added to the pods
+//!   instances  how many instances; surplus pods deleted
+//!   observed   pods as the policy sees them (facts, instances)
+//!   backup     a Backup's and a ScheduledBackup's status, the Backups a schedule creates
+//!   retention  expired backups deleted by the agent, then their objects
+//!   meta       what every planned object shares: reference, owner, labels, status times
+//! ```
 
 mod actions;
 mod backup;
