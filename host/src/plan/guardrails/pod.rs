@@ -5,7 +5,7 @@
 //! says a policy may set it (scheduling, resources, image and command, probes, labels, extra
 //! containers and volumes of the kinds listed in [`check_volume`]), and then only within the
 //! Cluster (its own claim, settings ConfigMap, Secrets and ServiceAccount) and never with more
-//! privileges than the default ([`super::pod_security`]). Every other field must be what the
+//! privileges than the default (`pod_security`). Every other field must be what the
 //! default has there, or absent. A field Kubernetes adds later is therefore refused until it
 //! is put on the list, instead of let through. A refusal names the field's path in the
 //! template (`spec.containers[0].ports[0].hostPort`).
