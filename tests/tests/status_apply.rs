@@ -28,18 +28,16 @@ fn owners(object: &Value, field: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The Cluster with its managedFields (`kubectl get` leaves them out unless asked).
-fn with_managed_fields(ns: &Namespace<'_>) -> Value {
-    let out = ns.kubectl(&[
-        "get",
-        "cluster",
-        CLUSTER,
-        "-o",
-        "json",
-        "--show-managed-fields",
-    ]);
+/// The object with its managedFields (`kubectl get` leaves them out unless asked).
+fn with_managed_fields(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
+    let out = ns.kubectl(&["get", kind, name, "-o", "json", "--show-managed-fields"]);
     assert!(out.success, "{}", out.stderr);
     serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// One owner: `manager`, through a server-side apply.
+fn applied_by(manager: &str) -> Vec<(String, String)> {
+    vec![(manager.to_string(), "Apply".to_string())]
 }
 
 fn poke(ns: &Namespace<'_>, n: u32) {
@@ -99,9 +97,8 @@ fn the_cluster_status_is_applied_by_the_operator_and_keeps_the_agents_fields() {
         c["status"]["currentPrimary"] == POD
             && condition(c, "ContinuousArchiving").is_some_and(|(s, _, _)| s == "True")
     });
-    let cluster = with_managed_fields(&ns);
+    let cluster = with_managed_fields(&ns, "cluster", CLUSTER);
 
-    let operator = ("pgwarden-operator".to_string(), "Apply".to_string());
     for field in [
         "phase",
         "conditions",
@@ -111,13 +108,12 @@ fn the_cluster_status_is_applied_by_the_operator_and_keeps_the_agents_fields() {
     ] {
         assert_eq!(
             owners(&cluster, field),
-            [operator.clone()],
+            applied_by("pgwarden-operator"),
             "status.{field} is not owned by the operator's apply alone: {:#}",
             cluster["metadata"]["managedFields"]
         );
     }
-    let agent = ("pgwarden-agent".to_string(), "Apply".to_string());
-    assert_eq!(owners(&cluster, "archive"), [agent.clone()]);
+    assert_eq!(owners(&cluster, "archive"), applied_by("pgwarden-agent"));
     assert_eq!(
         cluster["status"]["archive"]["lastArchivedWal"], "000000010000000000000001",
         "{}",
@@ -138,12 +134,65 @@ fn the_cluster_status_is_applied_by_the_operator_and_keeps_the_agents_fields() {
     wait_json(&ns, "cluster", CLUSTER, "no policy in force", |c| {
         c["status"].get("policy").is_none() && c["status"]["phase"] == "Policy not applied"
     });
-    let cluster = with_managed_fields(&ns);
+    let cluster = with_managed_fields(&ns, "cluster", CLUSTER);
     assert_eq!(owners(&cluster, "policy"), []);
-    assert_eq!(owners(&cluster, "archive"), [agent]);
+    assert_eq!(owners(&cluster, "archive"), applied_by("pgwarden-agent"));
     assert_eq!(
         cluster["status"]["archive"]["archivedCount"], 1,
         "{}",
         cluster["status"]
     );
+}
+
+/// A ScheduledBackup's status is whole in every apply: a later check keeps the time of the
+/// last run (which only a run sets), and only the operator's apply owns the fields.
+#[test]
+fn the_scheduled_backup_status_is_applied_whole_by_the_operator() {
+    let cp = with_crds();
+    let ns = cp.namespace("status-apply-scheduled");
+    let _op = Operator::start(cp, &ns.name);
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_file(&ns, &seed("cluster-wal.yaml"));
+    apply_yaml(
+        &ns,
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ScheduledBackup\nmetadata:\n  name: nightly\nspec:\n  schedule: \"0 0 2 * * *\"\n  immediate: true\n  cluster:\n    name: postgresql-bkp\n",
+    );
+    let ran = wait_json(&ns, "scheduledbackup", "nightly", "ran once", |s| {
+        s["status"]["lastScheduleTime"].is_string()
+            && condition(s, "Scheduled").is_some_and(|(s, _, _)| s == "True")
+    });
+    let last_run = ran["status"]["lastScheduleTime"].clone();
+    let checked = ran["status"]["lastCheckTime"].clone();
+    // A check without a run (the annotation wakes the controller), a second later at least:
+    // the check's time has seconds only.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = ns.kubectl(&[
+        "annotate",
+        "scheduledbackup",
+        "nightly",
+        "pgwarden.test/poke=1",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    wait_json(&ns, "scheduledbackup", "nightly", "checked again", |s| {
+        s["status"]["lastCheckTime"].is_string() && s["status"]["lastCheckTime"] != checked
+    });
+    let scheduled = with_managed_fields(&ns, "scheduledbackup", "nightly");
+    assert_eq!(
+        scheduled["status"]["lastScheduleTime"], last_run,
+        "{}",
+        scheduled["status"]
+    );
+    for field in [
+        "lastScheduleTime",
+        "lastCheckTime",
+        "nextScheduleTime",
+        "conditions",
+    ] {
+        assert_eq!(
+            owners(&scheduled, field),
+            applied_by("pgwarden-operator"),
+            "status.{field} is not owned by the operator's apply alone: {:#}",
+            scheduled["metadata"]["managedFields"]
+        );
+    }
 }

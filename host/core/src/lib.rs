@@ -5,9 +5,11 @@
 
 pub mod cluster;
 pub mod conditions;
+pub mod scheduled;
 
 pub use cluster::{
     ClusterReport, ClusterStatus, Instances, ObservedBackup, ObservedCluster, Outcome, Warning,
     cluster_status,
 };
 pub use conditions::Wanted;
+pub use scheduled::scheduled_status;

@@ -10,16 +10,17 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use pgwarden_crds::{MIN_SCHEDULE_INTERVAL_SECONDS, ScheduledBackup};
+use pgwarden_crds::{MIN_SCHEDULE_INTERVAL_SECONDS, ScheduledBackup, ScheduledBackupStatus};
 use pgwarden_sdk::defaults;
 use serde_json::json;
 use tracing::{instrument, warn};
 
 use super::apply;
-use super::conditions::{self, Wanted};
+use super::conditions::Wanted;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Step};
+use super::status;
 use crate::plan::{self, Action, EventType, guardrails, reference};
 use crate::policy::PolicyError;
 
@@ -34,7 +35,7 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
         let target = reference(&*scheduled);
         let generation = scheduled.meta().generation;
         let report = failure::report(target, &status.conditions, &wanted, generation, json!({}));
-        apply::apply(&ctx, &report).await?;
+        write(&ctx, &scheduled, report, &wanted).await?;
         return Ok(Requeue::await_change());
     }
     let mut step = Step::new(Decision::Schedule);
@@ -47,7 +48,7 @@ pub async fn reconcile(scheduled: Arc<ScheduledBackup>, ctx: Arc<Context>) -> Re
                 let (target, generation) = (reference(&*scheduled), scheduled.meta().generation);
                 let actions =
                     failure::report(target, &status.conditions, &wanted, generation, json!({}));
-                if let Err(e) = apply::apply(&ctx, &actions).await {
+                if let Err(e) = write(&ctx, &scheduled, actions, &wanted).await {
                     warn!(error = %e, "cannot report the failure on the ScheduledBackup");
                 }
             }
@@ -102,9 +103,8 @@ async fn decide_and_apply(
     let input = (*scheduled).clone();
     let now = Utc::now();
     let status = scheduled.status.clone().unwrap_or_default();
-    let generation = scheduled.meta().generation;
     let decision = chosen.policy.run(move |p| p.schedule(&input, now)).await;
-    let (mut actions, wanted) = match decision {
+    let (actions, wanted) = match decision {
         Ok(decision) => {
             let actions = plan::plan_schedule(&scheduled, cluster.as_deref(), &decision, now);
             let next = decision
@@ -135,31 +135,42 @@ async fn decide_and_apply(
         }
         Err(e) => return Err(Error::Policy(e)),
     };
-    let conditions = conditions::set(&status.conditions, &wanted, generation, Timestamp::now());
-    for action in &mut actions {
-        if let Action::PatchStatus { status, .. } = action {
-            status["conditions"] = json!(conditions);
-        }
-    }
-    if !actions
-        .iter()
-        .any(|a| matches!(a, Action::PatchStatus { .. }))
-    {
-        actions.insert(
-            0,
-            Action::PatchStatus {
-                target: reference(&*scheduled),
-                status: json!({ "conditions": conditions }),
-            },
-        );
-    }
     guardrails::check(&plan::scheduled_subject(&scheduled), &actions)?;
-    apply::apply(&ctx, &actions).await?;
-    Ok(match apply::requeue(&actions) {
+    let requeue = apply::requeue(&actions);
+    write(&ctx, &scheduled, actions, &wanted).await?;
+    Ok(match requeue {
         Some(seconds) => Requeue::requeue(Duration::from_secs(seconds)),
         None if wanted.ok => Requeue::requeue(Duration::from_secs(300)),
         None => Requeue::await_change(),
     })
+}
+
+/// Applies `actions` (the Backup a run creates first), then writes the ScheduledBackup's
+/// whole status once (the core's, by server-side apply): the stored one with the times a
+/// planned status carries and `wanted` set. The planned status writes nothing itself.
+async fn write(
+    ctx: &Context,
+    scheduled: &ScheduledBackup,
+    actions: Vec<Action>,
+    wanted: &Wanted,
+) -> Result<()> {
+    let (planned, actions): (Vec<Action>, Vec<Action>) = actions
+        .into_iter()
+        .partition(|a| matches!(a, Action::PatchStatus { .. }));
+    let checked = planned.into_iter().find_map(|a| match a {
+        Action::PatchStatus { status, .. } => serde_json::from_value(status)
+            .ok()
+            .filter(|s: &ScheduledBackupStatus| s.last_check_time.is_some()),
+        _ => None,
+    });
+    apply::apply(ctx, &actions).await?;
+    let before = scheduled.status.clone().unwrap_or_default();
+    let generation = scheduled.meta().generation;
+    let now = Timestamp::now();
+    let status =
+        pgwarden_core::scheduled_status(&before, checked.as_ref(), wanted, generation, now);
+    status::apply_status(ctx, &reference(scheduled), &status).await?;
+    Ok(())
 }
 
 #[cfg(test)]
