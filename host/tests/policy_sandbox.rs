@@ -186,7 +186,9 @@ fn reading_the_clock_is_refused() {
 fn planned(name: &str) -> Result<(), GuardrailError> {
     let policy = adversarial();
     let cluster = cluster(name);
-    let decisions = policy.cluster_decisions(&cluster).expect("the policy answers");
+    let decisions = policy
+        .cluster_decisions(&cluster)
+        .expect("the policy answers");
     let actions = plan::plan_cluster(&cluster, &decisions)?;
     plan::guardrails::check(&plan::subject(&cluster), &actions)
 }

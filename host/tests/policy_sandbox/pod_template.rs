@@ -31,7 +31,9 @@ wal: { encryption: AES256 }
 /// The guardrail's verdict on the policy's own answers for `cluster`.
 fn planned_by(policy: &str, cluster: &Cluster) -> Result<(), GuardrailError> {
     let policy = engine().load(&module(policy), LIMITS).unwrap();
-    let decisions = policy.cluster_decisions(cluster).expect("the policy answers");
+    let decisions = policy
+        .cluster_decisions(cluster)
+        .expect("the policy answers");
     let actions = plan::plan_cluster(cluster, &decisions)?;
     plan::guardrails::check(&plan::subject(cluster), &actions)
 }
