@@ -3,7 +3,7 @@
 //! can no longer finish it.
 
 use chrono::{DateTime, Utc};
-use pgwarden_crds::{BackupAgentState, BackupPhase, BackupStatus};
+use pgwarden_crds::{BackupAgentState, BackupAgentStatus, BackupPhase, BackupStatus};
 
 use super::cluster_name;
 use crate::convert::parse_time;
@@ -104,29 +104,8 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
         .as_ref()
         .and_then(|i| i.pod_name.clone())
         .unwrap_or_else(|| "(unknown)".into());
-    match agent.state {
-        Some(BackupAgentState::Succeeded) => {
-            let id = status.backup_id.as_deref().unwrap_or("(no id reported)");
-            return to(
-                BackupPhase::Completed,
-                "Completed",
-                format!("backup {id} completed on pod {pod_name}"),
-                None,
-            );
-        }
-        Some(BackupAgentState::Failed) => {
-            let code = agent
-                .exit_code
-                .map_or("unknown".to_string(), |c| c.to_string());
-            let why = status.error.as_deref().unwrap_or("no error output");
-            return to(
-                BackupPhase::Failed,
-                "BarmanFailed",
-                format!("barman-cloud-backup exited with code {code}: {why}"),
-                None,
-            );
-        }
-        _ => {}
+    if let Some(ended) = agent_ended(status, &agent, &pod_name) {
+        return ended;
     }
     let Some(pod) = pod else {
         return to(
@@ -136,8 +115,59 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
             None,
         );
     };
+    if let Some(interrupted) = interrupted(status, &agent, pod, now) {
+        return interrupted;
+    }
+    to(
+        BackupPhase::Running,
+        "Running",
+        format!("barman-cloud-backup runs on pod {}", pod.name),
+        Some(POLL_SECONDS),
+    )
+}
+
+/// The end the agent reported, if it did: completed or failed with barman's exit code.
+fn agent_ended(
+    status: &BackupStatus,
+    agent: &BackupAgentStatus,
+    pod_name: &str,
+) -> Option<Transition> {
+    match agent.state {
+        Some(BackupAgentState::Succeeded) => {
+            let id = status.backup_id.as_deref().unwrap_or("(no id reported)");
+            Some(to(
+                BackupPhase::Completed,
+                "Completed",
+                format!("backup {id} completed on pod {pod_name}"),
+                None,
+            ))
+        }
+        Some(BackupAgentState::Failed) => {
+            let code = agent
+                .exit_code
+                .map_or("unknown".to_string(), |c| c.to_string());
+            let why = status.error.as_deref().unwrap_or("no error output");
+            Some(to(
+                BackupPhase::Failed,
+                "BarmanFailed",
+                format!("barman-cloud-backup exited with code {code}: {why}"),
+                None,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Why a backup still reported running can no longer finish: its pod stopped, its container
+/// restarted under it, or the agent never started it.
+fn interrupted(
+    status: &BackupStatus,
+    agent: &BackupAgentStatus,
+    pod: &PodFacts,
+    now: DateTime<Utc>,
+) -> Option<Transition> {
     if pod.phase != "Running" {
-        return to(
+        return Some(to(
             BackupPhase::Failed,
             "PodNotRunning",
             format!(
@@ -145,14 +175,14 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
                 pod.name, pod.phase
             ),
             None,
-        );
+        ));
     }
     let agent_started = parse_time(agent.started_at.as_deref());
     if let (Some(BackupAgentState::Running), Some(started), Some(container)) =
         (agent.state, agent_started, pod.container_started_at)
         && container > started
     {
-        return to(
+        return Some(to(
             BackupPhase::Failed,
             "AgentRestarted",
             format!(
@@ -160,12 +190,12 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
                 pod.name, pod.restart_count
             ),
             None,
-        );
+        ));
     }
-    if agent.state.is_none() {
-        let since = parse_time(status.started_at.as_deref()).unwrap_or(now);
-        if (now - since).num_seconds() > AGENT_START_TIMEOUT_SECONDS {
-            return to(
+    let since = parse_time(status.started_at.as_deref()).unwrap_or(now);
+    (agent.state.is_none() && (now - since).num_seconds() > AGENT_START_TIMEOUT_SECONDS).then(
+        || {
+            to(
                 BackupPhase::Failed,
                 "AgentNotStarted",
                 format!(
@@ -173,13 +203,7 @@ fn running(status: &BackupStatus, pod: Option<&PodFacts>, now: DateTime<Utc>) ->
                     pod.name
                 ),
                 None,
-            );
-        }
-    }
-    to(
-        BackupPhase::Running,
-        "Running",
-        format!("barman-cloud-backup runs on pod {}", pod.name),
-        Some(POLL_SECONDS),
+            )
+        },
     )
 }
