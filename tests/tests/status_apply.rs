@@ -2,7 +2,8 @@
 //! status fields are owned by the `pgwarden-operator` field manager through an Apply (no
 //! merge patch owns them), the agent's `status.archive` stays the agent's through the
 //! operator's writes, and a field the operator stops setting (`policy` once no policy is in
-//! force) is removed.
+//! force) is removed. A ReconcilePolicy's status is likewise the operator's apply alone, whole:
+//! a failed load keeps the module in force, the next good one removes `lastError`.
 //!
 //! Needs `cargo xtask setup`, `cargo build -p pgwarden` and `cargo xtask build-policies`.
 
@@ -195,4 +196,103 @@ fn the_scheduled_backup_status_is_applied_whole_by_the_operator() {
             scheduled["metadata"]["managedFields"]
         );
     }
+}
+
+/// Deletes the cluster-scoped ReconcilePolicy when the test ends, however it ends.
+struct PolicyGuard<'a>(&'a Namespace<'a>, String);
+
+impl Drop for PolicyGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .cp
+            .kubectl(&["delete", "reconcilepolicy", &self.1, "--wait=false"]);
+    }
+}
+
+fn file_policy(ns: &Namespace<'_>, name: &str, file: &str) {
+    apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    file: {file}\n"
+        ),
+    );
+}
+
+fn wait_policy(ns: &Namespace<'_>, name: &str, what: &str, ready: bool) -> Value {
+    eventually(
+        &format!("ReconcilePolicy {name} {what}"),
+        LOAD_WAIT,
+        || match get(ns, "reconcilepolicy", name) {
+            Some(p)
+                if condition(&p, "Ready").is_some_and(|c| (c.0 == "True") == ready)
+                    && p["status"]["observedGeneration"] == p["metadata"]["generation"] =>
+            {
+                Ok(p)
+            }
+            other => Err(format!("{:?}", other.map(|p| p["status"].clone()))),
+        },
+    )
+}
+
+/// A ReconcilePolicy's status is the operator's apply alone and whole each time: a module
+/// that fails to load keeps the one in force (digest, ABI, load time) and says why; the next
+/// good load removes `lastError`.
+#[test]
+fn the_reconcile_policy_status_is_applied_whole_by_the_operator() {
+    let cp = with_crds();
+    let ns = cp.namespace("status-apply-policy");
+    let _op = Operator::start(cp, &ns.name);
+    let name = format!("applied-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    let module = policy("default").display().to_string();
+    file_policy(&ns, &name, &module);
+    let loaded = wait_policy(&ns, &name, "loaded", true);
+
+    file_policy(&ns, &name, "/nonexistent/policy.wasm");
+    let failed = wait_policy(&ns, &name, "failed", false);
+    // Each test's operator loads every (cluster-scoped) ReconcilePolicy, so the first
+    // `loadedAt` may be another's, a moment later: from the failure on, it is kept.
+    for field in ["digest", "abiVersion"] {
+        assert_eq!(failed["status"][field], loaded["status"][field], "{field}");
+    }
+    assert!(
+        failed["status"]["loadedAt"].is_string(),
+        "{}",
+        failed["status"]
+    );
+    let last_error = failed["status"]["lastError"].as_str().unwrap_or_default();
+    let stays = format!(
+        "; the module in force stays {}",
+        loaded["status"]["digest"].as_str().unwrap()
+    );
+    assert!(last_error.ends_with(&stays), "{}", failed["status"]);
+    let failed = with_managed_fields(&ns, "reconcilepolicy", &name);
+    for field in [
+        "digest",
+        "abiVersion",
+        "loadedAt",
+        "lastError",
+        "observedGeneration",
+        "conditions",
+    ] {
+        assert_eq!(
+            owners(&failed, field),
+            applied_by("pgwarden-operator"),
+            "status.{field} is not owned by the operator's apply alone: {:#}",
+            failed["metadata"]["managedFields"]
+        );
+    }
+
+    file_policy(&ns, &name, &module);
+    wait_policy(&ns, &name, "loaded again", true);
+    let again = with_managed_fields(&ns, "reconcilepolicy", &name);
+    assert!(
+        again["status"].get("lastError").is_none(),
+        "{}",
+        again["status"]
+    );
+    assert_eq!(owners(&again, "lastError"), []);
+    assert_eq!(again["status"]["loadedAt"], failed["status"]["loadedAt"]);
+    assert_eq!(owners(&again, "digest"), applied_by("pgwarden-operator"));
 }

@@ -3,24 +3,25 @@
 //! compiles it once per digest (under the call semaphore, timed), puts it and its `limits` in
 //! force without a restart (new limits alone need no new module), and keeps the last good module when a new one fails — saying why
 //! on the status. A change of a referenced ConfigMap reconciles the policy at once (see
-//! `operator::serve`), so new module bytes are in force within seconds.
+//! `operator::serve`), so new module bytes are in force within seconds. The status is the
+//! core's (`pgwarden_core::policy`), whole, applied through `operator::status`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
+use pgwarden_core::policy::{Load, PolicyReport, policy_status};
 use pgwarden_crds::{ModuleSource, ReconcilePolicy};
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::apply::publish;
-use super::conditions::{self, Wanted};
 use super::context::Context;
 use super::errors::{Error, Result};
+use super::status;
 use crate::plan::{EventType, reference};
 use crate::policy::{Limits, Policy, PolicyError, digest};
 
@@ -127,85 +128,55 @@ async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String
 #[instrument(skip(policy, ctx), fields(policy = %policy.name_any()))]
 pub async fn reconcile(policy: Arc<ReconcilePolicy>, ctx: Arc<Context>) -> Result<Requeue> {
     ctx.metrics.reconciled("ReconcilePolicy");
-    let status = policy.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let generation = policy.meta().generation;
-    let (patch, outcome) = match load(&ctx, &policy).await {
-        Ok((digest, abi)) => {
-            let wanted = Wanted::ok(
-                "Ready",
-                "ModuleLoaded",
-                format!("module sha256:{digest} (ABI {abi}) is in force"),
-            );
-            let loaded_at = if status.digest.as_deref() == Some(digest.as_str()) {
-                status.loaded_at.clone()
-            } else {
-                Some(now.to_string())
-            };
-            let patch = json!({
-                "digest": digest, "abiVersion": abi, "lastError": null, "loadedAt": loaded_at,
-                "observedGeneration": generation,
-                "conditions": conditions::set(&status.conditions, &wanted, generation, now),
-            });
-            (patch, Ok(()))
-        }
-        Err(e) => {
-            let message = format!(
-                "{e}; the module in force stays {}",
-                status.digest.as_deref().unwrap_or("none")
-            );
-            let wanted = Wanted::failed("Ready", e.reason(), message.clone());
-            let patch = json!({
-                "lastError": message, "observedGeneration": generation,
-                "conditions": conditions::set(&status.conditions, &wanted, generation, now),
-            });
-            (patch, Err((e, message)))
-        }
+    let loaded = load(&ctx, &policy).await;
+    let report = report(&policy, &loaded);
+    write(&ctx, &policy, &report).await?;
+    Ok(requeue(&ctx, loaded))
+}
+
+/// The whole status from what the load gave (the core computes it).
+fn report(policy: &ReconcilePolicy, loaded: &Result<(String, String)>) -> PolicyReport {
+    let load = match loaded {
+        Ok((digest, abi)) => Load::InForce {
+            digest: digest.clone(),
+            abi: abi.clone(),
+        },
+        Err(e) => Load::Failed {
+            reason: e.reason().to_string(),
+            error: e.to_string(),
+        },
     };
-    let current = serde_json::to_value(&status).unwrap_or_default();
-    if !super::apply::contains(&current, &patch) {
-        let api: Api<ReconcilePolicy> = Api::all(ctx.client.clone());
-        api.patch_status(
-            &policy.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": patch })),
-        )
-        .await?;
-        ctx.metrics.wrote("status");
-        match &outcome {
-            Ok(()) => {
-                let note = format!(
-                    "module sha256:{} (ABI {}) is in force",
-                    patch["digest"].as_str().unwrap_or_default(),
-                    patch["abiVersion"].as_str().unwrap_or_default()
-                );
-                publish(
-                    &ctx,
-                    &reference(&*policy),
-                    EventType::Normal,
-                    "ModuleLoaded",
-                    &note,
-                )
-                .await?
-            }
-            Err((e, message)) => {
-                publish(
-                    &ctx,
-                    &reference(&*policy),
-                    EventType::Warning,
-                    e.reason(),
-                    message,
-                )
-                .await?
-            }
-        }
+    let before = policy.status.clone().unwrap_or_default();
+    policy_status(&before, &load, policy.meta().generation, Timestamp::now())
+}
+
+/// Applies the status when it changed, and tells its `Ready` condition in an Event then.
+async fn write(ctx: &Context, policy: &ReconcilePolicy, report: &PolicyReport) -> Result<()> {
+    // The stores hold no ReconcilePolicies, so `apply_status` cannot see a steady state: the
+    // object this reconcile was given can, and a steady state writes and tells nothing.
+    if policy.status.as_ref() == Some(&report.status) {
+        return Ok(());
     }
-    match outcome {
-        Ok(()) => Ok(Requeue::requeue(Duration::from_secs(300))),
-        Err((e, _)) => {
+    let target = reference(policy);
+    status::apply_status(ctx, &target, &report.status).await?;
+    let ready = &report.ready;
+    let kind = if ready.ok {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    publish(ctx, &target, kind, &ready.reason, &ready.message).await
+}
+
+/// A module in force is checked again in 5 minutes (a ConfigMap's change wakes it sooner); a
+/// failed load is retried in 30 s.
+fn requeue(ctx: &Context, loaded: Result<(String, String)>) -> Requeue {
+    match loaded {
+        Ok(_) => Requeue::requeue(Duration::from_secs(300)),
+        Err(e) => {
             warn!(error = %e, "module not loaded");
             ctx.metrics.failed("ReconcilePolicy", e.metric_label());
-            Ok(Requeue::requeue(Duration::from_secs(30)))
+            Requeue::requeue(Duration::from_secs(30))
         }
     }
 }
