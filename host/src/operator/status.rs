@@ -28,7 +28,7 @@ pub async fn apply_status(
     // difference (it is to be removed).
     let desired = serde_json::to_value(status).unwrap_or_default();
     let observed = ctx.stores.observed(target);
-    if observed.is_some_and(|o| contains(&o["status"], &desired)) {
+    if observed.is_some_and(|o| holds(&o, &desired)) {
         return Ok(false);
     }
     let body = json!({
@@ -47,6 +47,33 @@ pub async fn apply_status(
     debug!(object = %target, "status applied");
     ctx.metrics.wrote("status");
     Ok(true)
+}
+
+/// Whether `object` already holds `desired` as its status: every desired field has its value,
+/// and no top-level field this manager applied before is missing from `desired` (a status type
+/// that leaves empty fields out, rather than writing `null`, removes a field by omitting it:
+/// `nextScheduleTime` once suspended).
+fn holds(object: &Value, desired: &Value) -> bool {
+    let set = |v: &Value| !v.is_null();
+    contains(&object["status"], desired)
+        && applied_status_fields(object)
+            .iter()
+            .all(|field| desired.get(field).is_some_and(set))
+}
+
+/// The top-level status fields [`MANAGER`] set by its last apply, from `managedFields`.
+fn applied_status_fields(object: &Value) -> Vec<String> {
+    let entries = object["metadata"]["managedFields"].as_array();
+    entries
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["manager"] == MANAGER && e["operation"] == "Apply" && e["subresource"] == "status"
+        })
+        .filter_map(|e| e["fieldsV1"]["f:status"].as_object())
+        .flat_map(|fields| fields.keys())
+        .filter_map(|key| key.strip_prefix("f:").map(str::to_owned))
+        .collect()
 }
 
 /// `value` without the object fields that are `null`: in an apply, leaving a field out is
@@ -80,6 +107,48 @@ fn api(ctx: &Context, target: &ObjectRef) -> Api<DynamicObject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn applied(fields: Value, status: Value) -> Value {
+        json!({
+            "metadata": {"managedFields": [
+                {"manager": "pgwarden-agent", "operation": "Apply", "subresource": "status",
+                 "fieldsV1": {"f:status": {"f:archive": {}}}},
+                {"manager": MANAGER, "operation": "Apply", "subresource": "status",
+                 "fieldsV1": {"f:status": fields}},
+            ]},
+            "status": status,
+        })
+    }
+
+    #[test]
+    fn a_field_left_out_of_a_status_it_applied_before_is_a_change() {
+        let object = applied(
+            json!({"f:lastCheckTime": {}, "f:nextScheduleTime": {}}),
+            json!({"lastCheckTime": "t1", "nextScheduleTime": "t2", "archive": {"ok": true}}),
+        );
+        // Suspended: the core leaves nextScheduleTime out (it is not serialized as null).
+        assert!(!holds(&object, &json!({"lastCheckTime": "t1"})));
+        assert!(holds(
+            &object,
+            &json!({"lastCheckTime": "t1", "nextScheduleTime": "t2"})
+        ));
+        // Another manager's field (the agent's archive) is not this manager's to remove.
+        assert_eq!(
+            applied_status_fields(&object),
+            vec!["lastCheckTime", "nextScheduleTime"]
+        );
+    }
+
+    #[test]
+    fn a_changed_value_or_a_null_is_a_change() {
+        let object = applied(
+            json!({"f:currentPrimary": {}}),
+            json!({"currentPrimary": "pg-1"}),
+        );
+        assert!(!holds(&object, &json!({"currentPrimary": "pg-2"})));
+        assert!(!holds(&object, &json!({"currentPrimary": null})));
+        assert!(holds(&object, &json!({"currentPrimary": "pg-1"})));
+    }
 
     #[test]
     fn nulls_are_left_out_of_the_applied_status() {
