@@ -738,3 +738,27 @@ pub fn store_secret_yaml(creds: &crate::datapath::Credentials) -> String {
         creds.access_key_id, creds.secret_access_key
     )
 }
+
+/// Deletes the cluster-scoped ReconcilePolicy when the test ends, however it ends.
+pub struct PolicyGuard<'a>(pub &'a Namespace<'a>, pub String);
+
+impl Drop for PolicyGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .cp
+            .kubectl(&["delete", "reconcilepolicy", &self.1, "--wait=false"]);
+    }
+}
+
+/// A ReconcilePolicy whose module is the file `file` on the operator's host, with an optional
+/// `limits.timeoutMillis`.
+pub fn file_policy_yaml(name: &str, file: &str, timeout_millis: Option<u32>) -> String {
+    let mut yaml = format!(
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    file: {file}\n"
+    );
+    if let Some(ms) = timeout_millis {
+        yaml.push_str(&format!("  limits:\n    timeoutMillis: {ms}\n"));
+    }
+    yaml
+}

@@ -23,18 +23,6 @@ fn policy_yaml(name: &str, namespace: &str, config_map: &str) -> String {
     )
 }
 
-/// Deletes the cluster-scoped ReconcilePolicy when the test ends, however it ends.
-struct PolicyGuard<'a>(&'a Namespace<'a>, String);
-
-impl Drop for PolicyGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .cp
-            .kubectl(&["delete", "reconcilepolicy", &self.1, "--wait=false"]);
-    }
-}
-
 /// Waits for the module to be in force: compiling it may take long on a cold cache.
 fn wait_policy_ready(ns: &Namespace<'_>, name: &str) -> Value {
     eventually(
@@ -560,16 +548,6 @@ fn a_deleted_reconcile_policy_is_out_of_force_and_its_clusters_say_so() {
         condition(&cluster, "PolicyApplied").unwrap().1,
         "PolicyNotFound"
     );
-}
-
-fn file_policy_yaml(name: &str, file: &str, timeout_millis: Option<u32>) -> String {
-    let mut yaml = format!(
-        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    file: {file}\n"
-    );
-    if let Some(ms) = timeout_millis {
-        yaml.push_str(&format!("  limits:\n    timeoutMillis: {ms}\n"));
-    }
-    yaml
 }
 
 /// Issue 11 item 7: an endless `spec.module.file` is refused as too large (the operator stays

@@ -198,25 +198,8 @@ fn the_scheduled_backup_status_is_applied_whole_by_the_operator() {
     }
 }
 
-/// Deletes the cluster-scoped ReconcilePolicy when the test ends, however it ends.
-struct PolicyGuard<'a>(&'a Namespace<'a>, String);
-
-impl Drop for PolicyGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .cp
-            .kubectl(&["delete", "reconcilepolicy", &self.1, "--wait=false"]);
-    }
-}
-
 fn file_policy(ns: &Namespace<'_>, name: &str, file: &str) {
-    apply_yaml(
-        ns,
-        &format!(
-            "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: ReconcilePolicy\nmetadata:\n  name: {name}\nspec:\n  module:\n    file: {file}\n"
-        ),
-    );
+    apply_yaml(ns, &file_policy_yaml(name, file, None));
 }
 
 fn wait_policy(ns: &Namespace<'_>, name: &str, what: &str, ready: bool) -> Value {
