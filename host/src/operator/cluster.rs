@@ -228,8 +228,8 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
     let observed = observed(&cluster, &ctx, &missing);
     let binding = ctx.policies.as_requested(&cluster);
     let report = core::cluster_status(&observed, &outcome_of(&outcome), binding, Timestamp::now());
+    status::apply_status(&ctx, &*cluster, &report.status).await?;
     let target = reference(&*cluster);
-    status::apply_status(&ctx, &target, &report.status).await?;
     let warnings: Vec<Action> = report
         .warnings
         .into_iter()

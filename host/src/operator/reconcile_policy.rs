@@ -152,13 +152,11 @@ fn report(policy: &ReconcilePolicy, loaded: &Result<(String, String)>) -> Policy
 
 /// Applies the status when it changed, and tells its `Ready` condition in an Event then.
 async fn write(ctx: &Context, policy: &ReconcilePolicy, report: &PolicyReport) -> Result<()> {
-    // The stores hold no ReconcilePolicies, so `apply_status` cannot see a steady state: the
-    // object this reconcile was given can, and a steady state writes and tells nothing.
-    if policy.status.as_ref() == Some(&report.status) {
+    // A steady state writes and tells nothing.
+    if !status::apply_status(ctx, policy, &report.status).await? {
         return Ok(());
     }
     let target = reference(policy);
-    status::apply_status(ctx, &target, &report.status).await?;
     let ready = &report.ready;
     let kind = if ready.ok {
         EventType::Normal

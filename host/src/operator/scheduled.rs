@@ -169,7 +169,7 @@ async fn write(
     let now = Timestamp::now();
     let status =
         pgwarden_core::scheduled_status(&before, checked.as_ref(), wanted, generation, now);
-    status::apply_status(ctx, &reference(scheduled), &status).await?;
+    status::apply_status(ctx, scheduled, &status).await?;
     Ok(())
 }
 

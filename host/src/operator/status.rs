@@ -7,6 +7,7 @@
 //! `status.archive` and `status.parameters`, under its own managers) are never in the applied
 //! object, so an apply leaves them as they are.
 
+use kube::Resource;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -15,22 +16,22 @@ use tracing::debug;
 use super::apply::contains;
 use super::context::{Context, MANAGER};
 use super::errors::Result;
-use crate::plan::ObjectRef;
+use crate::plan::{ObjectRef, reference};
 
-/// Applies `status` as the status of `target`, unless the observed object already holds it
-/// (a steady state writes nothing). Returns whether it wrote.
-pub async fn apply_status(
-    ctx: &Context,
-    target: &ObjectRef,
-    status: &impl Serialize,
-) -> Result<bool> {
+/// Applies `status` as the status of `object` (as the reconcile observed it), unless the object
+/// already holds it (a steady state writes nothing). Returns whether it wrote.
+pub async fn apply_status<K>(ctx: &Context, object: &K, status: &impl Serialize) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
     // With its `null`s: a field the core left empty but the observed status still has is a
     // difference (it is to be removed).
     let desired = serde_json::to_value(status).unwrap_or_default();
-    let observed = ctx.stores.observed(target);
-    if observed.is_some_and(|o| holds(&o, &desired)) {
+    let observed = serde_json::to_value(object).unwrap_or_default();
+    if holds(&observed, &desired) {
         return Ok(false);
     }
+    let target = &reference(object);
     let body = json!({
         "apiVersion": target.api_version,
         "kind": target.kind,
