@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   decide  policy/    wasmtime engine running the policy components
-//!   plan    plan/      decisions → Actions (pure data) → guardrails
+//!   plan    core/      decisions → Actions (pure data) → guardrails (crate pgwarden-core)
 //!   apply   operator/  controllers, server-side apply, events, conditions
 //!   report  instance/  the in-pod agent: PostgreSQL, barman cloud, facts
 //! ```
@@ -13,5 +13,4 @@
 
 pub mod instance;
 pub mod operator;
-pub mod plan;
 pub mod policy;

@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pgwarden::plan::{self, ClusterDecisions, GuardrailError};
 use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
+use pgwarden_core::plan::{self, ClusterDecisions, GuardrailError};
 use pgwarden_crds::Cluster;
 
 const LIMITS: Limits = Limits {

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod conditions;
+pub mod plan;
 pub mod policy;
 pub mod scheduled;
 

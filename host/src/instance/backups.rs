@@ -24,7 +24,7 @@ use super::facts::{self, BackupFacts};
 use super::layout::{self, Layout};
 use super::report::Reporter;
 use super::retention;
-use crate::plan::retention::Request;
+use pgwarden_core::plan::retention::Request;
 
 /// The settings of the backup this pod must take, if `backup` is assigned to it and its
 /// agent report is not final yet.

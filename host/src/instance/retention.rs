@@ -28,7 +28,7 @@ use pgwarden_crds::{Backup, BackupAgentState, BackupDeletionAgent};
 use serde_json::{Value, json};
 
 use super::barman::{self, Barman, Deletion, scrub};
-use crate::plan::retention::requests::{self, Request};
+use pgwarden_core::plan::retention::requests::{self, Request};
 use pgwarden_crds::{GROUP, VERSION};
 
 /// Who this agent is: the deletions it may run are its Cluster's, on its pod.

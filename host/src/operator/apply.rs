@@ -16,7 +16,7 @@ use super::applied;
 use super::context::{Context, MANAGER};
 use super::errors::Result;
 use super::quantity::normalised_pod;
-use crate::plan::{Action, EventType, ObjectRef};
+use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
 /// `desired` is contained in `observed`: every field it sets has the same value there (lists
 /// element by element). Server-side defaults in `observed` do not count as a difference.

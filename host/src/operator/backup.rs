@@ -22,7 +22,7 @@ use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Failure, Step};
-use crate::plan::{self, Action, guardrails};
+use pgwarden_core::plan::{self, Action, guardrails};
 
 /// The Cluster's instances as the policy sees them.
 fn instances(ctx: &Context, cluster: &Cluster) -> Vec<Instance> {

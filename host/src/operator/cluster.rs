@@ -24,7 +24,7 @@ use super::observe::{self, MissingSecret};
 use super::registry::ChosenPolicy;
 use super::rollout::{self, Decision, InstancePod, PodState};
 use super::status;
-use crate::plan::{
+use pgwarden_core::plan::{
     self, Action, Bootstrap, EventType, RecoveryWait, Restore, guardrails, reference,
 };
 

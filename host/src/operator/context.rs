@@ -19,9 +19,9 @@ use serde_json::Value;
 use super::metrics::Metrics;
 use super::observe::{self, MissingSecret};
 use super::registry::Registry;
-pub use crate::plan::MANAGER;
-use crate::plan::ObjectRef as Target;
 use crate::policy::Engine;
+pub use pgwarden_core::plan::MANAGER;
+use pgwarden_core::plan::ObjectRef as Target;
 
 /// Reflector caches: what the operator last saw of each kind.
 #[derive(Clone)]

@@ -1,8 +1,8 @@
 //! The operator's errors. Each becomes a condition and an Event on the object at fault and a
 //! metric label; none stops the operator.
 
-use crate::plan::GuardrailError;
 use crate::policy::PolicyError;
+use pgwarden_core::plan::GuardrailError;
 
 #[derive(thiserror::Error, Debug)]
 pub enum Error {

@@ -12,7 +12,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::errors::Result;
-use crate::plan::MANAGER;
+use pgwarden_core::plan::MANAGER;
 
 /// Who reports: the controller and this replica.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::conditions::{self, Wanted};
 use super::errors::Error;
-use crate::plan::{Action, EventType, ObjectRef};
+use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
 /// The policy decision that failed, as the host calls it (`backup-settings`...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

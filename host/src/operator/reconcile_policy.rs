@@ -22,8 +22,8 @@ use super::apply::publish;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::status;
-use crate::plan::{EventType, reference};
 use crate::policy::{Limits, Policy, PolicyError, digest};
+use pgwarden_core::plan::{EventType, reference};
 
 /// Reads the module bytes from their source.
 async fn fetch(ctx: &Context, source: &ModuleSource) -> Result<Vec<u8>> {

@@ -2,7 +2,7 @@
 //! policy, hands their deletion from the object store to the agent of the primary (through
 //! the requests in the Cluster's own settings ConfigMap, which agents cannot write; see
 //! [`retention::requests`]), and removes the Backup objects once the agent reports the backup
-//! deleted. See [`crate::plan::retention`].
+//! deleted. See [`pgwarden_core::plan::retention`].
 //!
 //! The policy's answer never expires the Cluster's newest completed backup, the one that
 //! starts its recovery window, nor a Backup another Cluster of the namespace restores from
@@ -32,9 +32,9 @@ use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Step};
-use crate::plan::GuardrailError;
-use crate::plan::retention::requests;
-use crate::plan::{self, RetentionInput, guardrails, retention};
+use pgwarden_core::plan::GuardrailError;
+use pgwarden_core::plan::retention::requests;
+use pgwarden_core::plan::{self, RetentionInput, guardrails, retention};
 
 /// How often a Cluster with a retention policy is looked at when nothing happens (Backups age
 /// without any event).

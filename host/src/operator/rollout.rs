@@ -17,7 +17,7 @@
 use pgwarden_crds::condition_types as types;
 
 use super::conditions::Wanted;
-use crate::plan::{Action, EventType, ObjectRef};
+use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
 /// An instance pod as the rollout sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,8 +21,8 @@ use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Step};
 use super::status;
-use crate::plan::{self, Action, EventType, guardrails, reference};
 use crate::policy::PolicyError;
+use pgwarden_core::plan::{self, Action, EventType, guardrails, reference};
 
 const SCHEDULED: &str = "Scheduled";
 

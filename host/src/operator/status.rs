@@ -16,7 +16,7 @@ use tracing::debug;
 use super::apply::contains;
 use super::context::{Context, MANAGER};
 use super::errors::Result;
-use crate::plan::{ObjectRef, reference};
+use pgwarden_core::plan::{ObjectRef, reference};
 
 /// Applies `status` as the status of `object` (as the reconcile observed it), unless the object
 /// already holds it (a steady state writes nothing). Returns whether it wrote.

@@ -14,7 +14,7 @@ use pgwarden_sdk::types::{BackupFacts, DECISIONS, Instance, Outcome, Request, Ro
 use serde_json::{Value, json};
 
 use super::{Engine, EngineConfig, Limits, Policy, PolicyError};
-use crate::plan::{self, Action};
+use pgwarden_core::plan::{self, Action};
 
 /// Evaluate and test policy modules.
 #[derive(clap::Args, Debug)]

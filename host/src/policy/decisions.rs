@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::bindings::{self, wit};
 use super::engine::Policy;
 use super::errors::{PolicyError, Result};
-use crate::plan::{ClusterDecisions, planned_instances};
+use pgwarden_core::plan::{ClusterDecisions, planned_instances};
 
 /// The largest pod template a policy may answer (the API server's own object limit is ~1.5 MiB).
 pub const MAX_POD_TEMPLATE_BYTES: usize = 1 << 20;

@@ -283,13 +283,13 @@ fn the_settings_config_map_carries_the_clusters_parameters() {
         "spec": {"postgresql": {"parameters": {"max_wal_size": "256MB", "work_mem": "8MB"}}},
     }))
     .unwrap();
-    let data = crate::plan::settings_config_map(&cluster, None)
+    let data = pgwarden_core::plan::settings_config_map(&cluster, None)
         .data
         .unwrap();
     let read: BTreeMap<String, String> = serde_json::from_str(&data[PARAMETERS_KEY]).unwrap();
     assert_eq!(read, map(&[("max_wal_size", "256MB"), ("work_mem", "8MB")]));
     cluster.spec.postgresql = None;
-    let data = crate::plan::settings_config_map(&cluster, None)
+    let data = pgwarden_core::plan::settings_config_map(&cluster, None)
         .data
         .unwrap();
     assert_eq!(data[PARAMETERS_KEY], "{}");
