@@ -31,6 +31,21 @@ pub struct ReconcilePolicySpec {
     pub module: ModuleSource,
     /// Limits of each policy call.
     pub limits: Option<PolicyLimits>,
+    /// The policy's own settings, passed to every decision (`{}` when absent). Free-form
+    /// here: the policy checks them (its `validate-settings`), so a module that fails them
+    /// is not loaded.
+    #[serde(default)]
+    #[schemars(schema_with = "free_form_object")]
+    pub settings: Option<serde_json::Value>,
+}
+
+/// A JSON object whose fields the API server keeps as they are.
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// Where a policy module comes from: exactly one of a ConfigMap key, a file on the operator's

@@ -90,6 +90,20 @@ pub struct ArchiveSettings {
     pub max_parallel: u32,
     /// PostgreSQL's `archive_timeout`, in seconds (0 = off).
     pub archive_timeout_seconds: u32,
+    /// The program that archives WAL.
+    #[serde(default)]
+    pub archiver: Archiver,
+}
+
+/// The program that archives WAL (and takes base backups).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Archiver {
+    /// The Barman cloud tools (`barman-cloud-wal-archive`).
+    #[default]
+    BarmanCloud,
+    /// pgwarden's own archiver.
+    Native,
 }
 
 /// How a base backup is taken: the arguments of barman-cloud-backup, without secrets.

@@ -101,6 +101,7 @@ pub(crate) fn archive_from_wit(s: wit::ArchiveSettings) -> ArchiveSettings {
         encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
+        archiver: Default::default(),
     }
 }
 

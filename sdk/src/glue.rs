@@ -38,7 +38,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
     fn instance_pod(cluster: String, instance: u32) -> Result<String, String> {
         quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
-        let template = P::instance_pod(&cluster, instance)?;
+        let template = P::instance_pod(&cluster, instance).map_err(|d| d.message)?;
         serde_json::to_string(&template)
             .map_err(|e| format!("cannot serialize the pod template: {e}"))
     }
@@ -46,7 +46,9 @@ impl<P: Policy> wit::Guest for Exports<P> {
     fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
         quiet_panics();
         let cluster = parse("Cluster", &cluster)?;
-        Ok(P::archive_settings(&cluster)?.map(archive_to_wit))
+        Ok(P::archive_settings(&cluster)
+            .map_err(|d| d.message)?
+            .map(archive_to_wit))
     }
 
     fn backup_settings(
@@ -58,9 +60,9 @@ impl<P: Policy> wit::Guest for Exports<P> {
         let backup = parse("Backup", &backup)?;
         let cluster = parse("Cluster", &cluster)?;
         let instances: Vec<_> = instances.into_iter().map(instance_from_wit).collect();
-        Ok(backup_settings_to_wit(P::backup_settings(
-            &backup, &cluster, &instances,
-        )?))
+        Ok(backup_settings_to_wit(
+            P::backup_settings(&backup, &cluster, &instances).map_err(|d| d.message)?,
+        ))
     }
 
     fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
@@ -75,13 +77,17 @@ impl<P: Policy> wit::Guest for Exports<P> {
             pod: facts.pod.map(pod_facts_from_wit),
             now: time(facts.now),
         };
-        Ok(transition_to_wit(P::backup_transition(&facts)?))
+        Ok(transition_to_wit(
+            P::backup_transition(&facts).map_err(|d| d.message)?,
+        ))
     }
 
     fn schedule(scheduled_backup: String, now: i64) -> Result<wit::ScheduleDecision, String> {
         quiet_panics();
         let scheduled = parse("ScheduledBackup", &scheduled_backup)?;
-        Ok(schedule_to_wit(P::schedule(&scheduled, time(now))?))
+        Ok(schedule_to_wit(
+            P::schedule(&scheduled, time(now)).map_err(|d| d.message)?,
+        ))
     }
 
     fn retention(
@@ -95,7 +101,8 @@ impl<P: Policy> wit::Guest for Exports<P> {
             .iter()
             .map(|b| parse("Backup", b))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(P::retention(&cluster, &backups, time(now))?
+        Ok(P::retention(&cluster, &backups, time(now))
+            .map_err(|d| d.message)?
             .into_iter()
             .map(crate::convert::expiry_to_wit)
             .collect())

@@ -7,10 +7,10 @@ use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 
 use crate::defaults;
-use crate::types::{BackupFacts, Expiry, Instance, ScheduleDecision, Transition};
+use crate::types::{BackupFacts, Denial, Expiry, Instance, ScheduleDecision, Transition};
 
-/// A decision, or a denial: a message that tells the user what to change.
-pub type Decided<T> = Result<T, String>;
+/// A decision, or a denial: a reason and a message that tells the user what to change.
+pub type Decided<T> = Result<T, Denial>;
 
 /// A reconcile policy. Every method is a pure function of its inputs: no clock (the host
 /// passes `now`), no randomness, no I/O.

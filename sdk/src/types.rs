@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, BackupPhase, Cluster, ExpiredObject, ScheduledBackup};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::policy::Decided;
 
 /// The ABI version of this SDK: the version of the `pgwarden:policy` WIT package.
 pub const ABI_VERSION: &str = "0.2.0";
@@ -26,6 +29,201 @@ pub struct Instance {
     pub name: String,
     pub role: Role,
     pub ready: bool,
+}
+
+/// A refusal: `reason` (one CamelCase word) becomes the condition's reason, `message` is for
+/// the user and says what to change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Denial {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Denial {
+    /// The reason of a denial given as a bare message.
+    pub const DEFAULT_REASON: &'static str = "PolicyDenied";
+
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// `Err(format!(..))` keeps compiling: a bare message is a `PolicyDenied` denial.
+impl From<String> for Denial {
+    fn from(message: String) -> Self {
+        Denial::new(Denial::DEFAULT_REASON, message)
+    }
+}
+
+impl From<&str> for Denial {
+    fn from(message: &str) -> Self {
+        Denial::from(message.to_string())
+    }
+}
+
+/// The policy's free-form settings: `ReconcilePolicy.spec.settings` as JSON (`{}` when
+/// absent). A policy reads them with [`Settings::parse`] into its own type.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct Settings(serde_json::Value);
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::empty()
+    }
+}
+
+impl From<serde_json::Value> for Settings {
+    fn from(value: serde_json::Value) -> Self {
+        Settings(value)
+    }
+}
+
+impl Settings {
+    /// No settings: `{}`.
+    pub fn empty() -> Settings {
+        Settings(serde_json::Value::Object(Default::default()))
+    }
+
+    /// The settings as the host passes them (JSON text; empty text is `{}`).
+    pub fn from_json(text: &str) -> Decided<Settings> {
+        if text.trim().is_empty() {
+            return Ok(Settings::empty());
+        }
+        serde_json::from_str(text)
+            .map(Settings)
+            .map_err(|e| Denial::new(INVALID_SETTINGS, format!("the settings are not JSON: {e}")))
+    }
+
+    /// The settings as JSON text (what crosses the boundary).
+    pub fn to_json(&self) -> String {
+        self.0.to_string()
+    }
+
+    pub fn value(&self) -> &serde_json::Value {
+        &self.0
+    }
+
+    /// Whether there are no settings (`{}` or `null`).
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            serde_json::Value::Null => true,
+            serde_json::Value::Object(map) => map.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The settings as the policy's type `T`. A failure is an `InvalidSettings` denial whose
+    /// message names the field at fault (`settings.cpu: invalid type...`).
+    pub fn parse<T: DeserializeOwned>(&self) -> Decided<T> {
+        let value = match &self.0 {
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            other => other.clone(),
+        };
+        // Pretty text puts each top-level field on its own line, so the line of a parse
+        // error tells which field is at fault (serde_json's errors carry no path).
+        let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        serde_json::from_str(&text).map_err(|e| {
+            let detail = e.to_string();
+            let detail = detail
+                .rsplit_once(" at line ")
+                .map_or(detail.as_str(), |(d, _)| d);
+            let named = detail.contains("field `") || detail.contains("variant `");
+            let message = match top_level_field(&text, e.line()) {
+                Some(field) if !named || !detail.starts_with("missing") => {
+                    format!("settings.{field}: {detail}")
+                }
+                _ => format!("settings: {detail}"),
+            };
+            Denial::new(INVALID_SETTINGS, message)
+        })
+    }
+}
+
+/// The reason of a denial of the settings.
+pub const INVALID_SETTINGS: &str = "InvalidSettings";
+
+/// The top-level field whose value spans line `line` (1-based) of pretty-printed JSON.
+fn top_level_field(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|l| {
+            let key = l.strip_prefix("  \"")?;
+            key.split_once("\":").map(|(k, _)| k.to_string())
+        })
+}
+
+/// The storage of one instance's data volume claim.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size, as a Kubernetes quantity (`1Gi`).
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+/// An instance's data volume claim as observed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimFacts {
+    pub name: String,
+    /// The requested size, as a Kubernetes quantity.
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+/// What the host observed of a Cluster, for its phase and `Ready` condition.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterFacts {
+    /// The Cluster, with its stored status (archive facts, conditions).
+    pub cluster: Cluster,
+    /// The instance pods observed.
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    /// One message per Secret or key `spec.backup` names and the namespace lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_secrets: Vec<String>,
+    /// The reconcile's failure this round (`NameInUse`, a denial...), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Denial>,
+    /// A recovery that cannot start yet, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Denial>,
+    pub now: DateTime<Utc>,
+}
+
+/// One condition as the policy decides it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionDecision {
+    pub status: bool,
+    /// Why, in one CamelCase word.
+    pub reason: String,
+    pub message: String,
+}
+
+/// The Cluster's phase and `Ready` condition (the policy decides what counts as degraded).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterHealth {
+    pub phase: String,
+    pub ready: ConditionDecision,
 }
 
 /// What the host observes about the pod a backup runs on.

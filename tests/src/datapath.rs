@@ -430,6 +430,7 @@ pub fn archive_settings(s3: &S3Server, bucket: &str, server_name: &str) -> Archi
         encryption: None,
         max_parallel: 4,
         archive_timeout_seconds: 60,
+        archiver: Default::default(),
     }
 }
 

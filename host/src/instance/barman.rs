@@ -414,6 +414,7 @@ mod tests {
             encryption: Some(pgwarden_crds::Encryption::Aes256),
             max_parallel: 4,
             archive_timeout_seconds: 60,
+            archiver: Default::default(),
         }
     }
 

@@ -221,6 +221,7 @@ mod tests {
             encryption: None,
             max_parallel: 1,
             archive_timeout_seconds: 0,
+            archiver: Default::default(),
         });
         f.check = Some(ArchiveCheck {
             destination_path: "s3://b/old".into(),

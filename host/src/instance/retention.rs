@@ -178,6 +178,7 @@ mod tests {
             encryption: None,
             max_parallel: 1,
             archive_timeout_seconds: 300,
+            archiver: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Default archive settings and backup settings (retention: [`super::retention`]).
 
-use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
+use crate::policy::Decided;
+use pgwarden_crds::settings::{ArchiveSettings, Archiver, BackupSettings};
 use pgwarden_crds::{Backup, BackupTarget, Cluster};
 
 use super::{cluster_name, require_backup};
@@ -16,7 +17,7 @@ pub const DEFAULT_JOBS: u32 = 2;
 /// The seed's archiving: `pgwarden instance wal-archive %p` runs barman-cloud-wal-archive with
 /// the Cluster's destination, endpoint, compression and encryption. No `spec.backup`: no
 /// archiving.
-pub fn archive_settings(cluster: &Cluster) -> Result<Option<ArchiveSettings>, String> {
+pub fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
     let Some(store) = cluster.spec.backup.as_ref() else {
         return Ok(None);
     };
@@ -36,6 +37,7 @@ pub fn archive_settings(cluster: &Cluster) -> Result<Option<ArchiveSettings>, St
         encryption: wal.encryption,
         max_parallel: wal.max_parallel.unwrap_or(1).clamp(1, 32) as u32,
         archive_timeout_seconds: ARCHIVE_TIMEOUT_SECONDS,
+        archiver: Archiver::BarmanCloud,
     }))
 }
 
@@ -45,7 +47,7 @@ pub fn backup_settings(
     backup: &Backup,
     cluster: &Cluster,
     instances: &[Instance],
-) -> Result<BackupSettings, String> {
+) -> Decided<BackupSettings> {
     let store = require_backup(cluster)?;
     let target = target_pod(
         backup.spec.target.unwrap_or(BackupTarget::Primary),
@@ -68,7 +70,7 @@ pub fn target_pod(
     target: BackupTarget,
     cluster: &Cluster,
     instances: &[Instance],
-) -> Result<String, String> {
+) -> Decided<String> {
     let standby = instances
         .iter()
         .find(|i| i.role == Role::Replica && i.ready);
@@ -80,6 +82,7 @@ pub fn target_pod(
         None => Err(format!(
             "Cluster {} has no primary instance yet: the backup waits for one",
             cluster_name(cluster)
-        )),
+        )
+        .into()),
     }
 }

@@ -2,9 +2,11 @@
 //! custom policy starts from and adjusts.
 
 mod backup;
+mod health;
 mod pod;
 mod retention;
 mod schedule;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod transition;
@@ -12,14 +14,17 @@ mod transition;
 pub use backup::{
     ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, target_pod,
 };
+pub use health::{NAME_IN_USE, cluster_status, phase, readiness};
 pub use pod::{DEFAULT_IMAGE, PodBuilder, instance_pod, secret_env};
 pub use retention::{
     RetentionWindow, backup_ended_at, newest_completed, retention, retention_window,
     window_start_backup,
 };
 pub use schedule::{parse_schedule, schedule};
+pub use storage::{DEFAULT_STORAGE_SIZE, storage};
 pub use transition::{AGENT_START_TIMEOUT_SECONDS, backup_transition};
 
+use crate::policy::Decided;
 use pgwarden_crds::{Cluster, ObjectStore};
 
 /// The Cluster's name (empty if the object has none).
@@ -28,11 +33,12 @@ pub fn cluster_name(cluster: &Cluster) -> &str {
 }
 
 /// The Cluster's `spec.backup`, or a denial naming the Cluster and the missing field.
-pub fn require_backup(cluster: &Cluster) -> Result<&ObjectStore, String> {
+pub fn require_backup(cluster: &Cluster) -> Decided<&ObjectStore> {
     cluster.spec.backup.as_ref().ok_or_else(|| {
         format!(
             "Cluster {} has no spec.backup: set spec.backup.destinationPath and spec.backup.s3Credentials to back it up",
             cluster_name(cluster)
         )
+        .into()
     })
 }

@@ -1,5 +1,6 @@
 //! The default pod template of an instance, and a builder to adjust it.
 
+use crate::policy::Decided;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -52,13 +53,14 @@ pub struct PodBuilder {
 /// The default pod template of instance `instance` of `cluster`: one container `postgres`
 /// running `pgwarden instance run`, store credentials from the Secrets the Cluster names
 /// (`env.valueFrom.secretKeyRef`), the data volume claim, the settings ConfigMap.
-pub fn instance_pod(cluster: &Cluster, instance: u32) -> Result<PodBuilder, String> {
+pub fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodBuilder> {
     let name = cluster_name(cluster);
     if instance >= cluster.spec.instances.max(0) as u32 {
         return Err(format!(
             "Cluster {name} has {} instance(s): there is no instance number {instance}",
             cluster.spec.instances
-        ));
+        )
+        .into());
     }
     let role = if instance == 0 { "primary" } else { "replica" };
     let container = Container {

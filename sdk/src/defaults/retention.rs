@@ -15,6 +15,7 @@
 //! backup and the newest completed backup whatever a policy answers (see the host's
 //! `plan::retention`), with these same functions.
 
+use crate::policy::Decided;
 use chrono::{DateTime, Months, TimeDelta, Utc};
 use pgwarden_crds::{Backup, BackupPhase, Cluster};
 
@@ -70,7 +71,7 @@ impl RetentionWindow {
 
 /// The recovery window of `spec.backup.retentionPolicy` (`30d`, `4w`, `6m`). `None`: no
 /// retention policy, keep backups forever.
-pub fn retention_window(cluster: &Cluster) -> Result<Option<RetentionWindow>, String> {
+pub fn retention_window(cluster: &Cluster) -> Decided<Option<RetentionWindow>> {
     let Some(policy) = cluster
         .spec
         .backup
@@ -84,6 +85,7 @@ pub fn retention_window(cluster: &Cluster) -> Result<Option<RetentionWindow>, St
             "spec.backup.retentionPolicy of Cluster {} is {policy:?}: expected a positive number of days, weeks or months, like 30d, 4w or 6m",
             cluster_name(cluster)
         )
+        .into()
     })
 }
 
@@ -137,7 +139,7 @@ pub fn retention(
     cluster: &Cluster,
     backups: &[Backup],
     now: DateTime<Utc>,
-) -> Result<Vec<String>, String> {
+) -> Decided<Vec<String>> {
     let Some(window) = retention_window(cluster)? else {
         return Ok(vec![]);
     };

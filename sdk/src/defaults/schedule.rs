@@ -1,5 +1,6 @@
 //! Default schedules: cron expressions parsed in the policy (croner), evaluated in UTC.
 
+use crate::policy::Decided;
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -41,10 +42,7 @@ pub fn run_name(scheduled: &ScheduledBackup, at: DateTime<Utc>) -> String {
 
 /// Creates one Backup when a scheduled time has passed since the last one (missed runs are
 /// not replayed), or at once when `immediate` and none was ever created. Suspended: nothing.
-pub fn schedule(
-    scheduled: &ScheduledBackup,
-    now: DateTime<Utc>,
-) -> Result<ScheduleDecision, String> {
+pub fn schedule(scheduled: &ScheduledBackup, now: DateTime<Utc>) -> Decided<ScheduleDecision> {
     let cron = parse_schedule(&scheduled.spec.schedule)?;
     if scheduled.spec.suspend.unwrap_or(false) {
         return Ok(ScheduleDecision::default());

@@ -2,6 +2,7 @@
 //! observes and the instance agent reports. A backup never stays `running` when its agent
 //! can no longer finish it.
 
+use crate::policy::Decided;
 use chrono::{DateTime, Utc};
 use pgwarden_crds::{BackupAgentState, BackupAgentStatus, BackupPhase, BackupStatus};
 
@@ -25,7 +26,7 @@ fn to(phase: BackupPhase, reason: &str, message: String, requeue: Option<u32>) -
 /// The seed's phases. A final phase never changes; a pending backup starts once its target
 /// pod runs and is ready; a running one completes or fails as the agent reports, and fails
 /// when its pod vanished, stopped or restarted, or the agent never reported.
-pub fn backup_transition(facts: &BackupFacts) -> Result<Transition, String> {
+pub fn backup_transition(facts: &BackupFacts) -> Decided<Transition> {
     let status = facts.backup.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(BackupPhase::Pending);
     let cluster_ref = &facts.backup.spec.cluster.name;

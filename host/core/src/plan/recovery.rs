@@ -147,6 +147,7 @@ fn source_settings(
         encryption: None,
         max_parallel: 1,
         archive_timeout_seconds: 0,
+        archiver: Default::default(),
     })
 }
 

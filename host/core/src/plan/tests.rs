@@ -44,6 +44,7 @@ fn decisions(cluster: &Cluster) -> ClusterDecisions {
     ClusterDecisions {
         archive: defaults::archive_settings(cluster).unwrap(),
         pods,
+        storage: vec![defaults::storage(cluster, None).unwrap(); 2],
     }
 }
 

@@ -77,7 +77,8 @@ fn a_backup_without_a_store_is_denied_naming_the_cluster_and_the_fields() {
         &cluster(json!({ "instances": 2 })),
         &two_ready(),
     )
-    .unwrap_err();
+    .unwrap_err()
+    .message;
     assert!(denied.contains("Cluster pg has no spec.backup"), "{denied}");
     assert!(denied.contains("spec.backup.s3Credentials"), "{denied}");
 }
@@ -138,7 +139,9 @@ fn prefer_standby_takes_a_ready_replica_else_the_primary() {
 fn without_a_primary_the_backup_waits_for_one() {
     let cluster = backed_up(json!({}));
     let replicas = [instance("pg-2", Role::Replica, true)];
-    let denied = target_pod(BackupTarget::Primary, &cluster, &replicas).unwrap_err();
+    let denied = target_pod(BackupTarget::Primary, &cluster, &replicas)
+        .unwrap_err()
+        .message;
     assert!(
         denied.contains("Cluster pg has no primary instance yet"),
         "{denied}"

@@ -43,7 +43,9 @@ fn instance_zero_is_the_primary_and_the_others_replicas() {
 
 #[test]
 fn an_instance_past_the_clusters_count_is_denied() {
-    let denied = instance_pod(&cluster(json!({ "instances": 2 })), 2).unwrap_err();
+    let denied = instance_pod(&cluster(json!({ "instances": 2 })), 2)
+        .unwrap_err()
+        .message;
     assert!(denied.contains("Cluster pg has 2 instance(s)"), "{denied}");
     assert!(denied.contains("no instance number 2"), "{denied}");
 }

@@ -47,7 +47,9 @@ fn a_bad_schedule_is_a_denial_even_when_suspended() {
         json!({ "schedule": "every night", "suspend": true }),
         json!({}),
     );
-    let denied = schedule(&s, at("2026-11-25T10:00:00Z")).unwrap_err();
+    let denied = schedule(&s, at("2026-11-25T10:00:00Z"))
+        .unwrap_err()
+        .message;
     assert!(denied.contains("spec.schedule \"every night\""), "{denied}");
 }
 

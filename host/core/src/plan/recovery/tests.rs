@@ -171,6 +171,7 @@ fn decisions(cluster: &Cluster) -> ClusterDecisions {
     ClusterDecisions {
         archive: None,
         pods: vec![defaults::instance_pod(cluster, 0).unwrap().build()],
+        storage: vec![defaults::storage(cluster, None).unwrap()],
     }
 }
 
