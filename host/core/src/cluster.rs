@@ -1,17 +1,25 @@
-//! The Cluster's status from what the controller observed and what its reconcile did: the
-//! phase, every condition the operator owns, the Warnings to tell and when to come back.
+//! The Cluster's status from what the controller observed, what its reconcile did and what
+//! the policy decided of its health: the phase, every condition the operator owns, the
+//! Warnings to tell and when to come back.
 //!
 //! ```text
 //!   ObservedCluster (spec, status before, pods, Backups, Secrets)  ─┐
-//!   Outcome (policy applied / failed, recovery wait, rollout)      ─┼─► cluster_status ─► ClusterReport
+//!   Outcome (policy applied / failed, recovery wait, rollout)      ─┤
+//!   Health (the policy's cluster-status: phase and Ready)          ─┼─► cluster_status ─► ClusterReport
 //!   binding (PolicyAsRequested), now                               ─┘      { status, warnings, requeue }
 //! ```
+//!
+//! The policy decides the phase and `Ready` (what counts as degraded) from [`health_facts`];
+//! the host keeps the other conditions, which report facts rather than judge them:
+//! `PolicyApplied` (whether the decisions were applied), `ContinuousArchiving` (the agent's
+//! report), `LastBackupSucceeded` (the Backups' phases), `PolicyAsRequested` (the platform's
+//! binding) and `PodsUpToDate` (the rollout). A policy whose `cluster-status` fails cannot
+//! blank the status: the stored phase and `Ready` stay, and `PolicyApplied` says why.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use pgwarden_crds::{
-    ArchiveStatus, BackupPhase, MAX_INSTANCES, PolicyInForce, condition_types as types,
-};
+use pgwarden_crds::{ArchiveStatus, BackupPhase, Cluster, PolicyInForce, condition_types as types};
+use pgwarden_sdk::types::{ClusterFacts, ClusterHealth, Denial, Instance};
 use serde::Serialize;
 
 use crate::conditions::{self, Wanted};
@@ -46,6 +54,8 @@ pub struct ObservedCluster {
     pub backup_configured: bool,
     /// `status.conditions` as stored.
     pub conditions: Vec<Condition>,
+    /// `status.phase` as stored (kept when the policy cannot decide a new one).
+    pub phase: Option<String>,
     /// `status.archive`, as the primary's agent reported it.
     pub archive: Option<ArchiveStatus>,
     pub instances: Instances,
@@ -65,14 +75,15 @@ pub enum Outcome {
         /// `PodsUpToDate`, from the rollout's decision.
         rollout: Wanted,
     },
-    /// Nothing was applied: the reason and message of the error; `name_in_use` when one of
-    /// the Cluster's names is taken by an object it does not control.
-    Failed {
-        reason: String,
-        message: String,
-        name_in_use: bool,
-    },
+    /// Nothing was applied: the reason and message of the error (`NameInUse` when one of
+    /// the Cluster's names is taken by an object it does not control; the policy's
+    /// `cluster-status` sees it in [`ClusterFacts::failure`]).
+    Failed { reason: String, message: String },
 }
+
+/// What the policy's `cluster-status` answered: the phase and `Ready`, or why it could not
+/// (a denial, a crash, no policy to ask).
+pub type Health = Result<ClusterHealth, Denial>;
 
 /// The status fields the operator owns (server-side apply under its field manager): the
 /// agent's `archive` and `parameters` are left out, so an apply never touches them.
@@ -105,28 +116,61 @@ pub struct ClusterReport {
     pub requeue_seconds: u64,
 }
 
-/// The Cluster's status from the observed facts, the outcome of the reconcile and the
-/// `PolicyAsRequested` condition of the namespace's binding.
+/// What the policy decides the phase and `Ready` from: the Cluster as observed (with its
+/// stored status), its instance pods, the credentials it lacks and what the reconcile did.
+pub fn health_facts(
+    cluster: &Cluster,
+    instances: Vec<Instance>,
+    observed: &ObservedCluster,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> ClusterFacts {
+    let denial = |(reason, message): (&String, &String)| Denial {
+        reason: reason.clone(),
+        message: message.clone(),
+    };
+    let (failure, waiting) = match outcome {
+        Outcome::Failed {
+            reason, message, ..
+        } => (Some(denial((reason, message))), None),
+        Outcome::Applied { waiting, .. } => (None, waiting.as_ref().map(|(r, m)| denial((r, m)))),
+    };
+    ClusterFacts {
+        cluster: cluster.clone(),
+        instances,
+        missing_secrets: observed.missing_secrets.clone(),
+        failure,
+        waiting,
+        now: pgwarden_sdk::convert::from_jiff(now),
+    }
+}
+
+/// The Cluster's status from the observed facts, the outcome of the reconcile, the policy's
+/// `health` and the `PolicyAsRequested` condition of the namespace's binding.
 pub fn cluster_status(
     observed: &ObservedCluster,
     outcome: &Outcome,
+    health: &Health,
     binding: Wanted,
     now: Timestamp,
 ) -> ClusterReport {
     let (last_ok, last_failed, last_backup) = last_backups(&observed.backups);
     let mut wanted = vec![
-        ready(observed, outcome),
         continuous_archiving(observed),
-        policy_applied(outcome),
+        policy_applied(outcome, health),
         binding,
     ];
+    // A failed cluster-status leaves out `Ready`: the stored condition stays.
+    if let Ok(health) = health {
+        wanted.insert(0, ready(health));
+    }
     wanted.extend(last_backup);
     if let Outcome::Applied { rollout, .. } = outcome {
         wanted.push(rollout.clone());
     }
     let generation = observed.generation;
     let status = ClusterStatus {
-        phase: phase(observed, outcome).into(),
+        phase: phase(observed, health),
         instances: observed.instances.total,
         ready_instances: observed.instances.ready,
         current_primary: observed.instances.primary.clone(),
@@ -142,30 +186,25 @@ pub fn cluster_status(
     ClusterReport {
         status,
         warnings: warnings(&observed.conditions, &wanted),
-        requeue_seconds: requeue_seconds(observed, outcome),
+        requeue_seconds: requeue_seconds(observed, outcome, health),
     }
 }
 
-fn phase(observed: &ObservedCluster, outcome: &Outcome) -> &'static str {
-    let all_ready = observed.instances.ready >= observed.instances_wanted;
-    match (outcome, all_ready) {
-        (Outcome::Failed { .. }, _) => "Policy not applied",
-        (
-            Outcome::Applied {
-                waiting: Some(_), ..
-            },
-            _,
-        ) => "Waiting for the backup to recover from",
-        (Outcome::Applied { .. }, true) => "Cluster in healthy state",
-        (Outcome::Applied { .. }, false) => "Setting up instances",
+/// The policy's phase; without one, the stored phase (none stored yet: "Unknown").
+fn phase(observed: &ObservedCluster, health: &Health) -> String {
+    match health {
+        Ok(health) => health.phase.clone(),
+        Err(_) => observed.phase.clone().unwrap_or_else(|| "Unknown".into()),
     }
 }
 
-/// A failure is retried in 30 s; credentials missing, a recovery waiting or a rollout under
-/// way are looked at again in 10 s; a steady Cluster in 5 minutes.
-fn requeue_seconds(observed: &ObservedCluster, outcome: &Outcome) -> u64 {
+/// A failure (of the decisions or of the policy's `cluster-status`) is retried in 30 s;
+/// credentials missing, a recovery waiting or a rollout under way are looked at again in
+/// 10 s; a steady Cluster in 5 minutes.
+fn requeue_seconds(observed: &ObservedCluster, outcome: &Outcome, health: &Health) -> u64 {
     match outcome {
         Outcome::Failed { .. } => 30,
+        Outcome::Applied { .. } if health.is_err() => 30,
         Outcome::Applied {
             waiting, rollout, ..
         } if !observed.missing_secrets.is_empty() || waiting.is_some() || !rollout.ok => 10,
@@ -173,47 +212,30 @@ fn requeue_seconds(observed: &ObservedCluster, outcome: &Outcome) -> u64 {
     }
 }
 
-/// `Ready`: a recovery waiting or a name in use says why; else the instance pods.
-fn ready(observed: &ObservedCluster, outcome: &Outcome) -> Wanted {
-    match outcome {
-        Outcome::Applied {
-            waiting: Some((reason, message)),
-            ..
-        } => Wanted::failed(types::READY, reason.clone(), message.clone()),
-        Outcome::Failed {
-            reason,
-            message,
-            name_in_use: true,
-        } => Wanted::failed(types::READY, reason.clone(), message.clone()),
-        _ => readiness(observed.instances_wanted, &observed.instances),
+/// `Ready` as the policy decided it.
+fn ready(health: &ClusterHealth) -> Wanted {
+    let ready = &health.ready;
+    Wanted {
+        type_: types::READY,
+        ok: ready.status,
+        reason: ready.reason.clone(),
+        message: ready.message.clone(),
     }
 }
 
-/// `Ready` from the instance pods.
-pub fn readiness(wanted: i32, instances: &Instances) -> Wanted {
-    if wanted > MAX_INSTANCES {
-        // A spec stored before admission refused it: say why only one instance runs.
-        return Wanted::failed(
-            types::READY,
-            "TooManyInstances",
+/// `PolicyApplied` from the outcome of the decisions and of the policy's `cluster-status`.
+fn policy_applied(outcome: &Outcome, health: &Health) -> Wanted {
+    match (outcome, health) {
+        (Outcome::Applied { policy, .. }, Err(denial)) => Wanted::failed(
+            types::POLICY_APPLIED,
+            denial.reason.clone(),
             format!(
-                "spec.instances is {wanted} but at most {MAX_INSTANCES} instance runs until streaming standbys exist: more would be unrelated databases archiving into one destination ({} ready)",
-                instances.ready
+                "decisions of policy {} applied, but its cluster-status failed, so the phase and Ready stay as stored: {}",
+                policy.name.as_deref().unwrap_or_default(),
+                denial.message
             ),
-        );
-    }
-    let message = format!("{} of {wanted} instances ready", instances.ready);
-    if instances.ready >= wanted {
-        Wanted::ok(types::READY, "InstancesReady", message)
-    } else {
-        Wanted::failed(types::READY, "InstancesNotReady", message)
-    }
-}
-
-/// `PolicyApplied` from the outcome of the decisions.
-fn policy_applied(outcome: &Outcome) -> Wanted {
-    match outcome {
-        Outcome::Applied { policy, .. } => Wanted::ok(
+        ),
+        (Outcome::Applied { policy, .. }, Ok(_)) => Wanted::ok(
             types::POLICY_APPLIED,
             "Applied",
             format!(
@@ -222,9 +244,12 @@ fn policy_applied(outcome: &Outcome) -> Wanted {
                 policy.digest.as_deref().unwrap_or_default()
             ),
         ),
-        Outcome::Failed {
-            reason, message, ..
-        } => Wanted::failed(types::POLICY_APPLIED, reason.clone(), message.clone()),
+        (
+            Outcome::Failed {
+                reason, message, ..
+            },
+            _,
+        ) => Wanted::failed(types::POLICY_APPLIED, reason.clone(), message.clone()),
     }
 }
 

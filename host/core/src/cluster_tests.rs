@@ -1,4 +1,6 @@
-//! The Cluster's status from observed state alone.
+//! The Cluster's status from observed state and the policy's health decision alone.
+
+use pgwarden_sdk::types::ConditionDecision;
 
 use super::*;
 
@@ -43,6 +45,26 @@ fn applied_with(waiting: Option<(String, String)>, rollout: Wanted) -> Outcome {
     }
 }
 
+/// The policy's answer: `phase`, and `Ready` True when `reason` is `InstancesReady`.
+fn health(phase: &str, reason: &str, message: &str) -> Health {
+    Ok(ClusterHealth {
+        phase: phase.into(),
+        ready: ConditionDecision {
+            status: reason == "InstancesReady",
+            reason: reason.into(),
+            message: message.into(),
+        },
+    })
+}
+
+fn healthy() -> Health {
+    health(
+        "Cluster in healthy state",
+        "InstancesReady",
+        "1 of 1 instances ready",
+    )
+}
+
 fn bound() -> Wanted {
     Wanted::ok(types::POLICY_AS_REQUESTED, "AsRequested", "as asked")
 }
@@ -56,47 +78,114 @@ fn condition<'a>(status: &'a ClusterStatus, type_: &str) -> &'a Condition {
 }
 
 #[test]
-fn ready_and_the_phase_agree() {
-    let healthy = cluster_status(&observed(1), &applied(), bound(), at(10));
-    assert_eq!(healthy.status.phase, "Cluster in healthy state");
-    assert_eq!(condition(&healthy.status, "Ready").status, "True");
-    assert_eq!(healthy.status.current_primary.as_deref(), Some("pg-1"));
-    assert_eq!(healthy.status.observed_generation, Some(2));
-    assert_eq!(healthy.requeue_seconds, 300);
-    assert!(healthy.warnings.is_empty(), "{:?}", healthy.warnings);
-    let starting = cluster_status(&observed(0), &applied(), bound(), at(10));
-    assert_eq!(starting.status.phase, "Setting up instances");
-    let ready = condition(&starting.status, "Ready");
+fn the_phase_and_ready_are_the_policys() {
+    let report = cluster_status(&observed(1), &applied(), &healthy(), bound(), at(10));
+    assert_eq!(report.status.phase, "Cluster in healthy state");
+    assert_eq!(condition(&report.status, "Ready").status, "True");
+    assert_eq!(report.status.current_primary.as_deref(), Some("pg-1"));
+    assert_eq!(report.status.observed_generation, Some(2));
+    assert_eq!(report.requeue_seconds, 300);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // What counts as degraded is the policy's: here a ready pod is not enough.
+    let degraded = health("Degraded", "ReplicaLagging", "replica pg-2 is 40 s behind");
+    let report = cluster_status(&observed(1), &applied(), &degraded, bound(), at(10));
+    assert_eq!(report.status.phase, "Degraded");
+    let ready = condition(&report.status, "Ready");
     assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "InstancesNotReady")
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        ("False", "ReplicaLagging", "replica pg-2 is 40 s behind")
     );
-    assert!(starting.warnings.is_empty(), "not ready yet is no failure");
+    assert_eq!(report.warnings[0].reason, "ReplicaLagging");
+    let starting = health("Setting up instances", "InstancesNotReady", "0 of 1 ready");
+    let report = cluster_status(&observed(0), &applied(), &starting, bound(), at(10));
+    assert!(report.warnings.is_empty(), "not ready yet is no failure");
 }
 
 #[test]
-fn a_stored_spec_above_the_instance_limit_is_never_ready() {
-    let mut too_many = observed(1);
-    too_many.instances_wanted = 3;
-    let report = cluster_status(&too_many, &applied(), bound(), at(10));
-    let ready = condition(&report.status, "Ready");
-    assert_eq!(ready.reason, "TooManyInstances");
-    assert!(
-        ready.message.contains("spec.instances is 3"),
-        "{}",
-        ready.message
+fn a_failed_cluster_status_keeps_the_stored_phase_and_ready() {
+    let mut o = observed(1);
+    let first = cluster_status(&o, &applied(), &healthy(), bound(), at(10));
+    o.conditions = first.status.conditions.clone();
+    o.phase = Some(first.status.phase.clone());
+    let crashed = Err(Denial::new(
+        "PolicyFailed",
+        "the policy crashed in cluster-status: unreachable",
+    ));
+    let report = cluster_status(&o, &applied(), &crashed, bound(), at(20));
+    assert_eq!(report.status.phase, "Cluster in healthy state");
+    assert_eq!(
+        condition(&report.status, "Ready"),
+        condition(&first.status, "Ready"),
+        "Ready as stored"
     );
-    assert_eq!(report.warnings[0].reason, "TooManyInstances");
+    let c = condition(&report.status, "PolicyApplied");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "PolicyFailed")
+    );
+    assert_eq!(
+        c.message,
+        "decisions of policy default applied, but its cluster-status failed, so the phase and Ready stay as stored: the policy crashed in cluster-status: unreachable"
+    );
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert_eq!(report.requeue_seconds, 30);
+    // Nothing stored yet: no phase to keep.
+    let report = cluster_status(&observed(1), &applied(), &crashed, bound(), at(20));
+    assert_eq!(report.status.phase, "Unknown");
+    assert!(
+        report.status.conditions.iter().all(|c| c.type_ != "Ready"),
+        "{:?}",
+        report.status.conditions
+    );
+}
+
+#[test]
+fn the_facts_carry_the_pods_the_failure_and_the_wait() {
+    let cluster = Cluster::new("pg", Default::default());
+    let pod = Instance {
+        name: "pg-1".into(),
+        role: pgwarden_sdk::types::Role::Primary,
+        ready: true,
+    };
+    let mut o = observed(1);
+    o.missing_secrets = vec!["Secret s is missing".into()];
+    let failed = Outcome::Failed {
+        reason: "NameInUse".into(),
+        message: "Service pg-rw is taken".into(),
+    };
+    let facts = health_facts(&cluster, vec![pod.clone()], &o, &failed, at(10));
+    assert_eq!(facts.instances, vec![pod]);
+    assert_eq!(facts.missing_secrets, o.missing_secrets);
+    assert_eq!(
+        facts.failure,
+        Some(Denial::new("NameInUse", "Service pg-rw is taken"))
+    );
+    assert_eq!((facts.waiting, facts.now.timestamp()), (None, 10));
+    let waiting = applied_with(
+        Some(("BackupNotFound".into(), "Backup b does not exist".into())),
+        Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
+    );
+    let facts = health_facts(&cluster, vec![], &o, &waiting, at(10));
+    assert_eq!(facts.failure, None);
+    assert_eq!(
+        facts.waiting,
+        Some(Denial::new("BackupNotFound", "Backup b does not exist"))
+    );
 }
 
 #[test]
 fn a_name_in_use_fails_ready_and_policy_applied_with_one_warning() {
+    let message = "objects under the Cluster's names exist: Service pg-rw";
     let outcome = Outcome::Failed {
         reason: "NameInUse".into(),
-        message: "objects under the Cluster's names exist: Service pg-rw".into(),
-        name_in_use: true,
+        message: message.into(),
     };
-    let report = cluster_status(&observed(1), &outcome, bound(), at(10));
+    let said = health("Policy not applied", "NameInUse", message);
+    let report = cluster_status(&observed(1), &outcome, &said, bound(), at(10));
     assert_eq!(report.status.phase, "Policy not applied");
     assert_eq!(report.status.policy, None);
     assert_eq!(condition(&report.status, "Ready").reason, "NameInUse");
@@ -109,13 +198,12 @@ fn a_name_in_use_fails_ready_and_policy_applied_with_one_warning() {
 }
 
 #[test]
-fn a_denial_leaves_ready_to_the_pods() {
+fn a_denial_fails_policy_applied_with_its_reason() {
     let outcome = Outcome::Failed {
         reason: "PolicyDenied".into(),
         message: "policy default denied instance-pod: no".into(),
-        name_in_use: false,
     };
-    let report = cluster_status(&observed(1), &outcome, bound(), at(10));
+    let report = cluster_status(&observed(1), &outcome, &healthy(), bound(), at(10));
     assert_eq!(condition(&report.status, "Ready").status, "True");
     let applied = condition(&report.status, "PolicyApplied");
     assert_eq!(
@@ -126,7 +214,7 @@ fn a_denial_leaves_ready_to_the_pods() {
 
 #[test]
 fn policy_applied_names_the_policy_and_its_digest() {
-    let report = cluster_status(&observed(1), &applied(), bound(), at(10));
+    let report = cluster_status(&observed(1), &applied(), &healthy(), bound(), at(10));
     let c = condition(&report.status, "PolicyApplied");
     assert_eq!(
         c.message,
@@ -139,13 +227,18 @@ fn policy_applied_names_the_policy_and_its_digest() {
 }
 
 #[test]
-fn a_recovery_waiting_says_why_it_is_not_ready() {
+fn a_recovery_waiting_is_looked_at_again_soon() {
     let waiting = ("BackupNotFound".into(), "Backup b does not exist".into());
     let outcome = applied_with(
         Some(waiting),
         Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
     );
-    let report = cluster_status(&observed(0), &outcome, bound(), at(10));
+    let said = health(
+        "Waiting for the backup to recover from",
+        "BackupNotFound",
+        "Backup b does not exist",
+    );
+    let report = cluster_status(&observed(0), &outcome, &said, bound(), at(10));
     assert_eq!(
         report.status.phase,
         "Waiting for the backup to recover from"
@@ -158,14 +251,14 @@ fn a_recovery_waiting_says_why_it_is_not_ready() {
 fn archiving_follows_the_spec_the_secrets_and_the_facts() {
     let mut unconfigured = observed(1);
     unconfigured.backup_configured = false;
-    let r = cluster_status(&unconfigured, &applied(), bound(), at(1));
+    let r = cluster_status(&unconfigured, &applied(), &healthy(), bound(), at(1));
     assert_eq!(
         condition(&r.status, "ContinuousArchiving").reason,
         "NotConfigured"
     );
     let mut missing = observed(1);
     missing.missing_secrets = vec!["Secret s has no key a".into(), "Secret t is missing".into()];
-    let r = cluster_status(&missing, &applied(), bound(), at(1));
+    let r = cluster_status(&missing, &applied(), &healthy(), bound(), at(1));
     let c = condition(&r.status, "ContinuousArchiving");
     assert_eq!(c.reason, "SecretNotFound");
     assert_eq!(c.message, "Secret s has no key a; Secret t is missing");
@@ -217,14 +310,14 @@ fn the_newest_ended_backup_sets_last_backup_succeeded() {
             ..ended("b3", BackupPhase::Running, "")
         },
     ];
-    let r = cluster_status(&o, &applied(), bound(), at(1));
+    let r = cluster_status(&o, &applied(), &healthy(), bound(), at(1));
     assert_eq!(r.status.last_successful_backup.as_deref(), Some("b1"));
     assert_eq!(r.status.last_failed_backup.as_deref(), Some("b2"));
     let c = condition(&r.status, "LastBackupSucceeded");
     assert_eq!(c.message, "Backup b2 failed: barman-cloud-backup exited 1");
     o.backups
         .push(ended("b4", BackupPhase::Completed, "2026-11-25T12:00:00Z"));
-    let r = cluster_status(&o, &applied(), bound(), at(1));
+    let r = cluster_status(&o, &applied(), &healthy(), bound(), at(1));
     assert_eq!(condition(&r.status, "LastBackupSucceeded").status, "True");
 }
 
@@ -236,7 +329,7 @@ fn a_rollout_sets_pods_up_to_date_without_a_warning() {
         "replacing pod pg-1",
     );
     let outcome = applied_with(None, rollout);
-    let r = cluster_status(&observed(1), &outcome, bound(), at(1));
+    let r = cluster_status(&observed(1), &outcome, &healthy(), bound(), at(1));
     assert_eq!(condition(&r.status, "PodsUpToDate").reason, "RollingUpdate");
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     assert_eq!(r.requeue_seconds, 10);
@@ -246,9 +339,9 @@ fn a_rollout_sets_pods_up_to_date_without_a_warning() {
 fn a_steady_state_computes_the_same_status_and_no_warning() {
     let mut o = observed(1);
     o.archive = None;
-    let first = cluster_status(&o, &applied(), bound(), at(1));
+    let first = cluster_status(&o, &applied(), &healthy(), bound(), at(1));
     o.conditions = first.status.conditions.clone();
-    let again = cluster_status(&o, &applied(), bound(), at(99));
+    let again = cluster_status(&o, &applied(), &healthy(), bound(), at(99));
     assert_eq!(first.status, again.status, "transition times kept");
     assert!(again.warnings.is_empty(), "{:?}", again.warnings);
 }
@@ -258,28 +351,31 @@ fn a_failure_is_told_once_per_new_message() {
     let outcome = Outcome::Failed {
         reason: "PolicyDenied".into(),
         message: "denied: one".into(),
-        name_in_use: false,
     };
     let mut o = observed(1);
-    let first = cluster_status(&o, &outcome, bound(), at(1));
+    let first = cluster_status(&o, &outcome, &healthy(), bound(), at(1));
     assert_eq!(first.warnings.len(), 1);
     o.conditions = first.status.conditions;
     assert!(
-        cluster_status(&o, &outcome, bound(), at(2))
+        cluster_status(&o, &outcome, &healthy(), bound(), at(2))
             .warnings
             .is_empty()
     );
     let other = Outcome::Failed {
         reason: "PolicyDenied".into(),
         message: "denied: two".into(),
-        name_in_use: false,
     };
-    assert_eq!(cluster_status(&o, &other, bound(), at(3)).warnings.len(), 1);
+    assert_eq!(
+        cluster_status(&o, &other, &healthy(), bound(), at(3))
+            .warnings
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn the_status_leaves_out_the_fields_the_agent_owns() {
-    let r = cluster_status(&observed(1), &applied(), bound(), at(1));
+    let r = cluster_status(&observed(1), &applied(), &healthy(), bound(), at(1));
     let json = serde_json::to_value(&r.status).unwrap();
     for agent in ["archive", "parameters", "firstRecoverabilityPoint"] {
         assert!(json.get(agent).is_none(), "{agent} in {json}");

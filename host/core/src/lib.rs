@@ -3,12 +3,14 @@
 //! no runtime; the controllers observe, decide, call the core and apply what it returns, so
 //! each kind's status is testable from plain data alone.
 
+pub mod backup;
 pub mod cluster;
 pub mod conditions;
 pub mod plan;
 pub mod policy;
 pub mod scheduled;
 
+pub use backup::{BackupAnswer, backup_status};
 pub use cluster::{
     ClusterReport, ClusterStatus, Instances, ObservedBackup, ObservedCluster, Outcome, Warning,
     cluster_status,

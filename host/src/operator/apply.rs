@@ -99,8 +99,8 @@ pub enum Step {
 pub fn step(action: &Action, observed: Option<&Value>) -> Step {
     match (action, observed) {
         (Action::Apply { .. }, None) => Step::Apply,
-        (Action::Apply { target, .. }, Some(_)) if target.kind == "PersistentVolumeClaim" => {
-            Step::Nothing
+        (Action::Apply { target, object }, Some(o)) if target.kind == "PersistentVolumeClaim" => {
+            claim_step(o, object)
         }
         (Action::Apply { object, target }, Some(o)) if target.kind == "Pod" => pod_step(o, object),
         (Action::Apply { object, .. }, Some(o)) => {
@@ -120,6 +120,20 @@ pub fn step(action: &Action, observed: Option<&Value>) -> Step {
         (Action::PatchStatus { .. }, _) => Step::PatchStatus,
         (Action::Event { .. }, _) => Step::Event,
         (Action::Requeue { .. }, _) => Step::Nothing,
+    }
+}
+
+/// A claim is applied again only to grow: nothing else of its spec may change once made, and
+/// the planner refused a smaller size or another class (`guardrails::storage`). Sizes are
+/// compared by value (the API server stores `1024Mi` as `1Gi`).
+fn claim_step(observed: &Value, desired: &Value) -> Step {
+    let size = |claim: &Value| {
+        let request = claim.pointer("/spec/resources/requests/storage")?;
+        pgwarden_core::quantity::nanos(request.as_str()?)
+    };
+    match (size(observed), size(desired)) {
+        (Some(observed), Some(desired)) if desired > observed => Step::Apply,
+        _ => Step::Nothing,
     }
 }
 
@@ -435,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_pod_is_recreated_a_claim_never_updated() {
+    fn a_changed_pod_is_recreated_a_claim_only_grown() {
         let pod = Action::Apply {
             target: target("Pod"),
             object: json!({"spec": {"containers": [{"name": "a"}]}}),
@@ -454,6 +468,22 @@ mod tests {
         assert_eq!(
             step(&claim, Some(&json!({"spec": {"x": 2}}))),
             Step::Nothing
+        );
+        let sized = |size: &str| json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        let grow = Action::Apply {
+            target: target("PersistentVolumeClaim"),
+            object: sized("2048Mi"),
+        };
+        assert_eq!(step(&grow, Some(&sized("1Gi"))), Step::Apply);
+        assert_eq!(
+            step(&grow, Some(&sized("2Gi"))),
+            Step::Nothing,
+            "same value"
+        );
+        assert_eq!(
+            step(&grow, Some(&sized("3Gi"))),
+            Step::Nothing,
+            "never shrunk"
         );
     }
 

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use pgwarden_crds::Cluster;
 use pgwarden_crds::settings::{ARCHIVE_SETTINGS_KEY, ArchiveSettings, pod};
 use pgwarden_sdk::names;
+use pgwarden_sdk::types::{ClaimFacts, Storage};
 use serde::Serialize;
 
 use super::actions::Action;
@@ -29,6 +30,8 @@ pub struct ClusterDecisions {
     pub archive: Option<ArchiveSettings>,
     /// One pod template per instance.
     pub pods: Vec<PodTemplateSpec>,
+    /// The storage of each instance's data volume claim, one per instance.
+    pub storage: Vec<Storage>,
 }
 
 /// The subject of a Cluster's reconcile.
@@ -75,11 +78,24 @@ impl<'a> Bootstrap<'a> {
 }
 
 /// [`plan_cluster`] with any [`Bootstrap`]: a restore is added to every instance pod
-/// ([`with_restore`]) and its source to the settings ConfigMap.
+/// ([`with_restore`]) and its source to the settings ConfigMap. No claim observed: see
+/// [`plan_cluster_observed`].
 pub fn plan_cluster_restoring(
     cluster: &Cluster,
     decisions: &ClusterDecisions,
     bootstrap: Bootstrap<'_>,
+) -> Result<Vec<Action>, GuardrailError> {
+    plan_cluster_observed(cluster, decisions, bootstrap, &[])
+}
+
+/// [`plan_cluster_restoring`] knowing the instances' claims as observed (`claims[i]` for
+/// instance `i`; a shorter slice: not created yet), which the policy's storage is checked
+/// against: a claim never shrinks nor changes class ([`guardrails::storage`]).
+pub fn plan_cluster_observed(
+    cluster: &Cluster,
+    decisions: &ClusterDecisions,
+    bootstrap: Bootstrap<'_>,
+    claims: &[Option<ClaimFacts>],
 ) -> Result<Vec<Action>, GuardrailError> {
     let restore = bootstrap.restore();
     let mut config_map = settings_config_map(cluster, decisions.archive.as_ref());
@@ -98,13 +114,40 @@ pub fn plan_cluster_restoring(
     ];
     let planned = super::instances::planned_instances(cluster) as usize;
     for (i, template) in decisions.pods.iter().enumerate().take(planned) {
-        actions.push(apply(&claim(cluster, i as u32)));
+        let current = claims.get(i).and_then(Option::as_ref);
+        actions.push(claim_apply(
+            cluster,
+            i as u32,
+            decisions.storage.get(i),
+            current,
+        )?);
         if !matches!(bootstrap, Bootstrap::Waiting) {
             actions.push(pod_apply(cluster, i as u32, template, restore)?);
         }
     }
     actions.extend(services(cluster).iter().map(apply));
     Ok(actions)
+}
+
+/// The apply of instance `instance`'s claim: the policy's storage, checked against the
+/// claim as observed.
+fn claim_apply(
+    cluster: &Cluster,
+    instance: u32,
+    storage: Option<&Storage>,
+    current: Option<&ClaimFacts>,
+) -> Result<Action, GuardrailError> {
+    let object = format!(
+        "PersistentVolumeClaim {}/{}",
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        names::instance(cluster_name(cluster), instance)
+    );
+    let storage = storage.ok_or_else(|| GuardrailError::Invalid {
+        object: object.clone(),
+        detail: format!("the policy decided no storage for instance {instance}"),
+    })?;
+    let storage = guardrails::storage::settle(&object, storage, current)?;
+    Ok(apply(&claim(cluster, instance, &storage)))
 }
 
 /// The apply of instance `instance`'s pod: the policy's template, with the restore if any,
@@ -168,10 +211,8 @@ pub fn settings_config_map(cluster: &Cluster, archive: Option<&ArchiveSettings>)
     }
 }
 
-/// The data volume claim of instance `instance`.
-pub fn claim(cluster: &Cluster, instance: u32) -> PersistentVolumeClaim {
-    let storage = cluster.spec.storage.clone().unwrap_or_default();
-    let size = storage.size.unwrap_or_else(|| "1Gi".into());
+/// The data volume claim of instance `instance`, of the policy's `storage`.
+pub fn claim(cluster: &Cluster, instance: u32, storage: &Storage) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: object_meta(
             cluster,
@@ -180,9 +221,12 @@ pub fn claim(cluster: &Cluster, instance: u32) -> PersistentVolumeClaim {
         ),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: storage.storage_class,
+            storage_class_name: storage.storage_class.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()

@@ -35,4 +35,22 @@ pub enum GuardrailError {
     },
     #[error("refused {object}: {detail}")]
     Invalid { object: String, detail: String },
+    /// A host invariant ([`super::guardrails::storage`]): a claim never shrinks.
+    #[error(
+        "refused {claim}: the policy asks for {desired}, smaller than the claim's {observed}; a claim never shrinks (the data on it would not fit): ask for {observed} or more"
+    )]
+    ClaimShrinks {
+        claim: String,
+        desired: String,
+        observed: String,
+    },
+    /// A host invariant ([`super::guardrails::storage`]): a claim keeps its storage class.
+    #[error(
+        "refused {claim}: the policy asks for storage class {desired}, but the claim was made with {observed}; the class of an existing claim never changes (another class needs a new claim)"
+    )]
+    ClaimClassChanges {
+        claim: String,
+        desired: String,
+        observed: String,
+    },
 }

@@ -11,6 +11,7 @@ use super::errors::GuardrailError;
 mod fields;
 pub mod pod;
 mod pod_security;
+pub mod storage;
 
 /// The largest object the operator applies.
 pub const MAX_OBJECT_BYTES: usize = 512 << 10;

@@ -526,3 +526,58 @@ fn a_scheduled_run_creates_a_labelled_backup_owned_as_asked() {
     );
     guardrails::check(&scheduled_subject(&scheduled), &actions).unwrap();
 }
+
+#[test]
+fn claims_take_the_policys_storage_and_the_observed_claim_bounds_it() {
+    use pgwarden_sdk::types::{ClaimFacts, Storage};
+    let cluster = cluster();
+    let mut decisions = decisions(&cluster);
+    decisions.storage = vec![
+        Storage {
+            size: "5Gi".into(),
+            storage_class: None,
+        };
+        2
+    ];
+    let live = |t: &ObjectRef| {
+        (t.name == "pg-1").then(|| {
+            json!({"metadata": {"name": "pg-1"}, "spec": {"storageClassName": "standard",
+                "resources": {"requests": {"storage": "2Gi"}}}})
+        })
+    };
+    let claims = instance_claims(&cluster, live);
+    let observed = ClaimFacts {
+        name: "pg-1".into(),
+        size: "2Gi".into(),
+        storage_class: Some("standard".into()),
+    };
+    // One instance planned (MAX_INSTANCES), so one claim.
+    assert_eq!(claims, vec![Some(observed)]);
+    let actions = plan_cluster_observed(&cluster, &decisions, Bootstrap::Fresh, &claims).unwrap();
+    let grown = applied(&actions, "PersistentVolumeClaim", "pg-1");
+    assert_eq!(grown["spec"]["resources"]["requests"]["storage"], "5Gi");
+    assert_eq!(
+        grown["spec"]["storageClassName"], "standard",
+        "the claim's class kept"
+    );
+    let fresh = plan_cluster_observed(&cluster, &decisions, Bootstrap::Fresh, &[]).unwrap();
+    let new = applied(&fresh, "PersistentVolumeClaim", "pg-1");
+    assert!(new["spec"].get("storageClassName").is_none(), "{new}");
+
+    decisions.storage[0].size = "1Gi".into();
+    let refused = plan_cluster_observed(&cluster, &decisions, Bootstrap::Fresh, &claims);
+    assert_eq!(
+        refused.unwrap_err(),
+        GuardrailError::ClaimShrinks {
+            claim: "PersistentVolumeClaim prod/pg-1".into(),
+            desired: "1Gi".into(),
+            observed: "2Gi".into(),
+        }
+    );
+    decisions.storage.clear();
+    let none = plan_cluster_observed(&cluster, &decisions, Bootstrap::Fresh, &[]).unwrap_err();
+    assert!(
+        none.to_string().contains("no storage for instance 0"),
+        "{none}"
+    );
+}
