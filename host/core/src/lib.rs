@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod conditions;
 pub mod plan;
 pub mod policy;
+pub mod quantity;
 pub mod scheduled;
 
 pub use backup::{BackupAnswer, backup_status};
