@@ -13,6 +13,7 @@
 //!   facts     facts → status patches (pure); report: the server-side-apply I/O edge
 //!   retention barman-cloud-backup-delete of the backups the operator hands this pod
 //!   layout    where the agent keeps its files
+//!   native    the native WAL archiver/restorer in barman's store format (S3 client in Rust)
 //! ```
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod barman;
 pub mod cli;
 pub mod facts;
 pub mod layout;
+pub mod native;
 pub mod options;
 pub mod parameters;
 pub mod postgres;

@@ -1,0 +1,19 @@
+//! The native WAL archiver and restorer: barman's store format written and read in Rust,
+//! inside the agent, without a Python process per WAL file.
+//!
+//! ```text
+//!   key     object keys and compression suffixes, as barman-cloud-wal-archive names them
+//!   codec   the six WAL compressions in barman's formats, streamed
+//!   store   the S3 client (endpoint, path style, CA, SSE, credentials) and the verified
+//!           upload / the download of one WAL file
+//! ```
+//!
+//! The store stays a barman catalogue: barman-cloud-wal-restore, -backup, -restore and
+//! retention read what this writes, and this reads what barman-cloud-wal-archive wrote.
+
+pub mod codec;
+pub mod key;
+pub mod store;
+
+pub use key::{Destination, WalName};
+pub use store::{Sse, Store, Stored};

@@ -1,0 +1,242 @@
+//! The native archiver's store format against barman's own tools (issue 14): real WAL from
+//! real PostgreSQL, barman cloud 3.19.1, MinIO. Needs `cargo xtask setup`.
+//!
+//! ```text
+//!   native Store::archive ─► MinIO ─► barman-cloud-wal-restore   byte-identical, each
+//!                                                                compression, SSE applied
+//!   barman-cloud-wal-archive ─► MinIO ─► native Store::fetch     byte-identical, each
+//!                                                                compression
+//!   an object of the same name with other content               refused, left as it was
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pgwarden::instance::barman;
+use pgwarden::instance::native::{Store, Stored};
+use pgwarden_crds::settings::ArchiveSettings;
+use pgwarden_crds::{Encryption, WalCompression};
+use pgwarden_tests::datapath::{
+    Instance, InstanceOptions, S3Server, archive_settings, deps, log_tail, shared_tempdir,
+};
+
+const BUCKET: &str = "wal";
+
+const ALL: [Option<WalCompression>; 7] = [
+    None,
+    Some(WalCompression::Gzip),
+    Some(WalCompression::Bzip2),
+    Some(WalCompression::Snappy),
+    Some(WalCompression::Lz4),
+    Some(WalCompression::Xz),
+    Some(WalCompression::Zstd),
+];
+
+fn label(c: Option<WalCompression>) -> String {
+    c.map_or("none".into(), |c| format!("{c:?}").to_lowercase())
+}
+
+/// A primary archiving with barman-cloud-wal-archive (gzip) into server `barman`, and copies
+/// of `n` of its complete WAL segments in `dir`.
+fn real_segments(s3: &S3Server, dir: &Path, n: usize) -> (Instance, Vec<PathBuf>) {
+    s3.create_bucket(BUCKET);
+    let pg = Instance::start(InstanceOptions {
+        settings: archive_settings(s3, BUCKET, "barman"),
+        credentials: s3.credentials.clone(),
+        extra_args: vec![],
+        env: vec![],
+    });
+    pg.psql("CREATE TABLE t(v text)");
+    let mut copies = Vec::new();
+    for i in 0..n {
+        pg.psql(&format!(
+            "INSERT INTO t SELECT md5(g::text || '{i}') FROM generate_series(1, 20000) g"
+        ));
+        let wal = pg.switch_wal();
+        // Switched: complete, and still in pg_wal until a checkpoint after its archiving.
+        let copy = dir.join(&wal);
+        std::fs::copy(pg.pgdata().join("pg_wal").join(&wal), &copy).unwrap();
+        copies.push(copy);
+    }
+    let last = copies
+        .last()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        pg.wait_archived(last, Duration::from_secs(120)),
+        "{last} not archived by barman: {}",
+        log_tail(&pg.log(), 30)
+    );
+    (pg, copies)
+}
+
+fn settings(s3: &S3Server, server: &str, c: Option<WalCompression>) -> ArchiveSettings {
+    let mut s = archive_settings(s3, BUCKET, server);
+    s.compression = c;
+    s
+}
+
+fn store(s3: &S3Server, s: &ArchiveSettings) -> Store {
+    let env = s3.credentials.env();
+    Store::open(s, None, |k| {
+        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })
+    .expect("store")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// `barman-cloud-wal-restore` of `wal` into `dest`: its exit status and stderr.
+fn barman_restore(s3: &S3Server, s: &ArchiveSettings, wal: &str, dest: &Path) -> (i32, String) {
+    let spool = dest.with_extension("spool");
+    let out = Command::new(deps().barman_bin.join("barman-cloud-wal-restore"))
+        .args(barman::wal_restore_args(s, &spool, wal, dest))
+        .envs(s3.credentials.env())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+/// `barman-cloud-wal-archive` of `path` with `s`'s compression.
+fn barman_archive(s3: &S3Server, s: &ArchiveSettings, path: &Path) {
+    let out = Command::new(deps().barman_bin.join("barman-cloud-wal-archive"))
+        .args(barman::wal_archive_args(s, path))
+        .envs(s3.credentials.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "barman-cloud-wal-archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn wal_archived_natively_is_restored_byte_identical_by_barman_for_each_compression() {
+    let s3 = S3Server::start();
+    let dir = shared_tempdir("pgwarden-native-");
+    let (_pg, segments) = real_segments(&s3, dir.path(), 2);
+    let history = dir.path().join("00000002.history");
+    std::fs::write(&history, "1\t0/3000060\tno recovery target specified\n").unwrap();
+    let rt = runtime();
+    // SSE on some: AES256 and aws:kms (MinIO's default key) must be what the store applied.
+    let sse = [None, Some(Encryption::Aes256), Some(Encryption::AwsKms)];
+    for (i, c) in ALL.into_iter().enumerate() {
+        let server = format!("native-{}", label(c));
+        let mut s = settings(&s3, &server, c);
+        s.encryption = sse[i % 3];
+        let st = store(&s3, &s);
+        for file in segments.iter().chain([&history]) {
+            let name = file.file_name().unwrap().to_str().unwrap();
+            let stored = rt.block_on(st.archive(file)).unwrap();
+            let Stored::Uploaded { key, .. } = stored else {
+                panic!("{name} ({server}): {stored:?}")
+            };
+            let folder = if name.ends_with(".history") {
+                String::new()
+            } else {
+                format!("{}/", &name[..16])
+            };
+            let suffix = pgwarden::instance::native::key::suffix(c);
+            assert_eq!(key, format!("pg/{server}/wals/{folder}{name}{suffix}"));
+            assert_eq!(
+                s3.encryption_of(BUCKET, &key).as_deref(),
+                s.encryption.map(|e| e.as_str()),
+                "{key}"
+            );
+            let back = dir.path().join(format!("{server}-{name}"));
+            let (code, stderr) = barman_restore(&s3, &s, name, &back);
+            assert_eq!(code, 0, "barman-cloud-wal-restore {key}: {stderr}");
+            assert!(same_bytes(file, &back), "{key} came back different");
+        }
+    }
+}
+
+#[test]
+fn wal_archived_by_barman_is_read_by_the_native_restore() {
+    let s3 = S3Server::start();
+    let dir = shared_tempdir("pgwarden-native-");
+    let (_pg, segments) = real_segments(&s3, dir.path(), 2);
+    let rt = runtime();
+    // The instance's own archive: barman-cloud-wal-archive --gzip, run by the agent.
+    let gz = store(&s3, &settings(&s3, "barman", Some(WalCompression::Gzip)));
+    for seg in &segments {
+        let name = seg.file_name().unwrap().to_str().unwrap();
+        let back = dir.path().join(format!("gz-{name}"));
+        let n = rt.block_on(gz.fetch(name, &back)).unwrap();
+        assert_eq!(n, Some(16 * 1024 * 1024), "{name}");
+        assert!(same_bytes(seg, &back), "{name} came back different");
+    }
+    // Every other compression, archived by barman-cloud-wal-archive itself.
+    for c in ALL {
+        let server = format!("barman-{}", label(c));
+        let s = settings(&s3, &server, c);
+        barman_archive(&s3, &s, &segments[0]);
+        // The native restore reads the suffix, whatever compression it would write itself.
+        let reader = store(&s3, &settings(&s3, &server, Some(WalCompression::Zstd)));
+        let name = segments[0].file_name().unwrap().to_str().unwrap();
+        let back = dir.path().join(format!("{server}-{name}"));
+        let n = rt.block_on(reader.fetch(name, &back)).unwrap();
+        assert!(n.is_some(), "{server}: {name} not found");
+        assert!(same_bytes(&segments[0], &back), "{server}: {name} differs");
+        // Absent files are a clean "not in the store", with nothing written.
+        let next = segments[1].file_name().unwrap().to_str().unwrap();
+        let none = dir.path().join(format!("{server}-{next}"));
+        assert_eq!(rt.block_on(reader.fetch(next, &none)).unwrap(), None);
+        assert!(!none.exists());
+        let history = rt
+            .block_on(reader.fetch("00000002.history", &none))
+            .unwrap();
+        assert_eq!(history, None);
+    }
+}
+
+#[test]
+fn an_object_of_the_same_name_with_other_content_is_refused() {
+    let s3 = S3Server::start();
+    let dir = shared_tempdir("pgwarden-native-");
+    let (_pg, segments) = real_segments(&s3, dir.path(), 2);
+    let rt = runtime();
+    let name = segments[0].file_name().unwrap().to_str().unwrap();
+    // The same WAL already archived by barman (other gzip bytes, same content): accepted.
+    let s = settings(&s3, "barman", Some(WalCompression::Gzip));
+    let st = store(&s3, &s);
+    let again = rt.block_on(st.archive(&segments[0])).unwrap();
+    assert!(matches!(again, Stored::AlreadyThere { .. }), "{again:?}");
+    // Another segment's content under this name: refused, and the object is left alone.
+    let impostor_dir = dir.path().join("impostor");
+    std::fs::create_dir(&impostor_dir).unwrap();
+    let impostor = impostor_dir.join(name);
+    std::fs::copy(&segments[1], &impostor).unwrap();
+    for c in [Some(WalCompression::Gzip), None] {
+        let s = settings(&s3, if c.is_some() { "barman" } else { "plain" }, c);
+        let st = store(&s3, &s);
+        if c.is_none() {
+            rt.block_on(st.archive(&segments[0])).unwrap();
+        }
+        let err = rt
+            .block_on(st.archive(&impostor))
+            .expect_err("other content must be refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("other content"), "{text}");
+        assert!(text.contains(name), "{text}");
+        let back = dir.path().join(format!("back-{}-{name}", label(c)));
+        let (code, stderr) = barman_restore(&s3, &s, name, &back);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            same_bytes(&segments[0], &back),
+            "the object was overwritten"
+        );
+    }
+}
