@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pgwarden_tests::controlplane::{ControlPlane, isolated};
+use pgwarden_tests::controlplane::{ControlPlane, Isolated, isolated};
 use pgwarden_tests::operator::{Operator, binary, policy};
 use serde_json::{Value, json};
 
@@ -115,7 +115,9 @@ fn settle(op: &Operator, quiet: Duration, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-fn measure(clusters: usize) -> Result<Figures> {
+/// A control plane with the CRDs, the operator's RBAC, the agents' admission policy, the
+/// bench namespace and its credentials.
+fn prepare() -> Result<Isolated> {
     let cp = isolated();
     cp.install_crds()
         .map_err(|e| anyhow::anyhow!("cannot install the CRDs: {e}"))?;
@@ -128,24 +130,21 @@ fn measure(clusters: usize) -> Result<Figures> {
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws-creds\n  namespace: {NS}\nstringData:\n  ACCESS_KEY_ID: bench\n  ACCESS_SECRET_KEY: bench\n"
     );
     kubectl(&cp, &["apply", "-f", "-"], Some(&secret))?;
-    let op = Operator::try_start(&cp, None).context("cannot start the operator")?;
-    eprintln!(
-        "operator {} (pid {}) ready; creating {clusters} Clusters",
-        binary().display(),
-        op.pid()
-    );
+    Ok(cp)
+}
 
+/// Creates `clusters` Clusters and waits until each has converged; returns the seconds taken.
+fn converge(cp: &ControlPlane, op: &Operator, clusters: usize) -> Result<f64> {
     let started = Instant::now();
-    let audited_at_start = audited(&cp);
     for chunk in (0..clusters).collect::<Vec<_>>().chunks(100) {
         let yaml: Vec<String> = chunk.iter().map(|i| cluster(*i)).collect();
-        kubectl(&cp, &["apply", "-f", "-"], Some(&yaml.join("---\n")))?;
+        kubectl(cp, &["apply", "-f", "-"], Some(&yaml.join("---\n")))?;
     }
     let timeout = Duration::from_secs(120 + clusters as u64);
     loop {
-        let done = converged(&cp)?;
+        let done = converged(cp)?;
         if done == clusters {
-            break;
+            return Ok(started.elapsed().as_secs_f64());
         }
         if started.elapsed() > timeout {
             bail!(
@@ -157,42 +156,57 @@ fn measure(clusters: usize) -> Result<Figures> {
         // (0.5 s up to 250 Clusters, 2 s at 1000).
         std::thread::sleep(Duration::from_millis((clusters as u64 * 2).max(500)));
     }
-    let seconds_to_steady = started.elapsed().as_secs_f64();
-    eprintln!(
-        "{clusters} Clusters converged in {seconds_to_steady:.1}s; waiting for writes to stop"
-    );
-    settle(
-        &op,
-        Duration::from_secs(5),
-        Duration::from_secs(120 + clusters as u64 / 2),
-    )?;
-    let (r0, w0) = counters(&op);
-    let audited_converged = audited(&cp);
+}
 
-    // The steady state: every Cluster reconciled again (an annotation: no new generation).
-    kubectl(
-        &cp,
-        &[
-            "annotate",
-            "clusters",
-            "--all",
-            "-n",
-            NS,
-            "--overwrite",
-            "pgwarden.bench/poke=1",
-        ],
-        None,
-    )?;
+/// The steady state: every Cluster reconciled again (an annotation: no new generation),
+/// waiting until `reconciles_before + clusters` reconciles have run.
+fn poke_all(
+    cp: &ControlPlane,
+    op: &Operator,
+    clusters: usize,
+    reconciles_before: f64,
+) -> Result<()> {
+    let args = [
+        "annotate",
+        "clusters",
+        "--all",
+        "-n",
+        NS,
+        "--overwrite",
+        "pgwarden.bench/poke=1",
+    ];
+    kubectl(cp, &args, None)?;
     let deadline = Instant::now() + Duration::from_secs(60 + clusters as u64 / 5);
-    while counters(&op).0 < r0 + clusters as f64 {
+    while counters(op).0 < reconciles_before + clusters as f64 {
         if Instant::now() > deadline {
             bail!(
                 "only {} of {clusters} steady-state reconciles ran",
-                counters(&op).0 - r0
+                counters(op).0 - reconciles_before
             );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
+
+fn measure(clusters: usize) -> Result<Figures> {
+    let cp = prepare()?;
+    let op = Operator::try_start(&cp, None).context("cannot start the operator")?;
+    eprintln!(
+        "operator {} (pid {}) ready; creating {clusters} Clusters",
+        binary().display(),
+        op.pid()
+    );
+    let audited_at_start = audited(&cp);
+    let seconds_to_steady = converge(&cp, &op, clusters)?;
+    eprintln!(
+        "{clusters} Clusters converged in {seconds_to_steady:.1}s; waiting for writes to stop"
+    );
+    let quiet_limit = Duration::from_secs(120 + clusters as u64 / 2);
+    settle(&op, Duration::from_secs(5), quiet_limit)?;
+    let (r0, w0) = counters(&op);
+    let audited_converged = audited(&cp);
+    poke_all(&cp, &op, clusters, r0)?;
     settle(&op, Duration::from_secs(3), Duration::from_secs(60))?;
     let (r1, w1) = counters(&op);
     let audited_steady = audited(&cp);

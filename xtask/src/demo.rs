@@ -94,6 +94,26 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     Ok(out)
 }
 
+/// The CRDs, the operator's RBAC and the agents' admission policy, as deployed.
+fn install(plane: &Plane) -> Result<String> {
+    let crds = paths::root().join("crds/yaml").display().to_string();
+    plane.kubectl(&["apply", "-f", &crds], None)?;
+    let established = [
+        "wait",
+        "--for=condition=established",
+        "crd",
+        "--all",
+        "--timeout=60s",
+    ];
+    plane.kubectl(&established, None)?;
+    // The operator runs with the rights a deployed one has (deploy/operator.yaml).
+    let rbac = operator_rbac_manifest().map_err(anyhow::Error::msg)?;
+    plane.kubectl(&["apply", "-f", "-"], Some(&rbac))?;
+    // The agents are held to their own Cluster's statuses, as deployed.
+    let admission = agent_admission_manifest().map_err(anyhow::Error::msg)?;
+    plane.kubectl(&["apply", "-f", "-"], Some(&admission))
+}
+
 fn demo(once: bool) -> Result<()> {
     let state = paths::state().join("demo");
     let plane = step("control plane", || start_plane(once))?;
@@ -108,32 +128,7 @@ fn demo(once: bool) -> Result<()> {
     let node = step("local node (a stand-in for a kubelet)", || {
         start_node(&plane, &state.join("node"), once)
     })?;
-    step("CRDs and the operator's RBAC", || {
-        plane.kubectl(
-            &[
-                "apply",
-                "-f",
-                &paths::root().join("crds/yaml").display().to_string(),
-            ],
-            None,
-        )?;
-        plane.kubectl(
-            &[
-                "wait",
-                "--for=condition=established",
-                "crd",
-                "--all",
-                "--timeout=60s",
-            ],
-            None,
-        )?;
-        // The operator runs with the rights a deployed one has (deploy/operator.yaml).
-        let rbac = operator_rbac_manifest().map_err(anyhow::Error::msg)?;
-        plane.kubectl(&["apply", "-f", "-"], Some(&rbac))?;
-        // The agents are held to their own Cluster's statuses, as deployed.
-        let admission = agent_admission_manifest().map_err(anyhow::Error::msg)?;
-        plane.kubectl(&["apply", "-f", "-"], Some(&admission))
-    })?;
+    step("CRDs and the operator's RBAC", || install(&plane))?;
     let operator = step("pgwarden operator", || Operator::start(&plane, &state))?;
     let result = if once {
         Ok(())
@@ -291,79 +286,105 @@ fn manifests(s3: &S3Server) -> Result<String> {
     Ok(format!("{secret}\n---\n{cluster}\n---\n{backup}"))
 }
 
+/// The seed's pod in one line: phase, readiness, address, restarts.
+fn pod_line(pod: Option<&Value>) -> String {
+    pod.map_or("absent".to_string(), |p| {
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        format!(
+            "{} {} ip={} restarts={}",
+            p["status"]["phase"].as_str().unwrap_or("?"),
+            if ready { "ready" } else { "not-ready" },
+            p["status"]["podIP"].as_str().unwrap_or("-"),
+            p["status"]["containerStatuses"][0]["restartCount"]
+        )
+    })
+}
+
+/// One look at the seed's pod, Cluster and Backup.
+struct Seen {
+    pod: Option<Value>,
+    backup: Option<Value>,
+    ready: bool,
+    archive: Value,
+    phase: String,
+    line: String,
+}
+
+fn look(plane: &Plane) -> Seen {
+    let pod = plane.json(&["get", "pod", "postgresql-bkp-1"]);
+    let cluster = plane.json(&["get", "cluster", "postgresql-bkp"]);
+    let backup = plane.json(&["get", "backup", "backup-example"]);
+    let pod_line = pod_line(pod.as_ref());
+    let archive = cluster
+        .as_ref()
+        .map(|c| c["status"]["archive"].clone())
+        .unwrap_or(Value::Null);
+    let phase = backup
+        .as_ref()
+        .and_then(|b| b["status"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "-".into());
+    let line = format!(
+        "pod postgresql-bkp-1: {pod_line} | WAL archived: {} (last {}) | backup-example: {phase}",
+        archive["archivedCount"].as_i64().unwrap_or(0),
+        archive["lastArchivedWal"].as_str().unwrap_or("-")
+    );
+    Seen {
+        ready: pod_line.contains(" ready"),
+        pod,
+        backup,
+        archive,
+        phase,
+        line,
+    }
+}
+
+/// Waits for the seed's WAL archiving and backup, printing each change; returns the
+/// Cluster's `status.archive` once a WAL file is archived and the Backup completed.
+fn wait_archived_and_backed_up(plane: &Plane) -> Result<Value> {
+    let (mut switched, mut last, start) = (false, String::new(), Instant::now());
+    let (mut archived, mut completed) = (None, false);
+    while start.elapsed() < WAIT {
+        let seen = look(plane);
+        if seen.line != last {
+            println!("demo: [{:>4.0?}] {}", start.elapsed(), seen.line);
+            last = seen.line.clone();
+        }
+        if seen.ready && !switched {
+            switched = switch_wal(seen.pod.as_ref());
+        }
+        if seen.phase == "failed" {
+            bail!(
+                "backup-example failed: {}",
+                seen.backup.unwrap_or_default()["status"]
+            );
+        }
+        if seen.archive["archivedCount"].as_i64().unwrap_or(0) > 0 {
+            archived = Some(seen.archive.clone());
+        }
+        completed = seen.phase == "completed";
+        if let (Some(archive), true) = (&archived, completed) {
+            return Ok(archive.clone());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!(
+        "timed out after {WAIT:?}: WAL archived: {}, backup completed: {completed}",
+        archived.is_some()
+    )
+}
+
 fn scenario(plane: &Plane, s3: &S3Server, _operator: &Operator) -> Result<()> {
     let yaml = manifests(s3)?;
     step(
         "seed manifests: Secret aws-creds, Cluster postgresql-bkp, Backup backup-example",
         || apply_when_admitted(plane, &yaml),
     )?;
-    let mut switched = false;
-    let mut last = String::new();
-    let start = Instant::now();
-    let mut archived = None;
-    let mut completed = false;
-    while start.elapsed() < WAIT {
-        let pod = plane.json(&["get", "pod", "postgresql-bkp-1"]);
-        let cluster = plane.json(&["get", "cluster", "postgresql-bkp"]);
-        let backup = plane.json(&["get", "backup", "backup-example"]);
-        let pod_line = pod.as_ref().map_or("absent".to_string(), |p| {
-            let ready = p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            format!(
-                "{} {} ip={} restarts={}",
-                p["status"]["phase"].as_str().unwrap_or("?"),
-                if ready { "ready" } else { "not-ready" },
-                p["status"]["podIP"].as_str().unwrap_or("-"),
-                p["status"]["containerStatuses"][0]["restartCount"]
-            )
-        });
-        let ready = pod_line.contains(" ready");
-        let archive = cluster
-            .as_ref()
-            .map(|c| c["status"]["archive"].clone())
-            .unwrap_or(Value::Null);
-        let count = archive["archivedCount"].as_i64().unwrap_or(0);
-        let phase = backup
-            .as_ref()
-            .and_then(|b| b["status"]["phase"].as_str().map(str::to_string))
-            .unwrap_or_else(|| "-".into());
-        let line = format!(
-            "pod postgresql-bkp-1: {pod_line} | WAL archived: {count} (last {}) | backup-example: {phase}",
-            archive["lastArchivedWal"].as_str().unwrap_or("-")
-        );
-        if line != last {
-            println!("demo: [{:>4.0?}] {line}", start.elapsed());
-            last = line;
-        }
-        if ready && !switched {
-            switched = switch_wal(pod.as_ref());
-        }
-        if phase == "failed" {
-            let b = backup.unwrap_or_default();
-            bail!("backup-example failed: {}", b["status"]);
-        }
-        if count > 0 {
-            archived = Some(archive.clone());
-        }
-        completed = phase == "completed";
-        if completed && archived.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if archived.is_none() || !completed {
-        bail!(
-            "timed out after {WAIT:?}: WAL archived: {}, backup completed: {completed}",
-            archived.is_some()
-        );
-    }
-    println!(
-        "demo: Cluster status.archive: {}",
-        archived.unwrap_or_default()
-    );
+    let archived = wait_archived_and_backed_up(plane)?;
+    println!("demo: Cluster status.archive: {archived}");
     println!("demo: kubectl describe backup backup-example\n");
     println!(
         "{}",
@@ -497,6 +518,47 @@ fn recovery(plane: &Plane, s3: &S3Server) -> Result<()> {
     bail!("postgresql-restored-1 was not ready within {WAIT:?}")
 }
 
+/// The Backups a ScheduledBackup created, with their phases.
+fn fired_backups(plane: &Plane) -> Vec<(String, String)> {
+    let backups = plane.json(&["get", "backups"]).unwrap_or_default();
+    backups["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| {
+            b["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o["kind"] == "ScheduledBackup")
+        })
+        .map(|b| {
+            let name = b["metadata"]["name"].as_str().unwrap_or_default();
+            let phase = b["status"]["phase"].as_str().unwrap_or("-");
+            (name.to_string(), phase.to_string())
+        })
+        .collect()
+}
+
+/// Why no scheduled Backup completed: the ScheduledBackup's status and its Events.
+fn no_run_explained(plane: &Plane) -> String {
+    let scheduled = plane
+        .json(&["get", "scheduledbackup", "backup-every-minute"])
+        .unwrap_or_default();
+    let args = [
+        "--request-timeout=20s",
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=backup-every-minute",
+    ];
+    let events = plane.kubectl(&args, None).unwrap_or_default();
+    format!(
+        "no scheduled Backup completed within {WAIT:?}; the ScheduledBackup's status: {}; its events:\n{events}",
+        scheduled["status"]
+    )
+}
+
 /// A ScheduledBackup firing every minute; waits for its first Backup to complete.
 fn scheduled(plane: &Plane) -> Result<()> {
     const SCHEDULED: &str = r#"
@@ -517,29 +579,7 @@ spec:
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < WAIT {
-        let backups = plane.json(&["get", "backups"]).unwrap_or_default();
-        let fired: Vec<(String, String)> = backups["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| {
-                b["metadata"]["ownerReferences"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|o| o["kind"] == "ScheduledBackup")
-            })
-            .map(|b| {
-                let name = b["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                (
-                    name,
-                    b["status"]["phase"].as_str().unwrap_or("-").to_string(),
-                )
-            })
-            .collect();
+        let fired = fired_backups(plane);
         let line = format!("{fired:?}");
         if line != last {
             println!(
@@ -561,25 +601,7 @@ spec:
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    let scheduled = plane
-        .json(&["get", "scheduledbackup", "backup-every-minute"])
-        .unwrap_or_default();
-    let events = plane
-        .kubectl(
-            &[
-                "--request-timeout=20s",
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=backup-every-minute",
-            ],
-            None,
-        )
-        .unwrap_or_default();
-    bail!(
-        "no scheduled Backup completed within {WAIT:?}; the ScheduledBackup's status: {}; its events:\n{events}",
-        scheduled["status"]
-    )
+    bail!("{}", no_run_explained(plane))
 }
 
 /// The sandbox keeps its objects between runs: the demo starts from none of its own.
