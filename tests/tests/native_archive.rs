@@ -7,6 +7,8 @@
 //!   barman-cloud-wal-archive ─► MinIO ─► native Store::fetch     byte-identical, each
 //!                                                                compression
 //!   an object of the same name with other content               refused, left as it was
+//!   the agent with `archiver: native` and no barman at all      archives ahead of PostgreSQL,
+//!                                                                keeps WAL through an outage
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use pgwarden::instance::barman;
 use pgwarden::instance::native::{Store, Stored};
-use pgwarden_crds::settings::ArchiveSettings;
+use pgwarden_crds::settings::{ArchiveSettings, Archiver};
 use pgwarden_crds::{Encryption, WalCompression};
 use pgwarden_tests::datapath::{
     Instance, InstanceOptions, S3Server, archive_settings, deps, log_tail, shared_tempdir,
@@ -238,5 +240,63 @@ fn an_object_of_the_same_name_with_other_content_is_refused() {
             same_bytes(&segments[0], &back),
             "the object was overwritten"
         );
+    }
+}
+
+#[test]
+fn the_agent_archives_natively_without_barman_and_keeps_wal_through_an_outage() {
+    let mut s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let mut settings = archive_settings(&s3, BUCKET, "agent");
+    settings.archiver = Archiver::Native;
+    // No barman-cloud-* to run: every WAL file must go through the native archiver.
+    let no_barman = shared_tempdir("pgwarden-no-barman-");
+    let pg = Instance::start(InstanceOptions {
+        settings,
+        credentials: s3.credentials.clone(),
+        extra_args: vec![],
+        env: vec![(
+            "PGWARDEN_BARMAN_BIN".into(),
+            no_barman.path().display().to_string(),
+        )],
+    });
+    pg.psql("CREATE TABLE t(v text)");
+    let switch = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                pg.psql(&format!(
+                    "INSERT INTO t SELECT md5(g::text || '{i}') FROM generate_series(1, 20000) g"
+                ));
+                pg.switch_wal()
+            })
+            .collect()
+    };
+    let wals = switch(6);
+    let last = wals.last().unwrap();
+    assert!(
+        pg.wait_archived(last, Duration::from_secs(60)),
+        "{last} not archived: {}",
+        log_tail(&pg.log(), 30)
+    );
+    let keys = s3.list(BUCKET, "pg/agent/wals/");
+    for w in &wals {
+        let key = format!("pg/agent/wals/{}/{w}.gz", &w[..16]);
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+    // The store goes away: PostgreSQL keeps the files until they are in the store.
+    s3.stop();
+    let later = switch(3);
+    let later_last = later.last().unwrap();
+    assert!(!pg.wait_archived(later_last, Duration::from_secs(5)));
+    s3.restart();
+    assert!(
+        pg.wait_archived(later_last, Duration::from_secs(180)),
+        "{later_last} not archived after the outage: {}",
+        log_tail(&pg.log(), 30)
+    );
+    let keys = s3.list(BUCKET, "pg/agent/wals/");
+    for w in &later {
+        let key = format!("pg/agent/wals/{}/{w}.gz", &w[..16]);
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
     }
 }

@@ -51,6 +51,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         parameters: super::parameters::live::at_start(&opts, &layout, &pg),
         recovery: Vec::new(),
     };
+    start_native_archiver(&layout, &opts.settings_dir, run_as);
     // Blocking on purpose: a download or a replay takes as long as it takes.
     let child = tokio::task::block_in_place(|| bootstrap(&opts, &layout, &pg, &mut conf))?;
     eprintln!("pgwarden-agent: PostgreSQL ready on port {}", opts.port);
@@ -121,6 +122,16 @@ async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync:
         ));
     }
     tokio::spawn(super::backups::watch(client, here, reporter.clone()));
+}
+
+/// The native archiver's follower and socket; idle while the settings name barman-cloud.
+fn start_native_archiver(layout: &Layout, settings_dir: &Path, run_as: RunAs) {
+    let archiver = super::native::Archiver::new(layout.clone(), settings_dir.to_path_buf());
+    tokio::spawn(async move {
+        if let Err(e) = archiver.run(|sock| run_as.own(sock, false)).await {
+            eprintln!("pgwarden-agent: the native archiver stopped: {e:#}");
+        }
+    });
 }
 
 /// Fast shutdown: SIGINT to the postmaster, then wait for it.

@@ -11,6 +11,9 @@
 //!         exit 0 only when %p itself is in the store; otherwise exit 1 and PostgreSQL
 //!         keeps the file and calls again.
 //! ```
+//!
+//! With the `native` archiver the agent uploads `.ready` files itself (`native::archiver`)
+//! and this command only asks it over a unix socket whether `%p` is in the store.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::barman::{self, Barman, BarmanError};
 use super::layout::{self, Layout};
-use pgwarden_crds::settings::ArchiveSettings;
+use super::native;
+use pgwarden_crds::settings::{ArchiveSettings, Archiver};
 
 /// The last archive failure, as written for the agent to report.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -80,6 +84,11 @@ fn archive_one(layout: &Layout, settings_dir: &Path, wal: &Path, name: &str) -> 
     }
     let barman = Barman::from_env();
     ensure_checked(layout, &barman, &settings, name)?;
+    if settings.archiver == Archiver::Native {
+        // The agent's archiver uploads ahead of this call; this only waits for `name`.
+        native::client::archive(layout, &settings, name, wal)?;
+        return Ok(Archived::Now { ahead: Vec::new() });
+    }
     let ahead = ready_ahead(
         layout,
         name,
@@ -182,20 +191,23 @@ fn ensure_checked(layout: &Layout, barman: &Barman, s: &ArchiveSettings, wal: &s
     {
         return Ok(());
     }
-    let args = barman::check_wal_archive_args(s, timeline_of(wal));
-    let mut cmd = barman.command("barman-cloud-check-wal-archive", s, &args);
-    let result = barman.run("barman-cloud-check-wal-archive", &mut cmd);
+    let result: Result<(), String> = if s.archiver == Archiver::Native {
+        native::client::check(s, timeline_of(wal)).map_err(|e| barman::scrub(&format!("{e:#}")))
+    } else {
+        let args = barman::check_wal_archive_args(s, timeline_of(wal));
+        let mut cmd = barman.command("barman-cloud-check-wal-archive", s, &args);
+        let result = barman.run("barman-cloud-check-wal-archive", &mut cmd);
+        result.map(|_| ()).map_err(|e| e.to_string())
+    };
     let check = ArchiveCheck {
         destination_path: s.destination_path.clone(),
         server_name: s.server_name.clone(),
         ok: result.is_ok(),
         time: now(),
-        message: result.as_ref().err().map(|e| e.to_string()),
+        message: result.as_ref().err().cloned(),
     };
     layout::write_json(&layout.archive_check(), &check)?;
-    result
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("the destination is not usable: {e}"))
+    result.map_err(|e| anyhow::anyhow!("the destination is not usable: {e}"))
 }
 
 /// The timeline of a WAL file name (`000000020000000000000003` → 2); 1 when unknown.

@@ -6,14 +6,19 @@
 //!   codec   the six WAL compressions in barman's formats, streamed
 //!   store   the S3 client (endpoint, path style, CA, SSE, credentials) and the verified
 //!           upload / the download of one WAL file
+//!   archiver the agent's resident archiver: follows `.ready` files, answers archive_command
+//!   client  archive_command's side: ask the archiver over its socket, or upload inline
 //! ```
 //!
 //! The store stays a barman catalogue: barman-cloud-wal-restore, -backup, -restore and
 //! retention read what this writes, and this reads what barman-cloud-wal-archive wrote.
 
+pub mod archiver;
+pub mod client;
 pub mod codec;
 pub mod key;
 pub mod store;
 
+pub use archiver::Archiver;
 pub use key::{Destination, WalName};
 pub use store::{Sse, Store, Stored};

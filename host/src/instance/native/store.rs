@@ -202,6 +202,34 @@ impl Store {
         Ok(Some(n))
     }
 
+    /// barman-cloud-check-wal-archive's check before the first archive: the server folder
+    /// must hold no WAL of `timeline` or a later one (another cluster's, or an older life
+    /// of this one that a new serverName should keep apart).
+    pub async fn check_usable(&self, timeline: u32) -> Result<()> {
+        let folder = format!("{}{}/wals/", self.dest.prefix, self.server);
+        let listing = self
+            .s3
+            .list_with_delimiter(Some(&ObjectPath::from(folder.as_str())))
+            .await
+            .with_context(|| format!("cannot list {folder} in the store"))?;
+        // Segment folders are `TTTTTTTTLLLLLLLL`; history files sit beside them.
+        let dirs = listing.common_prefixes.iter().filter_map(|p| p.filename());
+        let files = listing.objects.iter().filter_map(|o| o.location.filename());
+        let newer = dirs
+            .chain(files)
+            .filter_map(|n| n.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()))
+            .filter(|t| *t >= timeline)
+            .count();
+        if newer > 0 {
+            bail!(
+                "{folder} already holds {newer} WAL folder(s) or history file(s) of timeline \
+                 {timeline} or later: another cluster archives there, or an earlier one did \
+                 (use a new serverName)"
+            );
+        }
+        Ok(())
+    }
+
     /// The object holding `wal` in its folder, and its compression (by its suffix).
     async fn find(&self, wal: &WalName) -> Result<Option<(String, Option<WalCompression>)>> {
         let folder = wal.folder(&self.dest, &self.server);
