@@ -20,6 +20,10 @@ pub enum Error {
     ClusterNotFound(String),
     #[error("cannot load policy module: {0}")]
     Module(String),
+    /// The policy's `validate-settings` refuses the ReconcilePolicy's `spec.settings`: its
+    /// reason and its message (naming the field).
+    #[error("the policy refuses spec.settings: {message}")]
+    Settings { reason: String, message: String },
     /// Objects the Cluster's names would take exist and are not controlled by it: left
     /// unchanged, named in the message.
     #[error("{0}")]
@@ -38,6 +42,7 @@ impl Error {
             Error::NoPolicy(_) => "no_policy",
             Error::ClusterNotFound(_) => "cluster_not_found",
             Error::Module(_) => "module",
+            Error::Settings { .. } => "settings",
             Error::NameInUse(_) => "name_in_use",
         }
     }
@@ -52,6 +57,8 @@ impl Error {
             Error::NoPolicy(_) => "PolicyNotFound",
             Error::ClusterNotFound(_) => "ClusterNotFound",
             Error::Module(_) => "ModuleLoadFailed",
+            // The ReconcilePolicy's condition shows the policy's own reason.
+            Error::Settings { .. } => "InvalidSettings",
             Error::NameInUse(_) => "NameInUse",
         }
     }

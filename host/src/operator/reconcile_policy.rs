@@ -1,8 +1,10 @@
 //! The ReconcilePolicy controller: loads a module (ConfigMap key, file, or URL pinned by
 //! `sha256`; checked against `sha256` whenever set; never more than the module size limit),
-//! compiles it once per digest (under the call semaphore, timed), puts it and its `limits` in
-//! force without a restart (new limits alone need no new module), and keeps the last good module when a new one fails — saying why
-//! on the status. A change of a referenced ConfigMap reconciles the policy at once (see
+//! compiles it once per digest (under the call semaphore, timed), puts it, its `limits` and
+//! its `settings` in force without a restart (new limits or settings alone need no new module
+//! and compile nothing), and keeps the last good module and settings when a new one fails —
+//! a module that does not load, or settings the policy's `validate-settings` refuses — saying
+//! why on the status. A change of a referenced ConfigMap reconciles the policy at once (see
 //! `operator::serve`), so new module bytes are in force within seconds. The status is the
 //! core's (`pgwarden_core::policy`), whole, applied through `operator::status`.
 
@@ -16,6 +18,7 @@ use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 use pgwarden_core::policy::{Load, PolicyReport, policy_status};
 use pgwarden_crds::{ModuleSource, ReconcilePolicy};
+use serde_json::Value;
 use tracing::{info, instrument, warn};
 
 use super::apply::publish;
@@ -69,18 +72,60 @@ fn in_force_with(ctx: &Context, name: &str, digest: &str) -> Option<Policy> {
     ctx.policies.get(name).filter(|p| p.digest() == digest)
 }
 
-/// The module in force under the policy's limits: new limits take effect without a change
-/// of module (nothing compiles again). Returns the digest and ABI version in force.
-fn retuned(ctx: &Context, name: &str, in_force: Policy, limits: Limits) -> (String, String) {
-    if in_force.limits() != limits {
-        ctx.policies.insert(name, in_force.with_limits(limits));
-        info!(policy = %name, ?limits, "new limits in force");
+/// Whether `policy` runs with `settings` (absent: `{}`), compared as JSON values.
+fn has_settings(policy: &Policy, settings: Option<&Value>) -> bool {
+    let wanted = settings
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    serde_json::from_str::<Value>(policy.settings()).is_ok_and(|s| s == wanted)
+}
+
+/// `policy` with `settings`, once its `validate-settings` accepts them (run off the executor,
+/// under the call limit); a refusal is the ReconcilePolicy's [`Error::Settings`].
+async fn with_settings(policy: &Policy, settings: Option<&Value>) -> Result<Policy> {
+    if has_settings(policy, settings) {
+        return Ok(policy.clone());
+    }
+    let settings = settings.cloned();
+    let checked = policy
+        .run(move |p| p.with_settings(settings.as_ref()))
+        .await;
+    checked.map_err(|e| match e {
+        PolicyError::Denied {
+            reason, message, ..
+        } => Error::Settings { reason, message },
+        other => Error::Policy(other),
+    })
+}
+
+/// Puts `ready` (the module in force, or one just loaded) in force under the policy's limits
+/// and settings when they differ from what is in force: new limits or settings take effect
+/// without a change of module (nothing compiles again). Settings the policy refuses keep
+/// what is in force. Returns the digest and ABI version in force.
+async fn put_in_force(
+    ctx: &Context,
+    policy: &ReconcilePolicy,
+    ready: Policy,
+    limits: Limits,
+) -> Result<(String, String)> {
+    let name = policy.name_any();
+    let mut wanted = with_settings(&ready, policy.spec.settings.as_ref()).await?;
+    if wanted.limits() != limits {
+        wanted = wanted.with_limits(limits);
+    }
+    let in_force = ctx.policies.get(&name);
+    let same = in_force.as_ref().is_some_and(|p| {
+        p.digest() == wanted.digest() && p.limits() == limits && p.settings() == wanted.settings()
+    });
+    if !same {
+        info!(policy = %name, digest = %wanted.digest(), ?limits, settings = %wanted.settings(), "in force");
+        ctx.policies.insert(&name, wanted.clone());
         let _ = ctx.policy_swapped.unbounded_send(());
     }
-    (
-        in_force.digest().to_string(),
-        in_force.abi_version().to_string(),
-    )
+    Ok((
+        wanted.digest().to_string(),
+        wanted.abi_version().to_string(),
+    ))
 }
 
 /// A module that does not load is the ReconcilePolicy's fault (`ModuleLoadFailed`), not a
@@ -101,7 +146,7 @@ async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String
     // A URL whose pin is in force already: nothing to download.
     let pin = module.sha256.as_deref().filter(|_| module.url.is_some());
     if let Some(in_force) = pin.and_then(|pin| in_force_with(ctx, &name, pin)) {
-        return Ok(retuned(ctx, &name, in_force, limits));
+        return put_in_force(ctx, policy, in_force, limits).await;
     }
     let bytes = fetch(ctx, module).await?;
     let found = digest(&bytes);
@@ -111,18 +156,14 @@ async fn load(ctx: &Context, policy: &ReconcilePolicy) -> Result<(String, String
         )));
     }
     if let Some(in_force) = in_force_with(ctx, &name, &found) {
-        return Ok(retuned(ctx, &name, in_force, limits));
+        return put_in_force(ctx, policy, in_force, limits).await;
     }
     let loaded = ctx
         .engine
         .load_bounded(bytes, limits)
         .await
         .map_err(module_error)?;
-    let abi = loaded.abi_version().to_string();
-    ctx.policies.insert(&name, loaded);
-    info!(policy = %name, digest = %found, "module in force");
-    let _ = ctx.policy_swapped.unbounded_send(());
-    Ok((found, abi))
+    put_in_force(ctx, policy, loaded, limits).await
 }
 
 #[instrument(skip(policy, ctx), fields(policy = %policy.name_any()))]
@@ -140,6 +181,12 @@ fn report(policy: &ReconcilePolicy, loaded: &Result<(String, String)>) -> Policy
         Ok((digest, abi)) => Load::InForce {
             digest: digest.clone(),
             abi: abi.clone(),
+        },
+        Err(Error::Settings { reason, message }) => Load::Failed {
+            reason: reason.clone(),
+            error: format!(
+                "the policy refuses spec.settings: {message}; the settings in force stay"
+            ),
         },
         Err(e) => Load::Failed {
             reason: e.reason().to_string(),

@@ -1,5 +1,8 @@
-//! The policies in force: the operator's default module and one per ReconcilePolicy, swapped
-//! live when a new module loads; a module that fails to load never replaces a working one.
+//! The policies in force: the operator's default module and one per ReconcilePolicy, each a
+//! loaded module with its limits and its `spec.settings` (a [`Policy`] carries both, so every
+//! call gets the settings), swapped live when a new module, limits or settings are put in
+//! force; a module that fails to load, or settings the policy refuses, never replace a
+//! working one (see `reconcile_policy`).
 //!
 //! The platform may bind a namespace to a ReconcilePolicy (`--namespace-policy ns=policy`):
 //! every Cluster of that namespace is then decided by it, whatever its `spec.policy` says, so
@@ -153,7 +156,7 @@ impl Registry {
         self.by_name.read().unwrap().get(name).cloned()
     }
 
-    /// Puts a newly loaded module in force.
+    /// Puts a module with its limits and settings in force.
     pub fn insert(&self, name: &str, policy: Policy) {
         self.by_name.write().unwrap().insert(name.into(), policy);
     }
