@@ -70,7 +70,7 @@ spec:
 /// The policy still answers a well-behaved call.
 fn still_serves(policy: &Policy) {
     let pod = policy
-        .instance_pod(&cluster("fine"), 0)
+        .instance_pod(&cluster("fine"), 0, &[])
         .expect("the next call is served");
     assert_eq!(pod.spec.unwrap().containers[0].name, "postgres");
 }
@@ -87,7 +87,7 @@ fn timed<T>(f: impl FnOnce() -> T) -> T {
 #[test]
 fn an_endless_loop_hits_the_deadline() {
     let policy = adversarial();
-    let err = timed(|| policy.instance_pod(&cluster("loop"), 0)).unwrap_err();
+    let err = timed(|| policy.instance_pod(&cluster("loop"), 0, &[])).unwrap_err();
     assert!(matches!(err, PolicyError::Deadline { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -111,7 +111,7 @@ fn a_1gib_allocation_hits_the_memory_cap() {
 #[test]
 fn a_panic_is_a_trap() {
     let policy = adversarial();
-    let err = timed(|| policy.instance_pod(&cluster("panic"), 0)).unwrap_err();
+    let err = timed(|| policy.instance_pod(&cluster("panic"), 0, &[])).unwrap_err();
     assert!(matches!(err, PolicyError::Trap { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -124,7 +124,9 @@ fn a_panic_is_a_trap() {
 #[test]
 fn garbage_output_is_malformed() {
     let policy = adversarial();
-    let err = policy.instance_pod(&cluster("garbage"), 0).unwrap_err();
+    let err = policy
+        .instance_pod(&cluster("garbage"), 0, &[])
+        .unwrap_err();
     assert!(
         matches!(err, PolicyError::MalformedOutput { .. }),
         "{err:?}"
@@ -153,7 +155,7 @@ fn unusable_settings_are_malformed() {
 /// Each WASI capability the guest's std would use is refused by name, not granted.
 fn assert_capability_refused(name: &str, interface: &str) {
     let policy = adversarial();
-    let err = timed(|| policy.instance_pod(&cluster(name), 0)).unwrap_err();
+    let err = timed(|| policy.instance_pod(&cluster(name), 0, &[])).unwrap_err();
     let PolicyError::Capability { decision, import } = &err else {
         panic!("{name}: expected a capability error, got {err:?}");
     };
@@ -187,7 +189,7 @@ fn planned(name: &str) -> Result<(), GuardrailError> {
     let policy = adversarial();
     let cluster = cluster(name);
     let decisions = policy
-        .cluster_decisions(&cluster)
+        .cluster_decisions(&cluster, &[], &[])
         .expect("the policy answers");
     let actions = plan::plan_cluster(&cluster, &decisions)?;
     plan::guardrails::check(&plan::subject(&cluster), &actions)
@@ -224,7 +226,9 @@ fn another_clusters_volume_is_refused() {
 
 #[test]
 fn an_oversized_pod_template_is_malformed() {
-    let err = adversarial().instance_pod(&cluster("huge"), 0).unwrap_err();
+    let err = adversarial()
+        .instance_pod(&cluster("huge"), 0, &[])
+        .unwrap_err();
     assert!(
         err.to_string().contains("over the 1048576-byte bound"),
         "{err}"
@@ -281,7 +285,7 @@ fn a_component_without_the_exports_is_an_abi_mismatch() {
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
     assert!(
         err.to_string()
-            .starts_with("the policy module does not match ABI pgwarden:policy@0.2.0"),
+            .starts_with("the policy module does not match ABI pgwarden:policy@0.3.0"),
         "{err}"
     );
 }
@@ -292,7 +296,7 @@ fn a_wrongly_typed_export_is_an_abi_mismatch() {
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.starts_with("the policy module does not match ABI pgwarden:policy@0.2.0: ")
+        text.starts_with("the policy module does not match ABI pgwarden:policy@0.3.0: ")
             && text.contains("abi-version"),
         "{text}"
     );
@@ -321,7 +325,7 @@ fn calls_run_off_the_executor_under_the_semaphore() {
             policy
                 .run(|p| {
                     let start = Instant::now();
-                    let answer = p.instance_pod(&cluster("loop"), 0);
+                    let answer = p.instance_pod(&cluster("loop"), 0, &[]);
                     Ok((start, Instant::now(), answer))
                 })
                 .await
@@ -362,7 +366,9 @@ fn calls_run_off_the_executor_under_the_semaphore() {
             (a.0 - started, a.1 - started),
             (b.0 - started, b.1 - started)
         );
-        let fine = policy.run(|p| p.instance_pod(&cluster("fine"), 0)).await;
+        let fine = policy
+            .run(|p| p.instance_pod(&cluster("fine"), 0, &[]))
+            .await;
         assert!(fine.is_ok(), "{fine:?}");
     });
 }
@@ -488,7 +494,7 @@ fn new_limits_need_no_new_module() {
     });
     let quick = slow.with_limits(LIMITS);
     assert_eq!(slow.digest(), quick.digest());
-    let err = timed(|| quick.instance_pod(&cluster("loop"), 0)).unwrap_err();
+    let err = timed(|| quick.instance_pod(&cluster("loop"), 0, &[])).unwrap_err();
     assert_eq!(
         err.to_string(),
         "the policy ran past its 50ms limit in instance-pod and was stopped"

@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 
-use crate::types::{Expiry, Instance, PodFacts, ScheduleDecision, ScheduledRun, Transition};
+use crate::types::{
+    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, Instance, PodFacts,
+    ScheduleDecision, ScheduledRun, Storage, Transition,
+};
 use crate::wit;
 
 /// Seconds since the epoch → a UTC time (out-of-range values clamp to the epoch).
@@ -40,6 +43,7 @@ macro_rules! wit_enum_conversions {
             BackupPhase = crds::BackupPhase { Pending, Running, Completed, Failed },
             ExpiredObject = crds::ExpiredObject { Remove, Keep },
             Role = types::Role { Primary, Replica },
+            Archiver = types::Archiver { BarmanCloud, Native },
         );
     };
     (@table [$($wit:ident)::+]
@@ -88,6 +92,7 @@ pub(crate) fn archive_to_wit(s: ArchiveSettings) -> wit::ArchiveSettings {
         encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
+        archiver: s.archiver.into(),
     }
 }
 
@@ -101,7 +106,7 @@ pub(crate) fn archive_from_wit(s: wit::ArchiveSettings) -> ArchiveSettings {
         encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
-        archiver: Default::default(),
+        archiver: s.archiver.into(),
     }
 }
 
@@ -210,5 +215,83 @@ pub(crate) fn schedule_from_wit(d: wit::ScheduleDecision) -> ScheduleDecision {
             scheduled_at: time(r.scheduled_at),
         }),
         next_run: d.next_run.map(time),
+    }
+}
+
+pub(crate) fn denial_to_wit(d: &Denial) -> wit::Denial {
+    wit::Denial {
+        reason: d.reason.clone(),
+        message: d.message.clone(),
+    }
+}
+
+pub(crate) fn denial_from_wit(d: wit::Denial) -> Denial {
+    Denial {
+        reason: d.reason,
+        message: d.message,
+    }
+}
+
+pub(crate) fn storage_to_wit(s: Storage) -> wit::Storage {
+    wit::Storage {
+        size: s.size,
+        storage_class: s.storage_class,
+    }
+}
+
+pub(crate) fn storage_from_wit(s: wit::Storage) -> Storage {
+    Storage {
+        size: s.size,
+        storage_class: s.storage_class,
+    }
+}
+
+pub(crate) fn claim_facts_to_wit(c: &ClaimFacts) -> wit::ClaimFacts {
+    wit::ClaimFacts {
+        name: c.name.clone(),
+        size: c.size.clone(),
+        storage_class: c.storage_class.clone(),
+    }
+}
+
+pub(crate) fn claim_facts_from_wit(c: wit::ClaimFacts) -> ClaimFacts {
+    ClaimFacts {
+        name: c.name,
+        size: c.size,
+        storage_class: c.storage_class,
+    }
+}
+
+/// The facts as the guest receives them (the Cluster as JSON text).
+pub(crate) fn cluster_facts_to_wit(f: &ClusterFacts) -> wit::ClusterFacts {
+    wit::ClusterFacts {
+        cluster: serde_json::to_string(&f.cluster).unwrap_or_default(),
+        instances: f.instances.iter().map(instance_to_wit).collect(),
+        missing_secrets: f.missing_secrets.clone(),
+        failure: f.failure.as_ref().map(denial_to_wit),
+        waiting: f.waiting.as_ref().map(denial_to_wit),
+        now: f.now.timestamp(),
+    }
+}
+
+pub(crate) fn cluster_health_to_wit(h: ClusterHealth) -> wit::ClusterHealth {
+    wit::ClusterHealth {
+        phase: h.phase,
+        ready: wit::ConditionDecision {
+            status: h.ready.status,
+            reason: h.ready.reason,
+            message: h.ready.message,
+        },
+    }
+}
+
+pub(crate) fn cluster_health_from_wit(h: wit::ClusterHealth) -> ClusterHealth {
+    ClusterHealth {
+        phase: h.phase,
+        ready: ConditionDecision {
+            status: h.ready.status,
+            reason: h.ready.reason,
+            message: h.ready.message,
+        },
     }
 }

@@ -7,26 +7,51 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 
 use crate::convert::{
-    archive_to_wit, backup_settings_to_wit, instance_from_wit, pod_facts_from_wit, schedule_to_wit,
-    time, transition_to_wit,
+    archive_to_wit, backup_settings_to_wit, claim_facts_from_wit, cluster_health_to_wit,
+    denial_from_wit, expiry_to_wit, instance_from_wit, pod_facts_from_wit, schedule_to_wit,
+    storage_to_wit, time, transition_to_wit,
 };
-use crate::policy::Policy;
-use crate::types::{ABI_VERSION, BackupFacts};
+use crate::policy::{Decided, Policy};
+use crate::types::{ABI_VERSION, BackupFacts, ClusterFacts, Denial, Instance, Settings};
 use crate::wit;
 
 /// The component's exports for policy `P`.
 pub struct Exports<P>(PhantomData<P>);
 
+/// A decision's answer as the WIT result.
+type Answer<T> = Result<T, wit::Denial>;
+
 /// Panics go straight to the trap: std's default hook would read the environment
 /// (`RUST_BACKTRACE`) and write to stderr, which the sandbox does not grant.
+/// Natively (fixtures under `cargo test`) the default hook stays, so a failing test says why.
 fn quiet_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    #[cfg(target_arch = "wasm32")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    }
 }
 
-fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, String> {
+fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Decided<T> {
     serde_json::from_str(json)
-        .map_err(|e| format!("the policy cannot read the {what} it was given: {e}"))
+        .map_err(|e| format!("the policy cannot read the {what} it was given: {e}").into())
+}
+
+fn settings(json: &str) -> Decided<Settings> {
+    quiet_panics();
+    Settings::from_json(json)
+}
+
+fn instances(list: Vec<wit::Instance>) -> Vec<Instance> {
+    list.into_iter().map(instance_from_wit).collect()
+}
+
+/// A decision's result as the WIT result.
+fn answer<T, W>(decided: Decided<T>, to_wit: impl FnOnce(T) -> W) -> Answer<W> {
+    decided.map(to_wit).map_err(|d: Denial| wit::Denial {
+        reason: d.reason,
+        message: d.message,
+    })
 }
 
 impl<P: Policy> wit::Guest for Exports<P> {
@@ -35,77 +60,123 @@ impl<P: Policy> wit::Guest for Exports<P> {
         ABI_VERSION.to_string()
     }
 
-    fn instance_pod(cluster: String, instance: u32) -> Result<String, String> {
-        quiet_panics();
-        let cluster = parse("Cluster", &cluster)?;
-        let template = P::instance_pod(&cluster, instance).map_err(|d| d.message)?;
-        serde_json::to_string(&template)
-            .map_err(|e| format!("cannot serialize the pod template: {e}"))
+    fn validate_settings(s: String) -> Answer<()> {
+        answer(settings(&s).and_then(|s| P::validate_settings(&s)), |()| ())
     }
 
-    fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
-        quiet_panics();
-        let cluster = parse("Cluster", &cluster)?;
-        Ok(P::archive_settings(&cluster)
-            .map_err(|d| d.message)?
-            .map(archive_to_wit))
+    fn validate(s: String, cluster: String) -> Answer<()> {
+        let decided = (|| P::validate(&settings(&s)?, &parse("Cluster", &cluster)?))();
+        answer(decided, |()| ())
+    }
+
+    fn instance_pod(
+        s: String,
+        cluster: String,
+        instance: u32,
+        observed: Vec<wit::Instance>,
+    ) -> Answer<String> {
+        let decided = (|| {
+            let cluster = parse("Cluster", &cluster)?;
+            let template =
+                P::instance_pod(&settings(&s)?, &cluster, instance, &instances(observed))?;
+            serde_json::to_string(&template)
+                .map_err(|e| format!("cannot serialize the pod template: {e}").into())
+        })();
+        answer(decided, |t| t)
+    }
+
+    fn storage(
+        s: String,
+        cluster: String,
+        instance: u32,
+        current: Option<wit::ClaimFacts>,
+    ) -> Answer<wit::Storage> {
+        let decided = (|| {
+            let current = current.map(claim_facts_from_wit);
+            P::storage(
+                &settings(&s)?,
+                &parse("Cluster", &cluster)?,
+                instance,
+                current.as_ref(),
+            )
+        })();
+        answer(decided, storage_to_wit)
+    }
+
+    fn archive_settings(s: String, cluster: String) -> Answer<Option<wit::ArchiveSettings>> {
+        let decided = (|| P::archive_settings(&settings(&s)?, &parse("Cluster", &cluster)?))();
+        answer(decided, |a| a.map(archive_to_wit))
     }
 
     fn backup_settings(
+        s: String,
         backup: String,
         cluster: String,
-        instances: Vec<wit::Instance>,
-    ) -> Result<wit::BackupSettings, String> {
-        quiet_panics();
-        let backup = parse("Backup", &backup)?;
-        let cluster = parse("Cluster", &cluster)?;
-        let instances: Vec<_> = instances.into_iter().map(instance_from_wit).collect();
-        Ok(backup_settings_to_wit(
-            P::backup_settings(&backup, &cluster, &instances).map_err(|d| d.message)?,
-        ))
+        observed: Vec<wit::Instance>,
+    ) -> Answer<wit::BackupSettings> {
+        let decided = (|| {
+            let backup = parse("Backup", &backup)?;
+            let cluster = parse("Cluster", &cluster)?;
+            P::backup_settings(&settings(&s)?, &backup, &cluster, &instances(observed))
+        })();
+        answer(decided, backup_settings_to_wit)
     }
 
-    fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
-        quiet_panics();
-        let facts = BackupFacts {
-            backup: parse("Backup", &facts.backup)?,
-            cluster: facts
-                .cluster
-                .as_deref()
-                .map(|c| parse("Cluster", c))
-                .transpose()?,
-            pod: facts.pod.map(pod_facts_from_wit),
-            now: time(facts.now),
-        };
-        Ok(transition_to_wit(
-            P::backup_transition(&facts).map_err(|d| d.message)?,
-        ))
+    fn backup_transition(s: String, facts: wit::BackupFacts) -> Answer<wit::Transition> {
+        let decided = (|| {
+            let facts = BackupFacts {
+                backup: parse("Backup", &facts.backup)?,
+                cluster: facts
+                    .cluster
+                    .as_deref()
+                    .map(|c| parse("Cluster", c))
+                    .transpose()?,
+                pod: facts.pod.map(pod_facts_from_wit),
+                now: time(facts.now),
+            };
+            P::backup_transition(&settings(&s)?, &facts)
+        })();
+        answer(decided, transition_to_wit)
     }
 
-    fn schedule(scheduled_backup: String, now: i64) -> Result<wit::ScheduleDecision, String> {
-        quiet_panics();
-        let scheduled = parse("ScheduledBackup", &scheduled_backup)?;
-        Ok(schedule_to_wit(
-            P::schedule(&scheduled, time(now)).map_err(|d| d.message)?,
-        ))
+    fn schedule(s: String, scheduled_backup: String, now: i64) -> Answer<wit::ScheduleDecision> {
+        let decided = (|| {
+            let scheduled = parse("ScheduledBackup", &scheduled_backup)?;
+            P::schedule(&settings(&s)?, &scheduled, time(now))
+        })();
+        answer(decided, schedule_to_wit)
     }
 
     fn retention(
+        s: String,
         cluster: String,
         backups: Vec<String>,
         now: i64,
-    ) -> Result<Vec<wit::Expiry>, String> {
-        quiet_panics();
-        let cluster = parse("Cluster", &cluster)?;
-        let backups = backups
-            .iter()
-            .map(|b| parse("Backup", b))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(P::retention(&cluster, &backups, time(now))
-            .map_err(|d| d.message)?
-            .into_iter()
-            .map(crate::convert::expiry_to_wit)
-            .collect())
+    ) -> Answer<Vec<wit::Expiry>> {
+        let decided = (|| {
+            let cluster = parse("Cluster", &cluster)?;
+            let backups = backups
+                .iter()
+                .map(|b| parse("Backup", b))
+                .collect::<Decided<Vec<_>>>()?;
+            P::retention(&settings(&s)?, &cluster, &backups, time(now))
+        })();
+        answer(decided, |e| e.into_iter().map(expiry_to_wit).collect())
+    }
+
+    fn cluster_status(s: String, facts: wit::ClusterFacts) -> Answer<wit::ClusterHealth> {
+        let decided = (|| {
+            let facts = ClusterFacts {
+                cluster: parse("Cluster", &facts.cluster)?,
+                instances: instances(facts.instances),
+                missing_secrets: facts.missing_secrets,
+                failure: facts.failure.map(denial_from_wit),
+                waiting: facts.waiting.map(denial_from_wit),
+                now: time(facts.now),
+            };
+            P::cluster_status(&settings(&s)?, &facts)
+        })();
+        answer(decided, cluster_health_to_wit)
     }
 }
 

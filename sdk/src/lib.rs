@@ -4,7 +4,8 @@
 //! ```text
 //!   sdk/wit/policy.wit ──wit-bindgen──► wit (guest bindings)      ──► the .wasm exports
 //!                        └─wasmtime bindgen (host/src/policy)      ◄── the operator calls
-//!   Policy trait (one method per decision, defaults = the seed's behaviour)
+//!   Policy trait (one method per decision, each given the policy's Settings; defaults =
+//!   the seed's behaviour; a denial is a Denial { reason, message })
 //!     └─ glue::Exports<P>: JSON in → crds types → P → WIT records out
 //!          ├─ export_policy!(P)   in the component
 //!          └─ testing::Native<P>  under `cargo test` (same code path, no wasm)
@@ -16,7 +17,7 @@
 //! use pgwarden_sdk::prelude::*;
 //! pub struct Strict;
 //! impl Policy for Strict {
-//!     fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
+//!     fn archive_settings(_: &Settings, cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
 //!         let mut settings = defaults::archive_settings(cluster)?;
 //!         if let Some(s) = settings.as_mut() { s.compression.get_or_insert(WalCompression::Zstd); }
 //!         Ok(settings)
@@ -39,6 +40,7 @@ pub use k8s_openapi;
 pub use pgwarden_crds as crds;
 pub use policy::{Decided, Policy};
 pub use serde_json;
+pub use types::{Denial, Settings};
 
 /// What a policy crate needs, in one `use`.
 pub mod prelude {
@@ -46,7 +48,8 @@ pub mod prelude {
     pub use crate::names;
     pub use crate::policy::{Decided, Policy};
     pub use crate::types::{
-        BackupFacts, Expiry, Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Transition,
+        BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry,
+        Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Settings, Storage, Transition,
     };
     pub use chrono::{DateTime, Duration, Utc};
     pub use k8s_openapi::api::core::v1::PodTemplateSpec;

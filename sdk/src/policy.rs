@@ -7,26 +7,63 @@ use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 
 use crate::defaults;
-use crate::types::{BackupFacts, Denial, Expiry, Instance, ScheduleDecision, Transition};
+use crate::types::{
+    BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, Denial, Expiry, Instance,
+    ScheduleDecision, Settings, Storage, Transition,
+};
 
 /// A decision, or a denial: a reason and a message that tells the user what to change.
 pub type Decided<T> = Result<T, Denial>;
 
 /// A reconcile policy. Every method is a pure function of its inputs: no clock (the host
-/// passes `now`), no randomness, no I/O.
+/// passes `now`), no randomness, no I/O. Each gets the policy's [`Settings`] first
+/// (`ReconcilePolicy.spec.settings`), which [`Policy::validate_settings`] accepted at load.
 pub trait Policy {
-    /// The pod template of instance number `instance` (0 = the first, the primary).
-    fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodTemplateSpec> {
+    /// Whether the policy accepts `settings`; asked once, when the policy is loaded (default:
+    /// only no settings, `{}`).
+    fn validate_settings(settings: &Settings) -> Decided<()> {
+        defaults::validate_settings(settings)
+    }
+
+    /// Whether the policy accepts `cluster` at all, asked before its other decisions: one
+    /// place for checks that would otherwise repeat in each (default: nothing to refuse).
+    fn validate(_settings: &Settings, cluster: &Cluster) -> Decided<()> {
+        defaults::validate(cluster)
+    }
+
+    /// The pod template of instance number `instance` (0 = the first, the primary), knowing
+    /// the instance pods observed (`instances`: who is primary, what is ready).
+    fn instance_pod(
+        _settings: &Settings,
+        cluster: &Cluster,
+        instance: u32,
+        _instances: &[Instance],
+    ) -> Decided<PodTemplateSpec> {
         defaults::instance_pod(cluster, instance).map(|pod| pod.build())
     }
 
+    /// The storage of instance `instance`'s data volume claim (`current`: the claim as
+    /// observed, none before it exists). Default: `spec.storage`, no growth.
+    fn storage(
+        _settings: &Settings,
+        cluster: &Cluster,
+        _instance: u32,
+        current: Option<&ClaimFacts>,
+    ) -> Decided<Storage> {
+        defaults::storage(cluster, current)
+    }
+
     /// How WAL is archived; `None` turns archiving off.
-    fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
+    fn archive_settings(
+        _settings: &Settings,
+        cluster: &Cluster,
+    ) -> Decided<Option<ArchiveSettings>> {
         defaults::archive_settings(cluster)
     }
 
     /// How a Backup is taken, and on which instance.
     fn backup_settings(
+        _settings: &Settings,
         backup: &Backup,
         cluster: &Cluster,
         instances: &[Instance],
@@ -35,18 +72,23 @@ pub trait Policy {
     }
 
     /// The next phase of a Backup, from the facts.
-    fn backup_transition(facts: &BackupFacts) -> Decided<Transition> {
+    fn backup_transition(_settings: &Settings, facts: &BackupFacts) -> Decided<Transition> {
         defaults::backup_transition(facts)
     }
 
     /// Whether a ScheduledBackup creates a Backup now, and when it runs next.
-    fn schedule(scheduled: &ScheduledBackup, now: DateTime<Utc>) -> Decided<ScheduleDecision> {
+    fn schedule(
+        _settings: &Settings,
+        scheduled: &ScheduledBackup,
+        now: DateTime<Utc>,
+    ) -> Decided<ScheduleDecision> {
         defaults::schedule(scheduled, now)
     }
 
     /// The Backups of `cluster` whose backups to delete from the store, and whether their
     /// objects go too (default: the seed's retention, objects removed).
     fn retention(
+        _settings: &Settings,
         cluster: &Cluster,
         backups: &[Backup],
         now: DateTime<Utc>,
@@ -55,5 +97,11 @@ pub trait Policy {
             .into_iter()
             .map(Expiry::remove)
             .collect())
+    }
+
+    /// The Cluster's phase and `Ready` condition from what the host observed: what counts
+    /// as healthy or degraded (default: [`defaults::cluster_status`]).
+    fn cluster_status(_settings: &Settings, facts: &ClusterFacts) -> Decided<ClusterHealth> {
+        defaults::cluster_status(facts)
     }
 }

@@ -5,6 +5,7 @@
 //! A case is a YAML (or JSON) file:
 //!
 //! ```yaml
+//! settings: { cpu: "2" }       # optional: the policy's settings (ReconcilePolicy.spec.settings)
 //! request:                     # a Request: the decision and its inputs
 //!   decision: archive-settings
 //!   cluster: { apiVersion: postgresql.k8s.2ndq.io/v1alpha1, kind: Cluster, ... }
@@ -23,12 +24,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::convert::{
-    archive_from_wit, backup_settings_from_wit, instance_to_wit, pod_facts_to_wit,
-    schedule_from_wit, transition_from_wit,
+    archive_from_wit, backup_settings_from_wit, claim_facts_to_wit, cluster_facts_to_wit,
+    cluster_health_from_wit, denial_from_wit, expiry_from_wit, instance_to_wit, pod_facts_to_wit,
+    schedule_from_wit, storage_from_wit, transition_from_wit,
 };
 use crate::glue::Exports;
 use crate::policy::Policy;
-use crate::types::{Decision, Outcome, Request};
+use crate::types::{Decision, Denial, Instance, Outcome, Request, Settings};
 use crate::wit::{self, Guest};
 
 pub mod files;
@@ -36,17 +38,17 @@ pub use files::{bless_dir, case_paths, load_case, load_dir};
 
 /// Something that answers decisions: the native policy code, or a wasm module in the host.
 pub trait Evaluator {
-    /// The policy's outcome (a decision or a denial); `Err` when the policy itself failed
-    /// (a trap, a deadline, malformed output...).
-    fn evaluate(&self, request: &Request) -> Result<Outcome, String>;
+    /// The policy's outcome (a decision or a denial) under `settings`; `Err` when the policy
+    /// itself failed (a trap, a deadline, malformed output...).
+    fn evaluate(&self, settings: &Settings, request: &Request) -> Result<Outcome, String>;
 }
 
 impl Outcome {
     /// A decision or a denial as an outcome.
-    pub fn from_decided(decided: Result<Decision, String>) -> Outcome {
+    pub fn from_decided(decided: Result<Decision, Denial>) -> Outcome {
         match decided {
             Ok(decision) => Outcome::Allowed(decision.to_json()),
-            Err(message) => Outcome::Denied(message),
+            Err(denial) => Outcome::Denied(denial.message),
         }
     }
 }
@@ -65,30 +67,66 @@ impl<P> Default for Native<P> {
     }
 }
 
+fn wit_instances(instances: &[Instance]) -> Vec<wit::Instance> {
+    instances.iter().map(instance_to_wit).collect()
+}
+
 impl<P: Policy> Native<P> {
-    /// One decision, natively, through the export glue.
-    pub fn decide(&self, request: &Request) -> Result<Decision, String> {
+    /// One decision under `settings`, natively, through the export glue, as the host asks
+    /// it: the settings checked first (as at load), and the Cluster validated before the
+    /// decisions about its objects (as the host's `cluster_decisions` does).
+    pub fn decide(&self, settings: &Settings, request: &Request) -> Result<Decision, Denial> {
         type E<P> = Exports<P>;
+        let s = || settings.to_json();
+        let denied = denial_from_wit;
+        E::<P>::validate_settings(s()).map_err(denied)?;
+        if let Request::InstancePod { cluster, .. }
+        | Request::Storage { cluster, .. }
+        | Request::ArchiveSettings { cluster } = request
+        {
+            E::<P>::validate(s(), json(cluster)).map_err(denied)?;
+        }
         Ok(match request {
-            Request::InstancePod { cluster, instance } => {
-                let text = E::<P>::instance_pod(json(cluster), *instance)?;
-                Decision::InstancePod(serde_json::from_str(&text).map_err(|e| e.to_string())?)
+            Request::ValidateSettings {} => Decision::Valid(true),
+            Request::Validate { cluster } => {
+                E::<P>::validate(s(), json(cluster)).map_err(denied)?;
+                Decision::Valid(true)
+            }
+            Request::InstancePod {
+                cluster,
+                instance,
+                instances,
+            } => {
+                let text =
+                    E::<P>::instance_pod(s(), json(cluster), *instance, wit_instances(instances))
+                        .map_err(denied)?;
+                Decision::InstancePod(
+                    serde_json::from_str(&text).map_err(|e| Denial::from(e.to_string()))?,
+                )
+            }
+            Request::Storage {
+                cluster,
+                instance,
+                current,
+            } => {
+                let current = current.as_ref().map(claim_facts_to_wit);
+                Decision::Storage(storage_from_wit(
+                    E::<P>::storage(s(), json(cluster), *instance, current).map_err(denied)?,
+                ))
             }
             Request::ArchiveSettings { cluster } => Decision::ArchiveSettings(
-                E::<P>::archive_settings(json(cluster))?.map(archive_from_wit),
+                E::<P>::archive_settings(s(), json(cluster))
+                    .map_err(denied)?
+                    .map(archive_from_wit),
             ),
             Request::BackupSettings {
                 backup,
                 cluster,
                 instances,
-            } => {
-                let instances = instances.iter().map(instance_to_wit).collect();
-                Decision::BackupSettings(backup_settings_from_wit(E::<P>::backup_settings(
-                    json(backup),
-                    json(cluster),
-                    instances,
-                )?))
-            }
+            } => Decision::BackupSettings(backup_settings_from_wit(
+                E::<P>::backup_settings(s(), json(backup), json(cluster), wit_instances(instances))
+                    .map_err(denied)?,
+            )),
             Request::BackupTransition(facts) => {
                 let facts = wit::BackupFacts {
                     backup: json(&facts.backup),
@@ -96,36 +134,42 @@ impl<P: Policy> Native<P> {
                     pod: facts.pod.as_ref().map(pod_facts_to_wit),
                     now: facts.now.timestamp(),
                 };
-                Decision::BackupTransition(transition_from_wit(E::<P>::backup_transition(facts)?))
+                Decision::BackupTransition(transition_from_wit(
+                    E::<P>::backup_transition(s(), facts).map_err(denied)?,
+                ))
             }
             Request::Schedule {
                 scheduled_backup,
                 now,
-            } => Decision::Schedule(schedule_from_wit(E::<P>::schedule(
-                json(scheduled_backup),
-                now.timestamp(),
-            )?)),
+            } => Decision::Schedule(schedule_from_wit(
+                E::<P>::schedule(s(), json(scheduled_backup), now.timestamp()).map_err(denied)?,
+            )),
             Request::Retention {
                 cluster,
                 backups,
                 now,
             } => Decision::Retention(
                 E::<P>::retention(
+                    s(),
                     json(cluster),
                     backups.iter().map(json).collect(),
                     now.timestamp(),
-                )?
+                )
+                .map_err(denied)?
                 .into_iter()
-                .map(crate::convert::expiry_from_wit)
+                .map(expiry_from_wit)
                 .collect(),
             ),
+            Request::ClusterStatus(facts) => Decision::ClusterStatus(cluster_health_from_wit(
+                E::<P>::cluster_status(s(), cluster_facts_to_wit(facts)).map_err(denied)?,
+            )),
         })
     }
 }
 
 impl<P: Policy> Evaluator for Native<P> {
-    fn evaluate(&self, request: &Request) -> Result<Outcome, String> {
-        Ok(Outcome::from_decided(self.decide(request)))
+    fn evaluate(&self, settings: &Settings, request: &Request) -> Result<Outcome, String> {
+        Ok(Outcome::from_decided(self.decide(settings, request)))
     }
 }
 
@@ -145,8 +189,21 @@ pub struct Testcase {
     /// The case's name (default: the file name).
     #[serde(default)]
     pub name: String,
+    /// The policy's settings (`ReconcilePolicy.spec.settings`); none: `{}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
     pub request: Request,
     pub expect: Expectation,
+}
+
+impl Testcase {
+    /// The case's settings (`{}` when it has none).
+    pub fn settings(&self) -> Result<Settings, Denial> {
+        Ok(self
+            .settings
+            .clone()
+            .map_or_else(Settings::empty, Settings::from))
+    }
 }
 
 /// The result of one case.
@@ -171,7 +228,9 @@ fn diff(expected: &str, actual: &str) -> String {
 
 /// Runs one case and compares.
 pub fn run_case(case: &Testcase, evaluator: &dyn Evaluator) -> CaseResult {
-    let (passed, detail) = match (evaluator.evaluate(&case.request), &case.expect) {
+    let settings = case.settings().map_err(|d| d.message);
+    let outcome = settings.and_then(|s| evaluator.evaluate(&s, &case.request));
+    let (passed, detail) = match (outcome, &case.expect) {
         (Err(failure), _) => (false, format!("the policy failed: {failure}")),
         (Ok(Outcome::Allowed(actual)), Expectation::Allowed(expected)) => (
             &actual == expected,

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Decided;
 
+pub use pgwarden_crds::settings::Archiver;
+
 /// The ABI version of this SDK: the version of the `pgwarden:policy` WIT package.
-pub const ABI_VERSION: &str = "0.2.0";
+pub const ABI_VERSION: &str = "0.3.0";
 
 /// The role of an instance.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,12 +299,28 @@ pub struct ScheduleDecision {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(tag = "decision", rename_all = "kebab-case")]
 pub enum Request {
+    /// `validate-settings`: whether the policy accepts the case's settings.
+    ValidateSettings {},
+    /// `validate`: whether the policy accepts the Cluster.
+    Validate { cluster: Box<Cluster> },
     /// `instance-pod`: the pod template of one instance.
     #[serde(rename_all = "camelCase")]
     InstancePod {
         cluster: Box<Cluster>,
         #[serde(default)]
         instance: u32,
+        /// The instance pods observed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        instances: Vec<Instance>,
+    },
+    /// `storage`: the storage of one instance's claim.
+    Storage {
+        cluster: Box<Cluster>,
+        #[serde(default)]
+        instance: u32,
+        /// The claim as observed (none: not created yet).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<ClaimFacts>,
     },
     /// `archive-settings`: how WAL is archived.
     ArchiveSettings { cluster: Box<Cluster> },
@@ -326,42 +344,56 @@ pub enum Request {
         backups: Vec<Backup>,
         now: DateTime<Utc>,
     },
+    /// `cluster-status`: the Cluster's phase and `Ready` condition.
+    ClusterStatus(Box<ClusterFacts>),
 }
 
 impl Request {
     /// The decision's name, as in the WIT export (`archive-settings`...).
     pub fn decision(&self) -> &'static str {
         match self {
+            Request::ValidateSettings {} => "validate-settings",
+            Request::Validate { .. } => "validate",
             Request::InstancePod { .. } => "instance-pod",
+            Request::Storage { .. } => "storage",
             Request::ArchiveSettings { .. } => "archive-settings",
             Request::BackupSettings { .. } => "backup-settings",
             Request::BackupTransition(_) => "backup-transition",
             Request::Schedule { .. } => "schedule",
             Request::Retention { .. } => "retention",
+            Request::ClusterStatus(_) => "cluster-status",
         }
     }
 }
 
 /// The names of every decision, in WIT export order.
-pub const DECISIONS: [&str; 6] = [
+pub const DECISIONS: [&str; 10] = [
+    "validate-settings",
+    "validate",
     "instance-pod",
+    "storage",
     "archive-settings",
     "backup-settings",
     "backup-transition",
     "schedule",
     "retention",
+    "cluster-status",
 ];
 
 /// A decision's answer, typed.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum Decision {
+    /// `validate-settings` and `validate` accept with `true`.
+    Valid(bool),
     InstancePod(Box<PodTemplateSpec>),
+    Storage(Storage),
     ArchiveSettings(Option<ArchiveSettings>),
     BackupSettings(BackupSettings),
     BackupTransition(Transition),
     Schedule(ScheduleDecision),
     Retention(Vec<Expiry>),
+    ClusterStatus(ClusterHealth),
 }
 
 /// A Backup past the retention policy (`retention`): its backup is deleted from the store,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use pgwarden_sdk::testing::{Evaluator, Expectation, bless_dir, load_case, load_dir};
-use pgwarden_sdk::types::{Outcome, Request};
+use pgwarden_sdk::types::{Outcome, Request, Settings};
 use serde_json::{Value, json};
 
 /// Answers with the name and instance count of the request's Cluster: each case gets its
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 struct Echo;
 
 impl Evaluator for Echo {
-    fn evaluate(&self, request: &Request) -> Result<Outcome, String> {
+    fn evaluate(&self, _settings: &Settings, request: &Request) -> Result<Outcome, String> {
         let Request::ArchiveSettings { cluster } = request else {
             return Err("only archive-settings".into());
         };

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::conditions::{self, Wanted};
 use super::errors::Error;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
+use pgwarden_sdk::types::Denial;
 
 /// The policy decision that failed, as the host calls it (`backup-settings`...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +91,12 @@ impl Failure {
         let policy = self.policy.as_deref().unwrap_or("(none)");
         let (reason, message) = match &self.error {
             Error::Kube(_) => return None,
+            // The policy's own reason when it gave one; a bare message is `<Decision>Denied`.
             Error::Policy(e) if e.is_denial() => (
-                format!("{d}Denied"),
+                match e.denial_reason() {
+                    Some(reason) if reason != Denial::DEFAULT_REASON => reason.to_string(),
+                    _ => format!("{d}Denied"),
+                },
                 format!("policy {policy} denied {name}: {e}"),
             ),
             Error::Policy(e) => (
@@ -186,10 +191,31 @@ mod tests {
     }
 
     fn denied() -> Failure {
-        let e = Error::Policy(PolicyError::Denied("Cluster pg has no spec.backup".into()));
+        let e = Error::Policy(PolicyError::Denied {
+            decision: "backup-settings".into(),
+            reason: Denial::DEFAULT_REASON.into(),
+            message: "Cluster pg has no spec.backup".into(),
+        });
         let mut step = Step::new(Decision::BackupSettings);
         step.policy = Some("default".into());
         step.failed(e)
+    }
+
+    #[test]
+    fn a_denial_with_its_own_reason_shows_it() {
+        let e = Error::Policy(PolicyError::Denied {
+            decision: "backup-settings".into(),
+            reason: "WalNotEncrypted".into(),
+            message: "set spec.backup.wal.encryption".into(),
+        });
+        let mut step = Step::new(Decision::BackupSettings);
+        step.policy = Some("strict".into());
+        let w = step.failed(e).wanted("PolicyApplied").unwrap();
+        assert_eq!(w.reason, "WalNotEncrypted");
+        assert_eq!(
+            w.message,
+            "policy strict denied backup-settings: set spec.backup.wal.encryption"
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_sdk::convert::time;
-use pgwarden_sdk::types::{Expiry, Instance, PodFacts, ScheduleDecision, ScheduledRun, Transition};
+use pgwarden_sdk::types::{
+    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, Instance, PodFacts,
+    ScheduleDecision, ScheduledRun, Storage, Transition,
+};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -27,6 +30,7 @@ pub fn archive(s: wit::ArchiveSettings) -> ArchiveSettings {
         encryption: s.encryption.map(Into::into),
         max_parallel: s.max_parallel,
         archive_timeout_seconds: s.archive_timeout_seconds,
+        archiver: s.archiver.into(),
     }
 }
 
@@ -81,5 +85,50 @@ pub fn schedule(d: wit::ScheduleDecision) -> ScheduleDecision {
             scheduled_at: time(r.scheduled_at),
         }),
         next_run: d.next_run.map(time),
+    }
+}
+
+fn denial_to_wit(d: &Denial) -> wit::Denial {
+    wit::Denial {
+        reason: d.reason.clone(),
+        message: d.message.clone(),
+    }
+}
+
+pub fn storage(s: wit::Storage) -> Storage {
+    Storage {
+        size: s.size,
+        storage_class: s.storage_class,
+    }
+}
+
+pub fn claim_facts(c: &ClaimFacts) -> wit::ClaimFacts {
+    wit::ClaimFacts {
+        name: c.name.clone(),
+        size: c.size.clone(),
+        storage_class: c.storage_class.clone(),
+    }
+}
+
+/// The facts as the guest receives them: the Cluster as JSON text.
+pub fn cluster_facts(f: &ClusterFacts) -> wit::ClusterFacts {
+    wit::ClusterFacts {
+        cluster: serde_json::to_string(&f.cluster).unwrap_or_default(),
+        instances: f.instances.iter().map(instance).collect(),
+        missing_secrets: f.missing_secrets.clone(),
+        failure: f.failure.as_ref().map(denial_to_wit),
+        waiting: f.waiting.as_ref().map(denial_to_wit),
+        now: f.now.timestamp(),
+    }
+}
+
+pub fn cluster_health(h: wit::ClusterHealth) -> ClusterHealth {
+    ClusterHealth {
+        phase: h.phase,
+        ready: ConditionDecision {
+            status: h.ready.status,
+            reason: h.ready.reason,
+            message: h.ready.message,
+        },
     }
 }

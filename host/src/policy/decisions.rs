@@ -6,13 +6,14 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 use pgwarden_sdk::types::{
-    BackupFacts, Decision, Expiry, Instance, Request, ScheduleDecision, Transition,
+    BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, Decision, Expiry, Instance, Request,
+    ScheduleDecision, Storage, Transition,
 };
 use serde::Serialize;
 use tracing::Instrument;
 
 use super::bindings::{self, wit};
-use super::engine::Policy;
+use super::engine::{NO_SETTINGS, Policy};
 use super::errors::{PolicyError, Result};
 use pgwarden_core::plan::{ClusterDecisions, planned_instances};
 
@@ -41,6 +42,30 @@ fn check(decision: &str, ok: bool, detail: impl FnOnce() -> String) -> Result<()
     }
 }
 
+fn check_reason(decision: &str, reason: &str) -> Result<()> {
+    check(
+        decision,
+        !reason.is_empty()
+            && reason.len() <= 64
+            && reason.chars().all(|c| c.is_ascii_alphanumeric()),
+        || format!("reason {reason:?} is not one CamelCase word"),
+    )
+}
+
+/// A storage size: a positive decimal with an optional SI or binary suffix (`1Gi`, `500M`).
+fn is_size(size: &str) -> bool {
+    let number = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &size[number.len()..];
+    const SUFFIXES: [&str; 13] = [
+        "", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    !number.is_empty()
+        && SUFFIXES.contains(&suffix)
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|&b| b == b'.').count() <= 1
+        && number.bytes().any(|b| (b'1'..=b'9').contains(&b))
+}
+
 /// A Kubernetes object name: a DNS subdomain.
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
@@ -53,22 +78,126 @@ fn is_dns_subdomain(name: &str) -> bool {
 }
 
 impl Policy {
-    /// Every decision of `cluster`'s objects: its archive settings and one pod template per
-    /// planned instance.
-    pub fn cluster_decisions(&self, cluster: &Cluster) -> Result<ClusterDecisions> {
+    /// The same module with `settings` (`ReconcilePolicy.spec.settings`; none: `{}`),
+    /// checked by the policy first: settings it refuses are a denial of
+    /// `validate-settings`.
+    pub fn with_settings(&self, settings: Option<&serde_json::Value>) -> Result<Policy> {
+        let text = settings.map_or_else(|| NO_SETTINGS.to_string(), |v| v.to_string());
+        let policy = self.with_settings_text(text);
+        policy.validate_settings()?;
+        Ok(policy)
+    }
+
+    /// Every decision of `cluster`'s objects: the Cluster validated, its archive settings,
+    /// and per planned instance a pod template (seeing the observed `instances`) and the
+    /// storage of its claim (`claims[i]` as observed for instance `i`; a shorter slice: none).
+    pub fn cluster_decisions(
+        &self,
+        cluster: &Cluster,
+        instances: &[Instance],
+        claims: &[Option<ClaimFacts>],
+    ) -> Result<ClusterDecisions> {
+        self.validate(cluster)?;
         let archive = self.archive_settings(cluster)?;
-        let pods = (0..planned_instances(cluster))
-            .map(|i| self.instance_pod(cluster, i))
+        let planned = planned_instances(cluster);
+        let pods = (0..planned)
+            .map(|i| self.instance_pod(cluster, i, instances))
             .collect::<Result<_>>()?;
-        Ok(ClusterDecisions { archive, pods })
+        let storage = (0..planned)
+            .map(|i| {
+                let current = claims.get(i as usize).and_then(Option::as_ref);
+                self.storage(cluster, i, current)
+            })
+            .collect::<Result<_>>()?;
+        Ok(ClusterDecisions {
+            archive,
+            pods,
+            storage,
+        })
+    }
+
+    /// Whether the policy accepts its settings (`validate-settings`).
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn validate_settings(&self) -> Result<()> {
+        self.call("validate-settings", |p, s| {
+            p.call_validate_settings(s, self.settings())
+        })
+    }
+
+    /// Whether the policy accepts `cluster` at all (`validate`).
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn validate(&self, cluster: &Cluster) -> Result<()> {
+        self.call("validate", |p, s| {
+            p.call_validate(s, self.settings(), &json(cluster))
+        })
+    }
+
+    /// The storage of instance `instance`'s claim (`current`: as observed). Its size must
+    /// read as a quantity and its class as an object name; the planner's guardrails decide
+    /// what may change on an existing claim.
+    #[tracing::instrument(skip_all, fields(digest = self.digest(), instance))]
+    pub fn storage(
+        &self,
+        cluster: &Cluster,
+        instance: u32,
+        current: Option<&ClaimFacts>,
+    ) -> Result<Storage> {
+        const D: &str = "storage";
+        let current = current.map(bindings::claim_facts);
+        let storage = bindings::storage(self.call(D, |p, s| {
+            p.call_storage(
+                s,
+                self.settings(),
+                &json(cluster),
+                instance,
+                current.as_ref(),
+            )
+        })?);
+        check(D, is_size(&storage.size), || {
+            format!("size {:?} is not a Kubernetes quantity", storage.size)
+        })?;
+        if let Some(class) = &storage.storage_class {
+            check(D, is_dns_subdomain(class), || {
+                format!("storageClass {class:?} is not a valid object name")
+            })?;
+        }
+        Ok(storage)
+    }
+
+    /// The Cluster's phase and `Ready` condition from `facts`.
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn cluster_health(&self, facts: &ClusterFacts) -> Result<ClusterHealth> {
+        const D: &str = "cluster-status";
+        let input = bindings::cluster_facts(facts);
+        let health = bindings::cluster_health(
+            self.call(D, |p, s| p.call_cluster_status(s, self.settings(), &input))?,
+        );
+        check(
+            D,
+            !health.phase.is_empty() && health.phase.len() <= 128,
+            || format!("phase {:?} is empty or over 128 bytes", health.phase),
+        )?;
+        check_reason(D, &health.ready.reason)?;
+        check(D, health.ready.message.len() <= MAX_MESSAGE_BYTES, || {
+            format!("the Ready message is over {MAX_MESSAGE_BYTES} bytes")
+        })?;
+        Ok(health)
     }
 
     /// The pod template of instance `instance` of `cluster`, parsed as a k8s-openapi
     /// `PodTemplateSpec`.
     #[tracing::instrument(skip_all, fields(digest = self.digest(), instance))]
-    pub fn instance_pod(&self, cluster: &Cluster, instance: u32) -> Result<PodTemplateSpec> {
+    pub fn instance_pod(
+        &self,
+        cluster: &Cluster,
+        instance: u32,
+        instances: &[Instance],
+    ) -> Result<PodTemplateSpec> {
         const D: &str = "instance-pod";
-        let text = self.call(D, |p, s| p.call_instance_pod(s, &json(cluster), instance))?;
+        let observed: Vec<wit::Instance> = instances.iter().map(bindings::instance).collect();
+        let text = self.call(D, |p, s| {
+            p.call_instance_pod(s, self.settings(), &json(cluster), instance, &observed)
+        })?;
         check(D, text.len() <= MAX_POD_TEMPLATE_BYTES, || {
             format!(
                 "the pod template is {} bytes, over the {MAX_POD_TEMPLATE_BYTES}-byte bound",
@@ -83,7 +212,9 @@ impl Policy {
     pub fn archive_settings(&self, cluster: &Cluster) -> Result<Option<ArchiveSettings>> {
         const D: &str = "archive-settings";
         let settings = self
-            .call(D, |p, s| p.call_archive_settings(s, &json(cluster)))?
+            .call(D, |p, s| {
+                p.call_archive_settings(s, self.settings(), &json(cluster))
+            })?
             .map(bindings::archive);
         if let Some(s) = &settings {
             check(
@@ -117,7 +248,13 @@ impl Policy {
         const D: &str = "backup-settings";
         let wit_instances: Vec<wit::Instance> = instances.iter().map(bindings::instance).collect();
         let settings = bindings::backup_settings(self.call(D, |p, s| {
-            p.call_backup_settings(s, &json(backup), &json(cluster), &wit_instances)
+            p.call_backup_settings(
+                s,
+                self.settings(),
+                &json(backup),
+                &json(cluster),
+                &wit_instances,
+            )
         })?);
         check(
             D,
@@ -145,14 +282,10 @@ impl Policy {
             pod: facts.pod.as_ref().map(bindings::pod_facts),
             now: facts.now.timestamp(),
         };
-        let t = bindings::transition(self.call(D, |p, s| p.call_backup_transition(s, &input))?);
-        check(
-            D,
-            !t.reason.is_empty()
-                && t.reason.len() <= 64
-                && t.reason.chars().all(|c| c.is_ascii_alphanumeric()),
-            || format!("reason {:?} is not one CamelCase word", t.reason),
-        )?;
+        let t = bindings::transition(self.call(D, |p, s| {
+            p.call_backup_transition(s, self.settings(), &input)
+        })?);
+        check_reason(D, &t.reason)?;
         check(D, t.message.len() <= MAX_MESSAGE_BYTES, || {
             format!("the message is over {MAX_MESSAGE_BYTES} bytes")
         })?;
@@ -168,7 +301,7 @@ impl Policy {
     ) -> Result<ScheduleDecision> {
         const D: &str = "schedule";
         let d = bindings::schedule(self.call(D, |p, s| {
-            p.call_schedule(s, &json(scheduled), now.timestamp())
+            p.call_schedule(s, self.settings(), &json(scheduled), now.timestamp())
         })?);
         if let Some(run) = &d.create {
             check(D, is_dns_subdomain(&run.name), || {
@@ -189,7 +322,7 @@ impl Policy {
         const D: &str = "retention";
         let texts: Vec<String> = backups.iter().map(json).collect();
         let doomed = self.call(D, |p, s| {
-            p.call_retention(s, &json(cluster), &texts, now.timestamp())
+            p.call_retention(s, self.settings(), &json(cluster), &texts, now.timestamp())
         })?;
         let doomed: Vec<Expiry> = doomed.into_iter().map(bindings::expiry).collect();
         for Expiry { name, .. } in &doomed {
@@ -204,12 +337,34 @@ impl Policy {
         Ok(doomed)
     }
 
-    /// Any decision, by request (what `pgwarden policy eval|test` use).
+    /// Any decision, by request (what `pgwarden policy eval|test` use), as the operator asks
+    /// it: the Cluster validated before the decisions about its objects.
     pub fn decide(&self, request: &Request) -> Result<Decision> {
+        if let Request::InstancePod { cluster, .. }
+        | Request::Storage { cluster, .. }
+        | Request::ArchiveSettings { cluster } = request
+        {
+            self.validate(cluster)?;
+        }
         Ok(match request {
-            Request::InstancePod { cluster, instance } => {
-                Decision::InstancePod(Box::new(self.instance_pod(cluster, *instance)?))
+            Request::ValidateSettings {} => {
+                self.validate_settings()?;
+                Decision::Valid(true)
             }
+            Request::Validate { cluster } => {
+                self.validate(cluster)?;
+                Decision::Valid(true)
+            }
+            Request::InstancePod {
+                cluster,
+                instance,
+                instances,
+            } => Decision::InstancePod(Box::new(self.instance_pod(cluster, *instance, instances)?)),
+            Request::Storage {
+                cluster,
+                instance,
+                current,
+            } => Decision::Storage(self.storage(cluster, *instance, current.as_ref())?),
             Request::ArchiveSettings { cluster } => {
                 Decision::ArchiveSettings(self.archive_settings(cluster)?)
             }
@@ -230,6 +385,7 @@ impl Policy {
                 backups,
                 now,
             } => Decision::Retention(self.retention(cluster, backups, *now)?),
+            Request::ClusterStatus(facts) => Decision::ClusterStatus(self.cluster_health(facts)?),
         })
     }
 

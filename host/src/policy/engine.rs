@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{CacheConfig, Config, ResourceLimiter, Store, Trap};
 
-use super::bindings::{Policy as Bindings, PolicyPre};
+use super::bindings::{Policy as Bindings, PolicyPre, wit};
+use super::decisions::MAX_MESSAGE_BYTES;
 use super::errors::{PolicyError, Result};
 use super::sandbox::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Sandbox};
 use pgwarden_crds::PolicyLimits;
@@ -147,6 +148,8 @@ pub struct Policy {
     digest: String,
     abi_version: String,
     pub(super) limits: Limits,
+    /// `ReconcilePolicy.spec.settings` as JSON text, passed to every decision.
+    pub(super) settings: Arc<str>,
 }
 
 fn wasmtime_config(config: &EngineConfig) -> Result<Config> {
@@ -167,6 +170,9 @@ fn wasmtime_config(config: &EngineConfig) -> Result<Config> {
     }
     Ok(wasm)
 }
+
+/// The settings of a policy whose ReconcilePolicy has none.
+pub const NO_SETTINGS: &str = "{}";
 
 /// The sha256 of a module, as 64 lowercase hex digits.
 pub fn digest(bytes: &[u8]) -> String {
@@ -269,6 +275,7 @@ impl Engine {
             digest,
             abi_version: compiled.abi_version,
             limits,
+            settings: Arc::from(NO_SETTINGS),
         })
     }
 
@@ -292,13 +299,24 @@ impl Engine {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| abi(format!("{e:#}")))?;
-        let pre = PolicyPre::new(pre).map_err(|e| abi(format!("{e:#}")))?;
+        let pre = match PolicyPre::new(pre.clone()) {
+            Ok(pre) => pre,
+            Err(e) => {
+                return Err(abi(match exported_version(&self.wasmtime, &pre, limits) {
+                    Some(v) if v != ABI_VERSION => format!(
+                        "the module was built for ABI {v}: rebuild it with the pgwarden SDK of ABI {ABI_VERSION} (every decision takes the settings first, denials carry a reason)"
+                    ),
+                    _ => format!("{e:#}"),
+                }));
+            }
+        };
         let probe = Policy {
             engine: self.clone(),
             pre: pre.clone(),
             digest: String::new(),
             abi_version: String::new(),
             limits,
+            settings: Arc::from(NO_SETTINGS),
         };
         let version = probe.call("abi-version", |p, s| p.call_abi_version(s).map(Ok))?;
         if !compatible(&version) {
@@ -350,6 +368,20 @@ impl Policy {
         &self.abi_version
     }
 
+    /// The settings (JSON text) every decision is given.
+    pub fn settings(&self) -> &str {
+        &self.settings
+    }
+
+    /// The same module given other settings (JSON text), unchecked: see
+    /// [`Policy::with_settings`], which asks the policy first.
+    pub(super) fn with_settings_text(&self, settings: String) -> Policy {
+        Policy {
+            settings: Arc::from(settings),
+            ..self.clone()
+        }
+    }
+
     /// The limits every call runs under.
     pub fn limits(&self) -> Limits {
         self.limits
@@ -371,26 +403,16 @@ impl Policy {
         f: impl FnOnce(
             &Bindings,
             &mut Store<Sandbox>,
-        ) -> wasmtime::Result<std::result::Result<R, String>>,
+        ) -> wasmtime::Result<std::result::Result<R, wit::Denial>>,
     ) -> Result<R> {
-        let sandbox = Sandbox::new(self.limits.memory_bytes);
-        let mut store = Store::new(&self.engine.wasmtime, sandbox);
-        store.limiter(|s| s as &mut dyn ResourceLimiter);
-        let ticks = self
-            .limits
-            .timeout
-            .as_micros()
-            .div_ceil(EPOCH_TICK.as_micros())
-            .max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        let mut store = sandboxed_store(&self.engine.wasmtime, self.limits);
         let outcome = self
             .pre
             .instantiate(&mut store)
             .and_then(|instance| f(&instance, &mut store));
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(message)) => Err(PolicyError::Denied(message)),
+            Ok(Err(denial)) => Err(denied(decision, denial)),
             Err(e) => Err(self.classify(decision, &e, store.data())),
         }
     }
@@ -441,6 +463,63 @@ impl Policy {
     }
 }
 
+/// A fresh store under `limits`: the memory cap and the epoch deadline armed.
+fn sandboxed_store(engine: &wasmtime::Engine, limits: Limits) -> Store<Sandbox> {
+    let mut store = Store::new(engine, Sandbox::new(limits.memory_bytes));
+    store.limiter(|s| s as &mut dyn ResourceLimiter);
+    let ticks = limits
+        .timeout
+        .as_micros()
+        .div_ceil(EPOCH_TICK.as_micros())
+        .max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    store
+}
+
+/// A policy's denial, its reason held to one CamelCase word and its message to
+/// [`MAX_MESSAGE_BYTES`]: both reach a condition and an Event.
+fn denied(decision: &str, denial: wit::Denial) -> PolicyError {
+    let reason_ok = !denial.reason.is_empty()
+        && denial.reason.len() <= 64
+        && denial.reason.chars().all(|c| c.is_ascii_alphanumeric());
+    if !reason_ok {
+        return PolicyError::MalformedOutput {
+            decision: decision.into(),
+            detail: format!(
+                "denial reason {:?} is not one CamelCase word",
+                denial.reason
+            ),
+        };
+    }
+    if denial.message.len() > MAX_MESSAGE_BYTES {
+        return PolicyError::MalformedOutput {
+            decision: decision.into(),
+            detail: format!("the denial's message is over {MAX_MESSAGE_BYTES} bytes"),
+        };
+    }
+    PolicyError::Denied {
+        decision: decision.into(),
+        reason: denial.reason,
+        message: denial.message,
+    }
+}
+
+/// The ABI version a module that does not match the host's world says it was built for, if
+/// it exports a callable `abi-version` at all (asked untyped, in the sandbox).
+fn exported_version(
+    engine: &wasmtime::Engine,
+    pre: &wasmtime::component::InstancePre<Sandbox>,
+    limits: Limits,
+) -> Option<String> {
+    let mut store = sandboxed_store(engine, limits);
+    let instance = pre.instantiate(&mut store).ok()?;
+    let func = instance
+        .get_typed_func::<(), (String,)>(&mut store, "abi-version")
+        .ok()?;
+    func.call(&mut store, ()).ok().map(|(version,)| version)
+}
+
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
 }
@@ -451,14 +530,14 @@ mod tests {
 
     #[test]
     fn before_1_0_the_minor_version_must_match() {
-        // The host speaks 0.2.x: a module built for 0.1 or 0.3 is refused at load.
+        // The host speaks 0.3.x: a module built for 0.2 or 0.4 is refused at load.
         assert_eq!(
             ABI_VERSION.split('.').take(2).collect::<Vec<_>>(),
-            ["0", "2"]
+            ["0", "3"]
         );
-        assert!(compatible("0.2.0"));
-        assert!(compatible("0.2.7"));
-        for refused in ["0.1.0", "0.3.0", "1.2.0", "0.2", "", "zero.two.one"] {
+        assert!(compatible("0.3.0"));
+        assert!(compatible("0.3.7"));
+        for refused in ["0.2.0", "0.4.0", "1.3.0", "0.3", "", "zero.three.one"] {
             assert!(!compatible(refused), "{refused:?} must be refused");
         }
     }

@@ -32,9 +32,14 @@ pub enum PolicyError {
     /// The policy answered something the host cannot use.
     #[error("the policy answered a malformed {decision}: {detail}")]
     MalformedOutput { decision: String, detail: String },
-    /// The policy refused: its message tells the user what to change.
-    #[error("{0}")]
-    Denied(String),
+    /// The policy refused `decision`: `reason` (one CamelCase word) for the condition, the
+    /// message tells the user what to change.
+    #[error("{message}")]
+    Denied {
+        decision: String,
+        reason: String,
+        message: String,
+    },
     /// The engine itself failed (a thread, a semaphore): not the policy's fault.
     #[error("the policy engine failed: {0}")]
     Engine(String),
@@ -51,14 +56,22 @@ impl PolicyError {
             PolicyError::MemoryCap { .. } => "memory_cap",
             PolicyError::Capability { .. } => "capability",
             PolicyError::MalformedOutput { .. } => "malformed_output",
-            PolicyError::Denied(_) => "denied",
+            PolicyError::Denied { .. } => "denied",
             PolicyError::Engine(_) => "engine",
+        }
+    }
+
+    /// The policy's reason of a denial (`PolicyDenied` for a bare message), if it is one.
+    pub fn denial_reason(&self) -> Option<&str> {
+        match self {
+            PolicyError::Denied { reason, .. } => Some(reason),
+            _ => None,
         }
     }
 
     /// Whether the policy answered (a denial) rather than failed.
     pub fn is_denial(&self) -> bool {
-        matches!(self, PolicyError::Denied(_))
+        matches!(self, PolicyError::Denied { .. })
     }
 }
 

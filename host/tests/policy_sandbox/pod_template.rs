@@ -32,7 +32,7 @@ wal: { encryption: AES256 }
 fn planned_by(policy: &str, cluster: &Cluster) -> Result<(), GuardrailError> {
     let policy = engine().load(&module(policy), LIMITS).unwrap();
     let decisions = policy
-        .cluster_decisions(cluster)
+        .cluster_decisions(cluster, &[], &[])
         .expect("the policy answers");
     let actions = plan::plan_cluster(cluster, &decisions)?;
     plan::guardrails::check(&plan::subject(cluster), &actions)
@@ -57,6 +57,7 @@ fn verdict(edit: PodEdit) -> String {
     let decisions = ClusterDecisions {
         archive: None,
         pods: vec![pod],
+        storage: vec![pgwarden_sdk::defaults::storage(&cluster, None).unwrap()],
     };
     match plan::plan_cluster(&cluster, &decisions) {
         Ok(_) => "planned".into(),

@@ -5,20 +5,103 @@
 //!   encryption when `spec.backup.data.encryption` is unset.
 //! - Compression when none is set: zstd for WAL, gzip for base backups (barman-cloud-backup
 //!   has no zstd).
-//! - WAL archived 4 files in parallel unless the Cluster says otherwise; 4 backup jobs.
-//! - Instance pods request at least 500m CPU and 1Gi of memory.
+//! - WAL archived 4 files in parallel unless the Cluster says otherwise; 4 backup jobs
+//!   (setting `jobs`).
+//! - Instance pods request at least 500m CPU and 1Gi of memory (settings `cpu`, `memory`).
 //! - Backups run on a ready standby when there is one.
 //! - Retention as the default's, but the Backup objects of deleted backups stay, marked
 //!   `Deleted`: an audit trail of what was taken and when it was deleted.
+//!
+//! Settings (`ReconcilePolicy.spec.settings`, every field optional):
+//!
+//! ```yaml
+//! settings:
+//!   cpu: "500m"      # CPU request of an instance pod whose Cluster sets none
+//!   memory: "1Gi"    # memory request, likewise
+//!   jobs: 4          # parallel upload jobs of a base backup whose Cluster sets none (1..=64)
+//! ```
 
 use pgwarden_sdk::crds::BackupTarget;
 use pgwarden_sdk::prelude::*;
+use serde::Deserialize;
 
 /// The production policy.
 pub struct ProductionPolicy;
 
-/// Requests every instance pod gets unless the Cluster sets them.
-pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "500m"), ("memory", "1Gi")];
+/// The settings' defaults: what the policy did before it had settings.
+pub const DEFAULT_CPU: &str = "500m";
+pub const DEFAULT_MEMORY: &str = "1Gi";
+pub const DEFAULT_JOBS: u32 = 4;
+/// WAL files archived in parallel unless the Cluster says otherwise.
+pub const WAL_MAX_PARALLEL: u32 = 4;
+
+/// The production policy's settings.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProductionSettings {
+    /// CPU request of an instance pod whose Cluster sets none.
+    #[serde(default = "default_cpu")]
+    pub cpu: String,
+    /// Memory request of an instance pod whose Cluster sets none.
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    /// Parallel upload jobs of a base backup whose Cluster sets none.
+    #[serde(default = "default_jobs")]
+    pub jobs: u32,
+}
+
+fn default_cpu() -> String {
+    DEFAULT_CPU.into()
+}
+
+fn default_memory() -> String {
+    DEFAULT_MEMORY.into()
+}
+
+fn default_jobs() -> u32 {
+    DEFAULT_JOBS
+}
+
+impl ProductionSettings {
+    /// The settings, read and checked: a denial names the field at fault.
+    pub fn read(settings: &Settings) -> Decided<Self> {
+        let parsed: Self = settings.parse()?;
+        let invalid = |field: &str, what: String| {
+            Err(Denial::new(
+                "InvalidSettings",
+                format!("settings.{field}: {what}"),
+            ))
+        };
+        for (field, value) in [("cpu", &parsed.cpu), ("memory", &parsed.memory)] {
+            if !is_quantity(value) {
+                return invalid(
+                    field,
+                    format!("{value:?} is not a Kubernetes quantity, like 500m, 2 or 1Gi"),
+                );
+            }
+        }
+        if !(1..=64).contains(&parsed.jobs) {
+            return invalid("jobs", format!("{} is not within 1..=64", parsed.jobs));
+        }
+        Ok(parsed)
+    }
+}
+
+/// A plain Kubernetes quantity: a positive decimal number with an optional SI or binary
+/// suffix (`500m`, `2`, `1.5Gi`).
+fn is_quantity(text: &str) -> bool {
+    const SUFFIXES: [&str; 14] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|s| text.strip_suffix(s).filter(|n| !n.is_empty()));
+    number.is_some_and(|n| {
+        n.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && n.bytes().filter(|&b| b == b'.').count() <= 1
+            && n.bytes().any(|b| b != b'0' && b != b'.')
+    })
+}
 
 /// The Cluster's `spec.backup` with WAL encryption, or a denial saying what to set.
 fn require_encrypted_backup(cluster: &Cluster) -> Decided<Encryption> {
@@ -32,32 +115,54 @@ fn require_encrypted_backup(cluster: &Cluster) -> Decided<Encryption> {
 }
 
 impl Policy for ProductionPolicy {
-    fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodTemplateSpec> {
-        require_encrypted_backup(cluster)?;
+    fn validate_settings(settings: &Settings) -> Decided<()> {
+        ProductionSettings::read(settings).map(|_| ())
+    }
+
+    /// A Cluster must be backed up with encrypted WAL: checked once, before the decisions
+    /// about its objects.
+    fn validate(_settings: &Settings, cluster: &Cluster) -> Decided<()> {
+        require_encrypted_backup(cluster).map(|_| ())
+    }
+
+    fn instance_pod(
+        settings: &Settings,
+        cluster: &Cluster,
+        instance: u32,
+        _instances: &[Instance],
+    ) -> Decided<PodTemplateSpec> {
+        let settings = ProductionSettings::read(settings)?;
+        let requests = [("cpu", settings.cpu.as_str()), ("memory", &settings.memory)];
         Ok(defaults::instance_pod(cluster, instance)?
-            .default_requests(&DEFAULT_REQUESTS)
+            .default_requests(&requests)
             .build())
     }
 
-    fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
-        require_encrypted_backup(cluster)?;
+    fn archive_settings(
+        _settings: &Settings,
+        cluster: &Cluster,
+    ) -> Decided<Option<ArchiveSettings>> {
         let mut settings = defaults::archive_settings(cluster)?;
         let wal = cluster.spec.backup.as_ref().and_then(|b| b.wal.as_ref());
         if let Some(s) = settings.as_mut() {
             s.compression.get_or_insert(WalCompression::Zstd);
             if wal.and_then(|w| w.max_parallel).is_none() {
-                s.max_parallel = 4;
+                s.max_parallel = WAL_MAX_PARALLEL;
             }
         }
         Ok(settings)
     }
 
     fn backup_settings(
+        settings: &Settings,
         backup: &Backup,
         cluster: &Cluster,
         instances: &[Instance],
     ) -> Decided<BackupSettings> {
+        // A Backup is asked about on its own (no `validate` first): the check stays here,
+        // and gives the encryption base backups inherit.
         let wal_encryption = require_encrypted_backup(cluster)?;
+        let jobs = ProductionSettings::read(settings)?.jobs;
         let mut settings = defaults::backup_settings(backup, cluster, instances)?;
         let target = backup.spec.target.unwrap_or(BackupTarget::PreferStandby);
         settings.target_pod = defaults::target_pod(target, cluster, instances)?;
@@ -65,12 +170,13 @@ impl Policy for ProductionPolicy {
         settings.compression.get_or_insert(DataCompression::Gzip);
         let data = cluster.spec.backup.as_ref().and_then(|b| b.data.as_ref());
         if data.and_then(|d| d.jobs).is_none() {
-            settings.jobs = 4;
+            settings.jobs = jobs;
         }
         Ok(settings)
     }
 
     fn retention(
+        _settings: &Settings,
         cluster: &Cluster,
         backups: &[Backup],
         now: DateTime<Utc>,

@@ -27,6 +27,8 @@ pub use transition::{AGENT_START_TIMEOUT_SECONDS, backup_transition};
 use crate::policy::Decided;
 use pgwarden_crds::{Cluster, ObjectStore};
 
+use crate::types::{Denial, INVALID_SETTINGS, Settings};
+
 /// The Cluster's name (empty if the object has none).
 pub fn cluster_name(cluster: &Cluster) -> &str {
     cluster.metadata.name.as_deref().unwrap_or_default()
@@ -41,4 +43,28 @@ pub fn require_backup(cluster: &Cluster) -> Decided<&ObjectStore> {
         )
         .into()
     })
+}
+
+/// The default policy takes no settings: anything but `{}` is refused, naming what was given.
+pub fn validate_settings(settings: &Settings) -> Decided<()> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = match settings.value() {
+        serde_json::Value::Object(map) => map.keys().map(|k| format!("settings.{k}")).collect(),
+        other => vec![format!("settings {other}")],
+    };
+    Err(Denial::new(
+        INVALID_SETTINGS,
+        format!(
+            "this policy takes no settings; remove {} from the ReconcilePolicy's spec.settings",
+            fields.join(", ")
+        ),
+    ))
+}
+
+/// The default accepts every Cluster: what a decision needs (`spec.backup` for a Backup) it
+/// checks itself, so that a Cluster without a backup still runs.
+pub fn validate(_cluster: &Cluster) -> Decided<()> {
+    Ok(())
 }

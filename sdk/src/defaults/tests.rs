@@ -6,6 +6,7 @@ use pgwarden_crds::{Backup, Cluster};
 use serde_json::{Value, json};
 
 mod backup;
+mod health;
 mod pod;
 mod schedule;
 mod transition;

@@ -3,7 +3,8 @@
 //!
 //! A case may start with `base: <file>` (a path relative to the case's folder): its
 //! `request` is the base's request deep-merged with the case's own (objects merge key by
-//! key, anything else replaces, `null` removes the key). The expectation is never inherited:
+//! key, anything else replaces, `null` removes the key); its `settings`, unless the case has
+//! its own. The expectation is never inherited:
 //! every case states its own. Bases chain; a base kept in a subfolder (`fixtures/base/`) is
 //! not a case itself.
 
@@ -97,6 +98,13 @@ fn with_base(path: &Path, mut value: Value, chain: &mut Vec<PathBuf>) -> Result<
         merge(&mut request, own);
     }
     object.insert("request".into(), request);
+    // The settings are inherited whole unless the case states its own.
+    if let Some(settings) = base_value
+        .get("settings")
+        .filter(|_| !object.contains_key("settings"))
+    {
+        object.insert("settings".into(), settings.clone());
+    }
     Ok(value)
 }
 
@@ -130,7 +138,8 @@ pub fn bless_dir(dir: &Path, evaluator: &dyn Evaluator) -> Result<usize, String>
     let paths = case_paths(dir)?;
     for path in &paths {
         let case = load_case(path)?;
-        let expect = match evaluator.evaluate(&case.request)? {
+        let settings = case.settings().map_err(|d| d.message)?;
+        let expect = match evaluator.evaluate(&settings, &case.request)? {
             Outcome::Allowed(value) => Expectation::Allowed(value),
             Outcome::Denied(message) => Expectation::Denied(message),
         };

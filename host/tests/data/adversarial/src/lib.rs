@@ -15,7 +15,10 @@
 //! | `reads-env`       | reads an environment variable (WASI)           |
 //! | `reads-file`      | reads a file (WASI filesystem)                 |
 //! | `reads-clock`     | reads the wall clock (WASI clocks)             |
+//! | `echo-settings`   | denies (reason `Echo`), the settings as message |
 //! | anything else     | the default decisions                          |
+//!
+//! Every setting is accepted except a `refuse` field (denied, `InvalidSettings`).
 
 use pgwarden_sdk::prelude::*;
 
@@ -46,7 +49,25 @@ fn misbehave(cluster: &Cluster) {
 }
 
 impl Policy for Adversarial {
-    fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodTemplateSpec> {
+    fn validate_settings(settings: &Settings) -> Decided<()> {
+        match settings.value().get("refuse") {
+            Some(_) => Err(Denial::new(
+                "InvalidSettings",
+                "settings.refuse: the adversarial policy refuses it",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn instance_pod(
+        settings: &Settings,
+        cluster: &Cluster,
+        instance: u32,
+        _instances: &[Instance],
+    ) -> Decided<PodTemplateSpec> {
+        if defaults::cluster_name(cluster) == "echo-settings" {
+            return Err(Denial::new("Echo", settings.to_json()));
+        }
         misbehave(cluster);
         let mut pod = defaults::instance_pod(cluster, instance)?;
         match defaults::cluster_name(cluster) {
@@ -73,7 +94,10 @@ impl Policy for Adversarial {
         Ok(pod.build())
     }
 
-    fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
+    fn archive_settings(
+        _settings: &Settings,
+        cluster: &Cluster,
+    ) -> Decided<Option<ArchiveSettings>> {
         misbehave(cluster);
         let mut settings = defaults::archive_settings(cluster)?;
         if let (Some(s), "bad-settings") = (settings.as_mut(), defaults::cluster_name(cluster)) {
@@ -91,38 +115,68 @@ pub struct Raw;
 type Glue = pgwarden_sdk::glue::Exports<Adversarial>;
 use pgwarden_sdk::wit::{self, Guest};
 
+type Answer<T> = Result<T, wit::Denial>;
+
 impl Guest for Raw {
     fn abi_version() -> String {
         Glue::abi_version()
     }
-    fn instance_pod(cluster: String, instance: u32) -> Result<String, String> {
+    fn validate_settings(settings: String) -> Answer<()> {
+        Glue::validate_settings(settings)
+    }
+    fn validate(settings: String, cluster: String) -> Answer<()> {
+        Glue::validate(settings, cluster)
+    }
+    fn instance_pod(
+        settings: String,
+        cluster: String,
+        instance: u32,
+        instances: Vec<wit::Instance>,
+    ) -> Answer<String> {
         if cluster.contains("\"name\":\"garbage\"") {
             return Ok("{\"spec\": [1, 2, oops".into());
         }
-        Glue::instance_pod(cluster, instance)
+        Glue::instance_pod(settings, cluster, instance, instances)
     }
-    fn archive_settings(cluster: String) -> Result<Option<wit::ArchiveSettings>, String> {
-        Glue::archive_settings(cluster)
+    fn storage(
+        settings: String,
+        cluster: String,
+        instance: u32,
+        current: Option<wit::ClaimFacts>,
+    ) -> Answer<wit::Storage> {
+        Glue::storage(settings, cluster, instance, current)
+    }
+    fn archive_settings(settings: String, cluster: String) -> Answer<Option<wit::ArchiveSettings>> {
+        Glue::archive_settings(settings, cluster)
     }
     fn backup_settings(
+        settings: String,
         backup: String,
         cluster: String,
         instances: Vec<wit::Instance>,
-    ) -> Result<wit::BackupSettings, String> {
-        Glue::backup_settings(backup, cluster, instances)
+    ) -> Answer<wit::BackupSettings> {
+        Glue::backup_settings(settings, backup, cluster, instances)
     }
-    fn backup_transition(facts: wit::BackupFacts) -> Result<wit::Transition, String> {
-        Glue::backup_transition(facts)
+    fn backup_transition(settings: String, facts: wit::BackupFacts) -> Answer<wit::Transition> {
+        Glue::backup_transition(settings, facts)
     }
-    fn schedule(scheduled_backup: String, now: i64) -> Result<wit::ScheduleDecision, String> {
-        Glue::schedule(scheduled_backup, now)
+    fn schedule(
+        settings: String,
+        scheduled_backup: String,
+        now: i64,
+    ) -> Answer<wit::ScheduleDecision> {
+        Glue::schedule(settings, scheduled_backup, now)
     }
     fn retention(
+        settings: String,
         cluster: String,
         backups: Vec<String>,
         now: i64,
-    ) -> Result<Vec<wit::Expiry>, String> {
-        Glue::retention(cluster, backups, now)
+    ) -> Answer<Vec<wit::Expiry>> {
+        Glue::retention(settings, cluster, backups, now)
+    }
+    fn cluster_status(settings: String, facts: wit::ClusterFacts) -> Answer<wit::ClusterHealth> {
+        Glue::cluster_status(settings, facts)
     }
 }
 
