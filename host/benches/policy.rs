@@ -13,6 +13,7 @@ use pgwarden::policy::{Engine, EngineConfig, Limits, Policy};
 use pgwarden_policy_default::DefaultPolicy;
 use pgwarden_sdk::testing::Native;
 use pgwarden_sdk::types::Request;
+use pgwarden_sdk::types::Settings;
 
 const CLUSTER: &str = r#"
 apiVersion: postgresql.k8s.2ndq.io/v1alpha1
@@ -62,6 +63,7 @@ fn requests() -> Vec<Request> {
         Request::InstancePod {
             cluster,
             instance: 1,
+            instances: vec![],
         },
     ]
 }
@@ -93,10 +95,15 @@ fn figures(policy: &Policy, bytes: &[u8], cold: &[Duration], calls: usize) {
     for request in requests() {
         assert_eq!(
             policy.decide(&request).unwrap().to_json(),
-            native.decide(&request).unwrap().to_json()
+            native
+                .decide(&Settings::empty(), &request)
+                .unwrap()
+                .to_json()
         );
         let wasm = sample(calls, || drop(policy.decide(&request).unwrap()));
-        let nat = sample(calls, || drop(native.decide(&request).unwrap()));
+        let nat = sample(calls, || {
+            drop(native.decide(&Settings::empty(), &request).unwrap())
+        });
         let (w50, w99, n50, n99) = (
             percentile(&wasm, 0.5),
             percentile(&wasm, 0.99),
@@ -163,7 +170,9 @@ fn bench(c: &mut Criterion) {
     for request in requests() {
         let mut group = c.benchmark_group(request.decision());
         group.bench_function("wasm", |b| b.iter(|| policy.decide(&request).unwrap()));
-        group.bench_function("native", |b| b.iter(|| native.decide(&request).unwrap()));
+        group.bench_function("native", |b| {
+            b.iter(|| native.decide(&Settings::empty(), &request).unwrap())
+        });
         group.finish();
     }
 }
