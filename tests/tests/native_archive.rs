@@ -9,6 +9,8 @@
 //!   an object of the same name with other content               refused, left as it was
 //!   the agent with `archiver: native` and no barman at all      archives ahead of PostgreSQL,
 //!                                                                keeps WAL through an outage
+//!   a restore with no barman-cloud-wal-restore                  replays natively archived WAL
+//!                                                                (native restorer, prefetch)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -299,4 +301,76 @@ fn the_agent_archives_natively_without_barman_and_keeps_wal_through_an_outage() 
         let key = format!("pg/agent/wals/{}/{w}.gz", &w[..16]);
         assert!(keys.contains(&key), "{key} not in {keys:?}");
     }
+}
+
+/// barman's folder without `barman-cloud-wal-restore`: a restore must replay WAL natively.
+fn barman_without_wal_restore() -> tempfile::TempDir {
+    let dir = shared_tempdir("pgwarden-barman-");
+    for entry in std::fs::read_dir(&deps().barman_bin).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "barman-cloud-wal-restore" {
+            std::os::unix::fs::symlink(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn a_restore_replays_natively_archived_wal_with_the_native_restorer() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let mut settings = archive_settings(&s3, BUCKET, "source");
+    settings.archiver = Archiver::Native;
+    settings.compression = Some(WalCompression::Zstd);
+    settings.encryption = Some(Encryption::Aes256);
+    let pg = Instance::start(InstanceOptions {
+        settings: settings.clone(),
+        credentials: s3.credentials.clone(),
+        extra_args: vec![],
+        env: vec![],
+    });
+    pg.psql("CREATE TABLE t(v text)");
+    let (ok, facts, stderr) = pg.backup("native-restore");
+    assert!(ok, "backup: {stderr}\n{facts}");
+    let backup_id = facts["backupId"].as_str().expect("backup id").to_string();
+    // Several segments after the backup: replay must fetch (and prefetch) each.
+    let mut last = String::new();
+    for i in 0..8 {
+        pg.psql(&format!(
+            "INSERT INTO t SELECT md5(g::text || '{i}') FROM generate_series(1, 20000) g"
+        ));
+        last = pg.switch_wal();
+    }
+    assert!(
+        pg.wait_archived(&last, Duration::from_secs(120)),
+        "{last} not archived: {}",
+        log_tail(&pg.log(), 30)
+    );
+    let want = pg.psql("SELECT count(*) FROM t");
+    let source = pg.dir.path().join("source.json");
+    std::fs::write(&source, serde_json::to_vec(&settings).unwrap()).unwrap();
+    let mut restored_settings = settings.clone();
+    restored_settings.server_name = "restored".into();
+    let barman = barman_without_wal_restore();
+    let restored = Instance::start(InstanceOptions {
+        settings: restored_settings,
+        credentials: s3.credentials.clone(),
+        extra_args: vec![
+            "--restore-backup".into(),
+            backup_id,
+            "--restore-source".into(),
+            source.display().to_string(),
+        ],
+        env: vec![(
+            "PGWARDEN_BARMAN_BIN".into(),
+            barman.path().display().to_string(),
+        )],
+    });
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM t"),
+        want,
+        "{}",
+        log_tail(&restored.log(), 30)
+    );
+    assert_eq!(restored.psql("SELECT pg_is_in_recovery()"), "f");
 }

@@ -124,12 +124,19 @@ async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync:
     tokio::spawn(super::backups::watch(client, here, reporter.clone()));
 }
 
-/// The native archiver's follower and socket; idle while the settings name barman-cloud.
+/// The native archiver's follower and socket, and the native restorer's socket; idle while
+/// the settings name barman-cloud.
 fn start_native_archiver(layout: &Layout, settings_dir: &Path, run_as: RunAs) {
     let archiver = super::native::Archiver::new(layout.clone(), settings_dir.to_path_buf());
     tokio::spawn(async move {
         if let Err(e) = archiver.run(|sock| run_as.own(sock, false)).await {
             eprintln!("pgwarden-agent: the native archiver stopped: {e:#}");
+        }
+    });
+    let restorer = super::native::Restorer::new(layout.clone(), run_as);
+    tokio::spawn(async move {
+        if let Err(e) = restorer.run().await {
+            eprintln!("pgwarden-agent: the native restorer stopped: {e:#}");
         }
     });
 }

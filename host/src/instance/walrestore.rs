@@ -17,7 +17,9 @@
 //!
 //! barman-cloud-wal-restore 3.19.1 exits 1 (`OperationErrorExit`) only after logging that
 //! message; network errors, refused credentials, a missing bucket and any other exception
-//! exit 4 (`GeneralErrorExit`), a bad WAL name 3, its own spool errors 2. `--no-partial`: a
+//! exit 4 (`GeneralErrorExit`), a bad WAL name 3, its own spool errors 2. With the `native`
+//! archiver the agent's restorer answers instead (`native::restorer`, prefetching the next
+//! segments): "absent" only from a fresh listing of the store, anything else an error. `--no-partial`: a
 //! segment that is in the store only as `.partial` (a promoted standby's last, unfinished
 //! one) is "not there", so PostgreSQL follows the next timeline instead of replaying a torn
 //! segment. A missing `<timeline>.history` is a real "not there": PostgreSQL asks for the
@@ -31,7 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use super::barman::{self, Barman, BarmanError};
 use super::layout::{self, Layout};
-use pgwarden_crds::settings::ArchiveSettings;
+use super::native;
+use pgwarden_crds::settings::{ArchiveSettings, Archiver};
 
 /// The exit status that makes PostgreSQL stop recovery rather than end it (> 125).
 pub const ABORT_RECOVERY: i32 = 200;
@@ -128,12 +131,21 @@ pub fn wal_restore(layout: &Layout, source: &Path, wal: &str, dest: &Path) -> i3
     }
 }
 
-/// One run of barman-cloud-wal-restore with the settings read afresh.
+/// One run of barman-cloud-wal-restore (or of the native restorer, when the source's
+/// settings name it) with the settings read afresh.
 fn attempt(layout: &Layout, source: &Path, wal: &str, dest: &Path) -> Fetch {
     let settings: ArchiveSettings = match layout::read_json(source) {
         Ok(s) => s,
         Err(e) => return Fetch::Failed(barman::scrub(&format!("{e:#}"))),
     };
+    if settings.archiver == Archiver::Native {
+        // Same rules: only the store's own "no such file" is NotInStore.
+        return match native::client::fetch(layout, source, wal, dest) {
+            Ok(true) => Fetch::Found,
+            Ok(false) => Fetch::NotInStore,
+            Err(e) => Fetch::Failed(barman::scrub(&format!("{e:#}"))),
+        };
+    }
     let b = Barman::from_env();
     let spool = layout.state.join("wal-restore-spool");
     let args = barman::wal_restore_args(&settings, &spool, wal, dest);

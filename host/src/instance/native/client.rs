@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::archiver::Archiver;
+use super::restorer::{self, Restorer};
 use super::store::Store;
 use crate::instance::layout::Layout;
 use pgwarden_crds::settings::ArchiveSettings;
@@ -71,4 +72,47 @@ pub fn check(settings: &ArchiveSettings, timeline: u32) -> Result<()> {
         let store = Store::from_env(settings, None)?;
         store.check_usable(timeline).await
     })
+}
+
+/// restore_command's side: Ok(true) when `wal` is now at `dest`, Ok(false) when the store
+/// said it has no such file. Asks the agent's restorer (which prefetches the next
+/// segments), or fetches it here when no agent answers.
+pub fn fetch(layout: &Layout, source: &Path, wal: &str, dest: &Path) -> Result<bool> {
+    // %p is relative to PGDATA, PostgreSQL's working folder, not the agent's.
+    let cwd = std::env::current_dir()?;
+    let (source, dest) = (cwd.join(source), cwd.join(dest));
+    let socket = Restorer::socket(layout);
+    match UnixStream::connect(&socket) {
+        Ok(stream) => ask_restorer(stream, &restorer::request(&source, wal, &dest)?),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            let settings: ArchiveSettings = crate::instance::layout::read_json(&source)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let store = Store::from_env(&settings, None)?;
+                Ok(store.fetch(wal, &dest).await?.is_some())
+            })
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach {}", socket.display())),
+    }
+}
+
+fn ask_restorer(mut stream: UnixStream, request: &str) -> Result<bool> {
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream
+        .write_all(request.as_bytes())
+        .context("cannot send to the native restorer")?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .context("no answer from the native restorer")?;
+    match line.trim_end() {
+        "found" => Ok(true),
+        "absent" => Ok(false),
+        other => match other.split_once(' ') {
+            Some(("error", why)) => bail!("{why}"),
+            _ => bail!("the native restorer ended without an answer"),
+        },
+    }
 }

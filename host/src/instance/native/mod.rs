@@ -7,7 +7,9 @@
 //!   store   the S3 client (endpoint, path style, CA, SSE, credentials) and the verified
 //!           upload / the download of one WAL file
 //!   archiver the agent's resident archiver: follows `.ready` files, answers archive_command
-//!   client  archive_command's side: ask the archiver over its socket, or upload inline
+//!   restorer the agent's restore_command server, prefetching the next segments
+//!   client  archive_command's and restore_command's side: ask the agent over its socket,
+//!           or do the work in the calling process when no agent answers
 //! ```
 //!
 //! The store stays a barman catalogue: barman-cloud-wal-restore, -backup, -restore and
@@ -17,8 +19,10 @@ pub mod archiver;
 pub mod client;
 pub mod codec;
 pub mod key;
+pub mod restorer;
 pub mod store;
 
 pub use archiver::Archiver;
 pub use key::{Destination, WalName};
+pub use restorer::Restorer;
 pub use store::{Sse, Store, Stored};
