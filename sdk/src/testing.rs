@@ -76,16 +76,27 @@ impl<P: Policy> Native<P> {
     /// it: the settings checked first (as at load), and the Cluster validated before the
     /// decisions about its objects (as the host's `cluster_decisions` does).
     pub fn decide(&self, settings: &Settings, request: &Request) -> Result<Decision, Denial> {
-        type E<P> = Exports<P>;
-        let s = || settings.to_json();
-        let denied = denial_from_wit;
-        E::<P>::validate_settings(s()).map_err(denied)?;
+        let s = settings.to_json();
+        Exports::<P>::validate_settings(s.clone()).map_err(denial_from_wit)?;
         if let Request::InstancePod { cluster, .. }
         | Request::Storage { cluster, .. }
         | Request::ArchiveSettings { cluster } = request
         {
-            E::<P>::validate(s(), json(cluster)).map_err(denied)?;
+            Exports::<P>::validate(s.clone(), json(cluster)).map_err(denial_from_wit)?;
         }
+        match cluster_decision::<P>(&s, request) {
+            Some(decided) => decided,
+            None => backup_decision::<P>(s, request),
+        }
+    }
+}
+
+/// The decisions about a Cluster and its objects; `None` for another request.
+fn cluster_decision<P: Policy>(s: &str, request: &Request) -> Option<Result<Decision, Denial>> {
+    type E<P> = Exports<P>;
+    let s = || s.to_string();
+    let denied = denial_from_wit;
+    let decided = (|| {
         Ok(match request {
             Request::ValidateSettings {} => Decision::Valid(true),
             Request::Validate { cluster } => {
@@ -119,52 +130,72 @@ impl<P: Policy> Native<P> {
                     .map_err(denied)?
                     .map(archive_from_wit),
             ),
-            Request::BackupSettings {
-                backup,
-                cluster,
-                instances,
-            } => Decision::BackupSettings(backup_settings_from_wit(
-                E::<P>::backup_settings(s(), json(backup), json(cluster), wit_instances(instances))
-                    .map_err(denied)?,
-            )),
-            Request::BackupTransition(facts) => {
-                let facts = wit::BackupFacts {
-                    backup: json(&facts.backup),
-                    cluster: facts.cluster.as_ref().map(json),
-                    pod: facts.pod.as_ref().map(pod_facts_to_wit),
-                    now: facts.now.timestamp(),
-                };
-                Decision::BackupTransition(transition_from_wit(
-                    E::<P>::backup_transition(s(), facts).map_err(denied)?,
-                ))
-            }
-            Request::Schedule {
-                scheduled_backup,
-                now,
-            } => Decision::Schedule(schedule_from_wit(
-                E::<P>::schedule(s(), json(scheduled_backup), now.timestamp()).map_err(denied)?,
-            )),
-            Request::Retention {
-                cluster,
-                backups,
-                now,
-            } => Decision::Retention(
-                E::<P>::retention(
-                    s(),
-                    json(cluster),
-                    backups.iter().map(json).collect(),
-                    now.timestamp(),
-                )
-                .map_err(denied)?
-                .into_iter()
-                .map(expiry_from_wit)
-                .collect(),
-            ),
             Request::ClusterStatus(facts) => Decision::ClusterStatus(cluster_health_from_wit(
                 E::<P>::cluster_status(s(), cluster_facts_to_wit(facts)).map_err(denied)?,
             )),
+            _ => return Err(None),
         })
+    })();
+    match decided {
+        Ok(decision) => Some(Ok(decision)),
+        Err(Some(denial)) => Some(Err(denial)),
+        Err(None) => None,
     }
+}
+
+/// The decisions about Backups: how one is taken, its phases, schedules and retention.
+fn backup_decision<P: Policy>(s: String, request: &Request) -> Result<Decision, Denial> {
+    type E<P> = Exports<P>;
+    let denied = denial_from_wit;
+    Ok(match request {
+        Request::BackupSettings {
+            backup,
+            cluster,
+            instances,
+        } => Decision::BackupSettings(backup_settings_from_wit(
+            E::<P>::backup_settings(s, json(backup), json(cluster), wit_instances(instances))
+                .map_err(denied)?,
+        )),
+        Request::BackupTransition(facts) => {
+            let facts = wit::BackupFacts {
+                backup: json(&facts.backup),
+                cluster: facts.cluster.as_ref().map(json),
+                pod: facts.pod.as_ref().map(pod_facts_to_wit),
+                now: facts.now.timestamp(),
+            };
+            Decision::BackupTransition(transition_from_wit(
+                E::<P>::backup_transition(s, facts).map_err(denied)?,
+            ))
+        }
+        Request::Schedule {
+            scheduled_backup,
+            now,
+        } => Decision::Schedule(schedule_from_wit(
+            E::<P>::schedule(s, json(scheduled_backup), now.timestamp()).map_err(denied)?,
+        )),
+        Request::Retention {
+            cluster,
+            backups,
+            now,
+        } => Decision::Retention(
+            E::<P>::retention(
+                s,
+                json(cluster),
+                backups.iter().map(json).collect(),
+                now.timestamp(),
+            )
+            .map_err(denied)?
+            .into_iter()
+            .map(expiry_from_wit)
+            .collect(),
+        ),
+        other => {
+            return Err(Denial::from(format!(
+                "the native runner cannot answer {}",
+                other.decision()
+            )));
+        }
+    })
 }
 
 impl<P: Policy> Evaluator for Native<P> {

@@ -164,3 +164,47 @@ fn a_missing_or_circular_base_is_named() {
     assert!(err.contains("circular") && err.contains("c.yaml"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A case's `settings:` reach the evaluator; a case without its own gets its base's.
+#[test]
+fn settings_are_the_cases_or_its_bases() {
+    struct Settled;
+    impl Evaluator for Settled {
+        fn evaluate(&self, settings: &Settings, _: &Request) -> Result<Outcome, String> {
+            Ok(Outcome::Allowed(settings.value().clone()))
+        }
+    }
+    let dir = scratch("settings");
+    let request = json!({ "decision": "archive-settings", "cluster": cluster("pg", 1) });
+    let with = |settings: Value| {
+        serde_json::to_string(&json!({
+            "settings": settings, "request": request, "expect": { "allowed": null },
+        }))
+        .unwrap()
+    };
+    write(&dir, "a.json", &with(json!({ "cpu": "2" })));
+    write(&dir, "b.yaml", "base: a.json\nexpect: { allowed: null }\n");
+    write(
+        &dir,
+        "c.yaml",
+        "base: a.json\nsettings: { jobs: 8 }\nexpect: { allowed: null }\n",
+    );
+    write(
+        &dir,
+        "d.yaml",
+        &format!("request: {request}\nexpect: {{ allowed: null }}\n"),
+    );
+    assert_eq!(bless_dir(&dir, &Settled).unwrap(), 4);
+    let answer = |name| load_case(&dir.join(name)).unwrap().expect;
+    assert_eq!(
+        answer("a.json"),
+        Expectation::Allowed(json!({ "cpu": "2" }))
+    );
+    assert_eq!(
+        answer("b.yaml"),
+        Expectation::Allowed(json!({ "cpu": "2" }))
+    );
+    assert_eq!(answer("c.yaml"), Expectation::Allowed(json!({ "jobs": 8 })));
+    assert_eq!(answer("d.yaml"), Expectation::Allowed(json!({})));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
