@@ -762,3 +762,20 @@ pub fn file_policy_yaml(name: &str, file: &str, timeout_millis: Option<u32>) -> 
     }
     yaml
 }
+
+/// Sets pod `pod`'s status as a kubelet would for a started `postgres` container, Ready or
+/// not (the control plane of the tests runs no kubelet).
+pub fn mark_pod(ns: &Namespace<'_>, pod: &str, ready: bool) {
+    let now = now_rfc3339();
+    let status = json!({"status": {
+        "phase": "Running",
+        "podIP": "10.0.0.10",
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": now}],
+        "containerStatuses": [{"name": "postgres", "ready": ready, "restartCount": 0, "image": "pgwarden", "imageID": "",
+            "started": true, "state": {"running": {"startedAt": now}}}],
+    }});
+    let patch = status.to_string();
+    let args = ["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", &patch];
+    let out = ns.kubectl(&args);
+    assert!(out.success, "cannot mark pod {pod}: {}", out.stderr);
+}

@@ -22,7 +22,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
 use pgwarden_crds::condition_types::RETENTION_APPLIED as RETENTION;
-use pgwarden_crds::settings::pod::{LABEL_CLUSTER, LABEL_ROLE};
+use pgwarden_crds::settings::pod::LABEL_ROLE;
 use pgwarden_crds::{Backup, Cluster};
 use pgwarden_sdk::names;
 use serde_json::json;
@@ -32,6 +32,7 @@ use super::apply;
 use super::context::Context;
 use super::errors::{Error, Result};
 use super::failure::{self, Decision, Step};
+use super::snapshot::Observe;
 use pgwarden_core::plan::GuardrailError;
 use pgwarden_core::plan::retention::requests;
 use pgwarden_core::plan::{self, RetentionInput, guardrails, retention};
@@ -42,35 +43,22 @@ pub const RECHECK: Duration = Duration::from_secs(3600);
 
 /// The Cluster's Backups, as observed.
 fn backups_of(ctx: &Context, cluster: &Cluster) -> Vec<Backup> {
-    let (ns, name) = (cluster.namespace(), cluster.name_any());
-    ctx.stores
-        .backups
-        .state()
-        .into_iter()
-        .filter(|b| b.namespace() == ns && b.spec.cluster.name == name)
-        .map(|b| (*b).clone())
+    (ctx.stores.backups_of(cluster).iter())
+        .map(|b| (**b).clone())
         .collect()
 }
 
-/// Every Cluster's `spec.bootstrap.recovery.backup`, from the Cluster store (all namespaces:
-/// the floor keeps only those of the retained Cluster's namespace).
+/// Every Cluster's `spec.bootstrap.recovery.backup`, as observed (all namespaces: the floor
+/// keeps only those of the retained Cluster's namespace).
 fn restores(ctx: &Context) -> Vec<retention::floor::Restore> {
-    ctx.stores
-        .clusters
-        .state()
-        .iter()
+    (ctx.stores.clusters().iter())
         .filter_map(|c| retention::floor::Restore::of(c))
         .collect()
 }
 
 /// The pod whose agent deletes backups: the Cluster's primary, if it has one.
 fn primary(ctx: &Context, cluster: &Cluster) -> Option<String> {
-    let (ns, name) = (cluster.namespace(), cluster.name_any());
-    ctx.stores
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace() == ns && p.labels().get(LABEL_CLUSTER) == Some(&name))
+    (ctx.stores.cluster_pods(cluster).iter())
         .find(|p| p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary"))
         .map(|p| p.name_any())
 }

@@ -1,20 +1,20 @@
-//! `pgwarden policy eval|test`: a dry run of a module on objects, and its fixture tests.
+//! `pgwarden policy eval|test`: a dry run of a module on objects (the operator's plans, minus
+//! the writes), and its fixture tests.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Pod;
-use pgwarden_crds::settings::pod as conventions;
-use pgwarden_crds::{Backup, BackupPhase, Cluster, ScheduledBackup};
-use pgwarden_sdk::names;
+use kube::ResourceExt;
 use pgwarden_sdk::testing::Evaluator;
-use pgwarden_sdk::types::{BackupFacts, DECISIONS, Instance, Outcome, Request, Role};
+use pgwarden_sdk::types::{BackupFacts, DECISIONS, Outcome, Request};
 use serde_json::{Value, json};
 
 use super::{Engine, EngineConfig, Limits, Policy, PolicyError};
-use pgwarden_core::plan::{self, Action};
+use crate::operator::dry::Dry;
+use crate::operator::snapshot::{Observe, Snapshot};
+use pgwarden_core::plan;
 
 /// Evaluate and test policy modules.
 #[derive(clap::Args, Debug)]
@@ -25,15 +25,19 @@ pub struct PolicyArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum PolicyCommand {
-    /// Print a module's decisions on objects, and the actions they plan, as JSON (dry run).
+    /// Print what the operator would do with a module on objects, as JSON (dry run): per
+    /// object (`Kind/name`), the actions it plans (each with the change it needs against the
+    /// observed object: `nothing` once settled), its status, Events and requeue.
     Eval {
         #[command(flatten)]
         module: ModuleArgs,
-        /// YAML file of Kubernetes objects (Cluster, Backup, ScheduledBackup, Pod), `---` separated.
-        #[arg(long)]
-        input: PathBuf,
-        /// Only this decision (instance-pod, archive-settings, backup-settings,
-        /// backup-transition, schedule, retention).
+        #[command(flatten)]
+        source: Source,
+        /// The namespace read with `--from-cluster`.
+        #[arg(long, default_value = "default", requires = "from_cluster")]
+        namespace: String,
+        /// Only this decision's raw answers (instance-pod, archive-settings, backup-settings,
+        /// backup-transition, schedule, retention), not the plans.
         #[arg(long)]
         decision: Option<String>,
         /// The time the decisions are made at (RFC 3339). Default: now.
@@ -47,6 +51,46 @@ enum PolicyCommand {
         /// Folder of `*.yaml` cases.
         dir: PathBuf,
     },
+}
+
+/// Where the observed objects come from.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// YAML file of Kubernetes objects (Cluster, Backup, ScheduledBackup, Pod, Secret, and the
+    /// Cluster's claims, Services, ConfigMaps, ServiceAccounts, Roles, RoleBindings), `---`
+    /// separated. Without any Secret, every Secret reference is taken as resolved.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// A kubeconfig: read the objects of `--namespace` from its API server (list and get
+    /// only; nothing is written).
+    #[arg(long)]
+    from_cluster: Option<PathBuf>,
+}
+
+impl Source {
+    fn read(&self, namespace: &str) -> Result<Snapshot> {
+        match (&self.input, &self.from_cluster) {
+            (Some(path), _) => Snapshot::read(path),
+            (None, Some(kubeconfig)) => list(kubeconfig, namespace),
+            (None, None) => bail!("give --input or --from-cluster"),
+        }
+    }
+}
+
+/// Lists the namespace through the kubeconfig's API server, read-only.
+fn list(kubeconfig: &Path, namespace: &str) -> Result<Snapshot> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("cannot read kubeconfig {}", kubeconfig.display()))?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(config, &options).await?;
+        let client = kube::Client::try_from(config)?;
+        Snapshot::list(&client, namespace).await
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,7 +126,8 @@ pub fn run(args: PolicyArgs) -> Result<()> {
     match args.command {
         PolicyCommand::Eval {
             module,
-            input,
+            source,
+            namespace,
             decision,
             now,
         } => {
@@ -93,13 +138,12 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                 );
             }
             let policy = module.load()?;
-            let objects = Objects::read(&input)?;
-            let report = eval(
-                &policy,
-                &objects,
-                decision.as_deref(),
-                now.unwrap_or_else(Utc::now),
-            );
+            let snapshot = source.read(&namespace)?;
+            let now = now.unwrap_or_else(Utc::now);
+            let report = match decision.as_deref() {
+                Some(decision) => decisions(&policy, &snapshot, decision, now),
+                None => Dry::new(&policy, &snapshot.clusters).eval(&snapshot, now),
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -122,106 +166,106 @@ pub fn run(args: PolicyArgs) -> Result<()> {
     }
 }
 
-/// The objects of an input file, by kind.
-#[derive(Default, Debug)]
-pub struct Objects {
-    pub clusters: Vec<Cluster>,
-    pub backups: Vec<Backup>,
-    pub scheduled: Vec<ScheduledBackup>,
-    pub pods: Vec<Pod>,
+/// Each answer of one decision on the snapshot's objects, as the policy gave it.
+pub fn decisions(policy: &Policy, snap: &Snapshot, decision: &str, now: DateTime<Utc>) -> Value {
+    let answers: Vec<Value> = requests(snap, decision, now)
+        .into_iter()
+        .map(|(subject, request)| entry(decision, &subject, policy.decide(&request)))
+        .collect();
+    json!({ "decisions": answers })
 }
 
-impl Objects {
-    /// Reads a multi-document YAML file; unknown kinds are an error naming them.
-    pub fn read(path: &Path) -> Result<Objects> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Objects::parse(&text).with_context(|| format!("in {}", path.display()))
-    }
-
-    /// Parses multi-document YAML.
-    pub fn parse(text: &str) -> Result<Objects> {
-        let mut objects = Objects::default();
-        for value in serde_saphyr::from_multiple::<Value>(text)? {
-            let kind = value
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            match kind.as_str() {
-                "" if value.is_null() => {}
-                "Cluster" => objects
-                    .clusters
-                    .push(serde_json::from_value(value).context("not a valid Cluster")?),
-                "Backup" => objects
-                    .backups
-                    .push(serde_json::from_value(value).context("not a valid Backup")?),
-                "ScheduledBackup" => objects
-                    .scheduled
-                    .push(serde_json::from_value(value).context("not a valid ScheduledBackup")?),
-                "Pod" => objects
-                    .pods
-                    .push(serde_json::from_value(value).context("not a valid Pod")?),
-                other => bail!(
-                    "cannot evaluate objects of kind {other:?}: expected Cluster, Backup, ScheduledBackup or Pod"
-                ),
+/// The requests of `decision` the objects make, each with its subject (`Kind/name`).
+fn requests(snap: &Snapshot, decision: &str, now: DateTime<Utc>) -> Vec<(String, Request)> {
+    let mut out = Vec::new();
+    for cluster in &snap.clusters {
+        let subject = format!("Cluster/{}", cluster.name_any());
+        let boxed = || Box::new((**cluster).clone());
+        match decision {
+            "archive-settings" => {
+                out.push((subject, Request::ArchiveSettings { cluster: boxed() }));
             }
+            "instance-pod" => {
+                let pods = snap.cluster_pods(cluster);
+                let instances: Vec<_> = pods.iter().map(|p| plan::instance(p)).collect();
+                out.extend((0..plan::planned_instances(cluster)).map(|instance| {
+                    let request = Request::InstancePod {
+                        cluster: boxed(),
+                        instance,
+                        instances: instances.clone(),
+                    };
+                    (subject.clone(), request)
+                }))
+            }
+            "retention" => {
+                let backups = snap
+                    .backups_of(cluster)
+                    .iter()
+                    .map(|b| (**b).clone())
+                    .collect();
+                let request = Request::Retention {
+                    cluster: boxed(),
+                    backups,
+                    now,
+                };
+                out.push((subject, request));
+            }
+            _ => {}
         }
-        Ok(objects)
     }
-
-    fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters
-            .iter()
-            .find(|c| c.metadata.name.as_deref() == Some(name))
-    }
-
-    /// The Cluster's instances: its Pods in the input, or (none given) the instances its spec
-    /// asks for, the first one primary, all ready.
-    pub fn instances(&self, cluster: &Cluster) -> Vec<Instance> {
-        let cluster_name = cluster.metadata.name.clone().unwrap_or_default();
-        let labelled = |p: &&Pod| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(conventions::LABEL_CLUSTER))
-                == Some(&cluster_name)
-        };
-        let pods: Vec<Instance> = self
-            .pods
-            .iter()
-            .filter(labelled)
-            .map(plan::instance)
-            .collect();
-        if !pods.is_empty() {
-            return pods;
+    for backup in &snap.backups {
+        let subject = format!("Backup/{}", backup.name_any());
+        let ns = backup.namespace().unwrap_or_default();
+        let cluster = snap.cluster(&ns, &backup.spec.cluster.name);
+        match (decision, cluster) {
+            ("backup-settings", Some(cluster)) => {
+                let pods = snap.cluster_pods(&cluster);
+                let request = Request::BackupSettings {
+                    backup: Box::new((**backup).clone()),
+                    cluster: Box::new((*cluster).clone()),
+                    instances: pods.iter().map(|p| plan::instance(p)).collect(),
+                };
+                out.push((subject, request));
+            }
+            ("backup-transition", cluster) => {
+                let pod = (backup.status.as_ref())
+                    .and_then(|s| s.instance_id.as_ref()?.pod_name.clone())
+                    .and_then(|name| snap.pod(&ns, &name));
+                let facts = BackupFacts {
+                    backup: (**backup).clone(),
+                    cluster: cluster.map(|c| (*c).clone()),
+                    pod: pod.map(|p| plan::pod_facts(&p)),
+                    now,
+                };
+                out.push((subject, Request::BackupTransition(Box::new(facts))));
+            }
+            _ => {}
         }
-        let count = cluster.spec.instances.max(0) as u32;
-        let role = |i| if i == 0 { Role::Primary } else { Role::Replica };
-        (0..count)
-            .map(|i| Instance {
-                name: names::instance(&cluster_name, i),
-                role: role(i),
-                ready: true,
-            })
-            .collect()
     }
-}
-
-fn wanted(filter: Option<&str>, decision: &str) -> bool {
-    filter.is_none_or(|f| f == decision)
+    if decision == "schedule" {
+        out.extend(snap.scheduled.iter().map(|s| {
+            let request = Request::Schedule {
+                scheduled_backup: Box::new((**s).clone()),
+                now,
+            };
+            (format!("ScheduledBackup/{}", s.name_any()), request)
+        }));
+    }
+    out
 }
 
 /// One decision's entry in the report.
 fn entry<T: serde::Serialize>(
     decision: &str,
     subject: &str,
-    result: &Result<T, PolicyError>,
+    result: Result<T, PolicyError>,
 ) -> Value {
     match result {
         Ok(value) => json!({ "decision": decision, "subject": subject, "allowed": value }),
-        Err(PolicyError::Denied(message)) => {
-            json!({ "decision": decision, "subject": subject, "denied": message })
+        Err(PolicyError::Denied {
+            reason, message, ..
+        }) => {
+            json!({ "decision": decision, "subject": subject, "denied": { "reason": reason, "message": message } })
         }
         Err(e) => {
             json!({ "decision": decision, "subject": subject, "failed": { "error": e.label(), "message": e.to_string() } })
@@ -229,207 +273,20 @@ fn entry<T: serde::Serialize>(
     }
 }
 
-/// What a dry run prints: the decisions, the actions the guardrails pass, and refusals.
-#[derive(Default)]
-struct Report {
-    decisions: Vec<Value>,
-    actions: Vec<Value>,
-    refused: Vec<Value>,
-}
-
-impl Report {
-    /// Checks `actions` against `subject`'s guardrails: each passed or refused.
-    fn guarded(&mut self, subject: &plan::Subject, actions: Vec<Action>) {
-        for action in actions {
-            match plan::guardrails::check_one(subject, &action) {
-                Ok(()) => self
-                    .actions
-                    .push(serde_json::to_value(&action).unwrap_or_default()),
-                Err(e) => self.refused.push(json!(e.to_string())),
-            }
-        }
-    }
-}
-
-/// Every decision (or only `filter`) on `objects`, with the actions they plan, as JSON.
-pub fn eval(policy: &Policy, objects: &Objects, filter: Option<&str>, now: DateTime<Utc>) -> Value {
-    let mut report = Report::default();
-    let ask = Ask {
-        policy,
-        objects,
-        filter,
-        now,
-    };
-    for cluster in &objects.clusters {
-        ask.cluster(cluster, &mut report);
-        ask.retention(cluster, &mut report);
-    }
-    for backup in &objects.backups {
-        ask.backup(backup, &mut report);
-    }
-    for scheduled in &objects.scheduled {
-        ask.schedule(scheduled, &mut report);
-    }
-    json!({
-        "policy": { "digest": policy.digest(), "abiVersion": policy.abi_version() },
-        "now": now,
-        "decisions": report.decisions,
-        "actions": report.actions,
-        "refused": report.refused,
-    })
-}
-
-/// One dry run's policy, objects, decision filter and time.
-struct Ask<'a> {
-    policy: &'a Policy,
-    objects: &'a Objects,
-    filter: Option<&'a str>,
-    now: DateTime<Utc>,
-}
-
-impl Ask<'_> {
-    fn wanted(&self, decision: &str) -> bool {
-        wanted(self.filter, decision)
-    }
-
-    /// A Cluster's archive settings and pods, and the objects they plan.
-    fn cluster(&self, cluster: &Cluster, report: &mut Report) {
-        let subject = plan::subject(cluster);
-        let name = format!("Cluster {}", subject.object.name);
-        let archive = self.policy.archive_settings(cluster);
-        if self.wanted("archive-settings") {
-            report
-                .decisions
-                .push(entry("archive-settings", &name, &archive));
-        }
-        let count = cluster.spec.instances.max(0) as u32;
-        let pods: Vec<_> = (0..count)
-            .map(|i| self.policy.instance_pod(cluster, i))
-            .collect();
-        if self.wanted("instance-pod") {
-            let pods = pods.iter().map(|p| entry("instance-pod", &name, p));
-            report.decisions.extend(pods);
-        }
-        let pods = pods.into_iter().collect::<Result<Vec<_>, _>>();
-        if let (Ok(archive), Ok(pods), true) = (archive, pods, self.filter.is_none()) {
-            match plan::plan_cluster(cluster, &plan::ClusterDecisions { archive, pods }) {
-                Ok(planned) => report.guarded(&subject, planned),
-                Err(e) => report.refused.push(json!(e.to_string())),
-            }
-        }
-    }
-
-    /// A Cluster's retention over its Backups, and the deletions it plans.
-    fn retention(&self, cluster: &Cluster, report: &mut Report) {
-        let cluster_name = cluster.metadata.name.clone().unwrap_or_default();
-        let backups: Vec<Backup> = (self.objects.backups.iter())
-            .filter(|b| b.spec.cluster.name == cluster_name)
-            .cloned()
-            .collect();
-        let live = plan::retention::candidates(cluster, &backups);
-        if !self.wanted("retention") || live.is_empty() {
-            return;
-        }
-        let doomed = self.policy.retention(cluster, &live, self.now);
-        let name = format!("Cluster {cluster_name}");
-        report.decisions.push(entry("retention", &name, &doomed));
-        let Ok(doomed) = doomed else {
-            return;
-        };
-        // The agent of the first instance deletes, as on a Cluster whose primary is 1.
-        let pod = format!("{cluster_name}-1");
-        let planned = plan::plan_retention(&plan::RetentionInput {
-            cluster,
-            backups: &backups,
-            expired: &doomed,
-            agent_pod: Some(&pod),
-            now: self.now,
-        });
-        for action in planned {
-            let subject = plan::retention_subject(cluster, &backups, &action);
-            report.guarded(&subject, vec![action]);
-        }
-    }
-
-    /// A ScheduledBackup's schedule, and the Backup it creates.
-    fn schedule(&self, scheduled: &ScheduledBackup, report: &mut Report) {
-        if !self.wanted("schedule") {
-            return;
-        }
-        let subject = plan::scheduled_subject(scheduled);
-        let decision = self.policy.schedule(scheduled, self.now);
-        let name = format!("ScheduledBackup {}", subject.object.name);
-        report.decisions.push(entry("schedule", &name, &decision));
-        if let Ok(decision) = decision {
-            let cluster = self.objects.cluster(&scheduled.spec.cluster.name);
-            let planned = plan::plan_schedule(scheduled, cluster, &decision, self.now);
-            report.guarded(&subject, planned);
-        }
-    }
-
-    /// A Backup's settings (while pending) and transition, and the status they plan.
-    fn backup(&self, backup: &Backup, report: &mut Report) {
-        let (policy, objects, filter, now) = (self.policy, self.objects, self.filter, self.now);
-        let subject = plan::backup_subject(backup);
-        let name = format!("Backup {}", subject.object.name);
-        let cluster = objects.cluster(&backup.spec.cluster.name);
-        let pending = backup
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .unwrap_or(BackupPhase::Pending)
-            == BackupPhase::Pending;
-        let settings = cluster
-            .filter(|_| pending)
-            .map(|cluster| policy.backup_settings(backup, cluster, &objects.instances(cluster)));
-        if let (Some(settings), true) = (&settings, wanted(filter, "backup-settings")) {
-            report
-                .decisions
-                .push(entry("backup-settings", &name, settings));
-        }
-        let settings = settings.and_then(Result::ok);
-        let pod_name = settings.as_ref().map(|s| s.target_pod.clone()).or_else(|| {
-            backup
-                .status
-                .as_ref()?
-                .instance_id
-                .as_ref()?
-                .pod_name
-                .clone()
-        });
-        let pod = pod_name
-            .and_then(|n| {
-                objects
-                    .pods
-                    .iter()
-                    .find(|p| p.metadata.name.as_deref() == Some(&n))
-            })
-            .map(plan::pod_facts);
-        let facts = BackupFacts {
-            backup: backup.clone(),
-            cluster: cluster.cloned(),
-            pod,
-            now,
-        };
-        if wanted(filter, "backup-transition") {
-            let transition = policy.backup_transition(&facts);
-            report
-                .decisions
-                .push(entry("backup-transition", &name, &transition));
-            if let Ok(t) = transition {
-                let planned = plan::plan_backup(backup, cluster, &t, settings.as_ref(), now);
-                report.guarded(&subject, planned);
-            }
-        }
-    }
-}
-
 /// `pgwarden policy test` runs the SDK's fixture runner on the module.
 impl Evaluator for Policy {
-    fn evaluate(&self, request: &Request) -> std::result::Result<Outcome, String> {
-        match self.decide(request) {
+    fn evaluate(
+        &self,
+        settings: &pgwarden_sdk::types::Settings,
+        request: &Request,
+    ) -> std::result::Result<Outcome, String> {
+        // The case's settings, checked by the policy as at load (a refusal is the denial).
+        let decided = self
+            .with_settings(Some(settings.value()))
+            .and_then(|p| p.decide(request));
+        match decided {
             Ok(decision) => Ok(Outcome::Allowed(decision.to_json())),
-            Err(PolicyError::Denied(message)) => Ok(Outcome::Denied(message)),
+            Err(PolicyError::Denied { message, .. }) => Ok(Outcome::Denied(message)),
             Err(failure) => Err(failure.to_string()),
         }
     }
