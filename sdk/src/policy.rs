@@ -43,7 +43,7 @@ pub trait Policy {
     }
 
     /// The storage of instance `instance`'s data volume claim (`current`: the claim as
-    /// observed, none before it exists). Default: `spec.storage`, no growth.
+    /// observed, none before it exists). Default: `spec.storage`; it grows nothing by itself.
     fn storage(
         _settings: &Settings,
         cluster: &Cluster,

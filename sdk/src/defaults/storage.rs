@@ -9,9 +9,10 @@ use crate::types::{ClaimFacts, Storage};
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 
 /// The seed's storage: `spec.storage.size` (default [`DEFAULT_STORAGE_SIZE`]) and
-/// `spec.storage.storageClass`, whatever the claim observed (`current`). A claim that exists
-/// keeps what it was created with in the host (a claim's class never changes, and the default
-/// asks no growth): a policy that grows volumes answers a larger size than `current`'s.
+/// `spec.storage.storageClass`, whatever the claim observed (`current`): a larger
+/// `spec.storage.size` grows the claim, as applying the spec always did, and the default grows
+/// nothing on its own. The host refuses a shrink or a change of class of an existing claim; a
+/// policy that grows volumes by itself answers a larger size than `current`'s.
 pub fn storage(cluster: &Cluster, _current: Option<&ClaimFacts>) -> Decided<Storage> {
     let spec = cluster.spec.storage.clone().unwrap_or_default();
     Ok(Storage {
