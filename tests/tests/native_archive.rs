@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pgwarden::instance::barman;
 use pgwarden::instance::native::{Store, Stored};
+use pgwarden::instance::{barman, walrestore};
 use pgwarden_crds::settings::{ArchiveSettings, Archiver};
 use pgwarden_crds::{Encryption, WalCompression};
 use pgwarden_tests::datapath::{
@@ -373,4 +373,33 @@ fn a_restore_replays_natively_archived_wal_with_the_native_restorer() {
         log_tail(&restored.log(), 30)
     );
     assert_eq!(restored.psql("SELECT pg_is_in_recovery()"), "f");
+
+    // restore_command's exit statuses through the agent's restorer: 0 found, 1 only for the
+    // store's own "no such file", > 125 for a store it cannot reach (recovery stops).
+    let mut s3 = s3;
+    let wal_restore = |wal: &str| {
+        let dest = restored.dir.path().join(format!("fetched-{wal}"));
+        Command::new(&deps().pgwarden)
+            .args(["instance", "wal-restore", "--source"])
+            .arg(&source)
+            .arg(wal)
+            .arg(&dest)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(restored.env())
+            .env(walrestore::ENV_RETRY_SECONDS, "2")
+            .output()
+            .unwrap()
+    };
+    let status = |out: &std::process::Output| out.status.code();
+    assert_eq!(status(&wal_restore(&last)), Some(0));
+    assert_eq!(status(&wal_restore("0000000100000000000000FE")), Some(1));
+    s3.stop();
+    let down = wal_restore(&last);
+    assert_eq!(
+        status(&down),
+        Some(walrestore::ABORT_RECOVERY),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
 }

@@ -265,10 +265,12 @@ fn builder(
         .with_region(var(env::REGION).unwrap_or_else(|| "us-east-1".into()))
         // The server verifies the body against this header: a corrupted upload is refused.
         .with_checksum_algorithm(Checksum::SHA256)
+        // Few retries inside one call: the archiver's next round, PostgreSQL's next
+        // archive_command and restore_command's own budget retry after this one gives up.
         .with_retry(RetryConfig {
             backoff: BackoffConfig::default(),
-            max_retries: 4,
-            retry_timeout: Duration::from_secs(60),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
         });
     if let Some(id) = var(env::ACCESS_KEY_ID) {
         b = b.with_access_key_id(id);
