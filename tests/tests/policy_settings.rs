@@ -123,11 +123,15 @@ fn expandable_storage(ns: &Namespace<'_>, class: &str) {
     assert!(out.success, "{}", out.stderr);
 }
 
-fn storage_yaml(class: &str, size: &str) -> String {
-    format!(
-        "{}  storage:\n    size: {size}\n    storageClass: {class}\n",
+fn storage_yaml(class: Option<&str>, size: &str) -> String {
+    let mut yaml = format!(
+        "{}  storage:\n    size: {size}\n",
         cluster_yaml(CLUSTER, None, false)
-    )
+    );
+    if let Some(class) = class {
+        yaml.push_str(&format!("    storageClass: {class}\n"));
+    }
+    yaml
 }
 
 fn claim_size(claim: &Value) -> &str {
@@ -145,17 +149,17 @@ fn a_claim_grows_with_the_spec_and_never_shrinks() {
     let _storage = StorageGuard(&ns, class.clone());
     expandable_storage(&ns, &class);
     let _op = Operator::start(cp, &ns.name);
-    apply_yaml(&ns, &storage_yaml(&class, "1Gi"));
+    apply_yaml(&ns, &storage_yaml(Some(&class), "1Gi"));
     wait_json(&ns, "pvc", POD, "bound", |c| {
         c["status"]["phase"] == "Bound"
     });
     wait_converged(&ns, "cluster", CLUSTER);
 
-    apply_yaml(&ns, &storage_yaml(&class, "2Gi"));
+    apply_yaml(&ns, &storage_yaml(Some(&class), "2Gi"));
     wait_json(&ns, "pvc", POD, "grown to 2Gi", |c| claim_size(c) == "2Gi");
     wait_converged(&ns, "cluster", CLUSTER);
 
-    apply_yaml(&ns, &storage_yaml(&class, "1Gi"));
+    apply_yaml(&ns, &storage_yaml(Some(&class), "1Gi"));
     let refused = wait_condition(&ns, "cluster", CLUSTER, "PolicyApplied", "False");
     let (_, reason, message) = condition(&refused, "PolicyApplied").unwrap();
     assert_eq!(reason, "GuardrailRefused", "{message}");
@@ -167,4 +171,27 @@ fn a_claim_grows_with_the_spec_and_never_shrinks() {
     let claim = get(&ns, "pvc", POD).unwrap();
     assert_eq!(claim_size(&claim), "2Gi", "the claim is unchanged");
     assert_eq!(claim["spec"]["storageClassName"], class.as_str());
+}
+
+/// A claim the API server cannot grow (here not bound: no volume) says why on the Cluster.
+#[test]
+fn a_claim_the_api_server_cannot_grow_says_why() {
+    let cp = with_crds();
+    let ns = cp.namespace("claim-unbound");
+    let _op = Operator::start(cp, &ns.name);
+    apply_yaml(&ns, &storage_yaml(None, "1Gi"));
+    wait_converged(&ns, "cluster", CLUSTER);
+    assert_eq!(claim_size(&wait_get(&ns, "pvc", POD)), "1Gi");
+
+    apply_yaml(&ns, &storage_yaml(None, "2Gi"));
+    let refused = wait_condition(&ns, "cluster", CLUSTER, "PolicyApplied", "False");
+    let (_, reason, message) = condition(&refused, "PolicyApplied").unwrap();
+    assert_eq!(reason, "ClaimNotGrown", "{message}");
+    let named = format!(
+        "the API server refused to grow PersistentVolumeClaim {}/{POD} from 1Gi to 2Gi: ",
+        ns.name
+    );
+    assert!(message.starts_with(&named), "{message}");
+    assert!(message.contains("bound"), "{message}");
+    assert_eq!(claim_size(&get(&ns, "pvc", POD).unwrap()), "1Gi");
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use super::applied;
 use super::context::{Context, MANAGER};
-use super::errors::Result;
+use super::errors::{Error, Result};
 use super::quantity::normalised_pod;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
@@ -242,7 +242,13 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
         match (step, action) {
             (Step::Nothing, _) => continue,
             (Step::Apply, Action::Apply { target, object }) => {
-                server_side_apply(ctx, target, object).await?;
+                let applied = server_side_apply(ctx, target, object).await;
+                match (&observed, target.kind.as_str()) {
+                    (Some(o), "PersistentVolumeClaim") => {
+                        applied.map_err(|e| not_grown(e, o, object, target))?
+                    }
+                    _ => applied?,
+                }
             }
             (Step::Stamp, Action::Apply { target, object }) => {
                 stamp(ctx, target, object).await?;
@@ -305,6 +311,28 @@ async fn server_side_apply(ctx: &Context, target: &ObjectRef, object: &Value) ->
     info!(object = %target, "applied");
     ctx.metrics.wrote("apply");
     Ok(())
+}
+
+/// A claim the API server refuses to grow (not bound yet, or its StorageClass does not allow
+/// expansion): an error naming the claim, both sizes and the API server's reason, which the
+/// Cluster's `PolicyApplied` shows (an API error alone would only be retried and logged).
+fn not_grown(e: Error, observed: &Value, desired: &Value, target: &ObjectRef) -> Error {
+    let Error::Kube(kube::Error::Api(refusal)) = &e else {
+        return e;
+    };
+    if !matches!(refusal.code, 403 | 422) {
+        return e;
+    }
+    let size = |claim: &Value| {
+        let request = claim.pointer("/spec/resources/requests/storage");
+        request.and_then(Value::as_str).unwrap_or("?").to_string()
+    };
+    Error::ClaimNotGrown(format!(
+        "the API server refused to grow {target} from {} to {}: {}; a claim grows only once bound, and only if its StorageClass sets allowVolumeExpansion",
+        size(observed),
+        size(desired),
+        refusal.message
+    ))
 }
 
 /// Records the hash of `object` on the live one: a merge patch of the annotation alone (an

@@ -20,6 +20,9 @@ pub enum Error {
     ClusterNotFound(String),
     #[error("cannot load policy module: {0}")]
     Module(String),
+    /// The API server refused to grow an instance's claim: named, with both sizes and why.
+    #[error("{0}")]
+    ClaimNotGrown(String),
     /// The policy's `validate-settings` refuses the ReconcilePolicy's `spec.settings`: its
     /// reason and its message (naming the field).
     #[error("the policy refuses spec.settings: {message}")]
@@ -43,6 +46,7 @@ impl Error {
             Error::ClusterNotFound(_) => "cluster_not_found",
             Error::Module(_) => "module",
             Error::Settings { .. } => "settings",
+            Error::ClaimNotGrown(_) => "claim_not_grown",
             Error::NameInUse(_) => "name_in_use",
         }
     }
@@ -59,6 +63,7 @@ impl Error {
             Error::Module(_) => "ModuleLoadFailed",
             // The ReconcilePolicy's condition shows the policy's own reason.
             Error::Settings { .. } => "InvalidSettings",
+            Error::ClaimNotGrown(_) => "ClaimNotGrown",
             Error::NameInUse(_) => "NameInUse",
         }
     }
