@@ -222,3 +222,25 @@ fn the_default_cluster_status_through_wasm() {
         (false, "InstancesNotReady")
     );
 }
+
+#[test]
+fn a_denial_whose_reason_is_not_one_word_is_malformed() {
+    let err = load("adversarial")
+        .instance_pod(&cluster("bad-reason"), 0, &[])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the policy answered a malformed instance-pod: denial reason \"Not one word\" is not one CamelCase word"
+    );
+}
+
+#[test]
+fn a_storage_size_that_is_no_quantity_is_malformed() {
+    let err = load("adversarial")
+        .cluster_decisions(&cluster("bad-storage"), &[], &[])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the policy answered a malformed storage: size \"lots\" is not a positive Kubernetes quantity"
+    );
+}

@@ -16,6 +16,7 @@ use super::bindings::{self, wit};
 use super::engine::{NO_SETTINGS, Policy};
 use super::errors::{PolicyError, Result};
 use pgwarden_core::plan::{ClusterDecisions, planned_instances};
+use pgwarden_core::quantity::nanos;
 
 /// The largest pod template a policy may answer (the API server's own object limit is ~1.5 MiB).
 pub const MAX_POD_TEMPLATE_BYTES: usize = 1 << 20;
@@ -50,20 +51,6 @@ fn check_reason(decision: &str, reason: &str) -> Result<()> {
             && reason.chars().all(|c| c.is_ascii_alphanumeric()),
         || format!("reason {reason:?} is not one CamelCase word"),
     )
-}
-
-/// A storage size: a positive decimal with an optional SI or binary suffix (`1Gi`, `500M`).
-fn is_size(size: &str) -> bool {
-    let number = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let suffix = &size[number.len()..];
-    const SUFFIXES: [&str; 13] = [
-        "", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-    ];
-    !number.is_empty()
-        && SUFFIXES.contains(&suffix)
-        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && number.bytes().filter(|&b| b == b'.').count() <= 1
-        && number.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
 /// A Kubernetes object name: a DNS subdomain.
@@ -153,8 +140,11 @@ impl Policy {
                 current.as_ref(),
             )
         })?);
-        check(D, is_size(&storage.size), || {
-            format!("size {:?} is not a Kubernetes quantity", storage.size)
+        check(D, nanos(&storage.size).is_some_and(|n| n > 0), || {
+            format!(
+                "size {:?} is not a positive Kubernetes quantity",
+                storage.size
+            )
         })?;
         if let Some(class) = &storage.storage_class {
             check(D, is_dns_subdomain(class), || {

@@ -16,6 +16,8 @@
 //! | `reads-file`      | reads a file (WASI filesystem)                 |
 //! | `reads-clock`     | reads the wall clock (WASI clocks)             |
 //! | `echo-settings`   | denies (reason `Echo`), the settings as message |
+//! | `bad-reason`      | denies with a reason that is not one word      |
+//! | `bad-storage`     | a claim size that is no quantity               |
 //! | anything else     | the default decisions                          |
 //!
 //! Every setting is accepted except a `refuse` field (denied, `InvalidSettings`).
@@ -65,8 +67,10 @@ impl Policy for Adversarial {
         instance: u32,
         _instances: &[Instance],
     ) -> Decided<PodTemplateSpec> {
-        if defaults::cluster_name(cluster) == "echo-settings" {
-            return Err(Denial::new("Echo", settings.to_json()));
+        match defaults::cluster_name(cluster) {
+            "echo-settings" => return Err(Denial::new("Echo", settings.to_json())),
+            "bad-reason" => return Err(Denial::new("Not one word", "a denial")),
+            _ => {}
         }
         misbehave(cluster);
         let mut pod = defaults::instance_pod(cluster, instance)?;
@@ -92,6 +96,19 @@ impl Policy for Adversarial {
             _ => {}
         }
         Ok(pod.build())
+    }
+
+    fn storage(
+        _settings: &Settings,
+        cluster: &Cluster,
+        _instance: u32,
+        current: Option<&ClaimFacts>,
+    ) -> Decided<Storage> {
+        let mut storage = defaults::storage(cluster, current)?;
+        if defaults::cluster_name(cluster) == "bad-storage" {
+            storage.size = "lots".into();
+        }
+        Ok(storage)
     }
 
     fn archive_settings(
