@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use tracing::{debug, info};
 
 use super::applied;
+use super::claims;
 use super::context::{Context, MANAGER};
-use super::errors::{Error, Result};
+use super::errors::Result;
 use super::quantity::normalised_pod;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
@@ -100,7 +101,7 @@ pub fn step(action: &Action, observed: Option<&Value>) -> Step {
     match (action, observed) {
         (Action::Apply { .. }, None) => Step::Apply,
         (Action::Apply { target, object }, Some(o)) if target.kind == "PersistentVolumeClaim" => {
-            claim_step(o, object)
+            claims::step(o, object)
         }
         (Action::Apply { object, target }, Some(o)) if target.kind == "Pod" => pod_step(o, object),
         (Action::Apply { object, .. }, Some(o)) => {
@@ -120,20 +121,6 @@ pub fn step(action: &Action, observed: Option<&Value>) -> Step {
         (Action::PatchStatus { .. }, _) => Step::PatchStatus,
         (Action::Event { .. }, _) => Step::Event,
         (Action::Requeue { .. }, _) => Step::Nothing,
-    }
-}
-
-/// A claim is applied again only to grow: nothing else of its spec may change once made, and
-/// the planner refused a smaller size or another class (`guardrails::storage`). Sizes are
-/// compared by value (the API server stores `1024Mi` as `1Gi`).
-fn claim_step(observed: &Value, desired: &Value) -> Step {
-    let size = |claim: &Value| {
-        let request = claim.pointer("/spec/resources/requests/storage")?;
-        pgwarden_core::quantity::nanos(request.as_str()?)
-    };
-    match (size(observed), size(desired)) {
-        (Some(observed), Some(desired)) if desired > observed => Step::Apply,
-        _ => Step::Nothing,
     }
 }
 
@@ -245,7 +232,7 @@ pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
                 let applied = server_side_apply(ctx, target, object).await;
                 match (&observed, target.kind.as_str()) {
                     (Some(o), "PersistentVolumeClaim") => {
-                        applied.map_err(|e| not_grown(e, o, object, target))?
+                        applied.map_err(|e| claims::not_grown(e, o, object, target))?
                     }
                     _ => applied?,
                 }
@@ -311,28 +298,6 @@ async fn server_side_apply(ctx: &Context, target: &ObjectRef, object: &Value) ->
     info!(object = %target, "applied");
     ctx.metrics.wrote("apply");
     Ok(())
-}
-
-/// A claim the API server refuses to grow (not bound yet, or its StorageClass does not allow
-/// expansion): an error naming the claim, both sizes and the API server's reason, which the
-/// Cluster's `PolicyApplied` shows (an API error alone would only be retried and logged).
-fn not_grown(e: Error, observed: &Value, desired: &Value, target: &ObjectRef) -> Error {
-    let Error::Kube(kube::Error::Api(refusal)) = &e else {
-        return e;
-    };
-    if !matches!(refusal.code, 403 | 422) {
-        return e;
-    }
-    let size = |claim: &Value| {
-        let request = claim.pointer("/spec/resources/requests/storage");
-        request.and_then(Value::as_str).unwrap_or("?").to_string()
-    };
-    Error::ClaimNotGrown(format!(
-        "the API server refused to grow {target} from {} to {}: {}; a claim grows only once bound, and only if its StorageClass sets allowVolumeExpansion",
-        size(observed),
-        size(desired),
-        refusal.message
-    ))
 }
 
 /// Records the hash of `object` on the live one: a merge patch of the annotation alone (an
@@ -496,22 +461,6 @@ mod tests {
         assert_eq!(
             step(&claim, Some(&json!({"spec": {"x": 2}}))),
             Step::Nothing
-        );
-        let sized = |size: &str| json!({"spec": {"resources": {"requests": {"storage": size}}}});
-        let grow = Action::Apply {
-            target: target("PersistentVolumeClaim"),
-            object: sized("2048Mi"),
-        };
-        assert_eq!(step(&grow, Some(&sized("1Gi"))), Step::Apply);
-        assert_eq!(
-            step(&grow, Some(&sized("2Gi"))),
-            Step::Nothing,
-            "same value"
-        );
-        assert_eq!(
-            step(&grow, Some(&sized("3Gi"))),
-            Step::Nothing,
-            "never shrunk"
         );
     }
 

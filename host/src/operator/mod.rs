@@ -18,6 +18,7 @@ pub mod applied;
 pub mod apply;
 mod backoff;
 mod backup;
+mod claims;
 mod cluster;
 pub mod conditions;
 mod context;
