@@ -254,6 +254,37 @@ fn policy_eval_prints_each_objects_plan_as_json() {
     );
 }
 
+/// `--settings` runs the module under a ReconcilePolicy's settings, checked as the operator
+/// checks them (the policy's validate-settings names the field at fault).
+#[test]
+fn policy_eval_runs_the_module_under_the_given_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("objects.yaml");
+    std::fs::write(&input, EVAL_INPUT).unwrap();
+    let (good, bad) = (dir.path().join("good.yaml"), dir.path().join("bad.yaml"));
+    std::fs::write(&good, "cpu: \"2\"\n").unwrap();
+    std::fs::write(&bad, "cpu: [1]\n").unwrap();
+    let module = module_path("production");
+    let settings = |path: &Path| ["--settings".to_string(), path.display().to_string()];
+    let args = settings(&good);
+    let (ok, stdout, stderr) = eval(&module, &input, &[&args[0], &args[1]]);
+    assert!(ok, "policy eval failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let actions = report["Cluster/postgresql-bkp"]["actions"]
+        .as_array()
+        .unwrap();
+    let pod = actions
+        .iter()
+        .find(|a| a["target"]["kind"] == "Pod")
+        .unwrap();
+    let requests = &pod["object"]["spec"]["containers"][0]["resources"]["requests"];
+    assert_eq!(requests["cpu"], "2", "{pod:#}");
+    let args = settings(&bad);
+    let (ok, _, stderr) = eval(&module, &input, &[&args[0], &args[1]]);
+    assert!(!ok);
+    assert!(stderr.contains("settings.cpu"), "{stderr}");
+}
+
 #[test]
 fn policy_eval_names_an_input_of_an_unknown_kind() {
     let dir = tempfile::tempdir().unwrap();

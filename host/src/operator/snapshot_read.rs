@@ -41,11 +41,16 @@ fn typed<K: DeserializeOwned>(value: Value, kind: &str) -> Result<Arc<K>> {
 
 impl Snapshot {
     /// Parses multi-document YAML; an object of a kind a reconcile does not read is an error
-    /// naming it. Secrets are kept as their key names only.
+    /// naming it. Secrets are kept as their key names only; an object without a namespace is
+    /// in `default`.
     pub fn parse(text: &str) -> Result<Snapshot> {
         let mut snap = Snapshot::default();
-        for value in serde_saphyr::from_multiple::<Value>(text)? {
+        for mut value in serde_saphyr::from_multiple::<Value>(text)? {
             let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            // As `kubectl apply` places an object without one.
+            if value["metadata"].is_object() && value["metadata"]["namespace"].is_null() {
+                value["metadata"]["namespace"] = "default".into();
+            }
             match kind.as_str() {
                 "" if value.is_null() => {}
                 "Cluster" => snap.clusters.push(typed(value, &kind)?),

@@ -104,6 +104,9 @@ struct ModuleArgs {
     /// Memory cap of one decision, in MiB.
     #[arg(long, default_value_t = 64)]
     memory_mib: usize,
+    /// The policy's settings (as `ReconcilePolicy.spec.settings`), a YAML or JSON file.
+    #[arg(long)]
+    settings: Option<PathBuf>,
 }
 
 impl ModuleArgs {
@@ -115,9 +118,19 @@ impl ModuleArgs {
             timeout: Duration::from_millis(self.timeout_ms),
             memory_bytes: self.memory_mib << 20,
         };
-        engine
+        let policy = engine
             .load(&bytes, limits)
-            .with_context(|| format!("cannot load {}", self.module.display()))
+            .with_context(|| format!("cannot load {}", self.module.display()))?;
+        let Some(path) = &self.settings else {
+            return Ok(policy);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let settings: Value = serde_saphyr::from_str(&text)
+            .with_context(|| format!("{} is not YAML", path.display()))?;
+        policy
+            .with_settings(Some(&settings))
+            .with_context(|| format!("the policy refuses the settings of {}", path.display()))
     }
 }
 
