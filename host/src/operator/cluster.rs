@@ -86,15 +86,16 @@ async fn health(
     let instances = planning::instances(&ctx.stores, cluster);
     let facts = core::cluster::health_facts(cluster, instances, observed, outcome, now);
     let Ok(chosen) = ctx.policies.for_cluster(cluster) else {
-        return pgwarden_sdk::defaults::cluster_status(&facts);
+        return planning::health(None, &facts);
     };
-    let started = Instant::now();
-    let health = chosen.policy.run(move |p| p.cluster_health(&facts)).await;
+    // The same call as a dry run's (`plans::cluster::health`), off the async executor.
+    let (started, policy) = (Instant::now(), chosen.policy.clone());
+    let name = chosen.name.clone();
+    let health = policy
+        .run(move |_| Ok(planning::health(Some(&chosen), &facts)))
+        .await;
     ctx.metrics.policy_call("cluster-status", started.elapsed());
-    health.map_err(|e| {
-        let reason = e.denial_reason().unwrap_or("PolicyFailed");
-        Denial::new(reason, format!("policy {}: {e}", chosen.name))
-    })
+    health.unwrap_or_else(|e| Err(Denial::new("PolicyFailed", format!("policy {name}: {e}"))))
 }
 
 /// Observe, decide and apply, then the status the core computes from what was observed and
