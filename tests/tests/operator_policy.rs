@@ -202,10 +202,11 @@ fn the_production_policy_denies_a_cluster_without_backup() {
     let (status, reason, _) = condition(&cluster, "PolicyApplied").unwrap();
     assert_eq!(
         (status.as_str(), reason.as_str()),
-        ("False", "PolicyDenied")
+        ("False", "BackupRequired"),
+        "the condition carries the policy's own reason"
     );
     assert_eq!(cluster["status"]["phase"], "Policy not applied");
-    wait_event(&ns, "unprotected", "PolicyDenied", denial);
+    wait_event(&ns, "unprotected", "BackupRequired", denial);
     assert!(
         get(&ns, "pod", "unprotected-1").is_none(),
         "a denied Cluster got a pod"

@@ -51,11 +51,12 @@ impl Error {
         }
     }
 
-    /// The reason of the condition and Event that report it.
-    pub fn reason(&self) -> &'static str {
+    /// The reason of the condition and Event that report it: a denial's own reason (one
+    /// CamelCase word, checked when the policy answered), else one per kind of failure.
+    pub fn reason(&self) -> &str {
         match self {
             Error::Kube(_) => "ApiError",
-            Error::Policy(e) if e.is_denial() => "PolicyDenied",
+            Error::Policy(e) if e.is_denial() => e.denial_reason().unwrap_or("PolicyDenied"),
             Error::Policy(_) => "PolicyFailed",
             Error::Guardrail(_) => "GuardrailRefused",
             Error::NoPolicy(_) => "PolicyNotFound",

@@ -107,10 +107,10 @@ fn is_quantity(text: &str) -> bool {
 fn require_encrypted_backup(cluster: &Cluster) -> Decided<Encryption> {
     let name = defaults::cluster_name(cluster);
     let store = cluster.spec.backup.as_ref().ok_or_else(|| {
-        format!("the production policy requires a backup: Cluster {name} has no spec.backup (set spec.backup.destinationPath, spec.backup.s3Credentials and spec.backup.wal.encryption)")
+        Denial::new("BackupRequired", format!("the production policy requires a backup: Cluster {name} has no spec.backup (set spec.backup.destinationPath, spec.backup.s3Credentials and spec.backup.wal.encryption)"))
     })?;
     store.wal.as_ref().and_then(|w| w.encryption).ok_or_else(|| {
-        format!("the production policy requires encrypted WAL: set spec.backup.wal.encryption of Cluster {name} to AES256 or aws:kms").into()
+        Denial::new("WalNotEncrypted", format!("the production policy requires encrypted WAL: set spec.backup.wal.encryption of Cluster {name} to AES256 or aws:kms"))
     })
 }
 
