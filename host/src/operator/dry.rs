@@ -65,7 +65,27 @@ impl Dry {
         plans::cluster(snap, cluster, input)
     }
 
-    /// Every object's plan, keyed `Kind/name`, as JSON.
+    /// The retention plan of a Cluster (`None`: nothing finished, no deletion under way), its
+    /// requests' write first; an error (a policy that failed, a refused ConfigMap) as a plan
+    /// that says it.
+    pub fn retention(
+        &self,
+        snap: &Snapshot,
+        cluster: &Cluster,
+        now: DateTime<Utc>,
+    ) -> Option<Plan> {
+        let chosen = self.registry.for_cluster(cluster);
+        match plans::retention(snap, chosen, cluster, now) {
+            Ok(retained) => retained.map(|r| r.into_plan()),
+            Err(error) => Some(Plan {
+                error: Some(error),
+                ..Plan::default()
+            }),
+        }
+    }
+
+    /// Every object's plan, keyed `Kind/name` (a Cluster's retention `Retention/<cluster>`),
+    /// as JSON.
     pub fn eval(&self, snap: &Snapshot, now: DateTime<Utc>) -> Value {
         let mut out = Map::new();
         for cluster in &snap.clusters {
@@ -74,6 +94,12 @@ impl Dry {
                 format!("Cluster/{}", cluster.name_any()),
                 plan.to_json(snap),
             );
+            if let Some(plan) = self.retention(snap, cluster, now) {
+                out.insert(
+                    format!("Retention/{}", cluster.name_any()),
+                    plan.to_json(snap),
+                );
+            }
         }
         for backup in &snap.backups {
             let plan = self.backup(snap, backup, now);

@@ -20,93 +20,26 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::reflector::ObjectRef;
+use pgwarden_crds::Cluster;
 use pgwarden_crds::condition_types::RETENTION_APPLIED as RETENTION;
-use pgwarden_crds::settings::pod::LABEL_ROLE;
-use pgwarden_crds::{Backup, Cluster};
-use pgwarden_sdk::names;
 use serde_json::json;
 use tracing::instrument;
 
 use super::apply;
 use super::context::Context;
-use super::errors::{Error, Result};
+use super::errors::Result;
 use super::failure::{self, Decision, Step};
-use super::snapshot::Observe;
-use pgwarden_core::plan::GuardrailError;
-use pgwarden_core::plan::retention::requests;
-use pgwarden_core::plan::{self, RetentionInput, guardrails, retention};
-
-/// How often a Cluster with a retention policy is looked at when nothing happens (Backups age
-/// without any event).
-pub const RECHECK: Duration = Duration::from_secs(3600);
-
-/// The Cluster's Backups, as observed.
-fn backups_of(ctx: &Context, cluster: &Cluster) -> Vec<Backup> {
-    (ctx.stores.backups_of(cluster).iter())
-        .map(|b| (**b).clone())
-        .collect()
-}
-
-/// Every Cluster's `spec.bootstrap.recovery.backup`, as observed (all namespaces: the floor
-/// keeps only those of the retained Cluster's namespace).
-fn restores(ctx: &Context) -> Vec<retention::floor::Restore> {
-    (ctx.stores.clusters().iter())
-        .filter_map(|c| retention::floor::Restore::of(c))
-        .collect()
-}
-
-/// The pod whose agent deletes backups: the Cluster's primary, if it has one.
-fn primary(ctx: &Context, cluster: &Cluster) -> Option<String> {
-    (ctx.stores.cluster_pods(cluster).iter())
-        .find(|p| p.labels().get(LABEL_ROLE).map(String::as_str) == Some("primary"))
-        .map(|p| p.name_any())
-}
-
-/// The Cluster's settings ConfigMap, where its deletion requests are kept; `None` until the
-/// Cluster's reconcile made it. One the Cluster does not own (someone else's object under that
-/// name) is refused: the operator never writes into it.
-fn settings_of(ctx: &Context, cluster: &Cluster) -> Result<Option<Arc<ConfigMap>>> {
-    let name = names::settings_config_map(&cluster.name_any());
-    let reference = ObjectRef::new(&name).within(&cluster.namespace().unwrap_or_default());
-    let Some(cm) = ctx.stores.config_maps.get(&reference) else {
-        return Ok(None);
-    };
-    let owned = cm
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == cluster.metadata.uid.as_ref());
-    if !owned {
-        let detail = format!(
-            "it is not owned by Cluster {}: no deletion is asked through it",
-            cluster.name_any()
-        );
-        return Err(invalid(&cm, detail));
-    }
-    Ok(Some(cm))
-}
-
-fn request_text(cm: &ConfigMap) -> Option<&str> {
-    cm.data.as_ref()?.get(requests::KEY).map(String::as_str)
-}
-
-fn invalid(cm: &ConfigMap, detail: String) -> Error {
-    let object = format!(
-        "ConfigMap {}/{}",
-        cm.namespace().unwrap_or_default(),
-        cm.name_any()
-    );
-    Error::Guardrail(GuardrailError::Invalid { object, detail })
-}
+use super::plans::{self, retention::Retained};
+use pgwarden_core::plan::retention::{self, requests};
+use pgwarden_core::plan::{self};
 
 /// Writes the requests into the ConfigMap under the retention's own field manager (the
 /// cluster planner's apply then leaves the key alone), only when they changed; the uid makes
 /// the apply fail rather than create a ConfigMap that was deleted meanwhile.
-async fn write_requests(ctx: &Context, cm: &ConfigMap, next: &[retention::Request]) -> Result<()> {
-    let text = requests::render(next);
-    if request_text(cm).unwrap_or("[]") == text {
+async fn write_requests(ctx: &Context, retained: &Retained) -> Result<()> {
+    let Some((cm, text)) = retained.changed_requests() else {
         return Ok(());
-    }
+    };
     let patch = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": cm.name_any(), "namespace": cm.namespace(), "uid": cm.uid()},
@@ -120,7 +53,8 @@ async fn write_requests(ctx: &Context, cm: &ConfigMap, next: &[retention::Reques
         &Patch::Apply(&patch),
     )
     .await?;
-    tracing::info!(configmap = %cm.name_any(), requests = next.len(), "deletion requests written");
+    let count = retained.requests.len();
+    tracing::info!(configmap = %cm.name_any(), requests = count, "deletion requests written");
     ctx.metrics.wrote("apply");
     Ok(())
 }
@@ -167,68 +101,37 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
     }
 }
 
-/// Asks the policy, plans, checks and applies; `step` names the policy once found.
+/// Asks the policy (off the executor), plans, checks and applies; `step` names the policy.
 async fn decide_and_apply(
     cluster: Arc<Cluster>,
     ctx: Arc<Context>,
     step: &mut Step,
 ) -> Result<Requeue> {
-    let backups = backups_of(&ctx, &cluster);
-    let settings = settings_of(&ctx, &cluster)?;
-    let asked = match &settings {
-        Some(cm) => requests::parse(request_text(cm)).map_err(|detail| invalid(cm, detail))?,
-        None => Vec::new(),
-    };
-    let live = retention::candidates_with(&cluster, &backups, &asked);
-    let finished = live.iter().any(|b| {
-        b.status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p.is_final())
-    });
-    if !finished && !retention::in_flight_with(&cluster, &backups, &asked) {
-        return Ok(Requeue::await_change());
-    }
+    let chosen = ctx.policies.for_cluster(&cluster);
+    step.policy = chosen.as_ref().ok().map(|c| c.name.clone());
     let now = Utc::now();
-    let expired = if finished {
-        let chosen = ctx.policies.for_cluster(&cluster)?;
-        step.policy = Some(chosen.name.clone());
-        let (c, b) = ((*cluster).clone(), live.clone());
-        let started = Instant::now();
-        let expired = chosen.policy.run(move |p| p.retention(&c, &b, now)).await?;
-        ctx.metrics.policy_call("retention", started.elapsed());
-        expired
-    } else {
-        Vec::new()
+    let retained = match chosen {
+        Ok(chosen) => {
+            let (stores, input, policy) = (ctx.stores.clone(), cluster.clone(), chosen.clone());
+            let started = Instant::now();
+            let retained = (chosen.policy)
+                .run(move |_| Ok(plans::retention(&stores, Ok(policy), &input, now)))
+                .await?;
+            ctx.metrics.policy_call("retention", started.elapsed());
+            retained?
+        }
+        Err(e) => plans::retention(&ctx.stores, Err(e), &cluster, now)?,
     };
-    let pod = primary(&ctx, &cluster);
-    let input = RetentionInput {
-        cluster: &cluster,
-        backups: &backups,
-        expired: &expired,
-        agent_pod: pod.as_deref(),
-        now,
+    let Some(retained) = retained else {
+        return Ok(Requeue::await_change());
     };
-    let planned = retention::plan_requested(&input, &restores(&ctx), &asked);
-    let actions = planned.actions;
-    log_floor(&actions);
-    for action in &actions {
-        let subject = plan::retention_subject(&cluster, &backups, action);
-        guardrails::check_one(&subject, action).map_err(Error::from)?;
-    }
+    log_floor(&retained.plan.events);
     // The requests first: the status copies and Events follow what was asked.
-    if let Some(cm) = &settings {
-        write_requests(&ctx, cm, &planned.requests).await?;
-    }
-    apply::apply(&ctx, &actions).await?;
-    let has_policy = cluster
-        .spec
-        .backup
-        .as_ref()
-        .is_some_and(|b| b.retention_policy.is_some());
-    Ok(match apply::requeue(&actions) {
+    write_requests(&ctx, &retained).await?;
+    apply::apply(&ctx, &retained.plan.actions).await?;
+    apply::apply(&ctx, &retained.plan.events).await?;
+    Ok(match retained.plan.requeue {
         Some(seconds) => Requeue::requeue(Duration::from_secs(seconds)),
-        None if has_policy => Requeue::requeue(RECHECK),
         None => Requeue::await_change(),
     })
 }

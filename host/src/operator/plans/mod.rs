@@ -4,13 +4,14 @@
 //! eval` prints it. Nothing here writes or reads the API server.
 //!
 //! ```text
-//!   Observe ─► backup / scheduled / cluster ─► Plan { actions, status, events, requeue }
+//!   Observe ─► backup / scheduled / cluster / retention ─► Plan { actions, status, events, requeue }
 //!                        │                          ├─► controller: apply, apply_status
 //!                     Policy                        └─► policy eval: print
 //! ```
 
 pub mod backup;
 pub mod cluster;
+pub mod retention;
 
 pub mod scheduled;
 
@@ -23,6 +24,7 @@ use pgwarden_core::plan::Action;
 
 pub use backup::backup;
 pub use cluster::{ClusterInput, cluster};
+pub use retention::retention;
 
 pub use scheduled::scheduled;
 
