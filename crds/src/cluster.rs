@@ -407,6 +407,15 @@ pub struct ClusterStatus {
     pub ready_instances: Option<i32>,
     /// Pod name of the primary instance.
     pub current_primary: Option<String>,
+    /// Pod name of the instance that is to be the primary: set by the operator when the
+    /// policy's failover decision or a switchover request names a standby (checked by the
+    /// host first); that instance's agent promotes it, and a primary that is not it fences
+    /// itself.
+    pub target_primary: Option<String>,
+    /// Each instance as its agent last reported it (each agent applies its own entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub instances_status: Vec<InstanceStatus>,
     /// Ready, ContinuousArchiving, LastBackupSucceeded, PolicyApplied, PodsUpToDate, and
     /// RetentionApplied (False, naming the policy, when its retention decision failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -456,6 +465,37 @@ pub struct ArchiveStatus {
     /// Whether the destination passed barman-cloud-check-wal-archive.
     pub destination_checked: Option<bool>,
     /// When the agent last reported.
+    pub reported_at: Option<String>,
+}
+
+/// One instance's replication facts, as its agent reported them. The agent reports only
+/// while PostgreSQL answers, so an old `reportedAt` means an agent or a PostgreSQL gone silent.
+#[skip_serializing_none]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Pod name of the instance.
+    pub name: String,
+    /// `primary` or `replica`, from `pg_is_in_recovery()`.
+    pub role: Option<String>,
+    /// PostgreSQL accepts connections.
+    pub ready: Option<bool>,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: Option<bool>,
+    /// A standby's WAL receiver is streaming from the primary.
+    pub streaming: Option<bool>,
+    /// WAL received from the primary (standby), or written (primary).
+    pub received_lsn: Option<String>,
+    /// WAL replayed (standby), or written (primary).
+    pub replayed_lsn: Option<String>,
+    /// Bytes of WAL received but not replayed yet.
+    pub lag_bytes: Option<i64>,
+    /// Seconds since the last replayed transaction's commit on the primary (0 when all
+    /// received WAL is replayed).
+    pub lag_seconds: Option<i64>,
+    /// The timeline PostgreSQL runs on.
+    pub timeline: Option<i64>,
+    /// When the agent reported (RFC 3339).
     pub reported_at: Option<String>,
 }
 

@@ -42,4 +42,10 @@ pub mod condition_types {
     /// deciding (False, reason `NamespaceBound`, when the platform bound its namespace to
     /// another with the operator's `--namespace-policy`).
     pub const POLICY_AS_REQUESTED: &str = "PolicyAsRequested";
+    /// Who is to be the primary (`status.targetPrimary`): True with reason `Elected`,
+    /// `PrimaryUnhealthy` (no standby promoted yet), `SwitchoverRequested` or the policy's
+    /// failover reason; False when a promotion, the policy's or a switchover request's, is
+    /// refused (reason `PromotionRefused`, naming the instance and why) or the policy's
+    /// `failover` failed.
+    pub const PRIMARY_ELECTED: &str = "PrimaryElected";
 }

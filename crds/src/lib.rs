@@ -28,9 +28,9 @@ pub use backup::{
 };
 pub use cluster::{
     ArchiveStatus, Bootstrap, BootstrapInitDb, BootstrapRecovery, Cluster, ClusterSpec,
-    ClusterStatus, DataBackupConfiguration, DataCompression, Encryption, MAX_INSTANCES,
-    MAX_INSTANCES_EVER, MAX_NAME_LENGTH as MAX_CLUSTER_NAME_LENGTH, ObjectStore, PolicyInForce,
-    PostgresConfiguration, RecoveryTarget, S3Credentials, StorageConfiguration,
+    ClusterStatus, DataBackupConfiguration, DataCompression, Encryption, InstanceStatus,
+    MAX_INSTANCES, MAX_INSTANCES_EVER, MAX_NAME_LENGTH as MAX_CLUSTER_NAME_LENGTH, ObjectStore,
+    PolicyInForce, PostgresConfiguration, RecoveryTarget, S3Credentials, StorageConfiguration,
     WalBackupConfiguration, WalCompression,
 };
 pub use common::{LocalObjectReference, SecretKeySelector, condition_types};

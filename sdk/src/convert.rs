@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 
 use crate::types::{
-    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, Instance, PodFacts,
-    ScheduleDecision, ScheduledRun, Storage, Transition,
+    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, FailoverFacts,
+    Instance, InstanceFacts, PodFacts, Promotion, ScheduleDecision, ScheduledRun, Storage,
+    Transition,
 };
 use crate::wit;
 
@@ -293,5 +294,59 @@ pub(crate) fn cluster_health_from_wit(h: wit::ClusterHealth) -> ClusterHealth {
             reason: h.ready.reason,
             message: h.ready.message,
         },
+    }
+}
+
+pub(crate) fn instance_facts_to_wit(i: &InstanceFacts) -> wit::InstanceFacts {
+    wit::InstanceFacts {
+        name: i.name.clone(),
+        role: i.role.into(),
+        ready: i.ready,
+        streaming: i.streaming,
+        received_lsn: i.received_lsn,
+        replayed_lsn: i.replayed_lsn,
+        lag_bytes: i.lag_bytes,
+        lag_seconds: i.lag_seconds,
+    }
+}
+
+pub(crate) fn instance_facts_from_wit(i: wit::InstanceFacts) -> InstanceFacts {
+    InstanceFacts {
+        name: i.name,
+        role: i.role.into(),
+        ready: i.ready,
+        streaming: i.streaming,
+        received_lsn: i.received_lsn,
+        replayed_lsn: i.replayed_lsn,
+        lag_bytes: i.lag_bytes,
+        lag_seconds: i.lag_seconds,
+    }
+}
+
+/// The failover facts as the guest receives them (the Cluster as JSON text).
+pub(crate) fn failover_facts_to_wit(f: &FailoverFacts) -> wit::FailoverFacts {
+    wit::FailoverFacts {
+        cluster: serde_json::to_string(&f.cluster).unwrap_or_default(),
+        instances: f.instances.iter().map(instance_facts_to_wit).collect(),
+        current_primary: f.current_primary.clone(),
+        target_primary: f.target_primary.clone(),
+        primary_unhealthy_seconds: f.primary_unhealthy_seconds,
+        now: f.now.timestamp(),
+    }
+}
+
+pub(crate) fn promotion_to_wit(p: Promotion) -> wit::Promotion {
+    wit::Promotion {
+        instance: p.instance,
+        reason: p.reason,
+        message: p.message,
+    }
+}
+
+pub(crate) fn promotion_from_wit(p: wit::Promotion) -> Promotion {
+    Promotion {
+        instance: p.instance,
+        reason: p.reason,
+        message: p.message,
     }
 }

@@ -8,11 +8,13 @@ use serde::de::DeserializeOwned;
 
 use crate::convert::{
     archive_to_wit, backup_settings_to_wit, claim_facts_from_wit, cluster_health_to_wit,
-    denial_from_wit, expiry_to_wit, instance_from_wit, pod_facts_from_wit, schedule_to_wit,
-    storage_to_wit, time, transition_to_wit,
+    denial_from_wit, expiry_to_wit, instance_facts_from_wit, instance_from_wit, pod_facts_from_wit,
+    promotion_to_wit, schedule_to_wit, storage_to_wit, time, transition_to_wit,
 };
 use crate::policy::{Decided, Policy};
-use crate::types::{ABI_VERSION, BackupFacts, ClusterFacts, Denial, Instance, Settings};
+use crate::types::{
+    ABI_VERSION, BackupFacts, ClusterFacts, Denial, FailoverFacts, Instance, Settings,
+};
 use crate::wit;
 
 /// The component's exports for policy `P`.
@@ -177,6 +179,25 @@ impl<P: Policy> wit::Guest for Exports<P> {
             P::cluster_status(&settings(&s)?, &facts)
         })();
         answer(decided, cluster_health_to_wit)
+    }
+
+    fn failover(s: String, facts: wit::FailoverFacts) -> Answer<Option<wit::Promotion>> {
+        let decided = (|| {
+            let facts = FailoverFacts {
+                cluster: parse("Cluster", &facts.cluster)?,
+                instances: facts
+                    .instances
+                    .into_iter()
+                    .map(instance_facts_from_wit)
+                    .collect(),
+                current_primary: facts.current_primary,
+                target_primary: facts.target_primary,
+                primary_unhealthy_seconds: facts.primary_unhealthy_seconds,
+                now: time(facts.now),
+            };
+            P::failover(&settings(&s)?, &facts)
+        })();
+        answer(decided, |p| p.map(promotion_to_wit))
     }
 }
 

@@ -49,7 +49,8 @@ pub mod prelude {
     pub use crate::policy::{Decided, Policy};
     pub use crate::types::{
         BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry,
-        Instance, PodFacts, Role, ScheduleDecision, ScheduledRun, Settings, Storage, Transition,
+        FailoverFacts, Instance, InstanceFacts, PodFacts, Promotion, Role, ScheduleDecision,
+        ScheduledRun, Settings, Storage, Transition,
     };
     pub use chrono::{DateTime, Duration, Utc};
     pub use k8s_openapi::api::core::v1::PodTemplateSpec;

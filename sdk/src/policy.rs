@@ -8,8 +8,8 @@ use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 
 use crate::defaults;
 use crate::types::{
-    BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, Denial, Expiry, Instance,
-    ScheduleDecision, Settings, Storage, Transition,
+    BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, Denial, Expiry, FailoverFacts, Instance,
+    Promotion, ScheduleDecision, Settings, Storage, Transition,
 };
 
 /// A decision, or a denial: a reason and a message that tells the user what to change.
@@ -103,5 +103,13 @@ pub trait Policy {
     /// as healthy or degraded (default: [`defaults::cluster_status`]).
     fn cluster_status(_settings: &Settings, facts: &ClusterFacts) -> Decided<ClusterHealth> {
         defaults::cluster_status(facts)
+    }
+
+    /// Whether a standby is promoted now, from the instances' replication facts and how long
+    /// the primary has been unhealthy (default: [`defaults::failover`] after
+    /// [`defaults::FAILOVER_DELAY_SECONDS`]). The host refuses a promotion of an unknown
+    /// instance, of the current primary, or of a standby that is not streaming.
+    fn failover(_settings: &Settings, facts: &FailoverFacts) -> Decided<Option<Promotion>> {
+        defaults::failover(facts, defaults::FAILOVER_DELAY_SECONDS)
     }
 }

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::convert::{
     archive_from_wit, backup_settings_from_wit, claim_facts_to_wit, cluster_facts_to_wit,
-    cluster_health_from_wit, denial_from_wit, expiry_from_wit, instance_to_wit, pod_facts_to_wit,
-    schedule_from_wit, storage_from_wit, transition_from_wit,
+    cluster_health_from_wit, denial_from_wit, expiry_from_wit, failover_facts_to_wit,
+    instance_to_wit, pod_facts_to_wit, promotion_from_wit, schedule_from_wit, storage_from_wit,
+    transition_from_wit,
 };
 use crate::glue::Exports;
 use crate::policy::Policy;
@@ -133,6 +134,11 @@ fn cluster_decision<P: Policy>(s: &str, request: &Request) -> Option<Result<Deci
             Request::ClusterStatus(facts) => Decision::ClusterStatus(cluster_health_from_wit(
                 E::<P>::cluster_status(s(), cluster_facts_to_wit(facts)).map_err(denied)?,
             )),
+            Request::Failover(facts) => Decision::Failover(
+                E::<P>::failover(s(), failover_facts_to_wit(facts))
+                    .map_err(denied)?
+                    .map(promotion_from_wit),
+            ),
             _ => return Err(None),
         })
     })();

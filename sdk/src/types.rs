@@ -228,6 +228,73 @@ pub struct ClusterHealth {
     pub ready: ConditionDecision,
 }
 
+/// One instance's replication facts, as its agent last reported them (for a failover).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceFacts {
+    /// The pod name.
+    pub name: String,
+    pub role: Role,
+    /// PostgreSQL answers, and its agent reported recently.
+    pub ready: bool,
+    /// The standby has received WAL by streaming replication since PostgreSQL started (its
+    /// WAL receiver may have lost a dead primary since).
+    #[serde(default)]
+    pub streaming: bool,
+    /// WAL received (a standby) or written (the primary), in bytes from LSN 0/0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_lsn: Option<u64>,
+    /// WAL replayed (a standby), in bytes from LSN 0/0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_lsn: Option<u64>,
+    /// Bytes received but not replayed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// Seconds behind the primary's last commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<u64>,
+}
+
+/// What the host observes of a Cluster's instances, for a failover.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverFacts {
+    /// The Cluster, with its stored status.
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub instances: Vec<InstanceFacts>,
+    /// `status.currentPrimary`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+    /// `status.targetPrimary`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+    /// Seconds since the current primary was last seen healthy (0: healthy now; none: never
+    /// seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_unhealthy_seconds: Option<u64>,
+    pub now: DateTime<Utc>,
+}
+
+/// The standby to promote, and why (`failover`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    /// The pod name of the standby.
+    pub instance: String,
+    /// Why, in one CamelCase word.
+    pub reason: String,
+    pub message: String,
+}
+
+/// An LSN as PostgreSQL prints it (`16/B374D848`) in bytes from 0/0; none if malformed.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
+}
+
 /// What the host observes about the pod a backup runs on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -346,6 +413,8 @@ pub enum Request {
     },
     /// `cluster-status`: the Cluster's phase and `Ready` condition.
     ClusterStatus(Box<ClusterFacts>),
+    /// `failover`: whether a standby is promoted now.
+    Failover(Box<FailoverFacts>),
 }
 
 impl Request {
@@ -362,12 +431,13 @@ impl Request {
             Request::Schedule { .. } => "schedule",
             Request::Retention { .. } => "retention",
             Request::ClusterStatus(_) => "cluster-status",
+            Request::Failover(_) => "failover",
         }
     }
 }
 
 /// The names of every decision, in WIT export order.
-pub const DECISIONS: [&str; 10] = [
+pub const DECISIONS: [&str; 11] = [
     "validate-settings",
     "validate",
     "instance-pod",
@@ -378,6 +448,7 @@ pub const DECISIONS: [&str; 10] = [
     "schedule",
     "retention",
     "cluster-status",
+    "failover",
 ];
 
 /// A decision's answer, typed.
@@ -394,6 +465,8 @@ pub enum Decision {
     Schedule(ScheduleDecision),
     Retention(Vec<Expiry>),
     ClusterStatus(ClusterHealth),
+    /// `failover`: `null` when no standby is promoted now.
+    Failover(Option<Promotion>),
 }
 
 /// A Backup past the retention policy (`retention`): its backup is deleted from the store,

@@ -94,6 +94,8 @@ pub struct ClusterStatus {
     pub instances: i32,
     pub ready_instances: i32,
     pub current_primary: Option<String>,
+    /// Who is to be the primary ([`crate::failover::elect`]; set by [`ClusterReport::elect`]).
+    pub target_primary: Option<String>,
     pub conditions: Vec<Condition>,
     pub policy: Option<PolicyInForce>,
     pub last_successful_backup: Option<String>,
@@ -114,6 +116,23 @@ pub struct ClusterReport {
     pub status: ClusterStatus,
     pub warnings: Vec<Warning>,
     pub requeue_seconds: u64,
+}
+
+impl ClusterReport {
+    /// The report with the host's `election` of the primary: `targetPrimary`, the
+    /// `PrimaryElected` condition (a Warning when it turns False or changes its refusal) and
+    /// the earlier requeue while the primary is unhealthy.
+    pub fn elect(&mut self, election: crate::failover::Election, now: Timestamp) {
+        let before = self.status.conditions.clone();
+        let wanted = [election.condition];
+        self.status.target_primary = election.target_primary;
+        let generation = self.status.observed_generation;
+        self.status.conditions = conditions::set_all(&before, &wanted, generation, now);
+        self.warnings.extend(warnings(&before, &wanted));
+        if let Some(seconds) = election.requeue_seconds {
+            self.requeue_seconds = self.requeue_seconds.min(seconds);
+        }
+    }
 }
 
 /// What the policy decides the phase and `Ready` from: the Cluster as observed (with its
@@ -174,6 +193,7 @@ pub fn cluster_status(
         instances: observed.instances.total,
         ready_instances: observed.instances.ready,
         current_primary: observed.instances.primary.clone(),
+        target_primary: None,
         conditions: conditions::set_all(&observed.conditions, &wanted, generation, now),
         policy: match outcome {
             Outcome::Applied { policy, .. } => Some(policy.clone()),

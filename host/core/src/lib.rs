@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod cluster;
 pub mod conditions;
+pub mod failover;
 pub mod plan;
 pub mod policy;
 pub mod quantity;

@@ -98,6 +98,29 @@ async fn health(
     health.unwrap_or_else(|e| Err(Denial::new("PolicyFailed", format!("policy {name}: {e}"))))
 }
 
+/// Who is to be the primary ([`planning::election`], as a dry run decides it), off the
+/// async executor. A failed call keeps `targetPrimary` (the core reports why).
+async fn election(cluster: &Cluster, ctx: &Context, now: Timestamp) -> core::failover::Election {
+    let chosen = ctx.policies.for_cluster(cluster).ok();
+    let (started, at) = (Instant::now(), pgwarden_sdk::convert::from_jiff(now));
+    let Some(policy) = chosen.as_ref().map(|c| c.policy.clone()) else {
+        return planning::election(None, cluster, at);
+    };
+    let input = cluster.clone();
+    let elected = policy
+        .run(move |_| Ok(planning::election(chosen.as_ref(), &input, at)))
+        .await;
+    ctx.metrics.policy_call("failover", started.elapsed());
+    let facts = core::failover::facts(cluster, at);
+    elected.unwrap_or_else(|e| {
+        core::failover::elect(
+            &facts,
+            None,
+            Err(Denial::new("PolicyFailed", e.to_string())),
+        )
+    })
+}
+
 /// Observe, decide and apply, then the status the core computes from what was observed and
 /// done, written once (server-side apply), and its Warnings.
 #[instrument(skip(cluster, ctx), fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
@@ -112,7 +135,8 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
     let binding = ctx.policies.as_requested(&cluster);
     let (done, now) = (planning::outcome_of(&outcome), Timestamp::now());
     let health = health(&cluster, &ctx, &observed, &done, now).await;
-    let report = core::cluster_status(&observed, &done, &health, binding, now);
+    let mut report = core::cluster_status(&observed, &done, &health, binding, now);
+    report.elect(election(&cluster, &ctx, now).await, now);
     status::apply_status(&ctx, &*cluster, &report.status).await?;
     let target = reference(&*cluster);
     let warnings: Vec<Action> = report

@@ -3,8 +3,8 @@
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_sdk::convert::time;
 use pgwarden_sdk::types::{
-    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, Instance, PodFacts,
-    ScheduleDecision, ScheduledRun, Storage, Transition,
+    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, FailoverFacts,
+    Instance, PodFacts, Promotion, ScheduleDecision, ScheduledRun, Storage, Transition,
 };
 
 mod generated {
@@ -130,5 +130,36 @@ pub fn cluster_health(h: wit::ClusterHealth) -> ClusterHealth {
             reason: h.ready.reason,
             message: h.ready.message,
         },
+    }
+}
+
+/// The failover facts as the guest receives them: the Cluster as JSON text.
+pub fn failover_facts(f: &FailoverFacts) -> wit::FailoverFacts {
+    wit::FailoverFacts {
+        cluster: serde_json::to_string(&f.cluster).unwrap_or_default(),
+        instances: (f.instances.iter())
+            .map(|i| wit::InstanceFacts {
+                name: i.name.clone(),
+                role: i.role.into(),
+                ready: i.ready,
+                streaming: i.streaming,
+                received_lsn: i.received_lsn,
+                replayed_lsn: i.replayed_lsn,
+                lag_bytes: i.lag_bytes,
+                lag_seconds: i.lag_seconds,
+            })
+            .collect(),
+        current_primary: f.current_primary.clone(),
+        target_primary: f.target_primary.clone(),
+        primary_unhealthy_seconds: f.primary_unhealthy_seconds,
+        now: f.now.timestamp(),
+    }
+}
+
+pub fn promotion(p: wit::Promotion) -> Promotion {
+    Promotion {
+        instance: p.instance,
+        reason: p.reason,
+        message: p.message,
     }
 }

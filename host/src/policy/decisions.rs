@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
 use pgwarden_crds::{Backup, Cluster, ScheduledBackup};
 use pgwarden_sdk::types::{
-    BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, Decision, Expiry, Instance, Request,
-    ScheduleDecision, Storage, Transition,
+    BackupFacts, ClaimFacts, ClusterFacts, ClusterHealth, Decision, Expiry, FailoverFacts,
+    Instance, Promotion, Request, ScheduleDecision, Storage, Transition,
 };
 use serde::Serialize;
 use tracing::Instrument;
@@ -172,6 +172,27 @@ impl Policy {
             format!("the Ready message is over {MAX_MESSAGE_BYTES} bytes")
         })?;
         Ok(health)
+    }
+
+    /// Whether a standby is promoted now (`failover`). The answer's shape is checked here
+    /// (a pod name, a one-word reason); whether the instance may be promoted is the core's
+    /// check (`pgwarden_core::failover::check`).
+    #[tracing::instrument(skip_all, fields(digest = self.digest()))]
+    pub fn failover(&self, facts: &FailoverFacts) -> Result<Option<Promotion>> {
+        const D: &str = "failover";
+        let input = bindings::failover_facts(facts);
+        let answer = self.call(D, |p, s| p.call_failover(s, self.settings(), &input))?;
+        let Some(promotion) = answer.map(bindings::promotion) else {
+            return Ok(None);
+        };
+        check(D, is_dns_subdomain(&promotion.instance), || {
+            format!("instance {:?} is not a pod name", promotion.instance)
+        })?;
+        check_reason(D, &promotion.reason)?;
+        check(D, promotion.message.len() <= MAX_MESSAGE_BYTES, || {
+            format!("the message is over {MAX_MESSAGE_BYTES} bytes")
+        })?;
+        Ok(Some(promotion))
     }
 
     /// The pod template of instance `instance` of `cluster`, parsed as a k8s-openapi
@@ -376,6 +397,7 @@ impl Policy {
                 now,
             } => Decision::Retention(self.retention(cluster, backups, *now)?),
             Request::ClusterStatus(facts) => Decision::ClusterStatus(self.cluster_health(facts)?),
+            Request::Failover(facts) => Decision::Failover(self.failover(facts)?),
         })
     }
 

@@ -9,6 +9,8 @@
 //!   (setting `jobs`).
 //! - Instance pods request at least 500m CPU and 1Gi of memory (settings `cpu`, `memory`).
 //! - Backups run on a ready standby when there is one.
+//! - Failover as the default's (the most advanced ready streaming standby), after 60 s of an
+//!   unhealthy primary rather than 30 (setting `failoverDelaySeconds`).
 //! - Retention as the default's, but the Backup objects of deleted backups stay, marked
 //!   `Deleted`: an audit trail of what was taken and when it was deleted.
 //!
@@ -19,6 +21,7 @@
 //!   cpu: "500m"      # CPU request of an instance pod whose Cluster sets none
 //!   memory: "1Gi"    # memory request, likewise
 //!   jobs: 4          # parallel upload jobs of a base backup whose Cluster sets none (1..=64)
+//!   failoverDelaySeconds: 60  # the primary unhealthy this long before a standby is promoted (5..=3600)
 //! ```
 
 use pgwarden_sdk::crds::BackupTarget;
@@ -34,6 +37,10 @@ pub const DEFAULT_MEMORY: &str = "1Gi";
 pub const DEFAULT_JOBS: u32 = 4;
 /// WAL files archived in parallel unless the Cluster says otherwise.
 pub const WAL_MAX_PARALLEL: u32 = 4;
+/// How long the primary must have been unhealthy before a failover: twice the default's, so
+/// that a node's brief outage or a slow restart does not cost a promotion (and the
+/// transactions a standby had not received yet).
+pub const DEFAULT_FAILOVER_DELAY_SECONDS: u64 = 60;
 
 /// The production policy's settings.
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -48,6 +55,13 @@ pub struct ProductionSettings {
     /// Parallel upload jobs of a base backup whose Cluster sets none.
     #[serde(default = "default_jobs")]
     pub jobs: u32,
+    /// Seconds the primary must have been unhealthy before a standby is promoted.
+    #[serde(default = "default_failover_delay")]
+    pub failover_delay_seconds: u64,
+}
+
+fn default_failover_delay() -> u64 {
+    DEFAULT_FAILOVER_DELAY_SECONDS
 }
 
 fn default_cpu() -> String {
@@ -82,6 +96,12 @@ impl ProductionSettings {
         }
         if !(1..=64).contains(&parsed.jobs) {
             return invalid("jobs", format!("{} is not within 1..=64", parsed.jobs));
+        }
+        if !(5..=3600).contains(&parsed.failover_delay_seconds) {
+            return invalid(
+                "failoverDelaySeconds",
+                format!("{} is not within 5..=3600", parsed.failover_delay_seconds),
+            );
         }
         Ok(parsed)
     }
@@ -185,6 +205,11 @@ impl Policy for ProductionPolicy {
             .into_iter()
             .map(Expiry::keep)
             .collect())
+    }
+
+    fn failover(settings: &Settings, facts: &FailoverFacts) -> Decided<Option<Promotion>> {
+        let delay = ProductionSettings::read(settings)?.failover_delay_seconds;
+        defaults::failover(facts, delay)
     }
 }
 

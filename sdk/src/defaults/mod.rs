@@ -2,6 +2,7 @@
 //! custom policy starts from and adjusts.
 
 mod backup;
+mod failover;
 mod health;
 mod pod;
 mod retention;
@@ -14,6 +15,7 @@ mod transition;
 pub use backup::{
     ARCHIVE_TIMEOUT_SECONDS, DEFAULT_JOBS, archive_settings, backup_settings, target_pod,
 };
+pub use failover::{FAILOVER_DELAY_SECONDS, failover, most_advanced_standby};
 pub use health::{NAME_IN_USE, cluster_status, phase, readiness};
 pub use pod::{DEFAULT_IMAGE, PodBuilder, instance_pod, secret_env};
 pub use retention::{

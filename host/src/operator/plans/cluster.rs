@@ -11,10 +11,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use pgwarden_core::cluster::{Health, health_facts};
+use pgwarden_core::failover::{self, Election, SWITCHOVER_ANNOTATION};
 use pgwarden_core::{
     self as core, ClusterReport, ObservedBackup, ObservedCluster, Outcome, Wanted,
 };
 use pgwarden_crds::{Cluster, PolicyInForce};
+use pgwarden_sdk::defaults;
 use pgwarden_sdk::names;
 use pgwarden_sdk::types::{ClaimFacts, Denial, Instance};
 
@@ -206,7 +208,27 @@ pub fn report(
     let seen = observed_cluster(observed, cluster, missing);
     let facts = health_facts(cluster, instances(observed, cluster), &seen, outcome, now);
     let health = health(chosen, &facts);
-    core::cluster_status(&seen, outcome, &health, binding, now)
+    let mut report = core::cluster_status(&seen, outcome, &health, binding, now);
+    let at = pgwarden_sdk::convert::from_jiff(now);
+    report.elect(election(chosen, cluster, at), now);
+    report
+}
+
+/// Who is to be the primary: the failover facts from the agents' reports, a switchover
+/// request (annotation [`SWITCHOVER_ANNOTATION`], which the policy is not asked past), else
+/// the policy's `failover` (no policy to ask: the SDK's default), checked by the core.
+pub fn election(chosen: Option<&ChosenPolicy>, cluster: &Cluster, now: DateTime<Utc>) -> Election {
+    let facts = failover::facts(cluster, now);
+    let switchover = cluster.annotations().get(SWITCHOVER_ANNOTATION);
+    let decided = match (switchover, chosen) {
+        (Some(_), _) => Ok(None),
+        (None, None) => defaults::failover(&facts, defaults::FAILOVER_DELAY_SECONDS),
+        (None, Some(chosen)) => chosen.policy.failover(&facts).map_err(|e| {
+            let reason = e.denial_reason().unwrap_or("PolicyFailed");
+            Denial::new(reason, format!("policy {}: {e}", chosen.name))
+        }),
+    };
+    failover::elect(&facts, switchover.map(String::as_str), decided)
 }
 
 /// The Warnings of a report, as Events on the Cluster.

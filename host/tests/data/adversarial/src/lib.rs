@@ -18,6 +18,9 @@
 //! | `echo-settings`   | denies (reason `Echo`), the settings as message |
 //! | `bad-reason`      | denies with a reason that is not one word      |
 //! | `bad-storage`     | a claim size that is no quantity               |
+//! | `promote-ghost`   | failover: promotes `ghost-7`, no such instance  |
+//! | `promote-primary` | failover: promotes the current primary          |
+//! | `promote-lagging` | failover: promotes a standby that never streamed |
 //! | anything else     | the default decisions                          |
 //!
 //! Every setting is accepted except a `refuse` field (denied, `InvalidSettings`).
@@ -123,6 +126,36 @@ impl Policy for Adversarial {
         }
         Ok(settings)
     }
+
+    fn failover(_settings: &Settings, facts: &FailoverFacts) -> Decided<Option<Promotion>> {
+        bad_failover(facts)
+    }
+}
+
+/// A promotion of `instance`, whatever the facts.
+fn promote(instance: &str) -> Decided<Option<Promotion>> {
+    Ok(Some(Promotion {
+        instance: instance.into(),
+        reason: "Adversarial".into(),
+        message: format!("the adversarial policy promotes {instance}"),
+    }))
+}
+
+/// The failover decisions the host must refuse, by the Cluster's name.
+fn bad_failover(facts: &FailoverFacts) -> Decided<Option<Promotion>> {
+    match defaults::cluster_name(&facts.cluster) {
+        "promote-ghost" => promote("ghost-7"),
+        "promote-primary" => promote(facts.current_primary.as_deref().unwrap_or_default()),
+        "promote-lagging" => match facts
+            .instances
+            .iter()
+            .find(|i| i.role == Role::Replica && !i.streaming)
+        {
+            Some(i) => promote(&i.name),
+            None => Ok(None),
+        },
+        _ => defaults::failover(facts, defaults::FAILOVER_DELAY_SECONDS),
+    }
 }
 
 /// The raw exports: [`Adversarial`] through the SDK's glue, except that a Cluster named
@@ -194,6 +227,9 @@ impl Guest for Raw {
     }
     fn cluster_status(settings: String, facts: wit::ClusterFacts) -> Answer<wit::ClusterHealth> {
         Glue::cluster_status(settings, facts)
+    }
+    fn failover(settings: String, facts: wit::FailoverFacts) -> Answer<Option<wit::Promotion>> {
+        Glue::failover(settings, facts)
     }
 }
 

@@ -1,0 +1,169 @@
+//! The failover facts from the agents' reports, the default decision on them, and the host's
+//! check of a promotion.
+
+use chrono::TimeZone;
+use pgwarden_crds::{ClusterSpec, ClusterStatus};
+use pgwarden_sdk::defaults::{FAILOVER_DELAY_SECONDS, failover};
+
+use super::*;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 30, 20, 0, 0).unwrap()
+}
+
+fn ago(seconds: i64) -> Option<String> {
+    Some((now() - chrono::Duration::seconds(seconds)).to_rfc3339())
+}
+
+fn report(name: &str, role: &str, age: i64, received: Option<&str>) -> InstanceStatus {
+    InstanceStatus {
+        name: name.into(),
+        role: Some(role.into()),
+        ready: Some(true),
+        streaming: Some(false),
+        received_lsn: received.map(Into::into),
+        replayed_lsn: received.map(Into::into),
+        reported_at: ago(age),
+        ..Default::default()
+    }
+}
+
+/// pg-1 the primary, silent for `primary_age` seconds; pg-2 streamed up to 0/3000000, pg-3
+/// up to 0/3000100 and pg-4 never streamed (restored from the store).
+fn cluster(primary_age: i64) -> Cluster {
+    let mut c = Cluster::new("pg", ClusterSpec::default());
+    c.status = Some(ClusterStatus {
+        current_primary: Some("pg-1".into()),
+        target_primary: Some("pg-1".into()),
+        instances_status: vec![
+            report("pg-1", "primary", primary_age, Some("0/3000200")),
+            report("pg-2", "replica", 5, Some("0/3000000")),
+            report("pg-3", "replica", 5, Some("0/3000100")),
+            report("pg-4", "replica", 5, None),
+        ],
+        ..Default::default()
+    });
+    c
+}
+
+fn promotion(instance: &str) -> Promotion {
+    Promotion {
+        instance: instance.into(),
+        reason: "Test".into(),
+        message: "asked".into(),
+    }
+}
+
+#[test]
+fn a_fresh_primary_is_healthy_and_a_silent_one_counts_its_silence() {
+    assert_eq!(facts(&cluster(5), now()).primary_unhealthy_seconds, Some(0));
+    let f = facts(&cluster(40), now());
+    assert_eq!(f.primary_unhealthy_seconds, Some(40));
+    assert_eq!(f.current_primary.as_deref(), Some("pg-1"));
+    let pg4 = f.instances.iter().find(|i| i.name == "pg-4").unwrap();
+    assert!(
+        !pg4.streaming,
+        "a standby that received nothing never streamed"
+    );
+    let pg3 = f.instances.iter().find(|i| i.name == "pg-3").unwrap();
+    assert!(pg3.streaming && pg3.ready);
+    assert_eq!(pg3.received_lsn, Some(0x3000100));
+}
+
+#[test]
+fn the_default_promotes_the_most_advanced_streaming_standby_after_the_delay() {
+    let f = facts(&cluster(40), now());
+    let decided = failover(&f, FAILOVER_DELAY_SECONDS);
+    assert_eq!(decided.as_ref().unwrap().as_ref().unwrap().instance, "pg-3");
+    let e = elect(&f, None, decided);
+    assert_eq!(e.target_primary.as_deref(), Some("pg-3"));
+    assert!(e.condition.ok, "{e:?}");
+    assert_eq!(e.condition.reason, "PrimaryUnhealthy");
+    // Within the delay: nothing is promoted, and the Cluster is looked at again soon.
+    let f = facts(&cluster(28), now());
+    let e = elect(&f, None, failover(&f, FAILOVER_DELAY_SECONDS));
+    assert_eq!(e.target_primary.as_deref(), Some("pg-1"));
+    assert_eq!(e.requeue_seconds, Some(UNHEALTHY_REQUEUE_SECONDS));
+    // A healthy primary: steady, no early requeue.
+    let f = facts(&cluster(5), now());
+    let e = elect(&f, None, failover(&f, FAILOVER_DELAY_SECONDS));
+    assert_eq!(
+        (e.target_primary.as_deref(), e.requeue_seconds),
+        (Some("pg-1"), None)
+    );
+    assert_eq!(e.condition.reason, "Elected");
+}
+
+#[test]
+fn a_promotion_of_an_unknown_instance_the_primary_or_a_non_streaming_standby_is_refused() {
+    let f = facts(&cluster(40), now());
+    for (instance, why) in [
+        (
+            "ghost-7",
+            "is no instance of the Cluster (its agents reported: pg-1, pg-2, pg-3, pg-4)",
+        ),
+        ("pg-1", "is the current primary already"),
+        ("pg-4", "is not a streaming standby"),
+    ] {
+        let e = elect(&f, None, Ok(Some(promotion(instance))));
+        assert_eq!(
+            e.target_primary.as_deref(),
+            Some("pg-1"),
+            "{instance}: nothing changes"
+        );
+        assert!(!e.condition.ok);
+        assert_eq!(e.condition.reason, PROMOTION_REFUSED);
+        assert!(
+            e.condition.message.starts_with(&format!(
+                "the policy's failover promotion of {instance} refused: {instance} {why}"
+            )),
+            "{}",
+            e.condition.message
+        );
+    }
+}
+
+#[test]
+fn a_switchover_request_is_checked_like_a_promotion_and_done_once() {
+    let f = facts(&cluster(5), now());
+    let e = elect(&f, Some("pg-2"), Ok(None));
+    assert_eq!(e.target_primary.as_deref(), Some("pg-2"));
+    assert_eq!(e.condition.reason, "SwitchoverRequested");
+    let e = elect(&f, Some("pg-4"), Ok(None));
+    assert_eq!(e.target_primary.as_deref(), Some("pg-1"));
+    assert!(
+        e.condition
+            .message
+            .starts_with("the switchover's promotion of pg-4 refused")
+    );
+    // Once targetPrimary names it, the annotation asks nothing more.
+    let mut done = cluster(5);
+    done.status.as_mut().unwrap().target_primary = Some("pg-2".into());
+    let e = elect(&facts(&done, now()), Some("pg-2"), Ok(None));
+    assert_eq!(e.target_primary.as_deref(), Some("pg-2"));
+    assert!(e.condition.ok);
+}
+
+#[test]
+fn a_policy_denial_keeps_the_target_and_says_why() {
+    let f = facts(&cluster(40), now());
+    let e = elect(
+        &f,
+        None,
+        Err(Denial::new("NoQuorum", "two of three must agree")),
+    );
+    assert_eq!(e.target_primary.as_deref(), Some("pg-1"));
+    assert_eq!(
+        (e.condition.ok, e.condition.reason.as_str()),
+        (false, "NoQuorum")
+    );
+}
+
+#[test]
+fn no_report_no_election() {
+    let c = Cluster::new("pg", ClusterSpec::default());
+    let f = facts(&c, now());
+    assert_eq!(f.primary_unhealthy_seconds, None);
+    let e = elect(&f, None, failover(&f, FAILOVER_DELAY_SECONDS));
+    assert_eq!((e.target_primary, e.requeue_seconds), (None, None));
+}
