@@ -33,16 +33,12 @@ use crate::settings::parameters;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
-    /// Number of PostgreSQL instances (pods). Only 1 is accepted until standbys stream from
-    /// the primary: more instances would be unrelated databases archiving into one
-    /// destination, each overwriting the others' WAL files. Never more than 9, even then.
+    /// Number of PostgreSQL instances (pods): one primary (instance 1) and `instances - 1`
+    /// hot standbys cloned from it and streaming from it; only the primary archives WAL.
+    /// Never more than 9.
     #[serde(default = "default_instances")]
     #[schemars(range(min = 1))]
     #[schemars(extend("maximum" = MAX_INSTANCES_EVER))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self <= 1",
-         "message": "spec.instances above 1 is refused until streaming standbys exist: each instance would be an unrelated database (its own initdb) archiving WAL files of the same names into one destination, corrupting the archive"}
-    ]))]
     pub instances: i32,
     /// Container image of the instances. The local sandbox runs the host's binaries instead.
     pub image_name: Option<String>,
@@ -71,15 +67,15 @@ fn default_instances() -> i32 {
     1
 }
 
-/// The most instances a Cluster runs until standbys stream from the primary: admission refuses
-/// more (the CEL rule on `spec.instances`), and the operator never plans more pods than this,
-/// whatever a policy answers, so that one destination never gets two archivers.
-pub const MAX_INSTANCES: i32 = 1;
+/// The most instances a Cluster runs: the operator never plans more pods than this, whatever
+/// the stored spec or a policy says. Standbys stream from the primary and never archive, so
+/// one destination has one archiver whatever the number.
+pub const MAX_INSTANCES: i32 = MAX_INSTANCES_EVER;
 
-/// The hard ceiling of `spec.instances` (the schema's `maximum`), which stays when the rule
-/// above is lifted: the operator asks the policy once per instance and holds every pod
-/// template, so the number must be small and known; and the pod names `<name>-1` to
-/// `<name>-9` keep one digit, which [`MAX_NAME_LENGTH`] counts on.
+/// The hard ceiling of `spec.instances` (the schema's `maximum`): the operator asks the
+/// policy once per instance and holds every pod template, so the number must be small and
+/// known; and the pod names `<name>-1` to `<name>-9` keep one digit, which
+/// [`MAX_NAME_LENGTH`] counts on.
 pub const MAX_INSTANCES_EVER: i32 = 9;
 
 /// The longest suffix of a name derived from a Cluster's (`pgwarden_sdk::names`): the

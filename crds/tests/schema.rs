@@ -433,12 +433,8 @@ fn cluster_bad_values_are_rejected_with_their_rule() {
         ),
         ("/spec/backup/wal/maxParallel", json!(0), "minimum of 1"),
         ("/spec/instances", json!(0), "minimum of 1"),
-        (
-            "/spec/instances",
-            json!(3),
-            "spec.instances above 1 is refused until streaming standbys exist",
-        ),
-        // The hard ceiling that stays when standbys come: not two billion policy calls.
+        ("/spec/instances", json!(10), "maximum of 9"),
+        // The hard ceiling: not two billion policy calls.
         ("/spec/instances", json!(2147483647), "maximum of 9"),
         (
             "/spec/backup/retentionPolicy",

@@ -32,6 +32,22 @@ pub fn agent(cluster: &str) -> String {
     format!("{cluster}-agent")
 }
 
+/// The Secret with the replication user's password, generated once by the operator and
+/// owned by the Cluster: `<cluster>-replication` (a Secret name may be 253 characters long).
+pub fn replication_secret(cluster: &str) -> String {
+    format!("{cluster}-replication")
+}
+
+/// The PostgreSQL role standbys connect as (REPLICATION, nothing else).
+pub const REPLICATION_USER: &str = "streaming_replica";
+/// The key of the password in [`replication_secret`].
+pub const REPLICATION_PASSWORD_KEY: &str = "password";
+/// Name of the pod volume holding [`replication_secret`].
+pub const REPLICATION_VOLUME: &str = "replication";
+/// Where [`replication_secret`] is mounted (files readable by root only: the agent copies the
+/// password into a passfile for the `postgres` user).
+pub const REPLICATION_MOUNT_PATH: &str = "/etc/pgwarden-replication";
+
 /// Name of the pod volume holding the data directory.
 pub const DATA_VOLUME: &str = "pgdata";
 /// Name of the pod volume holding the settings ConfigMap.

@@ -51,11 +51,68 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         parameters: super::parameters::live::at_start(&opts, &layout, &pg),
         recovery: Vec::new(),
     };
-    start_native_archiver(&layout, &opts.settings_dir, run_as);
-    // Blocking on purpose: a download or a replay takes as long as it takes.
-    let child = tokio::task::block_in_place(|| bootstrap(&opts, &layout, &pg, &mut conf))?;
+    let standby = match super::standby::is_standby(&opts) {
+        true => Some(super::standby::primary_host(&opts).await?),
+        false => None,
+    };
+    // One archiver: a standby never uploads WAL (PostgreSQL does not archive in recovery;
+    // the native archiver's follower must not either).
+    start_native_archiver(&layout, &opts.settings_dir, run_as, standby.is_none());
+    let password = super::standby::password()?;
+    // Blocking on purpose: a clone, a download or a replay takes as long as it takes.
+    let child = tokio::task::block_in_place(|| match &standby {
+        Some(host) => start_standby(&opts, &layout, &pg, &mut conf, host, password.as_deref()),
+        None => start_primary(&opts, &layout, &pg, &mut conf, password.as_deref()),
+    })?;
     eprintln!("pgwarden-agent: PostgreSQL ready on port {}", opts.port);
-    supervise(&opts, &layout, &pg, child).await
+    supervise(&opts, &layout, &pg, child, standby.is_some()).await
+}
+
+/// The primary: bootstrapped (initdb, existing, restore), then the replication user made or
+/// updated from the Cluster's Secret.
+fn start_primary(
+    opts: &RunOptions,
+    layout: &Layout,
+    pg: &Postgres,
+    conf: &mut PgConfig,
+    password: Option<&str>,
+) -> Result<std::process::Child> {
+    let mut child = bootstrap(opts, layout, pg, conf)?;
+    match password {
+        Some(p) => {
+            if let Err(e) = super::standby::ensure_replication_user(pg, p) {
+                stop(&mut child)?;
+                return Err(e);
+            }
+        }
+        None => eprintln!("pgwarden-agent: no replication Secret mounted: standbys cannot connect"),
+    }
+    Ok(child)
+}
+
+/// A standby: cloned from the primary unless it is one already, then started streaming.
+/// A restore is the primary's: the standby clones the restored primary.
+fn start_standby(
+    opts: &RunOptions,
+    layout: &Layout,
+    pg: &Postgres,
+    conf: &mut PgConfig,
+    host: &str,
+    password: Option<&str>,
+) -> Result<std::process::Child> {
+    let password = password.with_context(|| {
+        format!(
+            "a standby needs the replication password at {}/{} (the Cluster's {} Secret)",
+            std::env::var(super::standby::ENV_REPLICATION_DIR)
+                .unwrap_or_else(|_| pgwarden_sdk::names::REPLICATION_MOUNT_PATH.into()),
+            pgwarden_sdk::names::REPLICATION_PASSWORD_KEY,
+            pgwarden_sdk::names::replication_secret(opts.cluster.as_deref().unwrap_or_default()),
+        )
+    })?;
+    let application = opts.pod_name.clone().unwrap_or_default();
+    conf.recovery = super::standby::prepare(pg, layout, host, password, &application)?;
+    eprintln!("pgwarden-agent: starting as a standby of {host}");
+    pg.start(conf)
 }
 
 async fn supervise(
@@ -63,6 +120,7 @@ async fn supervise(
     layout: &Layout,
     pg: &Postgres,
     mut child: std::process::Child,
+    standby: bool,
 ) -> Result<()> {
     let reporter = std::sync::Arc::new(Reporter::connect(opts.namespace.clone()).await);
     watch_backups(opts, layout, &reporter).await;
@@ -77,9 +135,12 @@ async fn supervise(
                 if let Some(status) = child.try_wait()? {
                     bail!("postgres exited on its own ({status})");
                 }
-                if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
+                // The archive's facts are the primary's: a standby archives nothing.
+                if standby {
+                } else if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
                     eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
                 }
+                super::role::tick(opts, pg, &reporter).await;
                 // May restart the postmaster (a new `child`): an error means it is not back.
                 super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;
             }
@@ -126,9 +187,11 @@ async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync:
 
 /// The native archiver's follower and socket, and the native restorer's socket; idle while
 /// the settings name barman-cloud.
-fn start_native_archiver(layout: &Layout, settings_dir: &Path, run_as: RunAs) {
-    let archiver = super::native::Archiver::new(layout.clone(), settings_dir.to_path_buf());
+fn start_native_archiver(layout: &Layout, settings_dir: &Path, run_as: RunAs, archiver: bool) {
+    let archiver =
+        archiver.then(|| super::native::Archiver::new(layout.clone(), settings_dir.to_path_buf()));
     tokio::spawn(async move {
+        let Some(archiver) = archiver else { return };
         if let Err(e) = archiver.run(|sock| run_as.own(sock, false)).await {
             eprintln!("pgwarden-agent: the native archiver stopped: {e:#}");
         }

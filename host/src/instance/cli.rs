@@ -45,7 +45,8 @@ enum InstanceCommand {
     /// Delete backups from the store: by retention policy or by id.
     DeleteBackups(DeleteArgs),
     /// The readiness probe: exits 0 only when PostgreSQL accepts connections and writes (out
-    /// of recovery), so a restoring instance is not Ready before it has replayed every WAL.
+    /// of recovery), so a restoring instance is not Ready before it has replayed every WAL;
+    /// or, for a standby (standby.signal), when it streams from the primary.
     Ready(ReadyArgs),
 }
 
@@ -341,6 +342,13 @@ fn ready(a: ReadyArgs) -> Result<()> {
     };
     match pg.query("SELECT pg_is_in_recovery()")?.as_str() {
         "f" => Ok(()),
+        // A streaming standby is ready for reads (the `-r` Service); a restore is not.
+        "t" if pg.pgdata.join("standby.signal").exists() => {
+            match super::standby::streaming(&pg)? {
+                true => Ok(()),
+                false => bail!("standby not streaming from the primary yet"),
+            }
+        }
         "t" => bail!("PostgreSQL is in recovery: not ready for writes yet"),
         other => bail!("unexpected answer to pg_is_in_recovery(): {other}"),
     }

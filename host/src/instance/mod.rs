@@ -32,4 +32,5 @@ pub mod recovery;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod standby;
 pub mod walrestore;

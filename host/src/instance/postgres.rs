@@ -182,9 +182,55 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Runs SQL read from psql's stdin (a value that must not appear on a command line, which
+    /// any user sees in `ps`).
+    pub fn query_stdin(&self, sql: &str) -> Result<()> {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run psql")?;
+        let written = child.stdin.take().map(|mut i| i.write_all(sql.as_bytes()));
+        let out = child.wait_with_output().context("cannot run psql")?;
+        written.transpose().context("cannot write to psql")?;
+        if !out.status.success() {
+            bail!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `pg_hba.conf`: the socket trusted (the agent, the probes and barman run in the
+    /// pod), passwords from the loopback, and replication for the replication user only
+    /// (initdb's file lets any user replicate from the loopback).
+    pub fn write_hba(&self) -> Result<()> {
+        let path = self.pgdata.join("pg_hba.conf");
+        std::fs::write(&path, hba(pgwarden_sdk::names::REPLICATION_USER))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        self.run_as.own(&path, false)
+    }
+
     /// Writes the configuration, starts the postmaster and waits until it answers queries.
     pub fn start(&self, conf: &PgConfig) -> Result<std::process::Child> {
         self.write_config(&conf.render())?;
+        self.write_hba()?;
         let mut child = self.spawn()?;
         if let Err(e) = self.wait_ready(&mut child) {
             let _ = child.kill();
@@ -226,6 +272,17 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// The text of `pg_hba.conf`, `replication_user` the only one allowed to replicate.
+fn hba(replication_user: &str) -> String {
+    format!(
+        "# Written by `pgwarden instance run` on every start: do not edit.\n\
+         local   all          all                      trust\n\
+         host    all          all          127.0.0.1/32  scram-sha-256\n\
+         host    all          all          ::1/128       scram-sha-256\n\
+         host    replication  {replication_user}  all  scram-sha-256\n"
+    )
 }
 
 /// How a wait for the end of recovery ended.
@@ -502,6 +559,24 @@ mod tests {
         assert_eq!(
             pg_expand(&archive, "pg_wal/x", wal),
             "/opt/pg%fwarden/pgwarden instance wal-archive pg_wal/x"
+        );
+    }
+
+    #[test]
+    fn only_the_replication_user_may_replicate() {
+        let text = hba("streaming_replica");
+        let replication: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("replication"))
+            .collect();
+        assert_eq!(
+            replication,
+            ["host    replication  streaming_replica  all  scram-sha-256"]
+        );
+        // `all` as a database does not match replication connections.
+        assert!(
+            text.lines()
+                .all(|l| !l.contains("trust") || l.starts_with("local   all"))
         );
     }
 

@@ -223,6 +223,13 @@ pub fn requeue(actions: &[Action]) -> Option<u64> {
 pub async fn apply(ctx: &Context, actions: &[Action]) -> Result<usize> {
     let mut writes = 0;
     for action in actions {
+        // A generated Secret is created once and never applied over (its value would change).
+        if let Action::Apply { target, object } = action
+            && let Some(key) = super::generated::generated_key(target, object)
+        {
+            writes += usize::from(super::generated::create_once(ctx, target, object, &key).await?);
+            continue;
+        }
         let observed = action.target().and_then(|t| ctx.stores.observed(t));
         let step = step(action, observed.as_ref());
         debug!(?step, target = ?action.target().map(|t| t.to_string()), "action");

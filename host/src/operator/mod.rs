@@ -27,6 +27,7 @@ pub mod dry;
 mod errors;
 pub mod events;
 mod failure;
+mod generated;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -53,12 +53,12 @@ pub fn cluster_status(facts: &ClusterFacts) -> Decided<ClusterHealth> {
 /// `Ready` from the instance pods: `ready` of `wanted` (`spec.instances`).
 pub fn readiness(wanted: i32, ready: i32) -> ConditionDecision {
     if wanted > MAX_INSTANCES {
-        // A spec stored before admission refused it: say why only one instance runs.
+        // A spec stored before admission refused it: say why fewer instances run.
         return ConditionDecision {
             status: false,
             reason: "TooManyInstances".into(),
             message: format!(
-                "spec.instances is {wanted} but at most {MAX_INSTANCES} instance runs until streaming standbys exist: more would be unrelated databases archiving into one destination ({ready} ready)"
+                "spec.instances is {wanted} but at most {MAX_INSTANCES} instances run ({ready} ready)"
             ),
         };
     }

@@ -19,6 +19,9 @@ use pgwarden_crds::{Cluster, SecretKeySelector as Selector};
 use super::cluster_name;
 use crate::names;
 
+/// Env: where the agent finds the replication Secret's files.
+pub const ENV_REPLICATION_DIR: &str = "PGWARDEN_REPLICATION_DIR";
+
 /// The image of instance pods when the Cluster sets no `spec.imageName` (the seed's).
 pub const DEFAULT_IMAGE: &str = "2ndquadrant/postgresql:latest";
 
@@ -190,6 +193,20 @@ fn token_volume() -> Volume {
     }
 }
 
+/// The replication password as a file (never env: `/proc/<pid>/environ` and `kubectl describe`
+/// show env), readable by root only like the token ([`TOKEN_MODE`]).
+fn replication_volume(cluster: &str) -> Volume {
+    Volume {
+        name: names::REPLICATION_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::replication_secret(cluster)),
+            default_mode: Some(TOKEN_MODE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn value(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -236,6 +253,8 @@ fn instance_env(cluster: &Cluster) -> Vec<EnvVar> {
         field(pod::ENV_NAMESPACE, "metadata.namespace"),
         value(pod::ENV_PGDATA, pod::PGDATA),
         value(pod::ENV_SETTINGS_DIR, SETTINGS_MOUNT_PATH),
+        // A path, not the password: the agent reads the file.
+        value(ENV_REPLICATION_DIR, names::REPLICATION_MOUNT_PATH),
     ];
     let creds = cluster
         .spec
@@ -262,6 +281,11 @@ fn mounts(cluster: &Cluster) -> Vec<VolumeMount> {
         mount(names::DATA_VOLUME, pod::DATA_MOUNT, false),
         mount(names::SETTINGS_VOLUME, SETTINGS_MOUNT_PATH, true),
         mount(TOKEN_VOLUME, TOKEN_MOUNT_PATH, true),
+        mount(
+            names::REPLICATION_VOLUME,
+            names::REPLICATION_MOUNT_PATH,
+            true,
+        ),
     ];
     if endpoint_ca(cluster).is_some() {
         mounts.push(mount(names::CA_VOLUME, names::CA_MOUNT_PATH, true));
@@ -293,6 +317,7 @@ fn volumes(cluster: &Cluster, instance: u32) -> Vec<Volume> {
             ..Default::default()
         },
         token_volume(),
+        replication_volume(name),
     ];
     if let Some(ca) = endpoint_ca(cluster) {
         volumes.push(Volume {

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodTemplateSpec, Service,
-    ServicePort, ServiceSpec, VolumeResourceRequirements,
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodTemplateSpec, Secret,
+    Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use pgwarden_crds::Cluster;
@@ -111,6 +111,7 @@ pub fn plan_cluster_observed(
         apply(&agent_role(cluster)),
         apply(&agent_role_binding(cluster)),
         apply(&config_map),
+        apply(&replication_secret(cluster)),
     ];
     let planned = super::instances::planned_instances(cluster) as usize;
     for (i, template) in decisions.pods.iter().enumerate().take(planned) {
@@ -163,9 +164,33 @@ fn pod_apply(
         None => template.clone(),
     };
     let pod_name = names::instance(cluster_name(cluster), instance);
-    let secrets = restore_secrets(restore);
+    let mut secrets = restore_secrets(restore);
+    secrets.insert(names::replication_secret(cluster_name(cluster)));
     guardrails::pod::check_pod_template(cluster, &pod_name, &template, &secrets)?;
     Ok(apply(&build_pod(cluster, pod_name, &template)))
+}
+
+/// Marks a Secret the operator fills with a random value under the annotation's key when it
+/// creates it, and never writes again (see `operator::generated`): the plan, its dry run
+/// and its logs carry no password.
+pub const GENERATE_ANNOTATION: &str = "postgresql.k8s.2ndq.io/generate";
+
+/// `<cluster>-replication`: the replication user's password, generated at creation.
+pub fn replication_secret(cluster: &Cluster) -> Secret {
+    let mut metadata = object_meta(
+        cluster,
+        names::replication_secret(cluster_name(cluster)),
+        BTreeMap::new(),
+    );
+    metadata.annotations = Some(BTreeMap::from([(
+        GENERATE_ANNOTATION.to_string(),
+        names::REPLICATION_PASSWORD_KEY.to_string(),
+    )]));
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
 }
 
 /// The read-write (primary), read-only (replicas) and any-instance Services.

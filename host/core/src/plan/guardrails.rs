@@ -61,7 +61,7 @@ pub fn check_one(subject: &Subject, action: &Action) -> Result<(), GuardrailErro
     check_namespace(subject, target)?;
     match action {
         Action::Apply { object, .. } => {
-            check_kind(target)?;
+            check_generated_secret(subject, target, object)?;
             check_size(target, object)?;
             check_rbac(subject, target, object)?;
             let owners = owner_uids(object);
@@ -112,6 +112,29 @@ fn check_namespace(subject: &Subject, target: &ObjectRef) -> Result<(), Guardrai
             },
             subject: subject.object.to_string(),
             expected: subject.namespace().into(),
+        });
+    }
+    Ok(())
+}
+
+/// A Secret only as the Cluster's generated replication Secret, without data (the value is
+/// generated when it is created, never planned); any other kind as [`check_kind`].
+fn check_generated_secret(
+    subject: &Subject,
+    target: &ObjectRef,
+    object: &serde_json::Value,
+) -> Result<(), GuardrailError> {
+    if (target.api_version.as_str(), target.kind.as_str()) != ("v1", "Secret") {
+        return check_kind(target);
+    }
+    let name = pgwarden_sdk::names::replication_secret(&subject.cluster);
+    let planned_value = object.get("data").is_some() || object.get("stringData").is_some();
+    if target.name != name || planned_value {
+        return Err(GuardrailError::Invalid {
+            object: target.to_string(),
+            detail: format!(
+                "the operator writes one Secret, {name}, generated without a planned value"
+            ),
         });
     }
     Ok(())

@@ -1,15 +1,13 @@
 //! How many instances a Cluster runs: never more than [`MAX_INSTANCES`], whatever the spec
-//! stored before admission refused more or a policy answers.
+//! stored or a policy answers; and which pods go when it shrinks.
 //!
 //! ```text
-//!   spec.instances ─► clamp to MAX_INSTANCES ─► pods planned
-//!   live pods of the Cluster with an index ≥ MAX_INSTANCES ─► Delete (claims stay: no data lost)
+//!   spec.instances ─► clamp to 1..=MAX_INSTANCES ─► pods planned (index 0 = the primary)
+//!   live pods of the Cluster with an index ≥ planned ─► Delete (claims stay: see README)
 //! ```
 //!
-//! Until standbys stream from the primary, every instance would be an unrelated database
-//! (its own initdb, its own system identifier) archiving WAL files of the same names into one
-//! destination: the second archiver overwrites the first one's history. This is a host
-//! invariant, the second line of defence behind the CEL rule on `spec.instances`.
+//! Scaling down removes the highest indexes; the primary (index 0 until failover exists)
+//! is never removed, even by a spec of 0 stored before admission refused it.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -22,8 +20,11 @@ use super::meta::reference;
 
 /// The number of instance pods the operator runs for `cluster`.
 pub fn planned_instances(cluster: &Cluster) -> u32 {
-    cluster.spec.instances.clamp(0, MAX_INSTANCES) as u32
+    cluster.spec.instances.clamp(1, MAX_INSTANCES) as u32
 }
+
+/// The index of the primary instance (until failover and switchover move it).
+pub const PRIMARY_INDEX: u32 = 0;
 
 /// The 0-based instance index of `pod_name` in the Cluster named `cluster_name`
 /// (`<cluster>-<n>`, n from 1), if it is named like an instance.
@@ -36,9 +37,9 @@ pub fn instance_index(cluster_name: &str, pod_name: &str) -> Option<u32> {
     number.checked_sub(1)
 }
 
-/// Deletions of the Cluster's live instance pods beyond [`planned_instances`]: pods left by a
-/// spec stored before the limit (or by an earlier operator) stop archiving into the
-/// Cluster's destination. Their claims are kept.
+/// Deletions of the Cluster's live instance pods beyond [`planned_instances`] (a scale-down):
+/// the highest indexes, never the primary's. Their claims are kept: a scale-up reuses them
+/// (the standby is cloned afresh over what the claim holds).
 pub fn surplus_pods<P: std::ops::Deref<Target = Pod>>(
     cluster: &Cluster,
     pods: &[P],
@@ -48,7 +49,9 @@ pub fn surplus_pods<P: std::ops::Deref<Target = Pod>>(
     pods.iter()
         .filter(|p| p.namespace() == cluster.namespace())
         .filter(|p| p.labels().get(LABEL_CLUSTER) == Some(&name))
-        .filter(|p| instance_index(&name, &p.name_any()).is_some_and(|i| i >= planned))
+        .filter(|p| {
+            instance_index(&name, &p.name_any()).is_some_and(|i| i >= planned && i != PRIMARY_INDEX)
+        })
         .map(|p| Action::Delete {
             target: reference(&**p),
             owner_uids: p.owner_references().iter().map(|o| o.uid.clone()).collect(),
@@ -85,10 +88,12 @@ mod tests {
     }
 
     #[test]
-    fn a_spec_of_three_instances_plans_one() {
-        assert_eq!(planned_instances(&cluster(3)), 1);
+    fn a_spec_plans_its_instances_within_one_and_the_cap() {
+        assert_eq!(planned_instances(&cluster(3)), 3);
         assert_eq!(planned_instances(&cluster(1)), 1);
-        assert_eq!(planned_instances(&cluster(0)), 0);
+        assert_eq!(planned_instances(&cluster(12)), MAX_INSTANCES as u32);
+        // Never fewer than the primary: a stored 0 does not delete it.
+        assert_eq!(planned_instances(&cluster(0)), 1);
     }
 
     #[test]
@@ -101,7 +106,7 @@ mod tests {
     }
 
     #[test]
-    fn pods_beyond_the_limit_are_deleted_and_others_left_alone() {
+    fn scaling_three_to_one_removes_the_standbys_never_the_primary() {
         let pods = [
             pod("pg-1", "pg"),
             pod("pg-2", "pg"),
@@ -109,7 +114,8 @@ mod tests {
             pod("other-2", "other"),
         ]
         .map(Box::new);
-        let deleted: Vec<String> = surplus_pods(&cluster(3), &pods)
+        assert!(surplus_pods(&cluster(3), &pods).is_empty());
+        let deleted: Vec<String> = surplus_pods(&cluster(1), &pods)
             .iter()
             .filter_map(|a| a.target().map(|t| t.name.clone()))
             .collect();
@@ -118,11 +124,16 @@ mod tests {
             owner_uids,
             cluster: label,
             ..
-        } = &surplus_pods(&cluster(3), &pods)[0]
+        } = &surplus_pods(&cluster(1), &pods)[0]
         else {
             panic!("not a delete")
         };
         assert_eq!(owner_uids, &["uid-pg"]);
         assert_eq!(label.as_deref(), Some("pg"));
+        let from_zero: Vec<String> = surplus_pods(&cluster(0), &pods)
+            .iter()
+            .filter_map(|a| a.target().map(|t| t.name.clone()))
+            .collect();
+        assert_eq!(from_zero, ["pg-2", "pg-3"], "the primary stays");
     }
 }

@@ -38,12 +38,14 @@ pub mod retention;
 pub use actions::{Action, EventType, MANAGER, ObjectRef};
 pub use backup::{backup_subject, plan_backup, plan_schedule, scheduled_subject};
 pub use cluster::{
-    Bootstrap, ClusterDecisions, claim, plan_cluster, plan_cluster_observed,
-    plan_cluster_restoring, service, settings_config_map, subject,
+    Bootstrap, ClusterDecisions, GENERATE_ANNOTATION, claim, plan_cluster, plan_cluster_observed,
+    plan_cluster_restoring, replication_secret, service, settings_config_map, subject,
 };
 pub use errors::GuardrailError;
 pub use guardrails::Subject;
-pub use instances::{MAX_INSTANCES, planned_instances, surplus_pods};
+pub use instances::{
+    MAX_INSTANCES, PRIMARY_INDEX, instance_index, planned_instances, surplus_pods,
+};
 pub use meta::{owner, reference};
 pub use observed::{claim_facts, instance, instance_claims, pod_facts};
 pub use rbac::{agent_role, agent_role_binding, agent_rules, service_account};

@@ -13,8 +13,10 @@ use super::meta::{cluster_name, object_meta};
 /// What the instance agent of Cluster `cluster` may do, in its namespace only: watch the
 /// Backups (to take the ones that target its pod), write the status of Backups (its facts on
 /// the backups it takes: their names are not known ahead) and of its own Cluster only.
-/// Nothing else: no Secrets (credentials reach it as env), no pods, no ConfigMaps (deletion
-/// requests reach it in its settings ConfigMap, which only the operator writes).
+/// A standby reads the primary pod (its address, where no DNS resolves the `-rw` Service).
+/// Nothing else: no Secrets (credentials reach it as env or files), no other pods, no
+/// ConfigMaps (deletion requests reach it in its settings ConfigMap, which only the operator
+/// writes).
 pub fn agent_rules(cluster: &str) -> Vec<PolicyRule> {
     let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![pgwarden_crds::GROUP.into()]),
@@ -26,10 +28,19 @@ pub fn agent_rules(cluster: &str) -> Vec<PolicyRule> {
         resource_names: Some(vec![cluster.into()]),
         ..rule(&["clusters/status"], &["get", "patch"])
     };
+    let primary = PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resource_names: Some(vec![names::instance(
+            cluster,
+            super::instances::PRIMARY_INDEX,
+        )]),
+        ..rule(&["pods"], &["get"])
+    };
     vec![
         rule(&["backups"], &["get", "list", "watch"]),
         rule(&["backups/status"], &["get", "patch"]),
         own,
+        primary,
     ]
 }
 

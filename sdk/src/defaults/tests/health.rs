@@ -99,7 +99,7 @@ fn a_waiting_recovery_says_why_it_is_not_ready() {
 #[test]
 fn more_instances_than_allowed_are_never_ready() {
     let mut f = facts(true);
-    f.cluster.spec.instances = 3;
+    f.cluster.spec.instances = 10;
     let health = cluster_status(&f).unwrap();
     assert_eq!(health.ready.reason, "TooManyInstances");
     assert!(!health.ready.status);

@@ -1,0 +1,329 @@
+//! Streaming standbys: which role this instance has, the replication user on the primary,
+//! and the clone of a standby from the primary.
+//!
+//! ```text
+//!   role: instance index 0 = primary, any other = standby (until failover moves it)
+//!   primary: after start ─► CREATE/ALTER ROLE streaming_replica REPLICATION (password by stdin)
+//!   standby: clone.json? ─► wipe, clone again (an interrupted clone is redone from scratch)
+//!            PG_VERSION + standby.signal ─► start as it is
+//!            empty ─► record clone.json ─► pg_basebackup from the primary ─► standby.signal
+//!                   ─► forget clone.json ─► start with primary_conninfo (passfile 0600)
+//! ```
+//!
+//! The password comes from the Cluster's `<cluster>-replication` Secret, mounted as a file
+//! (never env, never an argument): the agent copies it into a passfile owned by `postgres`.
+
+use std::io::Write;
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pgwarden_sdk::names;
+
+use super::layout::{self, Layout};
+use super::options::RunOptions;
+use super::postgres::{Postgres, RunAs};
+
+/// Env: the folder of the mounted replication Secret (default [`names::REPLICATION_MOUNT_PATH`]).
+pub const ENV_REPLICATION_DIR: &str = "PGWARDEN_REPLICATION_DIR";
+/// Env: the primary's host, overriding the `-rw` Service and the primary pod's address.
+pub const ENV_PRIMARY_HOST: &str = "PGWARDEN_PRIMARY_HOST";
+
+/// This instance's part in the Cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    /// Streams from the primary at `host` (port: the instance's own, every instance's).
+    Standby {
+        host: String,
+    },
+}
+
+/// The role from the pod's name: `<cluster>-1` (or no Cluster at all) is the primary.
+pub fn is_standby(opts: &RunOptions) -> bool {
+    let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
+        return false;
+    };
+    pgwarden_core::plan::instance_index(cluster, pod)
+        .is_some_and(|i| i != pgwarden_core::plan::PRIMARY_INDEX)
+}
+
+/// The replication password from the mounted Secret; `None` when no Secret is mounted (a pod
+/// made by an older operator, or an agent run by hand).
+pub fn password() -> Result<Option<String>> {
+    let dir = std::env::var_os(ENV_REPLICATION_DIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(names::REPLICATION_MOUNT_PATH));
+    let path = dir.join(names::REPLICATION_PASSWORD_KEY);
+    match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => Ok(Some(p.trim().to_string())),
+        Ok(_) => bail!("{} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Where the standby finds the primary: the `-rw` Service when its name resolves (in a
+/// cluster), else the primary pod's address from the API (the local sandbox has no DNS);
+/// waits until one is known.
+pub async fn primary_host(opts: &RunOptions) -> Result<String> {
+    if let Ok(host) = std::env::var(ENV_PRIMARY_HOST) {
+        return Ok(host);
+    }
+    let cluster = opts.cluster.clone().unwrap_or_default();
+    let service = names::service_rw(&cluster);
+    if (service.as_str(), opts.port).to_socket_addrs().is_ok() {
+        return Ok(service);
+    }
+    let primary = names::instance(&cluster, pgwarden_core::plan::PRIMARY_INDEX);
+    let namespace = opts.namespace.clone().unwrap_or_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("no Service name resolves and no API client to find the primary pod")?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client, &namespace);
+    let mut waited = 0u64;
+    loop {
+        let ip = match pods.get_opt(&primary).await {
+            Ok(pod) => pod.and_then(|p| p.status?.pod_ip),
+            Err(e) => {
+                eprintln!("pgwarden-agent: cannot read pod {namespace}/{primary}: {e}");
+                None
+            }
+        };
+        if let Some(ip) = ip.filter(|ip| !ip.is_empty()) {
+            return Ok(ip);
+        }
+        if waited.is_multiple_of(30) {
+            eprintln!("pgwarden-agent: waiting for the primary pod {primary} to have an address");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+}
+
+/// Creates or updates the replication user on the primary. The password reaches PostgreSQL
+/// on psql's stdin, never on a command line; the session logs no statement (a superuser's
+/// `log_statement` or an error would otherwise write it to the server log).
+pub fn ensure_replication_user(pg: &Postgres, password: &str) -> Result<()> {
+    let user = names::REPLICATION_USER;
+    let sql = format!(
+        "SET log_statement = 'none';\nSET log_min_error_statement = 'panic';\n\
+         DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN \
+         CREATE ROLE {user} WITH LOGIN REPLICATION; END IF; END $$;\n\
+         ALTER ROLE {user} WITH LOGIN REPLICATION PASSWORD '{}';\n",
+        password.replace('\'', "''")
+    );
+    pg.query_stdin(&sql)
+        .with_context(|| format!("cannot create or update the replication role {user}"))
+}
+
+/// The standby's files in the state folder.
+fn clone_marker(layout: &Layout) -> PathBuf {
+    layout.state.join("clone.json")
+}
+fn passfile(layout: &Layout) -> PathBuf {
+    layout.state.join("replication.pgpass")
+}
+
+/// Writes the passfile libpq reads (0600, owned by the PostgreSQL user: libpq ignores a
+/// passfile others can read).
+pub fn write_passfile(layout: &Layout, run_as: RunAs, password: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = passfile(layout);
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "*:*:*:{}:{password}", names::REPLICATION_USER)?;
+    run_as.own(&path, false)?;
+    Ok(path)
+}
+
+/// `primary_conninfo` for the primary at `host`, the password read from `passfile`.
+pub fn primary_conninfo(host: &str, port: u16, passfile: &Path, application: &str) -> String {
+    format!(
+        "host={host} port={port} user={} passfile='{}' application_name='{}'",
+        names::REPLICATION_USER,
+        passfile
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'"),
+        application.replace('\\', "\\\\").replace('\'', "\\'"),
+    )
+}
+
+/// Makes PGDATA a standby of the primary at `host` unless it is one already; returns the
+/// recovery settings to start it with.
+pub fn prepare(
+    pg: &Postgres,
+    layout: &Layout,
+    host: &str,
+    password: &str,
+    application: &str,
+) -> Result<Vec<(String, String)>> {
+    let passfile = write_passfile(layout, pg.run_as, password)?;
+    let marker = clone_marker(layout);
+    let cloned = layout.pgdata.join("PG_VERSION").exists()
+        && layout.pgdata.join("standby.signal").exists()
+        && !marker.exists();
+    if !cloned {
+        if layout.pgdata.join("PG_VERSION").exists() && !marker.exists() {
+            // Not a standby's data and no clone of ours under way: someone else's database.
+            bail!(
+                "{} holds a database that is not a standby (no standby.signal) and was not being cloned: \
+                 refusing to overwrite it; move it away or delete the claim to clone this instance afresh",
+                layout.pgdata.display()
+            );
+        }
+        clone(pg, layout, host, &passfile, application)?;
+    }
+    let conninfo = primary_conninfo(host, pg.port, &passfile, application);
+    Ok(vec![("primary_conninfo".into(), conninfo)])
+}
+
+/// Clones PGDATA from the primary, from scratch, until it succeeds (the primary may not be
+/// up yet, or not have created the replication user yet).
+fn clone(
+    pg: &Postgres,
+    layout: &Layout,
+    host: &str,
+    passfile: &Path,
+    application: &str,
+) -> Result<()> {
+    let marker = clone_marker(layout);
+    layout::write_json_durable(&marker, &serde_json::json!({"from": host}))?;
+    let start = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        wipe(&layout.pgdata, pg.run_as)?;
+        match basebackup(pg, host, passfile, application) {
+            Ok(()) => break,
+            Err(e) => {
+                eprintln!(
+                    "pgwarden-agent: clone from {host} (attempt {attempt}, {}s): {e:#}",
+                    start.elapsed().as_secs()
+                );
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+    let signal = layout.pgdata.join("standby.signal");
+    layout::write_durable(&signal, b"")?;
+    pg.run_as.own(&signal, false)?;
+    std::fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+    eprintln!("pgwarden-agent: cloned from the primary at {host}");
+    Ok(())
+}
+
+/// An empty PGDATA owned by the PostgreSQL user, 0700 (what pg_basebackup wants).
+fn wipe(pgdata: &Path, run_as: RunAs) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if pgdata.exists() {
+        std::fs::remove_dir_all(pgdata)
+            .with_context(|| format!("cannot empty {}", pgdata.display()))?;
+    }
+    std::fs::create_dir_all(pgdata)?;
+    run_as.own(pgdata, false)?;
+    std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+fn basebackup(pg: &Postgres, host: &str, passfile: &Path, application: &str) -> Result<()> {
+    let mut cmd = Command::new(pg.bin.join("pg_basebackup"));
+    pg.run_as.apply(&mut cmd);
+    let out = cmd
+        .arg("-D")
+        .arg(&pg.pgdata)
+        .args(["-h", host, "-p", &pg.port.to_string()])
+        .args([
+            "-U",
+            names::REPLICATION_USER,
+            "-w",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ])
+        .env("PGPASSFILE", passfile)
+        .env("PGAPPNAME", application)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run pg_basebackup")?;
+    if !out.status.success() {
+        bail!(
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A standby is ready when it streams from the primary (a restore in recovery is not).
+pub fn streaming(pg: &Postgres) -> Result<bool> {
+    let answer =
+        pg.query("SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")?;
+    Ok(answer == "t")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_names_the_passfile_and_never_a_password() {
+        let c = primary_conninfo("pg-rw", 5432, Path::new("/d/it's/p"), "pg-2");
+        assert_eq!(
+            c,
+            "host=pg-rw port=5432 user=streaming_replica passfile='/d/it\\'s/p' application_name='pg-2'"
+        );
+        assert!(!c.contains("password"));
+    }
+
+    #[test]
+    fn the_passfile_is_private_and_holds_the_replication_user_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            pgdata: dir.path().join("pgdata"),
+            state: dir.path().to_path_buf(),
+        };
+        let path = write_passfile(&layout, RunAs::detect().unwrap(), "abc").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "*:*:*:streaming_replica:abc\n"
+        );
+    }
+
+    #[test]
+    fn someone_elses_database_is_never_cloned_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            pgdata: dir.path().join("pgdata"),
+            state: dir.path().join("state"),
+        };
+        std::fs::create_dir_all(&layout.pgdata).unwrap();
+        std::fs::create_dir_all(&layout.state).unwrap();
+        std::fs::write(layout.pgdata.join("PG_VERSION"), "15").unwrap();
+        let pg = Postgres {
+            bin: "/nonexistent".into(),
+            pgdata: layout.pgdata.clone(),
+            port: 5432,
+            socket_dir: dir.path().into(),
+            run_as: RunAs::detect().unwrap(),
+        };
+        let err = prepare(&pg, &layout, "pg-rw", "x", "pg-2").unwrap_err();
+        assert!(format!("{err:#}").contains("not a standby"), "{err:#}");
+        assert!(layout.pgdata.join("PG_VERSION").exists());
+    }
+}
