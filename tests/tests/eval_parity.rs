@@ -1,10 +1,11 @@
 //! `pgwarden policy eval` is the operator minus the writes. Against a real kube-apiserver the
 //! operator reconciles every eval fixture (the seed's Cluster, Backup and ScheduledBackup, a
-//! recovery Cluster waiting for its Backup, a Cluster without backups whose pod is not ready, a
-//! Backup of a missing Cluster); once it has settled, `policy eval --from-cluster` on the same
-//! namespace plans no change (every object it would apply equals the live one on the fields
-//! the operator owns) and prints the status the operator stored (timestamps aside). And a
-//! file of the same objects gives the plans that reading them from the API server gives.
+//! recovery Cluster waiting for its Backup, a Cluster without backups whose pod is not ready,
+//! a Backup of a missing Cluster, a Cluster whose retention expires a Backup); once it has
+//! settled, `policy eval --from-cluster` on the same namespace plans no change (every object
+//! it would apply equals the live one on the fields the operator owns) and prints the status
+//! the operator stored (timestamps aside). And a file of the same objects gives the plans
+//! that reading them from the API server gives.
 //!
 //! Needs `cargo xtask setup`, `cargo build -p pgwarden` and `cargo xtask build-policies`.
 
@@ -16,7 +17,7 @@ use pgwarden_tests::operator::*;
 use serde_json::Value;
 
 /// Every input the project has for eval: the seed, and the cases of `tests/fixtures/eval`.
-const FIXTURES: [&str; 7] = [
+const FIXTURES: [&str; 8] = [
     "examples/seed/secret.yaml",
     "examples/seed/cluster-wal.yaml",
     "examples/seed/backup.yaml",
@@ -24,6 +25,7 @@ const FIXTURES: [&str; 7] = [
     "tests/fixtures/eval/recovery.yaml",
     "tests/fixtures/eval/cluster-without-backup.yaml",
     "tests/fixtures/eval/backup-without-cluster.yaml",
+    "tests/fixtures/eval/cluster-retention.yaml",
 ];
 
 /// How long the operator has to settle every fixture.
@@ -116,6 +118,9 @@ fn settle(cp: &ControlPlane, ns: &Namespace<'_>) -> Value {
     mark_pod(ns, "postgresql-bkp-1", true);
     wait_get(ns, "pod", "plain-1");
     mark_pod(ns, "plain-1", false);
+    wait_get(ns, "pod", "kept-1");
+    past_backup(ns, "kept-old", "kept", 60, Some("20261001T000000"));
+    past_backup(ns, "kept-newer", "kept", 45, Some("20261016T000000"));
     eventually("eval plans no change on the settled state", SETTLE, || {
         let report = from_cluster(cp, ns, &now_rfc3339());
         match differences(ns, &report) {
@@ -154,6 +159,10 @@ fn eval_on_the_settled_state_plans_what_the_operator_applied() {
         report["Backup/backup-example"]["status"]["phase"],
         "running"
     );
+    // The retention asked the deletion of the older Backup, and plans nothing more.
+    assert!(report["Retention/kept"].is_object(), "{report:#}");
+    let old = get(&ns, "backup", "kept-old").unwrap_or_default();
+    assert_eq!(old["status"]["deletion"]["reason"], "Retention", "{old:#}");
     let waiting = &report["Cluster/restored"]["status"]["conditions"];
     assert!(
         waiting.to_string().contains("backup-example"),

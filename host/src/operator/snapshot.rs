@@ -33,6 +33,12 @@ pub trait Observe {
     /// The live object an action targets, as JSON: what `apply::step` compares it with.
     fn observed(&self, target: &Target) -> Option<Value>;
 
+    /// Whether Secret `namespace/name` exists, when the observation holds Secrets (`None`:
+    /// it does not; the operator asks the API server when it creates a generated one).
+    fn secret_exists(&self, _namespace: &str, _name: &str) -> Option<bool> {
+        None
+    }
+
     /// The live pods labelled with the Cluster's name, in its namespace.
     fn cluster_pods(&self, cluster: &Cluster) -> Vec<Arc<Pod>> {
         let (ns, name) = (cluster.namespace(), cluster.name_any());
@@ -120,6 +126,14 @@ impl Observe for Snapshot {
     }
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         named(&self.pods, namespace, name)
+    }
+    fn secret_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        let key = (namespace.to_string(), name.to_string());
+        Some(
+            self.secrets
+                .as_ref()
+                .is_some_and(|all| all.contains_key(&key)),
+        )
     }
     fn observed(&self, target: &Target) -> Option<Value> {
         let ns = target.namespace.as_deref().unwrap_or_default();

@@ -99,7 +99,8 @@ impl Snapshot {
     }
 
     /// Lists `namespace` as the operator watches it (the instance objects by the Cluster
-    /// label), then gets the Secrets the Clusters reference (keys kept, values dropped).
+    /// label), then the Secrets labelled with a Cluster and those the Clusters reference
+    /// (their key names kept, values dropped).
     pub async fn list(client: &Client, namespace: &str) -> Result<Snapshot> {
         let all = ListParams::default();
         let owned = ListParams::default().labels(LABEL_CLUSTER);
@@ -124,6 +125,10 @@ impl Snapshot {
             .extend(json::<RoleBinding>(client, namespace, &owned).await?);
         snap.secrets = Some(BTreeMap::new());
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        // The Secrets the Cluster's plan makes (generated ones), by its label.
+        for secret in api.list(&owned).await? {
+            snap.add_secret(&secret);
+        }
         for cluster in snap.clusters.clone() {
             for (_, selector) in observe::secret_references(&cluster) {
                 if let Some(secret) = api.get_opt(&selector.name).await? {

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::apply;
 use super::errors::Error;
+use super::generated;
 use super::snapshot::Observe;
 use pgwarden_core::plan::Action;
 
@@ -27,6 +28,23 @@ pub use cluster::{ClusterInput, cluster};
 pub use retention::retention;
 
 pub use scheduled::scheduled;
+
+/// The write `action` needs against what is observed, as the applier would decide it: a
+/// generated Secret is only ever created (see `operator::generated`), anything else as
+/// [`apply::step`] says.
+fn change(action: &Action, observed: &impl Observe) -> String {
+    if let Action::Apply { target, object } = action
+        && generated::generated_key(target, object).is_some()
+    {
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        return match observed.secret_exists(ns, &target.name) {
+            Some(true) => "nothing".into(),
+            _ => "create".into(),
+        };
+    }
+    let live = action.target().and_then(|t| observed.observed(t));
+    format!("{:?}", apply::step(action, live.as_ref())).to_lowercase()
+}
 
 /// What one reconcile of one object writes, and when it comes back.
 #[derive(Debug, Default)]
@@ -65,10 +83,8 @@ impl Plan {
     pub fn to_json(&self, observed: &impl Observe) -> Value {
         let actions: Vec<Value> = (self.actions.iter())
             .map(|a| {
-                let live = a.target().and_then(|t| observed.observed(t));
-                let step = apply::step(a, live.as_ref());
                 let mut v = serde_json::to_value(a).unwrap_or_default();
-                v["change"] = format!("{step:?}").to_lowercase().into();
+                v["change"] = change(a, observed).into();
                 v
             })
             .collect();
