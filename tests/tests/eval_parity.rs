@@ -211,7 +211,16 @@ fn a_file_of_the_objects_gives_the_plans_the_api_server_gives() {
     let now = now_rfc3339();
     let input = std::env::temp_dir().join(format!("{}-objects.yaml", ns.name));
     std::fs::write(&input, dump(&ns)).unwrap();
+    let writes = || {
+        cp.audited_writes()
+            .iter()
+            .filter(|w| w.namespace == ns.name)
+            .count()
+    };
+    let before = writes();
     let listed = from_cluster(cp, &ns, &now);
+    // Read-only: no write in the namespace while eval read it (the operator is stopped).
+    assert_eq!(writes(), before, "policy eval --from-cluster wrote");
     let read = eval(&["--input", &input.display().to_string(), "--now", &now]);
     assert_eq!(read, listed, "file {}", input.display());
     std::fs::remove_file(&input).ok();
