@@ -489,8 +489,6 @@ pub struct InstanceStatus {
     /// Seconds since the last replayed transaction's commit on the primary (0 when all
     /// received WAL is replayed).
     pub lag_seconds: Option<i64>,
-    /// The timeline PostgreSQL runs on.
-    pub timeline: Option<i64>,
     /// When the agent reported (RFC 3339).
     pub reported_at: Option<String>,
 }

@@ -194,7 +194,16 @@ fn requested(to: &str) -> Promotion {
 
 /// `PrimaryElected` when nothing is promoted now.
 fn steady(facts: &FailoverFacts) -> Wanted {
+    let current = facts.current_primary.as_deref();
     match (kept(facts), facts.primary_unhealthy_seconds) {
+        (Some(target), _) if current.is_some_and(|c| c != target) => Wanted::ok(
+            types::PRIMARY_ELECTED,
+            "Promoting",
+            format!(
+                "{target} is to be the primary in place of {}: waiting for its agent to promote it",
+                current.unwrap_or_default()
+            ),
+        ),
         (Some(target), Some(s)) if s > 0 => Wanted::ok(
             types::PRIMARY_ELECTED,
             "PrimaryUnhealthy",

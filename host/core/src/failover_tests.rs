@@ -142,6 +142,12 @@ fn a_switchover_request_is_checked_like_a_promotion_and_done_once() {
     let e = elect(&facts(&done, now()), Some("pg-2"), Ok(None));
     assert_eq!(e.target_primary.as_deref(), Some("pg-2"));
     assert!(e.condition.ok);
+    // ...while pg-1 still reports itself primary, the promotion is under way.
+    assert_eq!(e.condition.reason, "Promoting");
+    assert_eq!(
+        e.condition.message,
+        "pg-2 is to be the primary in place of pg-1: waiting for its agent to promote it"
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use super::archive::{ArchiveCheck, ArchiveFailure};
 use pgwarden_crds::settings::ArchiveSettings;
-use pgwarden_crds::{ArchiveStatus, BackupAgentState, BackupAgentStatus, GROUP, VERSION};
+use pgwarden_crds::{
+    ArchiveStatus, BackupAgentState, BackupAgentStatus, GROUP, InstanceStatus, VERSION,
+};
 
 /// The server-side-apply field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "pgwarden-agent";
@@ -84,6 +86,67 @@ pub fn cluster_status_patch(cluster: &str, status: &ArchiveStatus) -> Value {
         "metadata": { "name": cluster },
         "status": { "archive": status },
     })
+}
+
+/// What PostgreSQL says of its replication, as [`REPLICATION_QUERY`] prints it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Replication {
+    pub in_recovery: bool,
+    /// A WAL receiver streams from the primary now.
+    pub streaming: bool,
+    pub received_lsn: Option<String>,
+    pub replayed_lsn: Option<String>,
+    pub lag_bytes: Option<i64>,
+    pub lag_seconds: Option<i64>,
+}
+
+/// One JSON row of replication facts. A primary reports its current WAL position as both
+/// LSNs; a standby what it received and replayed (received stays after its receiver lost
+/// the primary, which is what a failover compares). `CASE` keeps `pg_current_wal_lsn()`,
+/// an error during recovery, from running on a standby.
+pub const REPLICATION_QUERY: &str = "SELECT json_build_object(\
+ 'inRecovery', pg_is_in_recovery(),\
+ 'streaming', EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),\
+ 'receivedLsn', CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text ELSE pg_current_wal_lsn()::text END,\
+ 'replayedLsn', CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END,\
+ 'lagBytes', CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint ELSE 0 END,\
+ 'lagSeconds', CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0\
+   ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::bigint END)";
+
+/// The Cluster's `status.instancesStatus` entry of pod `pod` from its replication facts:
+/// ready, since PostgreSQL answered the query.
+pub fn instance_status(pod: &str, r: &Replication, now: &str) -> InstanceStatus {
+    InstanceStatus {
+        name: pod.to_string(),
+        role: Some(if r.in_recovery { "replica" } else { "primary" }.into()),
+        ready: Some(true),
+        in_recovery: Some(r.in_recovery),
+        streaming: Some(r.streaming),
+        received_lsn: r.received_lsn.clone(),
+        replayed_lsn: r.replayed_lsn.clone(),
+        lag_bytes: r.lag_bytes.map(|b| b.max(0)),
+        lag_seconds: r.lag_seconds.map(|s| s.max(0)),
+        reported_at: Some(now.to_string()),
+    }
+}
+
+/// The server-side-apply body of the agent's own entry of `status.instancesStatus` (a list
+/// keyed by name: applied under [`instance_field_manager`], it leaves the other pods' entries
+/// and the agent's other status fields alone).
+pub fn instance_status_patch(cluster: &str, status: &InstanceStatus) -> Value {
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "Cluster",
+        "metadata": { "name": cluster },
+        "status": { "instancesStatus": [status] },
+    })
+}
+
+/// The field manager of pod `pod`'s instance entry: one per pod, as each agent applies the
+/// whole of what its manager owns (one manager for all would drop the others' entries).
+pub fn instance_field_manager(pod: &str) -> String {
+    format!("{FIELD_MANAGER}-{pod}")
 }
 
 /// What the agent knows about one backup it ran (also its memory across restarts).
@@ -231,6 +294,38 @@ mod tests {
             message: None,
         });
         assert_eq!(archive_status(&f).destination_checked, None);
+    }
+
+    #[test]
+    fn replication_facts_become_the_pods_own_instance_entry() {
+        let row = r#"{"inRecovery": true, "streaming": false, "receivedLsn": "0/3000100",
+            "replayedLsn": "0/3000000", "lagBytes": 256, "lagSeconds": 3}"#;
+        let r: Replication = serde_json::from_str(row).unwrap();
+        let s = instance_status("pg-2", &r, "2026-11-30T20:00:00Z");
+        assert_eq!(s.role.as_deref(), Some("replica"));
+        assert_eq!(
+            (s.streaming, s.lag_bytes, s.lag_seconds),
+            (Some(false), Some(256), Some(3))
+        );
+        let p = instance_status_patch("pg", &s);
+        let entries = p["status"]["instancesStatus"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["name"], "pg-2");
+        assert_eq!(entries[0]["receivedLsn"], "0/3000100");
+        assert_eq!(
+            p["status"].as_object().unwrap().len(),
+            1,
+            "only the pod's entry"
+        );
+        assert_eq!(instance_field_manager("pg-2"), "pgwarden-agent-pg-2");
+        let primary = Replication {
+            in_recovery: false,
+            ..r
+        };
+        assert_eq!(
+            instance_status("pg-1", &primary, "t").role.as_deref(),
+            Some("primary")
+        );
     }
 
     #[test]

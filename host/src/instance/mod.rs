@@ -32,5 +32,6 @@ pub mod recovery;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod role;
 pub mod standby;
 pub mod walrestore;
