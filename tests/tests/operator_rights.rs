@@ -57,8 +57,10 @@ const EXPECTED: &[(&str, &str)] = &[
         "create delete get list patch watch",
     ),
     // Secrets: watched by metadata (which needs list and watch) and the one a Cluster names
-    // read when it reconciles, to check its keys; no write.
-    ("secrets", "get list watch"),
+    // read when it reconciles, to check its keys; created once: each Cluster's generated
+    // `<cluster>-replication` (never updated, patched or deleted: its owner's deletion
+    // collects it).
+    ("secrets", "create get list watch"),
     ("events.events.k8s.io", "create patch"),
     ("leases.coordination.k8s.io", "create get update"),
     // Every authenticated user's (system:basic-user): asking what one may do.
