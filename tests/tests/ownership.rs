@@ -1,6 +1,6 @@
 //! The operator never takes over what it does not control: objects someone else made under
 //! the names a Cluster's objects take (`<cluster>-rw`, `<cluster>-settings`, `<cluster>-agent`,
-//! the claim and pod `<cluster>-1`) are left as they are, the Cluster says which, and deleting
+//! the claim and pod `<cluster>-1`, the Secret `<cluster>-replication`) are left as they are, the Cluster says which, and deleting
 //! the Cluster leaves them in place. Against a real kube-apiserver and garbage collector.
 //!
 //! Needs `cargo xtask setup`, `cargo build -p pgwarden` and `cargo xtask build-policies`.
@@ -40,6 +40,11 @@ metadata: { name: pg-settings }
 data: { owner: payments, endpoint: "https://payments.internal" }
 ---
 apiVersion: v1
+kind: Secret
+metadata: { name: pg-replication }
+stringData: { password: "theirs" }
+---
+apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: { name: pg-1 }
 spec:
@@ -64,11 +69,13 @@ spec:
 "#;
 
 /// (kubectl kind, name, the kind as the Cluster names it).
-const TAKEN: [(&str, &str, &str); 7] = [
+const TAKEN: [(&str, &str, &str); 8] = [
     ("serviceaccount", "pg-agent", "ServiceAccount"),
     ("role", "pg-agent", "Role"),
     ("rolebinding", "pg-agent", "RoleBinding"),
     ("configmap", "pg-settings", "ConfigMap"),
+    // The replication password's: never generated over someone else's.
+    ("secret", "pg-replication", "Secret"),
     ("pvc", "pg-1", "PersistentVolumeClaim"),
     ("pod", "pg-1", "Pod"),
     ("service", "pg-rw", "Service"),
