@@ -34,6 +34,11 @@ impl RunAs {
         Ok(RunAs(Some((user.uid.as_raw(), user.gid.as_raw()))))
     }
 
+    /// The agent's own user (tests: no switch, no chown).
+    pub fn current() -> Self {
+        RunAs(None)
+    }
+
     /// Applies the user to a command about to be spawned.
     pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         if let Some((uid, gid)) = self.0 {

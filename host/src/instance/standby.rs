@@ -296,13 +296,93 @@ mod tests {
             pgdata: dir.path().join("pgdata"),
             state: dir.path().to_path_buf(),
         };
-        let path = write_passfile(&layout, RunAs::detect().unwrap(), "abc").unwrap();
+        let path = write_passfile(&layout, RunAs::current(), "abc").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "*:*:*:streaming_replica:abc\n"
         );
+    }
+
+    /// A PGDATA with `pg_basebackup` replaced by a script that records its calls and
+    /// "clones" (PG_VERSION and a `cloned` file), or fails.
+    fn fake(dir: &Path, clone_works: bool) -> (Layout, Postgres) {
+        use std::os::unix::fs::PermissionsExt;
+        let layout = Layout {
+            pgdata: dir.join("pgdata"),
+            state: dir.join("state"),
+        };
+        std::fs::create_dir_all(&layout.state).unwrap();
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let body = match clone_works {
+            true => r#"echo x >> "$0.calls"; touch "$2/PG_VERSION" "$2/cloned""#,
+            false => r#"echo x >> "$0.calls"; exit 1"#,
+        };
+        let script = bin.join("pg_basebackup");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+{body}
+"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pg = Postgres {
+            bin,
+            pgdata: layout.pgdata.clone(),
+            port: 5432,
+            socket_dir: dir.into(),
+            run_as: RunAs::current(),
+        };
+        (layout, pg)
+    }
+
+    fn calls(pg: &Postgres) -> usize {
+        std::fs::read_to_string(pg.bin.join("pg_basebackup.calls"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn an_interrupted_clone_is_redone_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, pg) = fake(dir.path(), true);
+        // What an agent killed mid-clone leaves: the marker and half a PGDATA.
+        std::fs::create_dir_all(&layout.pgdata).unwrap();
+        std::fs::write(layout.pgdata.join("PG_VERSION"), "15").unwrap();
+        std::fs::write(layout.pgdata.join("half-copied"), "x").unwrap();
+        std::fs::write(clone_marker(&layout), "{}").unwrap();
+        let settings = prepare(&pg, &layout, "10.0.0.1", "pw", "pg-2").unwrap();
+        assert_eq!(calls(&pg), 1);
+        assert!(!layout.pgdata.join("half-copied").exists(), "not wiped");
+        assert!(layout.pgdata.join("cloned").exists());
+        assert!(layout.pgdata.join("standby.signal").exists());
+        assert!(!clone_marker(&layout).exists());
+        assert_eq!(settings[0].0, "primary_conninfo");
+        assert!(
+            settings[0]
+                .1
+                .starts_with("host=10.0.0.1 port=5432 user=streaming_replica")
+        );
+        // Started again: a standby already, no second clone.
+        prepare(&pg, &layout, "10.0.0.1", "pw", "pg-2").unwrap();
+        assert_eq!(calls(&pg), 1);
+    }
+
+    #[test]
+    fn a_cloned_standby_starts_without_cloning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, pg) = fake(dir.path(), false);
+        std::fs::create_dir_all(&layout.pgdata).unwrap();
+        std::fs::write(layout.pgdata.join("PG_VERSION"), "15").unwrap();
+        std::fs::write(layout.pgdata.join("standby.signal"), "").unwrap();
+        prepare(&pg, &layout, "pg-rw", "pw", "pg-3").unwrap();
+        assert_eq!(calls(&pg), 0);
+        assert!(layout.pgdata.join("PG_VERSION").exists());
     }
 
     #[test]
@@ -320,7 +400,7 @@ mod tests {
             pgdata: layout.pgdata.clone(),
             port: 5432,
             socket_dir: dir.path().into(),
-            run_as: RunAs::detect().unwrap(),
+            run_as: RunAs::current(),
         };
         let err = prepare(&pg, &layout, "pg-rw", "x", "pg-2").unwrap_err();
         assert!(format!("{err:#}").contains("not a standby"), "{err:#}");
