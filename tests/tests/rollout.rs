@@ -9,8 +9,8 @@
 //! - removing `spec.backup` removes the archive settings and the credentials, and stops
 //!   archiving.
 //!
-//! One instance per Cluster (admission refuses more until standbys exist): the
-//! one-at-a-time rule over several pods is proven by `operator::rollout`'s unit tests.
+//! One instance per Cluster here: the one-at-a-time rule over several pods is proven by
+//! `operator::rollout`'s unit tests.
 //!
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
