@@ -100,6 +100,12 @@ pub enum Step {
 pub fn step(action: &Action, observed: Option<&Value>) -> Step {
     match (action, observed) {
         (Action::Apply { .. }, None) => Step::Apply,
+        // Created once, never written again: its value is not the plan's.
+        (Action::Apply { target, object }, Some(_))
+            if super::generated::generated_key(target, object).is_some() =>
+        {
+            Step::Nothing
+        }
         (Action::Apply { target, object }, Some(o)) if target.kind == "PersistentVolumeClaim" => {
             claims::step(o, object)
         }

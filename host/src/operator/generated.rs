@@ -89,6 +89,16 @@ mod tests {
             object.get("data").is_none(),
             "the plan carries no value: {object}"
         );
+        // An existing one is never written again, whatever it holds.
+        let apply = pgwarden_core::plan::Action::Apply {
+            target: target.clone(),
+            object: object.clone(),
+        };
+        let live = serde_json::json!({"metadata": {"name": "pg-replication"}, "data": {"password": "eA=="}});
+        assert_eq!(
+            super::super::apply::step(&apply, Some(&live)),
+            super::super::apply::Step::Nothing
+        );
         let other = ObjectRef {
             kind: "ConfigMap".into(),
             ..target
