@@ -480,6 +480,9 @@ pub struct InstanceStatus {
     pub in_recovery: Option<bool>,
     /// A standby's WAL receiver is streaming from the primary.
     pub streaming: Option<bool>,
+    /// `default_transaction_read_only` is on: a primary its agent fenced because it is not
+    /// `targetPrimary`.
+    pub read_only: Option<bool>,
     /// WAL received from the primary (standby), or written (primary).
     pub received_lsn: Option<String>,
     /// WAL replayed (standby), or written (primary).

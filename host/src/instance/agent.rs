@@ -59,6 +59,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // the native archiver's follower must not either).
     start_native_archiver(&layout, &opts.settings_dir, run_as, standby.is_none());
     let password = super::standby::password()?;
+    if standby.is_none() {
+        super::role::fence_before_start(&opts, &pg).await;
+    }
     // Blocking on purpose: a clone, a download or a replay takes as long as it takes.
     let child = tokio::task::block_in_place(|| match &standby {
         Some(host) => start_standby(&opts, &layout, &pg, &mut conf, host, password.as_deref()),

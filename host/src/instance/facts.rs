@@ -99,6 +99,9 @@ pub struct Replication {
     pub replayed_lsn: Option<String>,
     pub lag_bytes: Option<i64>,
     pub lag_seconds: Option<i64>,
+    /// `default_transaction_read_only` is on: a primary fenced by its agent.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// One JSON row of replication facts. A primary reports its current WAL position as both
@@ -107,11 +110,12 @@ pub struct Replication {
 /// an error during recovery, from running on a standby.
 pub const REPLICATION_QUERY: &str = "SELECT json_build_object(\
  'inRecovery', pg_is_in_recovery(),\
+ 'readOnly', current_setting('default_transaction_read_only')::bool,\
  'streaming', EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),\
  'receivedLsn', CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text ELSE pg_current_wal_lsn()::text END,\
  'replayedLsn', CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END,\
  'lagBytes', CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint ELSE 0 END,\
- 'lagSeconds', CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0\
+ 'lagSeconds', CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
    ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::bigint END)";
 
 /// The Cluster's `status.instancesStatus` entry of pod `pod` from its replication facts:
@@ -123,6 +127,7 @@ pub fn instance_status(pod: &str, r: &Replication, now: &str) -> InstanceStatus 
         ready: Some(true),
         in_recovery: Some(r.in_recovery),
         streaming: Some(r.streaming),
+        read_only: Some(r.read_only),
         received_lsn: r.received_lsn.clone(),
         replayed_lsn: r.replayed_lsn.clone(),
         lag_bytes: r.lag_bytes.map(|b| b.max(0)),

@@ -8,7 +8,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
 use super::facts::FIELD_MANAGER;
-use pgwarden_crds::{GROUP, VERSION};
+use pgwarden_crds::{ClusterStatus, GROUP, VERSION};
 
 /// Where status patches go.
 pub struct Reporter {
@@ -43,6 +43,21 @@ impl Reporter {
     ) -> Result<()> {
         self.apply_status_as(FIELD_MANAGER, kind, plural, name, patch)
             .await
+    }
+
+    /// Cluster `cluster`'s status (through the status subresource, which the agent's Role
+    /// may read); none without a client.
+    pub async fn cluster_status(&self, cluster: &str) -> Result<Option<ClusterStatus>> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let gvk = GroupVersionKind::gvk(GROUP, VERSION, "Cluster");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "clusters");
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &self.namespace, &resource);
+        let object = api.get_status(cluster).await?;
+        let status = object.data.get("status").cloned().unwrap_or_default();
+        Ok(Some(serde_json::from_value(status).unwrap_or_default()))
     }
 
     /// [`Self::apply_status`] under field manager `manager`. Server-side apply removes the

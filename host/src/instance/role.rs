@@ -1,9 +1,20 @@
-//! Who this instance is, told to the operator: each tick the agent asks PostgreSQL for its
-//! replication facts (`pg_is_in_recovery()`, received and replayed LSN, lag) and applies its
-//! own entry of the Cluster's `status.instancesStatus`. Only while PostgreSQL answers: a
-//! silent entry (an old `reportedAt`) is what the operator's failover counts as unhealthy.
+//! Who this instance is, told to the operator, and what it does about who it is to be. Each
+//! tick the agent asks PostgreSQL for its replication facts (`pg_is_in_recovery()`, received
+//! and replayed LSN, lag) and applies its own entry of the Cluster's `status.instancesStatus`,
+//! only while PostgreSQL answers: a silent entry (an old `reportedAt`) is what the operator's
+//! failover counts as unhealthy. Then it reads `status.targetPrimary`: a standby named there
+//! promotes itself; a primary not named there is fenced read-only (it does not rejoin as a
+//! standby yet: that needs `pg_rewind` or a fresh clone, and the agent's start to follow
+//! `targetPrimary` rather than the pod's index).
 
-use anyhow::{Context, Result};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use pgwarden_core::failover::FRESH_SECONDS;
+use pgwarden_crds::InstanceStatus;
+use pgwarden_sdk::types::parse_lsn;
 
 use super::facts::{self, REPLICATION_QUERY, Replication};
 use super::options::RunOptions;
@@ -30,5 +41,254 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
     let manager = facts::instance_field_manager(pod);
     reporter
         .apply_status_as(&manager, "Cluster", "clusters", cluster, &patch)
-        .await
+        .await?;
+    let Some(status) = reporter.cluster_status(cluster).await? else {
+        return Ok(());
+    };
+    let Some(target) = status.target_primary.clone() else {
+        return Ok(());
+    };
+    let act = act(pod, &replication, Some(&target));
+    if act == Act::Promote {
+        let now = chrono::Utc::now();
+        if let Err(wait) = may_promote(pod, &replication, &status.instances_status, now) {
+            eprintln!("pgwarden-agent: {pod} is targetPrimary but does not promote yet: {wait}");
+            return Ok(());
+        }
+    }
+    tokio::task::block_in_place(|| perform(pg, pod, &target, act))
+}
+
+/// Whether pod `pod` (a standby, `me`) may promote now, given the other instances' reports:
+/// not while another primary reported recently and still accepts writes (two writable
+/// primaries), nor before it received all the WAL a fenced primary reported (a switchover
+/// loses no committed transaction). A primary gone silent (a failover) holds nothing up:
+/// what it had not sent is lost, as asynchronous replication loses it.
+pub fn may_promote(
+    pod: &str,
+    me: &Replication,
+    others: &[InstanceStatus],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), String> {
+    let mine = me.received_lsn.as_deref().and_then(parse_lsn);
+    for other in others.iter().filter(|o| o.name != pod) {
+        let reported = pgwarden_sdk::convert::parse_time(other.reported_at.as_deref());
+        let fresh = reported.is_some_and(|t| (now - t).num_seconds() <= FRESH_SECONDS);
+        if !fresh || other.role.as_deref() != Some("primary") {
+            continue;
+        }
+        if other.read_only != Some(true) {
+            return Err(format!(
+                "{} is a primary that still accepts writes",
+                other.name
+            ));
+        }
+        let theirs = other.received_lsn.as_deref().and_then(parse_lsn);
+        if theirs > mine {
+            return Err(format!(
+                "{} (fenced) is at {}, this standby has received {}",
+                other.name,
+                other.received_lsn.as_deref().unwrap_or_default(),
+                me.received_lsn.as_deref().unwrap_or("nothing"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Before PostgreSQL starts as a primary: when the Cluster's `targetPrimary` names another
+/// pod (a failover or switchover happened while this one was away), it starts fenced, so a
+/// former primary never takes a write between its start and its first tick. An existing
+/// PGDATA only (a new one has nothing to protect); without an answer from the API server it
+/// starts as before, and the first tick fences it.
+pub async fn fence_before_start(opts: &RunOptions, pg: &Postgres) {
+    let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
+        return;
+    };
+    let auto = pg.pgdata.join("postgresql.auto.conf");
+    if !auto.is_file() {
+        return;
+    }
+    let reporter = Reporter::connect(opts.namespace.clone()).await;
+    let target = match reporter.cluster_status(cluster).await {
+        Ok(status) => status.and_then(|s| s.target_primary),
+        Err(e) => {
+            eprintln!("pgwarden-agent: cannot read targetPrimary before the start: {e:#}");
+            None
+        }
+    };
+    let Some(target) = target.filter(|t| t != pod) else {
+        return;
+    };
+    if let Err(e) = append_fence(&auto) {
+        eprintln!("pgwarden-agent: cannot fence {pod} before its start: {e:#}");
+        return;
+    }
+    eprintln!("pgwarden-agent: {pod} starts fenced read-only: targetPrimary is {target}");
+}
+
+/// `default_transaction_read_only = 'on'` in `postgresql.auto.conf`, as `ALTER SYSTEM`
+/// writes it (the last setting wins; `ALTER SYSTEM RESET` removes it).
+fn append_fence(auto: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(auto)?;
+    writeln!(file, "default_transaction_read_only = 'on'")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// What this instance does about `status.targetPrimary`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// A standby named target: `pg_ctl promote`, then wait until out of recovery.
+    Promote,
+    /// A primary that is not the target: refuse writes (`default_transaction_read_only`,
+    /// kept in `postgresql.auto.conf` so a restart comes back fenced) and end the sessions.
+    Fence,
+    /// The target fenced before and promoted since: writes again.
+    Unfence,
+    Nothing,
+}
+
+/// The act of pod `pod` given its replication facts and the Cluster's `targetPrimary` (none:
+/// nobody asked anything yet, so nothing changes).
+pub fn act(pod: &str, facts: &Replication, target: Option<&str>) -> Act {
+    let Some(target) = target else {
+        return Act::Nothing;
+    };
+    match (facts.in_recovery, target == pod, facts.read_only) {
+        (true, true, _) => Act::Promote,
+        (false, false, false) => Act::Fence,
+        (false, true, true) => Act::Unfence,
+        _ => Act::Nothing,
+    }
+}
+
+/// How long a promotion may take before the agent says so (it keeps waiting next tick).
+const PROMOTE_WAIT: Duration = Duration::from_secs(60);
+
+/// `pg_ctl promote`, then polls `pg_is_in_recovery()` (`pg_ctl -w` may return before the
+/// promotion is done, DESIGN §8); lifts a fence the instance carried as a former primary.
+pub fn promote(pg: &Postgres) -> Result<()> {
+    let mut cmd = Command::new(pg.bin.join("pg_ctl"));
+    cmd.arg("promote").arg("-D").arg(&pg.pgdata);
+    let out = pg
+        .run_as
+        .apply(&mut cmd)
+        .output()
+        .context("cannot run pg_ctl promote")?;
+    if !out.status.success() {
+        bail!(
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let start = Instant::now();
+    while pg.query("SELECT pg_is_in_recovery()")? != "f" {
+        if start.elapsed() > PROMOTE_WAIT {
+            bail!(
+                "still in recovery {}s after pg_ctl promote",
+                PROMOTE_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unfence(pg)
+}
+
+/// Refuses new writes and ends the client sessions (one may hold a read-write transaction).
+pub fn fence(pg: &Postgres) -> Result<()> {
+    pg.query("ALTER SYSTEM SET default_transaction_read_only = on")?;
+    pg.query("SELECT pg_reload_conf()")?;
+    pg.query(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )?;
+    Ok(())
+}
+
+pub fn unfence(pg: &Postgres) -> Result<()> {
+    pg.query("ALTER SYSTEM RESET default_transaction_read_only")?;
+    pg.query("SELECT pg_reload_conf()")?;
+    Ok(())
+}
+
+/// Does `act`, saying so in the log.
+fn perform(pg: &Postgres, pod: &str, target: &str, act: Act) -> Result<()> {
+    let done = match act {
+        Act::Promote => promote(pg).map(|()| "promoted: it is the primary"),
+        Act::Fence => fence(pg).map(|()| "fenced read-only: it is not the target primary"),
+        Act::Unfence => unfence(pg).map(|()| "writable again: it is the target primary"),
+        Act::Nothing => return Ok(()),
+    }?;
+    eprintln!("pgwarden-agent: {pod} {done} (targetPrimary {target})");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(in_recovery: bool, read_only: bool) -> Replication {
+        Replication {
+            in_recovery,
+            read_only,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_target_promotes_and_another_primary_is_fenced() {
+        let (standby, primary) = (facts(true, false), facts(false, false));
+        assert_eq!(act("pg-2", &standby, Some("pg-2")), Act::Promote);
+        assert_eq!(act("pg-2", &standby, Some("pg-1")), Act::Nothing);
+        assert_eq!(act("pg-1", &primary, Some("pg-2")), Act::Fence);
+        assert_eq!(act("pg-1", &facts(false, true), Some("pg-2")), Act::Nothing);
+        assert_eq!(act("pg-1", &facts(false, true), Some("pg-1")), Act::Unfence);
+        assert_eq!(act("pg-1", &primary, Some("pg-1")), Act::Nothing);
+        assert_eq!(
+            act("pg-1", &primary, None),
+            Act::Nothing,
+            "nothing asked yet"
+        );
+    }
+
+    fn primary(read_only: bool, lsn: &str, age: i64) -> InstanceStatus {
+        InstanceStatus {
+            name: "pg-1".into(),
+            role: Some("primary".into()),
+            read_only: Some(read_only),
+            received_lsn: Some(lsn.into()),
+            reported_at: Some((chrono::Utc::now() - chrono::Duration::seconds(age)).to_rfc3339()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_standby_promotes_only_once_the_old_primary_is_fenced_and_caught_up_or_silent() {
+        let now = chrono::Utc::now();
+        let me = Replication {
+            in_recovery: true,
+            received_lsn: Some("0/3000100".into()),
+            ..Default::default()
+        };
+        let writable = [primary(false, "0/3000100", 2)];
+        let err = may_promote("pg-2", &me, &writable, now).unwrap_err();
+        assert_eq!(err, "pg-1 is a primary that still accepts writes");
+        let ahead = [primary(true, "0/3000200", 2)];
+        let err = may_promote("pg-2", &me, &ahead, now).unwrap_err();
+        assert_eq!(
+            err,
+            "pg-1 (fenced) is at 0/3000200, this standby has received 0/3000100"
+        );
+        assert_eq!(
+            may_promote("pg-2", &me, &[primary(true, "0/3000100", 2)], now),
+            Ok(())
+        );
+        // A primary silent for a minute (a failover): nothing to wait for.
+        assert_eq!(
+            may_promote("pg-2", &me, &[primary(false, "0/3000200", 60)], now),
+            Ok(())
+        );
+    }
 }
