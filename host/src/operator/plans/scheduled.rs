@@ -3,18 +3,21 @@
 //! a schedule it cannot parse, or one admission would now refuse, becomes the `Scheduled`
 //! condition naming it. The core keeps the whole status.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use k8s_openapi::jiff::Timestamp;
 use pgwarden_core::{Wanted, scheduled_status};
-use pgwarden_crds::{ScheduledBackup, ScheduledBackupStatus};
+use pgwarden_crds::{MIN_SCHEDULE_INTERVAL_SECONDS, ScheduledBackup, ScheduledBackupStatus};
+use pgwarden_sdk::defaults;
 
 use super::Plan;
 use crate::operator::errors::{Error, Result};
 use crate::operator::failure::{Decision, Step};
 use crate::operator::registry::ChosenPolicy;
-use crate::operator::scheduled::{SCHEDULED, too_frequent};
 use crate::policy::PolicyError;
 use pgwarden_core::plan::{self, Action, EventType, guardrails, reference};
+
+/// The condition that tells whether the schedule runs.
+pub const SCHEDULED: &str = "Scheduled";
 
 /// How long a valid schedule with no next run waits before it is looked at again.
 pub const RECHECK_SECONDS: u64 = 300;
@@ -132,4 +135,83 @@ fn with_status(
     }
     plan.status = Some(serde_json::to_value(status).unwrap_or_default());
     plan
+}
+
+/// `Scheduled` False when two consecutive runs of `schedule` are less than
+/// [`MIN_SCHEDULE_INTERVAL_SECONDS`] apart, else `None` (a schedule that does not parse is the
+/// policy's to name). Exact: a cron fires twice within a minute only through its seconds
+/// field, so the first two runs from the start of a minute it fires in tell.
+pub fn too_frequent(schedule: &str, now: DateTime<Utc>) -> Option<Wanted> {
+    let cron = defaults::parse_schedule(schedule).ok()?;
+    let minute = cron
+        .find_next_occurrence(&now, false)
+        .ok()?
+        .with_second(0)?
+        .with_nanosecond(0)?;
+    let first = cron.find_next_occurrence(&minute, true).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    let gap = (second - first).num_seconds();
+    (gap < MIN_SCHEDULE_INTERVAL_SECONDS).then(|| {
+        Wanted::failed(
+            SCHEDULED,
+            "ScheduleTooFrequent",
+            format!(
+                "spec.schedule {schedule:?} runs {gap} s apart ({first} and {second}): a Backup at most every {MIN_SCHEDULE_INTERVAL_SECONDS} s; give the seconds field one number, as in \"0 */5 * * * *\""
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// What admission refuses now, stored before it did: refused here too, from any moment
+    /// (mid-minute as well, where the next two runs may fall in different minutes).
+    #[test]
+    fn a_schedule_more_often_than_once_a_minute_is_refused() {
+        for now in ["2026-11-30T10:00:00Z", "2026-11-30T10:00:45Z"] {
+            for schedule in ["* * * * * *", "0,30 */5 * * * *", "*/10 0 2 * * *"] {
+                let wanted = too_frequent(schedule, at(now))
+                    .unwrap_or_else(|| panic!("{schedule} at {now} accepted"));
+                assert_eq!(wanted.reason, "ScheduleTooFrequent");
+                assert!(!wanted.ok);
+                assert!(wanted.message.contains(schedule), "{}", wanted.message);
+            }
+        }
+        let every_second = too_frequent("* * * * * *", at("2026-11-30T10:00:00Z")).unwrap();
+        assert!(
+            every_second.message.contains("runs 1 s apart"),
+            "{}",
+            every_second.message
+        );
+    }
+
+    #[test]
+    fn once_a_minute_or_less_passes() {
+        for schedule in [
+            "* * * * *",
+            "0 * * * * *",
+            "59 */5 * * * *",
+            "@hourly",
+            "0 0 2 * * *",
+        ] {
+            assert_eq!(
+                too_frequent(schedule, at("2026-11-30T10:00:30Z")),
+                None,
+                "{schedule}"
+            );
+        }
+        assert_eq!(
+            too_frequent("99 99 99 99 99", Utc::now()),
+            None,
+            "the policy's to name"
+        );
+    }
 }
