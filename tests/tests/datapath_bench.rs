@@ -1,6 +1,7 @@
 //! `cargo xtask bench wal`: WAL archiving throughput and lag under pgbench at full speed,
-//! `pgwarden instance wal-archive` (parallel, maxParallel = 8) against plain
-//! `barman-cloud-wal-archive` as archive_command, one after the other in one run, same load.
+//! `pgwarden instance wal-archive` with the native archiver (resident in the agent) and with
+//! barman-cloud (parallel, maxParallel = 8), against plain `barman-cloud-wal-archive` as
+//! archive_command, one after the other in one run, same load.
 //!
 //! The load is pgbench at full speed running a WAL-heavy script (~1 MB of rows per
 //! transaction), not TPC-B: TPC-B at ~1,200 tps here fills a 16 MB segment only every
@@ -8,10 +9,13 @@
 //!
 //! Ignored by `cargo test`; run with `--ignored`. Knobs: `PGWARDEN_BENCH_SECONDS` (load per
 //! mode, default 60), `PGWARDEN_BENCH_CLIENTS` (default 4), `PGWARDEN_BENCH_OUT` (JSON file,
-//! default `target/bench/wal.json`), `PGWARDEN_BENCH_DRAIN_SECONDS` (catch-up bound, 240).
+//! default `target/bench/wal.json`), `PGWARDEN_BENCH_DRAIN_SECONDS` (catch-up bound, 240),
+//! `PGWARDEN_BENCH_MODES` (default `native,parallel,plain`), `PGWARDEN_BENCH_COMPRESSION`
+//! (a WAL compression such as `gzip`; default none).
 
 use std::time::{Duration, Instant};
 
+use pgwarden_crds::settings::Archiver;
 use pgwarden_tests::datapath::{Instance, InstanceOptions, S3Server, archive_settings, deps};
 use serde_json::json;
 
@@ -58,7 +62,10 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
     s3.create_bucket(&bucket);
     let mut settings = archive_settings(s3, &bucket, mode);
     settings.max_parallel = 8;
-    settings.compression = None;
+    settings.compression = compression();
+    if mode == "native" {
+        settings.archiver = Archiver::Native;
+    }
     let mut extra_args = vec![];
     if mode == "plain" {
         let mut words = vec![
@@ -140,9 +147,16 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         .max()
         .unwrap_or(0);
     let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
+    let agent_rss = agent_peak_rss_kib(&pg);
     json!({
         "mode": mode,
-        "archive_command": if mode == "plain" { "barman-cloud-wal-archive %p" } else { "pgwarden instance wal-archive %p (maxParallel 8)" },
+        "archive_command": match mode {
+            "plain" => "barman-cloud-wal-archive %p",
+            "native" => "pgwarden instance wal-archive %p (native archiver, maxParallel 8)",
+            _ => "pgwarden instance wal-archive %p (barman-cloud, maxParallel 8)",
+        },
+        "compression": compression().map(|c| format!("{c:?}").to_lowercase()),
+        "agent_peak_rss_mib": agent_rss.map(|k| k as f64 / 1024.0),
         "load_seconds": load_secs,
         "pgbench_clients": clients,
         "pgbench_tps": tps,
@@ -161,6 +175,23 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         "cpu_busy_during_catch_up": cpu_drain.busy,
         "cpu_iowait_during_catch_up": cpu_drain.iowait,
     })
+}
+
+/// The WAL compression of every mode, from `PGWARDEN_BENCH_COMPRESSION`.
+fn compression() -> Option<pgwarden_crds::WalCompression> {
+    let name = std::env::var("PGWARDEN_BENCH_COMPRESSION").ok()?;
+    serde_json::from_value(json!(name)).ok()
+}
+
+/// The agent's peak resident memory (VmHWM): with the native archiver it holds the uploads.
+/// The agent is the postmaster's parent.
+fn agent_peak_rss_kib(pg: &Instance) -> Option<u64> {
+    let postmaster = pg.live_postmaster()?;
+    let stat = std::fs::read_to_string(format!("/proc/{postmaster}/stat")).ok()?;
+    let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?;
+    let status = std::fs::read_to_string(format!("/proc/{ppid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The machine's CPU time from `/proc/stat` (all cores), to tell what bounds the archiving.
@@ -212,9 +243,11 @@ fn bench_wal_archiving_parallel_vs_plain() {
     let seconds = env_u32("PGWARDEN_BENCH_SECONDS", 60);
     let clients = env_u32("PGWARDEN_BENCH_CLIENTS", 4);
     let s3 = S3Server::start();
-    let results: Vec<_> = ["parallel", "plain"]
-        .iter()
-        .map(|m| run_mode(&s3, m, seconds, clients))
+    let modes =
+        std::env::var("PGWARDEN_BENCH_MODES").unwrap_or_else(|_| "native,parallel,plain".into());
+    let results: Vec<_> = modes
+        .split(',')
+        .map(|m| run_mode(&s3, m.trim(), seconds, clients))
         .collect();
     let doc = json!({
         "benchmark": "wal-archiving",
@@ -231,7 +264,7 @@ fn bench_wal_archiving_parallel_vs_plain() {
     std::fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     println!("{}", serde_json::to_string_pretty(&doc).unwrap());
     println!(
-        "{:<10} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>11} {:>13}",
+        "{:<10} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>11} {:>13} {:>9}",
         "mode",
         "tps",
         "written/s",
@@ -240,11 +273,12 @@ fn bench_wal_archiving_parallel_vs_plain() {
         "max lag",
         "catch-up s",
         "cpu (load)",
-        "cpu (catch-up)"
+        "cpu (catch-up)",
+        "agent MiB"
     );
     for r in &results {
         println!(
-            "{:<10} {:>9.0} {:>12.2} {:>12.2} {:>10} {:>10} {:>10} {:>10.0}% {:>12.0}%",
+            "{:<10} {:>9.0} {:>12.2} {:>12.2} {:>10} {:>10} {:>10} {:>10.0}% {:>12.0}% {:>9.1}",
             r["mode"].as_str().unwrap(),
             r["pgbench_tps"].as_f64().unwrap_or(0.0),
             r["written_segments_per_second"].as_f64().unwrap_or(0.0),
@@ -257,6 +291,7 @@ fn bench_wal_archiving_parallel_vs_plain() {
                 .unwrap_or("—".into()),
             100.0 * r["cpu_busy_during_load"].as_f64().unwrap_or(0.0),
             100.0 * r["cpu_busy_during_catch_up"].as_f64().unwrap_or(0.0),
+            r["agent_peak_rss_mib"].as_f64().unwrap_or(0.0),
         );
     }
     println!("written to {out}");

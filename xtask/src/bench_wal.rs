@@ -10,7 +10,25 @@
 //!   plain      149   8.22       2.37        352      90.5        98%         99%
 //! ```
 //!
-//! Both modes archive ~2.3 segments/s under load and ~3.7/s after it, with every core busy:
+//! Measured 2026-11-30, same machine and load, with the native archiver (issue 14) as a
+//! third mode (release build; other builds were running on the machine, hence the lower
+//! barman figures; `PGWARDEN_BENCH_MODES=native,parallel,plain`, no compression):
+//!
+//! ```text
+//!   mode       tps   written/s  archived/s  lag@end  max lag  catch-up s  agent peak RSS
+//!   native     103   5.60       5.53        3        29       0.6         273 MiB
+//!   parallel   146   8.04       1.44        399      399      > 240       11.7 MiB
+//!   plain      130   7.18       1.08        368      368      224.6       11.6 MiB
+//! ```
+//!
+//! The native archiver keeps up (5.1× plain's archived/s, lag at the end 3 segments, within
+//! 2 × maxParallel) but takes CPU from pgbench (tps 103), and its peak RSS is far above the
+//! 64 MiB goal: each upload holds its whole (here uncompressed, 16 MiB) segment in memory,
+//! up to maxParallel (8) at once plus the one PostgreSQL asks for, and the allocator keeps
+//! the freed buffers. Streaming the body (multipart parts) or fewer buffers in flight is
+//! still to do.
+//!
+//! Both barman modes archive ~2.3 segments/s under load and ~3.7/s after it, with every core busy:
 //! each `barman-cloud-wal-archive` is a Python process (interpreter, boto3, the upload) and
 //! MinIO hashes and writes on the same two cores. On this machine the archive rate is bound
 //! by CPU, so running up to `maxParallel` uploads at once buys nothing; it pays where one

@@ -9,6 +9,8 @@
 //!                                           failed / unknown: upload now, wait
 //! ```
 //!
+//! The follower waits for archive_command's first-archive check of the destination to pass
+//! (archive-check.json), so nothing goes ahead into a folder that may be another cluster's.
 //! Results live in memory only: a restarted agent uploads again, and the store answers
 //! "already there" for what it holds (the content compared, never assumed). The settings are
 //! read afresh on every round, so a new decision needs no restart; with the `barman-cloud`
@@ -25,6 +27,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::store::Store;
+use crate::instance::archive::ArchiveCheck;
 use crate::instance::barman::scrub;
 use crate::instance::layout::{self, Layout};
 use pgwarden_crds::settings::{ArchiveSettings, Archiver as Which};
@@ -161,13 +164,21 @@ impl Archiver {
         loop {
             tokio::time::sleep(ROUND).await;
             let settings = match layout::read_archive_settings(&self.settings_dir) {
-                Ok(s) if s.archiver == Which::Native => s,
+                Ok(s) if s.archiver == Which::Native && self.checked(&s) => s,
                 _ => continue,
             };
             if let Err(e) = self.round(settings.max_parallel.max(1) as usize) {
                 eprintln!("pgwarden-archiver: {}", scrub(&format!("{e:#}")));
             }
         }
+    }
+
+    /// Whether archive_command's first-archive check passed for this destination: nothing
+    /// goes ahead into a server folder that may be another cluster's.
+    fn checked(&self, s: &ArchiveSettings) -> bool {
+        layout::read_json::<ArchiveCheck>(&self.layout.archive_check()).is_ok_and(|c| {
+            c.ok && c.destination_path == s.destination_path && c.server_name == s.server_name
+        })
     }
 
     fn round(self: &Arc<Self>, max_parallel: usize) -> Result<()> {
