@@ -9,8 +9,9 @@
 //!                                  Election { targetPrimary, PrimaryElected, requeue }
 //! ```
 //!
-//! A promotion of an instance no agent reported, of the current primary, or of a standby that
-//! never streamed is refused: `PrimaryElected` False (reason `PromotionRefused`, naming the
+//! A promotion of an instance no agent reported, of the current primary, of one whose agent
+//! has gone silent (a removed pod's entry stays), or of a standby that never streamed is
+//! refused: `PrimaryElected` False (reason `PromotionRefused`, naming the
 //! instance and why), and `targetPrimary` stays as it was. CloudNativePG's rule carries over:
 //! only a standby that received WAL from the primary may take its place, the most advanced
 //! first (the default policy's choice).
@@ -121,6 +122,11 @@ pub fn check(facts: &FailoverFacts, instance: &str) -> Result<(), String> {
     };
     if facts.current_primary.as_deref() == Some(instance) {
         return Err(format!("{instance} is the current primary already"));
+    }
+    if !found.ready {
+        return Err(format!(
+            "{instance} is not ready: its agent has not reported PostgreSQL answering in the last {FRESH_SECONDS}s"
+        ));
     }
     if !found.streaming {
         return Err(format!(

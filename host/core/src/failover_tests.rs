@@ -40,6 +40,7 @@ fn cluster(primary_age: i64) -> Cluster {
             report("pg-2", "replica", 5, Some("0/3000000")),
             report("pg-3", "replica", 5, Some("0/3000100")),
             report("pg-4", "replica", 5, None),
+            report("pg-5", "replica", 90, Some("0/3000300")),
         ],
         ..Default::default()
     });
@@ -100,10 +101,14 @@ fn a_promotion_of_an_unknown_instance_the_primary_or_a_non_streaming_standby_is_
     for (instance, why) in [
         (
             "ghost-7",
-            "is no instance of the Cluster (its agents reported: pg-1, pg-2, pg-3, pg-4)",
+            "is no instance of the Cluster (its agents reported: pg-1, pg-2, pg-3, pg-4, pg-5)",
         ),
         ("pg-1", "is the current primary already"),
         ("pg-4", "is not a streaming standby"),
+        (
+            "pg-5",
+            "is not ready: its agent has not reported PostgreSQL answering in the last 25s",
+        ),
     ] {
         let e = elect(&f, None, Ok(Some(promotion(instance))));
         assert_eq!(
