@@ -173,3 +173,82 @@ fn warning(backup: &Backup, reason: &str, note: &str) -> Action {
         note: note.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::operator::snapshot::Snapshot;
+
+    fn backup(status: serde_json::Value) -> Backup {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "b", "namespace": "ns", "generation": 1},
+            "spec": {"cluster": {"name": "pg"}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn not_found() -> Result<ChosenPolicy> {
+        Err(Error::ClusterNotFound(
+            "Cluster ns/pg does not exist".into(),
+        ))
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// No Cluster in the snapshot: a new Backup waits (pending, told once), one that ran fails.
+    #[test]
+    fn without_its_cluster_a_new_backup_waits_and_a_started_one_fails() {
+        let snap = Snapshot::default();
+        let new = backup(serde_json::json!(null));
+        let plan = backup_plan(&snap, &new);
+        assert_eq!(plan.status.as_ref().unwrap()["phase"], "pending");
+        assert_eq!(plan.status.as_ref().unwrap()["reason"], "ClusterNotFound");
+        assert_eq!(plan.events.len(), 1);
+        assert!(matches!(plan.error, Some(Error::ClusterNotFound(_))));
+        // Told already: the same status, no second Event.
+        let told = backup(plan.status.clone().unwrap());
+        let again = backup_plan(&snap, &told);
+        assert_eq!(again.status, plan.status);
+        assert!(again.events.is_empty());
+
+        let running = backup(serde_json::json!({
+            "phase": "running", "instanceID": {"podName": "pg-1"},
+            "startedAt": "2026-11-30T09:00:00Z", "backupId": "x",
+        }));
+        let plan = backup_plan(&snap, &running);
+        let status = plan.status.unwrap();
+        assert_eq!(status["phase"], "failed");
+        assert_eq!(status["reason"], "ClusterDeleted");
+        assert_eq!(status["stoppedAt"], "2026-11-30T10:00:00Z");
+        assert!(
+            status.get("backupId").is_none(),
+            "the agent's field: {status}"
+        );
+        assert!(plan.error.is_none());
+        assert_eq!(plan.events.len(), 1);
+    }
+
+    fn backup_plan(snap: &Snapshot, b: &Backup) -> Plan {
+        super::backup(snap, not_found(), b, now())
+    }
+
+    /// A Backup in a final phase plans nothing, whatever is observed.
+    #[test]
+    fn a_finished_backup_plans_nothing() {
+        let snap = Snapshot {
+            backups: vec![Arc::new(backup(serde_json::json!({"phase": "completed"})))],
+            ..Snapshot::default()
+        };
+        let plan = backup_plan(&snap, &snap.backups[0]);
+        assert!(plan.status.is_none() && plan.actions.is_empty() && plan.events.is_empty());
+        assert_eq!(plan.requeue, None);
+    }
+}
