@@ -46,3 +46,40 @@ pub fn node_for(
         dir: removed_unless_kept(dir),
     }
 }
+
+/// The pids of `pgwarden instance run` of pod `pod` in namespace `namespace` on the node whose
+/// folder is `<state>/node` (told apart by their environment).
+pub fn agent_pids(state: &std::path::Path, namespace: &str, pod: &str) -> Vec<u32> {
+    let node_dir = state.join("node").display().to_string();
+    let want = [
+        format!("POD_NAME={pod}"),
+        format!("POD_NAMESPACE={namespace}"),
+    ];
+    let words = |path: PathBuf| -> Vec<String> {
+        std::fs::read(path)
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    };
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let args = words(entry.path().join("cmdline"));
+        let agent = args.len() >= 3
+            && args[0].ends_with("pgwarden")
+            && args[1] == "instance"
+            && args[2] == "run";
+        if !agent {
+            continue;
+        }
+        let vars = words(entry.path().join("environ"));
+        let here = vars.iter().any(|v| v.contains(&node_dir));
+        if here && want.iter().all(|w| vars.contains(w)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

@@ -3,6 +3,7 @@
 //!
 //! `instances: 3` with a backup to the store:
 //! - rows written on the primary appear on both standbys, where `pg_is_in_recovery()` is true;
+//!   a standby whose agent is killed starts again from its data (no new clone) and streams;
 //! - the store's WAL files are the primary's only: timeline 1, as many as the primary's
 //!   `pg_stat_archiver` counts; the standbys archived nothing (their `pg_stat_archiver` says 0
 //!   and their agents never ran the archive command: no `archive-check.json` beside PGDATA);
@@ -25,7 +26,7 @@ use pgwarden_tests::localnode::LocalNode;
 use pgwarden_tests::operator::{
     Operator, apply_when_admitted, apply_yaml, get, list, store_secret_yaml,
 };
-use pgwarden_tests::world::node_for;
+use pgwarden_tests::world::{agent_pids, node_for};
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-standbys";
@@ -217,6 +218,37 @@ fn three_instances_stream_from_one_archiving_primary_and_scale_down_keeps_it() {
         let streaming = w.psql(standby, "SELECT status FROM pg_stat_wal_receiver");
         assert_eq!(streaming, "streaming", "{name}");
     }
+    // A standby's agent killed: it starts again from its clone, never clones again.
+    let pgdata = w.state_of("pg-2").parent().unwrap().join("pgdata");
+    let kept = pgdata.join("pgwarden-test-kept");
+    std::fs::write(&kept, "a re-clone would wipe this").unwrap();
+    let pids = agent_pids(&w.state, &w.ns.name, "pg-2");
+    assert!(!pids.is_empty(), "no agent of pg-2 found");
+    for pid in &pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let restarted = wait_for(READY, Duration::from_secs(1), || {
+        let p = get(&w.ns, "pod", "pg-2")?;
+        let restarts = p["status"]["containerStatuses"][0]["restartCount"].as_i64()?;
+        (restarts >= 1 && is_ready(&p)).then_some(p)
+    });
+    let restarted = restarted.unwrap_or_else(|| panic!("pg-2 not back:\n{}", w.pod_log("pg-2")));
+    assert!(
+        kept.exists(),
+        "pg-2 was cloned again after its agent's restart"
+    );
+    w.psql(primary, "INSERT INTO t VALUES (1001)");
+    let caught_up = wait_for(Duration::from_secs(60), Duration::from_millis(500), || {
+        (w.try_psql(&restarted, "SELECT count(*) FROM t")? == "1001").then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "pg-2 does not stream after its restart"
+    );
+    w.psql(primary, "DELETE FROM t WHERE id = 1001");
+
     let replicas = w.psql(
         primary,
         "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication",
