@@ -18,9 +18,10 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::archive::{self, ArchiveCheck, ArchiveFailure};
+use super::archive::{self, ArchiveFailure};
 use super::barman;
 use super::facts::{self, ArchiveFacts, ArchiverStats};
+use super::layout::ArchiveCheck;
 use super::layout::{self, Layout};
 pub use super::options::{RestoreOptions, RunOptions};
 use super::postgres::{self, PgConfig, Postgres, RunAs};
@@ -68,7 +69,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None => start_primary(&opts, &layout, &pg, &mut conf, password.as_deref()),
     })?;
     eprintln!("pgwarden-agent: PostgreSQL ready on port {}", opts.port);
-    supervise(&opts, &layout, &pg, child, standby.is_some()).await
+    supervise(&opts, &layout, &pg, child).await
 }
 
 /// The primary: bootstrapped (initdb, existing, restore), then the replication user made or
@@ -123,7 +124,6 @@ async fn supervise(
     layout: &Layout,
     pg: &Postgres,
     mut child: std::process::Child,
-    standby: bool,
 ) -> Result<()> {
     let reporter = std::sync::Arc::new(Reporter::connect(opts.namespace.clone()).await);
     watch_backups(opts, layout, &reporter).await;
@@ -138,8 +138,9 @@ async fn supervise(
                 if let Some(status) = child.try_wait()? {
                     bail!("postgres exited on its own ({status})");
                 }
-                // The archive's facts are the primary's: a standby archives nothing.
-                if standby {
+                // The archive's facts are the primary's: a standby archives nothing. Asked
+                // each tick: a promoted standby archives from then on.
+                if in_recovery(pg) {
                 } else if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
                     eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
                 }
@@ -149,6 +150,12 @@ async fn supervise(
             }
         }
     }
+}
+
+/// PostgreSQL says it is in recovery (a standby, or a restore not yet promoted); `false` when
+/// it does not answer (the report then says why).
+fn in_recovery(pg: &Postgres) -> bool {
+    tokio::task::block_in_place(|| pg.query("SELECT pg_is_in_recovery()")).is_ok_and(|r| r == "t")
 }
 
 /// Takes the Backups the operator assigns to this pod, when it runs in a cluster.
@@ -274,7 +281,7 @@ fn gather(opts: &RunOptions, layout: &Layout, pg: &Postgres) -> ArchiveFacts {
         .query("SELECT row_to_json(a) FROM pg_stat_archiver a")
         .ok()
         .and_then(|row| serde_json::from_str::<ArchiverStats>(&row).ok());
-    let ready = archive::ready_files(&layout.archive_status()).unwrap_or_default();
+    let ready = layout::ready_files(&layout.archive_status()).unwrap_or_default();
     let oldest = ready.iter().map(|(_, t)| *t).min();
     ArchiveFacts {
         pod_name: opts.pod_name.clone(),

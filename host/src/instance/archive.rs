@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::barman::{self, Barman, BarmanError};
-use super::layout::{self, Layout};
+use super::layout::{self, ArchiveCheck, Layout, ready_files};
 use super::native;
 use pgwarden_crds::settings::{ArchiveSettings, Archiver};
 
@@ -32,18 +32,6 @@ pub struct ArchiveFailure {
     pub wal: String,
     pub time: String,
     pub message: String,
-}
-
-/// The outcome of the first-archive destination check.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ArchiveCheck {
-    pub destination_path: String,
-    pub server_name: String,
-    pub ok: bool,
-    pub time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
 }
 
 /// What a call did with the WAL file PostgreSQL asked for.
@@ -157,29 +145,6 @@ fn ready_ahead(layout: &Layout, current: &str, max: usize) -> Result<Vec<String>
     names.sort();
     names.truncate(max);
     Ok(names)
-}
-
-/// The WAL files PostgreSQL marked ready to archive, with their markers' modification times.
-pub fn ready_files(archive_status: &Path) -> Result<Vec<(String, std::time::SystemTime)>> {
-    let entries = match std::fs::read_dir(archive_status) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot list {}", archive_status.display()));
-        }
-    };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().to_string();
-        if let Some(name) = file.strip_suffix(".ready") {
-            let mtime = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::SystemTime::now());
-            out.push((name.to_string(), mtime));
-        }
-    }
-    Ok(out)
 }
 
 /// Checks the destination once (per destination and server name) before the first archive.

@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::archive::{ArchiveCheck, ArchiveFailure};
+use super::archive::ArchiveFailure;
+use super::layout::ArchiveCheck;
 use pgwarden_crds::settings::ArchiveSettings;
 use pgwarden_crds::{
     ArchiveStatus, BackupAgentState, BackupAgentStatus, GROUP, InstanceStatus, VERSION,

@@ -132,6 +132,41 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
+/// The outcome of the first-archive destination check.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveCheck {
+    pub destination_path: String,
+    pub server_name: String,
+    pub ok: bool,
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The WAL files PostgreSQL marked ready to archive, with their markers' modification times.
+pub fn ready_files(archive_status: &Path) -> Result<Vec<(String, std::time::SystemTime)>> {
+    let entries = match std::fs::read_dir(archive_status) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list {}", archive_status.display()));
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().to_string();
+        if let Some(name) = file.strip_suffix(".ready") {
+            let mtime = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::now());
+            out.push((name.to_string(), mtime));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use super::claims;
 use super::context::{Context, MANAGER};
 use super::errors::Result;
 use super::quantity::normalised_pod;
+pub use super::step::Step;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
 /// `desired` is contained in `observed`: every field it sets has the same value there (lists
@@ -78,22 +79,6 @@ pub fn difference(observed: &Value, desired: &Value, at: &str) -> Option<String>
         _ if contains(observed, desired) => None,
         _ => Some(format!("{at}: observed {observed}, desired {desired}")),
     }
-}
-
-/// What one action needs, given what is observed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    Nothing,
-    Apply,
-    /// A Pod whose template changed: pods are immutable, so delete it; the next reconcile
-    /// creates it anew from the same PersistentVolumeClaim.
-    Recreate,
-    /// A Pod made before the applied hash existed that runs the desired template: record
-    /// the hash on it (a metadata patch), so that later changes, removals too, are seen.
-    Stamp,
-    Delete,
-    PatchStatus,
-    Event,
 }
 
 /// Decides the write an action needs (pure).

@@ -5,8 +5,8 @@
 use pgwarden_core::plan::ObjectRef;
 use serde_json::Value;
 
-use super::apply::Step;
 use super::errors::Error;
+use super::step::Step;
 
 /// A claim is applied again only to grow: nothing else of its spec may change once made, and
 /// the planner refused a smaller size or another class (`guardrails::storage`). Sizes are

@@ -42,6 +42,7 @@ mod scheduled;
 pub mod snapshot;
 mod snapshot_read;
 mod status;
+mod step;
 
 use std::fmt::Debug;
 use std::path::PathBuf;

@@ -13,15 +13,13 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::bindings::{self, wit};
-use super::engine::{NO_SETTINGS, Policy};
+use super::engine::{MAX_MESSAGE_BYTES, NO_SETTINGS, Policy};
 use super::errors::{PolicyError, Result};
 use pgwarden_core::plan::{ClusterDecisions, planned_instances};
 use pgwarden_core::quantity::nanos;
 
 /// The largest pod template a policy may answer (the API server's own object limit is ~1.5 MiB).
 pub const MAX_POD_TEMPLATE_BYTES: usize = 1 << 20;
-/// The longest message or reason a policy may answer.
-pub const MAX_MESSAGE_BYTES: usize = 32 << 10;
 
 /// An object as the JSON text the host sends across the boundary.
 fn json<T: Serialize>(value: &T) -> String {

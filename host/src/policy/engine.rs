@@ -10,11 +10,13 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{CacheConfig, Config, ResourceLimiter, Store, Trap};
 
 use super::bindings::{Policy as Bindings, PolicyPre, wit};
-use super::decisions::MAX_MESSAGE_BYTES;
 use super::errors::{PolicyError, Result};
 use super::sandbox::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Sandbox};
 use pgwarden_crds::PolicyLimits;
 use pgwarden_sdk::types::ABI_VERSION;
+
+/// The longest message or reason a policy may answer.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 10;
 
 /// The wasmtime version compiled in: part of the on-disk cache key, with the module digest.
 pub const WASMTIME_VERSION: &str = "48.0.8";

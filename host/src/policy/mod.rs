@@ -26,7 +26,8 @@ mod errors;
 pub mod fetch;
 mod sandbox;
 
-pub use decisions::{MAX_MESSAGE_BYTES, MAX_POD_TEMPLATE_BYTES};
+pub use decisions::MAX_POD_TEMPLATE_BYTES;
+pub use engine::MAX_MESSAGE_BYTES;
 pub use engine::{
     CACHED_MODULES, COMPILE_TIMEOUT, DEFAULT_MAX_MODULE_BYTES, EPOCH_TICK, Engine, EngineConfig,
     Limits, Policy, WASMTIME_VERSION, digest,

@@ -27,8 +27,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::store::Store;
-use crate::instance::archive::ArchiveCheck;
 use crate::instance::barman::scrub;
+use crate::instance::layout::ArchiveCheck;
 use crate::instance::layout::{self, Layout};
 use pgwarden_crds::settings::{ArchiveSettings, Archiver as Which};
 
@@ -182,12 +182,11 @@ impl Archiver {
     }
 
     fn round(self: &Arc<Self>, max_parallel: usize) -> Result<()> {
-        let mut ready: Vec<String> =
-            crate::instance::archive::ready_files(&self.layout.archive_status())?
-                .into_iter()
-                .map(|(n, _)| n)
-                .filter(|n| super::key::WalName::parse(n).is_ok())
-                .collect();
+        let mut ready: Vec<String> = layout::ready_files(&self.layout.archive_status())?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| super::key::WalName::parse(n).is_ok())
+            .collect();
         ready.sort();
         let store = self.current_store()?;
         let mut jobs = self.jobs.lock().unwrap();
