@@ -11,7 +11,7 @@ use pgwarden_crds::settings::BackupSettings;
 use pgwarden_crds::{BackupPhase, BackupStatus, Cluster, InstanceId};
 use pgwarden_sdk::types::Transition;
 
-use crate::conditions::{self, Wanted};
+use crate::conditions::{self, DesiredCondition};
 
 /// The condition a failed decision (or its recovery) sets on a Backup.
 pub const POLICY_APPLIED: &str = pgwarden_crds::condition_types::POLICY_APPLIED;
@@ -30,7 +30,7 @@ pub enum BackupAnswer<'a> {
     },
     /// No decision: the condition that says why (`PolicyApplied` False). A Backup without a
     /// phase gets `pending` with its reason and message.
-    Failed(Wanted),
+    Failed(DesiredCondition),
     /// The Cluster of a Backup that ran was deleted: the backup cannot finish (its pod went
     /// with the Cluster), so the Backup fails, naming the Cluster.
     ClusterDeleted { cluster: &'a str },
@@ -75,7 +75,7 @@ pub fn backup_status(
                 .any(|c| c.type_ == POLICY_APPLIED && c.status == "False");
             if failed {
                 let message = format!("decisions of policy {policy} applied");
-                let wanted = Wanted::ok(POLICY_APPLIED, "Applied", message);
+                let wanted = DesiredCondition::ok(POLICY_APPLIED, "Applied", message);
                 status.conditions = conditions::set(&before.conditions, &wanted, generation, stamp);
             }
         }

@@ -92,7 +92,7 @@ fn the_agents_fields_are_never_in_the_operators_status() {
 
 #[test]
 fn a_failure_makes_a_new_backup_pending_and_a_later_success_clears_it() {
-    let wanted = Wanted::failed(
+    let wanted = DesiredCondition::failed(
         POLICY_APPLIED,
         "ClusterNotFound",
         "Cluster ns/pg does not exist",

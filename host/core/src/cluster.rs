@@ -22,7 +22,7 @@ use pgwarden_crds::{ArchiveStatus, BackupPhase, Cluster, PolicyInForce, conditio
 use pgwarden_sdk::types::{ClusterFacts, ClusterHealth, Denial, Instance};
 use serde::Serialize;
 
-use crate::conditions::{self, Wanted};
+use crate::conditions::{self, DesiredCondition};
 
 /// The Cluster's instance pods as observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub enum Outcome {
         /// A recovery that cannot start yet: the condition reason and message.
         waiting: Option<(String, String)>,
         /// `PodsUpToDate`, from the rollout's decision.
-        rollout: Wanted,
+        rollout: DesiredCondition,
     },
     /// Nothing was applied: the reason and message of the error (`NameInUse` when one of
     /// the Cluster's names is taken by an object it does not control; the policy's
@@ -170,7 +170,7 @@ pub fn cluster_status(
     observed: &ObservedCluster,
     outcome: &Outcome,
     health: &Health,
-    binding: Wanted,
+    binding: DesiredCondition,
     now: Timestamp,
 ) -> ClusterReport {
     let (last_ok, last_failed, last_backup) = last_backups(&observed.backups);
@@ -233,9 +233,9 @@ fn requeue_seconds(observed: &ObservedCluster, outcome: &Outcome, health: &Healt
 }
 
 /// `Ready` as the policy decided it.
-fn ready(health: &ClusterHealth) -> Wanted {
+fn ready(health: &ClusterHealth) -> DesiredCondition {
     let ready = &health.ready;
-    Wanted {
+    DesiredCondition {
         type_: types::READY,
         ok: ready.status,
         reason: ready.reason.clone(),
@@ -244,9 +244,9 @@ fn ready(health: &ClusterHealth) -> Wanted {
 }
 
 /// `PolicyApplied` from the outcome of the decisions and of the policy's `cluster-status`.
-fn policy_applied(outcome: &Outcome, health: &Health) -> Wanted {
+fn policy_applied(outcome: &Outcome, health: &Health) -> DesiredCondition {
     match (outcome, health) {
-        (Outcome::Applied { policy, .. }, Err(denial)) => Wanted::failed(
+        (Outcome::Applied { policy, .. }, Err(denial)) => DesiredCondition::failed(
             types::POLICY_APPLIED,
             denial.reason.clone(),
             format!(
@@ -255,7 +255,7 @@ fn policy_applied(outcome: &Outcome, health: &Health) -> Wanted {
                 denial.message
             ),
         ),
-        (Outcome::Applied { policy, .. }, Ok(_)) => Wanted::ok(
+        (Outcome::Applied { policy, .. }, Ok(_)) => DesiredCondition::ok(
             types::POLICY_APPLIED,
             "Applied",
             format!(
@@ -269,14 +269,14 @@ fn policy_applied(outcome: &Outcome, health: &Health) -> Wanted {
                 reason, message, ..
             },
             _,
-        ) => Wanted::failed(types::POLICY_APPLIED, reason.clone(), message.clone()),
+        ) => DesiredCondition::failed(types::POLICY_APPLIED, reason.clone(), message.clone()),
     }
 }
 
 /// `ContinuousArchiving` from the spec, the credentials and the agent's facts.
-fn continuous_archiving(observed: &ObservedCluster) -> Wanted {
+fn continuous_archiving(observed: &ObservedCluster) -> DesiredCondition {
     if !observed.backup_configured {
-        return Wanted::failed(
+        return DesiredCondition::failed(
             types::CONTINUOUS_ARCHIVING,
             "NotConfigured",
             "spec.backup is not set: WAL is not archived",
@@ -284,15 +284,15 @@ fn continuous_archiving(observed: &ObservedCluster) -> Wanted {
     }
     if !observed.missing_secrets.is_empty() {
         let message = observed.missing_secrets.join("; ");
-        return Wanted::failed(types::CONTINUOUS_ARCHIVING, "SecretNotFound", message);
+        return DesiredCondition::failed(types::CONTINUOUS_ARCHIVING, "SecretNotFound", message);
     }
     archiving(observed.archive.as_ref())
 }
 
 /// `ContinuousArchiving` from the agent's facts.
-pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
+pub fn archiving(archive: Option<&ArchiveStatus>) -> DesiredCondition {
     let Some(a) = archive else {
-        return Wanted::failed(
+        return DesiredCondition::failed(
             types::CONTINUOUS_ARCHIVING,
             "WaitingForFirstReport",
             "the primary's agent has not reported WAL archiving yet",
@@ -307,7 +307,7 @@ pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
         let wal = a.last_failed_wal.as_deref().unwrap_or("a WAL file");
         let why = a.last_failure.as_deref().unwrap_or("no detail reported");
         let waiting = a.ready_segments.unwrap_or(0);
-        return Wanted::failed(
+        return DesiredCondition::failed(
             types::CONTINUOUS_ARCHIVING,
             "ArchiveFailing",
             format!(
@@ -316,14 +316,14 @@ pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
         );
     }
     if a.last_archived_time.is_none() && a.last_archived_wal.is_none() {
-        return Wanted::failed(
+        return DesiredCondition::failed(
             types::CONTINUOUS_ARCHIVING,
             "WaitingForFirstArchive",
             "no WAL file has been archived yet: PostgreSQL hands one over when a segment fills, \
              on a backup, or after archive_timeout",
         );
     }
-    Wanted::ok(
+    DesiredCondition::ok(
         types::CONTINUOUS_ARCHIVING,
         "Archiving",
         "WAL files are archived to the object store",
@@ -331,7 +331,9 @@ pub fn archiving(archive: Option<&ArchiveStatus>) -> Wanted {
 }
 
 /// The newest completed and failed Backups, and `LastBackupSucceeded` from the newest ended.
-fn last_backups(backups: &[ObservedBackup]) -> (Option<String>, Option<String>, Option<Wanted>) {
+fn last_backups(
+    backups: &[ObservedBackup],
+) -> (Option<String>, Option<String>, Option<DesiredCondition>) {
     let mut ended: Vec<(&ObservedBackup, BackupPhase)> = backups
         .iter()
         .filter_map(|b| Some((b, b.phase.filter(|p| p.is_final())?)))
@@ -345,12 +347,12 @@ fn last_backups(backups: &[ObservedBackup]) -> (Option<String>, Option<String>, 
             .map(|e| e.0.name.clone())
     };
     let condition = ended.last().map(|(backup, phase)| match phase {
-        BackupPhase::Completed => Wanted::ok(
+        BackupPhase::Completed => DesiredCondition::ok(
             types::LAST_BACKUP_SUCCEEDED,
             "BackupCompleted",
             format!("Backup {} completed", backup.name),
         ),
-        _ => Wanted::failed(
+        _ => DesiredCondition::failed(
             types::LAST_BACKUP_SUCCEEDED,
             "BackupFailed",
             format!("Backup {} failed: {}", backup.name, backup.message),
@@ -364,7 +366,7 @@ fn last_backups(backups: &[ObservedBackup]) -> (Option<String>, Option<String>, 
 }
 
 /// A Warning for each condition that turns False or changes its failure message.
-fn warnings(before: &[Condition], wanted: &[Wanted]) -> Vec<Warning> {
+fn warnings(before: &[Condition], wanted: &[DesiredCondition]) -> Vec<Warning> {
     // One Event for a failure two conditions report (NameInUse: Ready and PolicyApplied).
     let mut seen = std::collections::BTreeSet::new();
     wanted

@@ -30,11 +30,11 @@ fn observed(ready: i32) -> ObservedCluster {
 fn applied() -> Outcome {
     applied_with(
         None,
-        Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
+        DesiredCondition::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
     )
 }
 
-fn applied_with(waiting: Option<(String, String)>, rollout: Wanted) -> Outcome {
+fn applied_with(waiting: Option<(String, String)>, rollout: DesiredCondition) -> Outcome {
     Outcome::Applied {
         policy: PolicyInForce {
             name: Some("default".into()),
@@ -65,8 +65,8 @@ fn healthy() -> Health {
     )
 }
 
-fn bound() -> Wanted {
-    Wanted::ok(types::POLICY_AS_REQUESTED, "AsRequested", "as asked")
+fn bound() -> DesiredCondition {
+    DesiredCondition::ok(types::POLICY_AS_REQUESTED, "AsRequested", "as asked")
 }
 
 fn condition<'a>(status: &'a ClusterStatus, type_: &str) -> &'a Condition {
@@ -167,7 +167,7 @@ fn the_facts_carry_the_pods_the_failure_and_the_wait() {
     assert_eq!((facts.waiting, facts.now.timestamp()), (None, 10));
     let waiting = applied_with(
         Some(("BackupNotFound".into(), "Backup b does not exist".into())),
-        Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
+        DesiredCondition::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
     );
     let facts = health_facts(&cluster, vec![], &o, &waiting, at(10));
     assert_eq!(facts.failure, None);
@@ -231,7 +231,7 @@ fn a_recovery_waiting_is_looked_at_again_soon() {
     let waiting = ("BackupNotFound".into(), "Backup b does not exist".into());
     let outcome = applied_with(
         Some(waiting),
-        Wanted::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
+        DesiredCondition::ok(types::PODS_UP_TO_DATE, "UpToDate", "every pod current"),
     );
     let said = health(
         "Waiting for the backup to recover from",
@@ -323,7 +323,7 @@ fn the_newest_ended_backup_sets_last_backup_succeeded() {
 
 #[test]
 fn a_rollout_sets_pods_up_to_date_without_a_warning() {
-    let rollout = Wanted::failed(
+    let rollout = DesiredCondition::failed(
         types::PODS_UP_TO_DATE,
         "RollingUpdate",
         "replacing pod pg-1",

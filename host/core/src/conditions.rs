@@ -3,18 +3,19 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// A condition to set: type, status, reason and message.
+/// A condition as the reconcile wants it set: type, status, reason and message (its
+/// transition time is kept when nothing changed, see [`set`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Wanted {
+pub struct DesiredCondition {
     pub type_: &'static str,
     pub ok: bool,
     pub reason: String,
     pub message: String,
 }
 
-impl Wanted {
+impl DesiredCondition {
     pub fn ok(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Wanted {
+        DesiredCondition {
             type_,
             ok: true,
             reason: reason.into(),
@@ -27,7 +28,7 @@ impl Wanted {
         reason: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Wanted {
+        DesiredCondition {
             type_,
             ok: false,
             reason: reason.into(),
@@ -40,7 +41,7 @@ impl Wanted {
 /// `lastTransitionTime`, so a steady state yields the same list (and no write).
 pub fn set(
     conditions: &[Condition],
-    wanted: &Wanted,
+    wanted: &DesiredCondition,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
@@ -71,7 +72,7 @@ pub fn set(
 /// Sets every wanted condition in turn.
 pub fn set_all(
     conditions: &[Condition],
-    wanted: &[Wanted],
+    wanted: &[DesiredCondition],
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
@@ -92,13 +93,13 @@ mod tests {
     fn unchanged_status_keeps_transition_time() {
         let first = set(
             &[],
-            &Wanted::ok("Ready", "Running", "1 of 1 ready"),
+            &DesiredCondition::ok("Ready", "Running", "1 of 1 ready"),
             Some(1),
             at(100),
         );
         let again = set(
             &first,
-            &Wanted::ok("Ready", "Running", "1 of 1 ready"),
+            &DesiredCondition::ok("Ready", "Running", "1 of 1 ready"),
             Some(1),
             at(200),
         );
@@ -107,10 +108,15 @@ mod tests {
 
     #[test]
     fn changed_status_moves_transition_time() {
-        let first = set(&[], &Wanted::ok("Ready", "Running", "ok"), None, at(100));
+        let first = set(
+            &[],
+            &DesiredCondition::ok("Ready", "Running", "ok"),
+            None,
+            at(100),
+        );
         let down = set(
             &first,
-            &Wanted::failed("Ready", "PodFailed", "pod gone"),
+            &DesiredCondition::failed("Ready", "PodFailed", "pod gone"),
             None,
             at(200),
         );
@@ -122,8 +128,8 @@ mod tests {
     #[test]
     fn other_conditions_are_kept_sorted() {
         let wanted = [
-            Wanted::ok("Ready", "R", ""),
-            Wanted::failed("ContinuousArchiving", "Failing", "x"),
+            DesiredCondition::ok("Ready", "R", ""),
+            DesiredCondition::failed("ContinuousArchiving", "Failing", "x"),
         ];
         let all = set_all(&[], &wanted, None, at(1));
         let types: Vec<_> = all.iter().map(|c| c.type_.as_str()).collect();

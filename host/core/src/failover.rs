@@ -21,7 +21,7 @@ use pgwarden_crds::{Cluster, InstanceStatus, condition_types as types};
 use pgwarden_sdk::convert::parse_time;
 use pgwarden_sdk::types::{Denial, FailoverFacts, InstanceFacts, Promotion, Role, parse_lsn};
 
-use crate::conditions::Wanted;
+use crate::conditions::DesiredCondition;
 
 /// An agent reports every 10 s; one that has not for this long counts as gone silent.
 pub const FRESH_SECONDS: i64 = 25;
@@ -41,7 +41,7 @@ pub const UNHEALTHY_REQUEUE_SECONDS: u64 = 5;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Election {
     pub target_primary: Option<String>,
-    pub condition: Wanted,
+    pub condition: DesiredCondition,
     pub requeue_seconds: Option<u64>,
 }
 
@@ -157,7 +157,7 @@ pub fn elect(
         requeue_seconds,
     };
     let refused = |source: &str, instance: &str, why: String| {
-        keep(Wanted::failed(
+        keep(DesiredCondition::failed(
             types::PRIMARY_ELECTED,
             PROMOTION_REFUSED,
             format!("{source} promotion of {instance} refused: {why}; the primary stays as it was"),
@@ -169,7 +169,11 @@ pub fn elect(
         (None, Ok(None)) => return keep(steady(facts)),
         (None, Ok(Some(p))) => ("the policy's failover", p),
         (None, Err(d)) => {
-            return keep(Wanted::failed(types::PRIMARY_ELECTED, d.reason, d.message));
+            return keep(DesiredCondition::failed(
+                types::PRIMARY_ELECTED,
+                d.reason,
+                d.message,
+            ));
         }
     };
     if let Err(why) = check(facts, &promotion.instance) {
@@ -177,7 +181,7 @@ pub fn elect(
     }
     Election {
         target_primary: Some(promotion.instance.clone()),
-        condition: Wanted::ok(
+        condition: DesiredCondition::ok(
             types::PRIMARY_ELECTED,
             promotion.reason,
             format!(
@@ -199,10 +203,10 @@ fn requested(to: &str) -> Promotion {
 }
 
 /// `PrimaryElected` when nothing is promoted now.
-fn steady(facts: &FailoverFacts) -> Wanted {
+fn steady(facts: &FailoverFacts) -> DesiredCondition {
     let current = facts.current_primary.as_deref();
     match (kept(facts), facts.primary_unhealthy_seconds) {
-        (Some(target), _) if current.is_some_and(|c| c != target) => Wanted::ok(
+        (Some(target), _) if current.is_some_and(|c| c != target) => DesiredCondition::ok(
             types::PRIMARY_ELECTED,
             "Promoting",
             format!(
@@ -210,19 +214,19 @@ fn steady(facts: &FailoverFacts) -> Wanted {
                 current.unwrap_or_default()
             ),
         ),
-        (Some(target), Some(s)) if s > 0 => Wanted::ok(
+        (Some(target), Some(s)) if s > 0 => DesiredCondition::ok(
             types::PRIMARY_ELECTED,
             "PrimaryUnhealthy",
             format!(
                 "{target} is the primary; it has not been seen healthy for {s}s and no standby is promoted yet"
             ),
         ),
-        (Some(target), _) => Wanted::ok(
+        (Some(target), _) => DesiredCondition::ok(
             types::PRIMARY_ELECTED,
             "Elected",
             format!("{target} is the primary"),
         ),
-        (None, _) => Wanted::ok(
+        (None, _) => DesiredCondition::ok(
             types::PRIMARY_ELECTED,
             "NotElectedYet",
             "no instance has reported as primary yet",

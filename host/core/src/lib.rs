@@ -17,5 +17,5 @@ pub use cluster::{
     ClusterReport, ClusterStatus, Instances, ObservedBackup, ObservedCluster, Outcome, Warning,
     cluster_status,
 };
-pub use conditions::Wanted;
+pub use conditions::DesiredCondition;
 pub use scheduled::scheduled_status;

@@ -5,7 +5,7 @@
 use k8s_openapi::jiff::Timestamp;
 use pgwarden_crds::ReconcilePolicyStatus;
 
-use crate::conditions::{self, Wanted};
+use crate::conditions::{self, DesiredCondition};
 
 /// What loading the policy's module gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum Load {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyReport {
     pub status: ReconcilePolicyStatus,
-    pub ready: Wanted,
+    pub ready: DesiredCondition,
 }
 
 /// `before` is the stored status. A failed load keeps the module in force (its digest, ABI
@@ -49,7 +49,7 @@ fn in_force(
     digest: &str,
     abi: &str,
     now: Timestamp,
-) -> (ReconcilePolicyStatus, Wanted) {
+) -> (ReconcilePolicyStatus, DesiredCondition) {
     let loaded_at = if before.digest.as_deref() == Some(digest) {
         before.loaded_at.clone()
     } else {
@@ -63,21 +63,24 @@ fn in_force(
         loaded_at,
         ..Default::default()
     };
-    (status, Wanted::ok("Ready", "ModuleLoaded", message))
+    (
+        status,
+        DesiredCondition::ok("Ready", "ModuleLoaded", message),
+    )
 }
 
 fn failed(
     before: &ReconcilePolicyStatus,
     reason: &str,
     error: &str,
-) -> (ReconcilePolicyStatus, Wanted) {
+) -> (ReconcilePolicyStatus, DesiredCondition) {
     let stays = before.digest.as_deref().unwrap_or("none");
     let message = format!("{error}; the module in force stays {stays}");
     let status = ReconcilePolicyStatus {
         last_error: Some(message.clone()),
         ..before.clone()
     };
-    (status, Wanted::failed("Ready", reason, message))
+    (status, DesiredCondition::failed("Ready", reason, message))
 }
 
 #[cfg(test)]

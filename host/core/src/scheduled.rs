@@ -5,7 +5,7 @@
 use k8s_openapi::jiff::Timestamp;
 use pgwarden_crds::ScheduledBackupStatus;
 
-use crate::conditions::{self, Wanted};
+use crate::conditions::{self, DesiredCondition};
 
 /// `before` is the stored status; `checked`, the times a check of the schedule planned
 /// (`lastCheckTime`, `nextScheduleTime`, and `lastScheduleTime` when a Backup was created),
@@ -13,7 +13,7 @@ use crate::conditions::{self, Wanted};
 pub fn scheduled_status(
     before: &ScheduledBackupStatus,
     checked: Option<&ScheduledBackupStatus>,
-    scheduled: &Wanted,
+    scheduled: &DesiredCondition,
     generation: Option<i64>,
     now: Timestamp,
 ) -> ScheduledBackupStatus {
@@ -48,8 +48,8 @@ mod tests {
         }
     }
 
-    fn valid() -> Wanted {
-        Wanted::ok("Scheduled", "ScheduleValid", "next Backup at 10:00")
+    fn valid() -> DesiredCondition {
+        DesiredCondition::ok("Scheduled", "ScheduleValid", "next Backup at 10:00")
     }
 
     #[test]
@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn a_failure_keeps_the_times_and_sets_the_condition() {
-        let refused = Wanted::failed("Scheduled", "ScheduleTooFrequent", "runs 1 s apart");
+        let refused =
+            DesiredCondition::failed("Scheduled", "ScheduleTooFrequent", "runs 1 s apart");
         let s = scheduled_status(&stored(), None, &refused, Some(3), at(5));
         assert_eq!(
             (s.last_schedule_time.clone(), s.next_schedule_time.clone()),

@@ -1,3 +1,3 @@
 //! Status conditions as data: the reconcile core's, shared by every controller.
 
-pub use pgwarden_core::conditions::{Wanted, set, set_all};
+pub use pgwarden_core::conditions::{DesiredCondition, set, set_all};

@@ -6,7 +6,7 @@
 //! fail too, and the retry is the remedy.
 //!
 //! ```text
-//!   decision ─Err─► Failure { decision, policy, error } ─► Wanted (False, <Decision>Denied…)
+//!   decision ─Err─► Failure { decision, policy, error } ─► DesiredCondition (False, <Decision>Denied…)
 //!                                  └─► PatchStatus(conditions) + Event, once per new message
 //! ```
 
@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::conditions::{self, Wanted};
+use super::conditions::{self, DesiredCondition};
 use super::errors::Error;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
 use pgwarden_sdk::types::Denial;
@@ -86,7 +86,7 @@ impl Step {
 
 impl Failure {
     /// The condition that says why, or `None` for an error of the API server.
-    pub fn wanted(&self, type_: &'static str) -> Option<Wanted> {
+    pub fn wanted(&self, type_: &'static str) -> Option<DesiredCondition> {
         let (d, name) = (self.decision.camel(), self.decision.name());
         let policy = self.policy.as_deref().unwrap_or("(none)");
         let (reason, message) = match &self.error {
@@ -113,7 +113,7 @@ impl Failure {
                 format!("no policy answered {name}: {e}"),
             ),
         };
-        Some(Wanted::failed(type_, reason, message))
+        Some(DesiredCondition::failed(type_, reason, message))
     }
 }
 
@@ -123,7 +123,7 @@ impl Failure {
 pub fn report(
     target: ObjectRef,
     before: &[Condition],
-    wanted: &Wanted,
+    wanted: &DesiredCondition,
     generation: Option<i64>,
     extra: Value,
 ) -> Vec<Action> {
@@ -172,7 +172,7 @@ pub fn recovered(
     if !failed {
         return Vec::new();
     }
-    let wanted = Wanted::ok(type_, "Applied", message);
+    let wanted = DesiredCondition::ok(type_, "Applied", message);
     report(target, before, &wanted, generation, json!({}))
 }
 

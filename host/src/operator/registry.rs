@@ -17,7 +17,7 @@ use std::sync::RwLock;
 use kube::ResourceExt;
 use pgwarden_crds::{Cluster, condition_types as types};
 
-use super::conditions::Wanted;
+use super::conditions::DesiredCondition;
 use super::errors::{Error, Result};
 use crate::policy::Policy;
 
@@ -126,7 +126,7 @@ impl Registry {
 
     /// `PolicyAsRequested`: False when the Cluster's namespace is bound to a policy other than
     /// the one it asks for (a Warning Event says so once), True otherwise.
-    pub fn as_requested(&self, cluster: &Cluster) -> Wanted {
+    pub fn as_requested(&self, cluster: &Cluster) -> DesiredCondition {
         let ns = cluster.namespace().unwrap_or_default();
         let asked = cluster.spec.policy.as_deref();
         match self.bindings.get(&ns) {
@@ -135,7 +135,7 @@ impl Registry {
                     || "spec.policy is not set (the operator's default policy)".to_string(),
                     |name| format!("spec.policy names ReconcilePolicy {name}"),
                 );
-                Wanted::failed(
+                DesiredCondition::failed(
                     types::POLICY_AS_REQUESTED,
                     "NamespaceBound",
                     format!(
@@ -143,7 +143,7 @@ impl Registry {
                     ),
                 )
             }
-            _ => Wanted::ok(
+            _ => DesiredCondition::ok(
                 types::POLICY_AS_REQUESTED,
                 "AsRequested",
                 "the policy the Cluster asks for decides",

@@ -16,7 +16,7 @@
 
 use pgwarden_crds::condition_types as types;
 
-use super::conditions::Wanted;
+use super::conditions::DesiredCondition;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
 
 /// An instance pod as the rollout sees it.
@@ -163,14 +163,14 @@ impl Decision {
     }
 
     /// The Cluster's `PodsUpToDate` condition.
-    pub fn condition(&self) -> Wanted {
+    pub fn condition(&self) -> DesiredCondition {
         match self {
-            Decision::UpToDate => Wanted::ok(
+            Decision::UpToDate => DesiredCondition::ok(
                 types::PODS_UP_TO_DATE,
                 "UpToDate",
                 "every instance pod runs the current template",
             ),
-            Decision::Replace { pod, outdated } => Wanted::failed(
+            Decision::Replace { pod, outdated } => DesiredCondition::failed(
                 types::PODS_UP_TO_DATE,
                 ROLLING_UPDATE,
                 format!(
@@ -178,7 +178,7 @@ impl Decision {
                 ),
             ),
             Decision::Wait { reason, message } => {
-                Wanted::failed(types::PODS_UP_TO_DATE, *reason, message.clone())
+                DesiredCondition::failed(types::PODS_UP_TO_DATE, *reason, message.clone())
             }
         }
     }

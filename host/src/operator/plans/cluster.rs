@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use pgwarden_core::cluster::{Health, health_facts};
 use pgwarden_core::failover::{self, Election, SWITCHOVER_ANNOTATION};
 use pgwarden_core::{
-    self as core, ClusterReport, ObservedBackup, ObservedCluster, Outcome, Wanted,
+    self as core, ClusterReport, DesiredCondition, ObservedBackup, ObservedCluster, Outcome,
 };
 use pgwarden_crds::{Cluster, PolicyInForce};
 use pgwarden_sdk::defaults;
@@ -201,7 +201,7 @@ pub fn report(
     observed: &impl Observe,
     chosen: Option<&ChosenPolicy>,
     cluster: &Cluster,
-    input: (&Outcome, &[MissingSecret], Wanted),
+    input: (&Outcome, &[MissingSecret], DesiredCondition),
     now: Timestamp,
 ) -> ClusterReport {
     let (outcome, missing, binding) = input;
@@ -248,7 +248,7 @@ pub fn warnings(cluster: &Cluster, report: &ClusterReport) -> Vec<Action> {
 pub struct ClusterInput<'a> {
     pub chosen: Result<ChosenPolicy>,
     pub missing: &'a [MissingSecret],
-    pub binding: Wanted,
+    pub binding: DesiredCondition,
     pub now: DateTime<Utc>,
 }
 

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Timelike, Utc};
 use k8s_openapi::jiff::Timestamp;
-use pgwarden_core::{Wanted, scheduled_status};
+use pgwarden_core::{DesiredCondition, scheduled_status};
 use pgwarden_crds::{MIN_SCHEDULE_INTERVAL_SECONDS, ScheduledBackup, ScheduledBackupStatus};
 use pgwarden_sdk::defaults;
 
@@ -43,7 +43,8 @@ pub fn scheduled(
         Ok(Ok(decision)) => {
             let next = (decision.next_run.map(|t| t.to_rfc3339()))
                 .unwrap_or_else(|| "never (suspended)".into());
-            let wanted = Wanted::ok(SCHEDULED, "ScheduleValid", format!("next Backup at {next}"));
+            let wanted =
+                DesiredCondition::ok(SCHEDULED, "ScheduleValid", format!("next Backup at {next}"));
             (
                 plan::plan_schedule(scheduled, cluster, &decision, now),
                 wanted,
@@ -74,7 +75,7 @@ pub fn scheduled(
 }
 
 /// A schedule the policy refused: `Scheduled` False and a Warning Event, once per message.
-fn denied(scheduled: &ScheduledBackup, message: &str) -> (Vec<Action>, Wanted) {
+fn denied(scheduled: &ScheduledBackup, message: &str) -> (Vec<Action>, DesiredCondition) {
     let note = format!("spec.schedule {:?}: {message}", scheduled.spec.schedule);
     let status = scheduled.status.clone().unwrap_or_default();
     let already = (status.conditions.iter()).any(|c| c.type_ == SCHEDULED && c.message == note);
@@ -85,7 +86,10 @@ fn denied(scheduled: &ScheduledBackup, message: &str) -> (Vec<Action>, Wanted) {
         note: note.clone(),
     };
     let events = if already { vec![] } else { vec![event] };
-    (events, Wanted::failed(SCHEDULED, "InvalidSchedule", note))
+    (
+        events,
+        DesiredCondition::failed(SCHEDULED, "InvalidSchedule", note),
+    )
 }
 
 /// A failed decision: `Scheduled` False naming the policy and the decision and a Warning
@@ -111,7 +115,7 @@ fn with_status(
     scheduled: &ScheduledBackup,
     mut plan: Plan,
     checked: Option<&ScheduledBackupStatus>,
-    wanted: &Wanted,
+    wanted: &DesiredCondition,
     now: DateTime<Utc>,
 ) -> Plan {
     let before = scheduled.status.clone().unwrap_or_default();
@@ -141,7 +145,7 @@ fn with_status(
 /// [`MIN_SCHEDULE_INTERVAL_SECONDS`] apart, else `None` (a schedule that does not parse is the
 /// policy's to name). Exact: a cron fires twice within a minute only through its seconds
 /// field, so the first two runs from the start of a minute it fires in tell.
-pub fn too_frequent(schedule: &str, now: DateTime<Utc>) -> Option<Wanted> {
+pub fn too_frequent(schedule: &str, now: DateTime<Utc>) -> Option<DesiredCondition> {
     let cron = defaults::parse_schedule(schedule).ok()?;
     let minute = cron
         .find_next_occurrence(&now, false)
@@ -152,7 +156,7 @@ pub fn too_frequent(schedule: &str, now: DateTime<Utc>) -> Option<Wanted> {
     let second = cron.find_next_occurrence(&first, false).ok()?;
     let gap = (second - first).num_seconds();
     (gap < MIN_SCHEDULE_INTERVAL_SECONDS).then(|| {
-        Wanted::failed(
+        DesiredCondition::failed(
             SCHEDULED,
             "ScheduleTooFrequent",
             format!(
