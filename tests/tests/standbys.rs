@@ -6,7 +6,8 @@
 //!   a standby whose agent is killed starts again from its data (no new clone) and streams;
 //! - the store's WAL files are the primary's only: timeline 1, as many as the primary's
 //!   `pg_stat_archiver` counts; the standbys archived nothing (their `pg_stat_archiver` says 0
-//!   and their agents never ran the archive command: no `archive-check.json` beside PGDATA);
+//!   and their agents never ran the archive command: no `archive-check.json` beside PGDATA;
+//!   the Cluster's `status.archive` is reported by `pg-1` only);
 //! - the replication password is in the Cluster's own `pg-replication` Secret only: not in any
 //!   pod spec, ConfigMap, Cluster status, log or command line;
 //! - scaling 3 → 1 removes `pg-3` and `pg-2`, never `pg-1` (same uid, still writable).
@@ -308,6 +309,22 @@ fn three_instances_stream_from_one_archiving_primary_and_scale_down_keeps_it() {
             check.display()
         );
     }
+
+    // The Cluster's archive status is the primary's: no standby's agent reports over it.
+    let mut reporters = std::collections::BTreeSet::new();
+    let end = std::time::Instant::now() + Duration::from_secs(25);
+    while std::time::Instant::now() < end {
+        let status = get(&w.ns, "cluster", CLUSTER).unwrap_or_default()["status"].clone();
+        if let Some(pod) = status["archive"]["podName"].as_str() {
+            reporters.insert(pod.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        reporters.into_iter().collect::<Vec<_>>(),
+        ["pg-1"],
+        "status.archive reported by"
+    );
 
     // The password: in the Cluster's Secret only.
     let secret = get(&w.ns, "secret", "pg-replication").expect("the replication Secret");
