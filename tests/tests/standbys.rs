@@ -10,7 +10,8 @@
 //!   the Cluster's `status.archive` is reported by `pg-1` only);
 //! - the replication password is in the Cluster's own `pg-replication` Secret only: not in any
 //!   pod spec, ConfigMap, Cluster status, log or command line;
-//! - scaling 3 → 1 removes `pg-3` and `pg-2`, never `pg-1` (same uid, still writable).
+//! - scaling 3 → 1 removes `pg-3` and `pg-2`, never `pg-1` (same uid, still writable), and
+//!   keeps their claims; 1 → 3 brings them back streaming, with the rows written meanwhile.
 //!
 //! Before this issue admission refused `instances: 3` (the CEL rule `self <= 1`).
 //!
@@ -377,5 +378,23 @@ fn three_instances_stream_from_one_archiving_primary_and_scale_down_keeps_it() {
     // Claims follow the documented rule: kept.
     for claim in ["pg-2", "pg-3"] {
         assert!(get(&w.ns, "pvc", claim).is_some(), "claim {claim} kept");
+    }
+
+    // 1 → 3: the standbys come back on their claims and catch up with what was written alone.
+    apply_yaml(&w.ns, &w.cluster_yaml(3));
+    for name in ["pg-2", "pg-3"] {
+        let standby = w.wait_ready(name);
+        let seen = wait_for(Duration::from_secs(60), Duration::from_millis(500), || {
+            (w.try_psql(&standby, "SELECT count(*) FROM t")? == "1001").then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{name} never had the row written while it was gone"
+        );
+        assert_eq!(
+            w.psql(&standby, "SELECT pg_is_in_recovery()"),
+            "t",
+            "{name}"
+        );
     }
 }
