@@ -7,34 +7,15 @@
 //! Modules come from `PGWARDEN_POLICY_DIR`, else `target/policies/` (`cargo xtask
 //! build-policies`); the old-ABI module is a `.wat` fixture in `host/tests/data/`.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{engine, module};
 use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
 use pgwarden_crds::Cluster;
 use pgwarden_sdk::types::{ClaimFacts, ClusterFacts, Instance, Role};
 use serde_json::json;
-
-fn module(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("PGWARDEN_POLICY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read policy module {} ({e}): run `cargo xtask build-policies` first",
-            path.display()
-        )
-    })
-}
-
-fn engine() -> Engine {
-    let cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache"));
-    Engine::new(EngineConfig {
-        cache_dir,
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn load(name: &str) -> Policy {
     engine().load(&module(name), Limits::default()).unwrap()

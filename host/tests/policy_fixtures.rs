@@ -4,32 +4,12 @@
 //! Modules come from `PGWARDEN_POLICY_DIR` (set by `cargo xtask test`), else
 //! `target/policies/` (what `cargo xtask build-policies` writes).
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{engine, module, module_path};
 use pgwarden::policy::{Engine, EngineConfig, Limits};
-
-fn module(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("PGWARDEN_POLICY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read policy module {} ({e}): run `cargo xtask build-policies` first",
-            path.display()
-        )
-    })
-}
-
-/// A disk cache shared by the tests: each compiles the module once per digest.
-fn engine() -> Engine {
-    let cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache"));
-    Engine::new(EngineConfig {
-        cache_dir,
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn run_fixtures(name: &str) {
     let engine = engine();
@@ -142,13 +122,6 @@ fn walk(dir: &Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn module_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("PGWARDEN_POLICY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
-    dir.join(format!("{name}.wasm"))
 }
 
 /// `pgwarden policy ...` as a user runs it; returns (success, stdout, stderr).

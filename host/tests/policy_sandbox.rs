@@ -9,9 +9,12 @@
 //! memory at its cap (16 MiB here). The tests assert a loose wall-clock ceiling (2 s) only to
 //! catch a sandbox that does not stop at all; the benchmark prints real figures.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{engine, module};
 use pgwarden::policy::{Engine, EngineConfig, Limits, Policy, PolicyError};
 use pgwarden_core::plan::{self, ClusterDecisions, GuardrailError};
 use pgwarden_crds::Cluster;
@@ -21,29 +24,6 @@ const LIMITS: Limits = Limits {
     memory_bytes: 16 << 20,
 };
 const CEILING: Duration = Duration::from_secs(2);
-
-fn module(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("PGWARDEN_POLICY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read policy module {} ({e}): run `cargo xtask build-policies` first",
-            path.display()
-        )
-    })
-}
-
-/// A disk cache shared by the tests: each compiles the module once per digest.
-fn engine() -> Engine {
-    let cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-cache"));
-    Engine::new(EngineConfig {
-        cache_dir,
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn adversarial() -> Policy {
     engine().load(&module("adversarial"), LIMITS).unwrap()
