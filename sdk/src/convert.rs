@@ -1,14 +1,6 @@
 //! Conversions between the WIT records (guest side) and the SDK's serde types.
 
 use chrono::{DateTime, Utc};
-use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
-
-use crate::types::{
-    ClaimFacts, ClusterFacts, ClusterHealth, ConditionDecision, Denial, Expiry, FailoverFacts,
-    Instance, InstanceFacts, PodFacts, Promotion, ScheduleDecision, ScheduledRun, Storage,
-    Transition,
-};
-use crate::wit;
 
 /// Seconds since the epoch → a UTC time (out-of-range values clamp to the epoch).
 pub fn time(secs: i64) -> DateTime<Utc> {
@@ -83,270 +75,138 @@ macro_rules! wit_enum_conversions {
 
 crate::wit_enum_conversions!(crate::wit);
 
-pub(crate) fn archive_to_wit(s: ArchiveSettings) -> wit::ArchiveSettings {
-    wit::ArchiveSettings {
-        destination_path: s.destination_path,
-        endpoint_url: s.endpoint_url,
-        endpoint_ca_file: s.endpoint_ca_file,
-        server_name: s.server_name,
-        compression: s.compression.map(Into::into),
-        encryption: s.encryption.map(Into::into),
-        max_parallel: s.max_parallel,
-        archive_timeout_seconds: s.archive_timeout_seconds,
-        archiver: s.archiver.into(),
-    }
+/// The records the WIT interface shares field for field with the crds and SDK types, listed
+/// once like the enums: `From` both ways for the guest's bindings and the host's. Each field
+/// is moved through `Into` (so an enum or a listed record converts too); `field: option` marks
+/// an `Option` whose value converts. A field missing on either side is a compile error. Records
+/// that change shape on the way (times as seconds, the Cluster as JSON text) are written out
+/// once in `@shaped`, each in the direction(s) a side needs.
+#[macro_export]
+macro_rules! wit_record_conversions {
+    ($($wit:ident)::+) => {
+        $crate::wit_record_conversions!(@table [$($wit)::+]
+            ArchiveSettings = crds::settings::ArchiveSettings {
+                destination_path, endpoint_url, endpoint_ca_file, server_name, compression: option,
+                encryption: option, max_parallel, archive_timeout_seconds, archiver,
+            },
+            BackupSettings = crds::settings::BackupSettings {
+                target_pod, compression: option, encryption: option, jobs, immediate_checkpoint,
+            },
+            Instance = types::Instance { name, role, ready },
+            Transition = types::Transition { phase, reason, message, requeue_after_seconds },
+            Expiry = types::Expiry { name, object },
+            Denial = types::Denial { reason, message },
+            Storage = types::Storage { size, storage_class },
+            ClaimFacts = types::ClaimFacts { name, size, storage_class },
+            ConditionDecision = types::ConditionDecision { status, reason, message },
+            ClusterHealth = types::ClusterHealth { phase, ready },
+            InstanceFacts = types::InstanceFacts {
+                name, role, ready, streaming, received_lsn, replayed_lsn, lag_bytes, lag_seconds,
+            },
+            Promotion = types::Promotion { instance, reason, message },
+        );
+        $crate::wit_record_conversions!(@shaped [$($wit)::+]);
+    };
+    (@table [$($wit:ident)::+]
+        $($name:ident = $($m:ident)::+ { $($f:ident $(: $how:ident)?),* $(,)? }),* $(,)?) => {
+        const _: () = {
+            use $($wit)::+ as wit_types;
+            $(
+                impl ::core::convert::From<$crate::$($m)::+> for wit_types::$name {
+                    // A field of the same type on both sides converts to itself.
+                    #[allow(clippy::useless_conversion)]
+                    fn from(v: $crate::$($m)::+) -> Self {
+                        Self { $($f: $crate::wit_record_conversions!(@field v.$f $($how)?),)* }
+                    }
+                }
+                impl ::core::convert::From<wit_types::$name> for $crate::$($m)::+ {
+                    #[allow(clippy::useless_conversion)]
+                    fn from(v: wit_types::$name) -> Self {
+                        Self { $($f: $crate::wit_record_conversions!(@field v.$f $($how)?),)* }
+                    }
+                }
+            )*
+        };
+    };
+    (@shaped [$($wit:ident)::+]) => {
+        const _: () = {
+            use $($wit)::+ as wit_types;
+            use $crate::convert::time;
+            use $crate::types::{ClusterFacts, FailoverFacts, PodFacts, ScheduleDecision, ScheduledRun};
+
+            impl ::core::convert::From<&PodFacts> for wit_types::PodFacts {
+                fn from(p: &PodFacts) -> Self {
+                    Self {
+                        name: p.name.clone(),
+                        phase: p.phase.clone(),
+                        ready: p.ready,
+                        restart_count: p.restart_count,
+                        container_started_at: p.container_started_at.map(|t| t.timestamp()),
+                    }
+                }
+            }
+            impl ::core::convert::From<wit_types::PodFacts> for PodFacts {
+                fn from(p: wit_types::PodFacts) -> Self {
+                    Self {
+                        name: p.name,
+                        phase: p.phase,
+                        ready: p.ready,
+                        restart_count: p.restart_count,
+                        container_started_at: p.container_started_at.map(time),
+                    }
+                }
+            }
+            impl ::core::convert::From<ScheduleDecision> for wit_types::ScheduleDecision {
+                fn from(d: ScheduleDecision) -> Self {
+                    Self {
+                        create: d.create.map(|r| wit_types::ScheduledRun {
+                            name: r.name,
+                            scheduled_at: r.scheduled_at.timestamp(),
+                        }),
+                        next_run: d.next_run.map(|t| t.timestamp()),
+                    }
+                }
+            }
+            impl ::core::convert::From<wit_types::ScheduleDecision> for ScheduleDecision {
+                fn from(d: wit_types::ScheduleDecision) -> Self {
+                    Self {
+                        create: d.create.map(|r| ScheduledRun {
+                            name: r.name,
+                            scheduled_at: time(r.scheduled_at),
+                        }),
+                        next_run: d.next_run.map(time),
+                    }
+                }
+            }
+            // The facts go only to the guest, the Cluster as JSON text.
+            impl ::core::convert::From<&ClusterFacts> for wit_types::ClusterFacts {
+                fn from(f: &ClusterFacts) -> Self {
+                    Self {
+                        cluster: $crate::serde_json::to_string(&f.cluster).unwrap_or_default(),
+                        instances: f.instances.iter().cloned().map(Into::into).collect(),
+                        missing_secrets: f.missing_secrets.clone(),
+                        failure: f.failure.clone().map(Into::into),
+                        waiting: f.waiting.clone().map(Into::into),
+                        now: f.now.timestamp(),
+                    }
+                }
+            }
+            impl ::core::convert::From<&FailoverFacts> for wit_types::FailoverFacts {
+                fn from(f: &FailoverFacts) -> Self {
+                    Self {
+                        cluster: $crate::serde_json::to_string(&f.cluster).unwrap_or_default(),
+                        instances: f.instances.iter().cloned().map(Into::into).collect(),
+                        current_primary: f.current_primary.clone(),
+                        target_primary: f.target_primary.clone(),
+                        primary_unhealthy_seconds: f.primary_unhealthy_seconds,
+                        now: f.now.timestamp(),
+                    }
+                }
+            }
+        };
+    };
+    (@field $v:ident . $f:ident) => { $v.$f.into() };
+    (@field $v:ident . $f:ident option) => { $v.$f.map(::core::convert::Into::into) };
 }
 
-pub(crate) fn archive_from_wit(s: wit::ArchiveSettings) -> ArchiveSettings {
-    ArchiveSettings {
-        destination_path: s.destination_path,
-        endpoint_url: s.endpoint_url,
-        endpoint_ca_file: s.endpoint_ca_file,
-        server_name: s.server_name,
-        compression: s.compression.map(Into::into),
-        encryption: s.encryption.map(Into::into),
-        max_parallel: s.max_parallel,
-        archive_timeout_seconds: s.archive_timeout_seconds,
-        archiver: s.archiver.into(),
-    }
-}
-
-pub(crate) fn backup_settings_to_wit(s: BackupSettings) -> wit::BackupSettings {
-    wit::BackupSettings {
-        target_pod: s.target_pod,
-        compression: s.compression.map(Into::into),
-        encryption: s.encryption.map(Into::into),
-        jobs: s.jobs,
-        immediate_checkpoint: s.immediate_checkpoint,
-    }
-}
-
-pub(crate) fn backup_settings_from_wit(s: wit::BackupSettings) -> BackupSettings {
-    BackupSettings {
-        target_pod: s.target_pod,
-        compression: s.compression.map(Into::into),
-        encryption: s.encryption.map(Into::into),
-        jobs: s.jobs,
-        immediate_checkpoint: s.immediate_checkpoint,
-    }
-}
-
-pub(crate) fn instance_to_wit(i: &Instance) -> wit::Instance {
-    wit::Instance {
-        name: i.name.clone(),
-        role: i.role.into(),
-        ready: i.ready,
-    }
-}
-
-pub(crate) fn instance_from_wit(i: wit::Instance) -> Instance {
-    Instance {
-        name: i.name,
-        role: i.role.into(),
-        ready: i.ready,
-    }
-}
-
-pub(crate) fn pod_facts_to_wit(p: &PodFacts) -> wit::PodFacts {
-    wit::PodFacts {
-        name: p.name.clone(),
-        phase: p.phase.clone(),
-        ready: p.ready,
-        restart_count: p.restart_count,
-        container_started_at: p.container_started_at.map(|t| t.timestamp()),
-    }
-}
-
-pub(crate) fn pod_facts_from_wit(p: wit::PodFacts) -> PodFacts {
-    PodFacts {
-        name: p.name,
-        phase: p.phase,
-        ready: p.ready,
-        restart_count: p.restart_count,
-        container_started_at: p.container_started_at.map(time),
-    }
-}
-
-pub(crate) fn transition_to_wit(t: Transition) -> wit::Transition {
-    wit::Transition {
-        phase: t.phase.into(),
-        reason: t.reason,
-        message: t.message,
-        requeue_after_seconds: t.requeue_after_seconds,
-    }
-}
-
-pub(crate) fn transition_from_wit(t: wit::Transition) -> Transition {
-    Transition {
-        phase: t.phase.into(),
-        reason: t.reason,
-        message: t.message,
-        requeue_after_seconds: t.requeue_after_seconds,
-    }
-}
-
-pub(crate) fn schedule_to_wit(d: ScheduleDecision) -> wit::ScheduleDecision {
-    wit::ScheduleDecision {
-        create: d.create.map(|r| wit::ScheduledRun {
-            name: r.name,
-            scheduled_at: r.scheduled_at.timestamp(),
-        }),
-        next_run: d.next_run.map(|t| t.timestamp()),
-    }
-}
-
-pub(crate) fn expiry_to_wit(e: Expiry) -> wit::Expiry {
-    wit::Expiry {
-        name: e.name,
-        object: e.object.into(),
-    }
-}
-
-pub(crate) fn expiry_from_wit(e: wit::Expiry) -> Expiry {
-    Expiry {
-        name: e.name,
-        object: e.object.into(),
-    }
-}
-
-pub(crate) fn schedule_from_wit(d: wit::ScheduleDecision) -> ScheduleDecision {
-    ScheduleDecision {
-        create: d.create.map(|r| ScheduledRun {
-            name: r.name,
-            scheduled_at: time(r.scheduled_at),
-        }),
-        next_run: d.next_run.map(time),
-    }
-}
-
-pub(crate) fn denial_to_wit(d: &Denial) -> wit::Denial {
-    wit::Denial {
-        reason: d.reason.clone(),
-        message: d.message.clone(),
-    }
-}
-
-pub(crate) fn denial_from_wit(d: wit::Denial) -> Denial {
-    Denial {
-        reason: d.reason,
-        message: d.message,
-    }
-}
-
-pub(crate) fn storage_to_wit(s: Storage) -> wit::Storage {
-    wit::Storage {
-        size: s.size,
-        storage_class: s.storage_class,
-    }
-}
-
-pub(crate) fn storage_from_wit(s: wit::Storage) -> Storage {
-    Storage {
-        size: s.size,
-        storage_class: s.storage_class,
-    }
-}
-
-pub(crate) fn claim_facts_to_wit(c: &ClaimFacts) -> wit::ClaimFacts {
-    wit::ClaimFacts {
-        name: c.name.clone(),
-        size: c.size.clone(),
-        storage_class: c.storage_class.clone(),
-    }
-}
-
-pub(crate) fn claim_facts_from_wit(c: wit::ClaimFacts) -> ClaimFacts {
-    ClaimFacts {
-        name: c.name,
-        size: c.size,
-        storage_class: c.storage_class,
-    }
-}
-
-/// The facts as the guest receives them (the Cluster as JSON text).
-pub(crate) fn cluster_facts_to_wit(f: &ClusterFacts) -> wit::ClusterFacts {
-    wit::ClusterFacts {
-        cluster: serde_json::to_string(&f.cluster).unwrap_or_default(),
-        instances: f.instances.iter().map(instance_to_wit).collect(),
-        missing_secrets: f.missing_secrets.clone(),
-        failure: f.failure.as_ref().map(denial_to_wit),
-        waiting: f.waiting.as_ref().map(denial_to_wit),
-        now: f.now.timestamp(),
-    }
-}
-
-pub(crate) fn cluster_health_to_wit(h: ClusterHealth) -> wit::ClusterHealth {
-    wit::ClusterHealth {
-        phase: h.phase,
-        ready: wit::ConditionDecision {
-            status: h.ready.status,
-            reason: h.ready.reason,
-            message: h.ready.message,
-        },
-    }
-}
-
-pub(crate) fn cluster_health_from_wit(h: wit::ClusterHealth) -> ClusterHealth {
-    ClusterHealth {
-        phase: h.phase,
-        ready: ConditionDecision {
-            status: h.ready.status,
-            reason: h.ready.reason,
-            message: h.ready.message,
-        },
-    }
-}
-
-pub(crate) fn instance_facts_to_wit(i: &InstanceFacts) -> wit::InstanceFacts {
-    wit::InstanceFacts {
-        name: i.name.clone(),
-        role: i.role.into(),
-        ready: i.ready,
-        streaming: i.streaming,
-        received_lsn: i.received_lsn,
-        replayed_lsn: i.replayed_lsn,
-        lag_bytes: i.lag_bytes,
-        lag_seconds: i.lag_seconds,
-    }
-}
-
-pub(crate) fn instance_facts_from_wit(i: wit::InstanceFacts) -> InstanceFacts {
-    InstanceFacts {
-        name: i.name,
-        role: i.role.into(),
-        ready: i.ready,
-        streaming: i.streaming,
-        received_lsn: i.received_lsn,
-        replayed_lsn: i.replayed_lsn,
-        lag_bytes: i.lag_bytes,
-        lag_seconds: i.lag_seconds,
-    }
-}
-
-/// The failover facts as the guest receives them (the Cluster as JSON text).
-pub(crate) fn failover_facts_to_wit(f: &FailoverFacts) -> wit::FailoverFacts {
-    wit::FailoverFacts {
-        cluster: serde_json::to_string(&f.cluster).unwrap_or_default(),
-        instances: f.instances.iter().map(instance_facts_to_wit).collect(),
-        current_primary: f.current_primary.clone(),
-        target_primary: f.target_primary.clone(),
-        primary_unhealthy_seconds: f.primary_unhealthy_seconds,
-        now: f.now.timestamp(),
-    }
-}
-
-pub(crate) fn promotion_to_wit(p: Promotion) -> wit::Promotion {
-    wit::Promotion {
-        instance: p.instance,
-        reason: p.reason,
-        message: p.message,
-    }
-}
-
-pub(crate) fn promotion_from_wit(p: wit::Promotion) -> Promotion {
-    Promotion {
-        instance: p.instance,
-        reason: p.reason,
-        message: p.message,
-    }
-}
+crate::wit_record_conversions!(crate::wit);

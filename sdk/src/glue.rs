@@ -6,14 +6,11 @@ use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 
-use crate::convert::{
-    archive_to_wit, backup_settings_to_wit, claim_facts_from_wit, cluster_health_to_wit,
-    denial_from_wit, expiry_to_wit, instance_facts_from_wit, instance_from_wit, pod_facts_from_wit,
-    promotion_to_wit, schedule_to_wit, storage_to_wit, time, transition_to_wit,
-};
+use crate::convert::time;
 use crate::policy::{Decided, Policy};
 use crate::types::{
-    ABI_VERSION, BackupFacts, ClusterFacts, Denial, FailoverFacts, Instance, Settings,
+    ABI_VERSION, BackupFacts, ClaimFacts, ClusterFacts, Denial, FailoverFacts, Instance,
+    InstanceFacts, PodFacts, Settings,
 };
 use crate::wit;
 
@@ -45,7 +42,7 @@ fn settings(json: &str) -> Decided<Settings> {
 }
 
 fn instances(list: Vec<wit::Instance>) -> Vec<Instance> {
-    list.into_iter().map(instance_from_wit).collect()
+    list.into_iter().map(Instance::from).collect()
 }
 
 /// A decision's result as the WIT result.
@@ -94,7 +91,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
         current: Option<wit::ClaimFacts>,
     ) -> Answer<wit::Storage> {
         let decided = (|| {
-            let current = current.map(claim_facts_from_wit);
+            let current = current.map(ClaimFacts::from);
             P::storage(
                 &settings(&s)?,
                 &parse("Cluster", &cluster)?,
@@ -102,12 +99,12 @@ impl<P: Policy> wit::Guest for Exports<P> {
                 current.as_ref(),
             )
         })();
-        answer(decided, storage_to_wit)
+        answer(decided, wit::Storage::from)
     }
 
     fn archive_settings(s: String, cluster: String) -> Answer<Option<wit::ArchiveSettings>> {
         let decided = (|| P::archive_settings(&settings(&s)?, &parse("Cluster", &cluster)?))();
-        answer(decided, |a| a.map(archive_to_wit))
+        answer(decided, |a| a.map(wit::ArchiveSettings::from))
     }
 
     fn backup_settings(
@@ -121,7 +118,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
             let cluster = parse("Cluster", &cluster)?;
             P::backup_settings(&settings(&s)?, &backup, &cluster, &instances(observed))
         })();
-        answer(decided, backup_settings_to_wit)
+        answer(decided, wit::BackupSettings::from)
     }
 
     fn backup_transition(s: String, facts: wit::BackupFacts) -> Answer<wit::Transition> {
@@ -133,12 +130,12 @@ impl<P: Policy> wit::Guest for Exports<P> {
                     .as_deref()
                     .map(|c| parse("Cluster", c))
                     .transpose()?,
-                pod: facts.pod.map(pod_facts_from_wit),
+                pod: facts.pod.map(PodFacts::from),
                 now: time(facts.now),
             };
             P::backup_transition(&settings(&s)?, &facts)
         })();
-        answer(decided, transition_to_wit)
+        answer(decided, wit::Transition::from)
     }
 
     fn schedule(s: String, scheduled_backup: String, now: i64) -> Answer<wit::ScheduleDecision> {
@@ -146,7 +143,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
             let scheduled = parse("ScheduledBackup", &scheduled_backup)?;
             P::schedule(&settings(&s)?, &scheduled, time(now))
         })();
-        answer(decided, schedule_to_wit)
+        answer(decided, wit::ScheduleDecision::from)
     }
 
     fn retention(
@@ -163,7 +160,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
                 .collect::<Decided<Vec<_>>>()?;
             P::retention(&settings(&s)?, &cluster, &backups, time(now))
         })();
-        answer(decided, |e| e.into_iter().map(expiry_to_wit).collect())
+        answer(decided, |e| e.into_iter().map(wit::Expiry::from).collect())
     }
 
     fn cluster_status(s: String, facts: wit::ClusterFacts) -> Answer<wit::ClusterHealth> {
@@ -172,13 +169,13 @@ impl<P: Policy> wit::Guest for Exports<P> {
                 cluster: parse("Cluster", &facts.cluster)?,
                 instances: instances(facts.instances),
                 missing_secrets: facts.missing_secrets,
-                failure: facts.failure.map(denial_from_wit),
-                waiting: facts.waiting.map(denial_from_wit),
+                failure: facts.failure.map(Denial::from),
+                waiting: facts.waiting.map(Denial::from),
                 now: time(facts.now),
             };
             P::cluster_status(&settings(&s)?, &facts)
         })();
-        answer(decided, cluster_health_to_wit)
+        answer(decided, wit::ClusterHealth::from)
     }
 
     fn failover(s: String, facts: wit::FailoverFacts) -> Answer<Option<wit::Promotion>> {
@@ -188,7 +185,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
                 instances: facts
                     .instances
                     .into_iter()
-                    .map(instance_facts_from_wit)
+                    .map(InstanceFacts::from)
                     .collect(),
                 current_primary: facts.current_primary,
                 target_primary: facts.target_primary,
@@ -197,7 +194,7 @@ impl<P: Policy> wit::Guest for Exports<P> {
             };
             P::failover(&settings(&s)?, &facts)
         })();
-        answer(decided, |p| p.map(promotion_to_wit))
+        answer(decided, |p| p.map(wit::Promotion::from))
     }
 }
 

@@ -23,15 +23,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{
-    archive_from_wit, backup_settings_from_wit, claim_facts_to_wit, cluster_facts_to_wit,
-    cluster_health_from_wit, denial_from_wit, expiry_from_wit, failover_facts_to_wit,
-    instance_to_wit, pod_facts_to_wit, promotion_from_wit, schedule_from_wit, storage_from_wit,
-    transition_from_wit,
-};
+use crate::crds::settings::{ArchiveSettings, BackupSettings};
 use crate::glue::Exports;
 use crate::policy::Policy;
-use crate::types::{Decision, Denial, Instance, Outcome, Request, Settings};
+use crate::types::{
+    ClusterHealth, Decision, Denial, Expiry, Instance, Outcome, Promotion, Request,
+    ScheduleDecision, Settings, Storage, Transition,
+};
 use crate::wit::{self, Guest};
 
 pub mod files;
@@ -69,7 +67,7 @@ impl<P> Default for Native<P> {
 }
 
 fn wit_instances(instances: &[Instance]) -> Vec<wit::Instance> {
-    instances.iter().map(instance_to_wit).collect()
+    instances.iter().cloned().map(wit::Instance::from).collect()
 }
 
 impl<P: Policy> Native<P> {
@@ -78,12 +76,12 @@ impl<P: Policy> Native<P> {
     /// decisions about its objects (as the host's `cluster_decisions` does).
     pub fn decide(&self, settings: &Settings, request: &Request) -> Result<Decision, Denial> {
         let s = settings.to_json();
-        Exports::<P>::validate_settings(s.clone()).map_err(denial_from_wit)?;
+        Exports::<P>::validate_settings(s.clone()).map_err(Denial::from)?;
         if let Request::InstancePod { cluster, .. }
         | Request::Storage { cluster, .. }
         | Request::ArchiveSettings { cluster } = request
         {
-            Exports::<P>::validate(s.clone(), json(cluster)).map_err(denial_from_wit)?;
+            Exports::<P>::validate(s.clone(), json(cluster)).map_err(Denial::from)?;
         }
         match cluster_decision::<P>(&s, request) {
             Some(decided) => decided,
@@ -96,7 +94,7 @@ impl<P: Policy> Native<P> {
 fn cluster_decision<P: Policy>(s: &str, request: &Request) -> Option<Result<Decision, Denial>> {
     type E<P> = Exports<P>;
     let s = || s.to_string();
-    let denied = denial_from_wit;
+    let denied = Denial::from;
     let decided = (|| {
         Ok(match request {
             Request::ValidateSettings {} => Decision::Valid(true),
@@ -121,23 +119,23 @@ fn cluster_decision<P: Policy>(s: &str, request: &Request) -> Option<Result<Deci
                 instance,
                 current,
             } => {
-                let current = current.as_ref().map(claim_facts_to_wit);
-                Decision::Storage(storage_from_wit(
+                let current = current.clone().map(wit::ClaimFacts::from);
+                Decision::Storage(Storage::from(
                     E::<P>::storage(s(), json(cluster), *instance, current).map_err(denied)?,
                 ))
             }
             Request::ArchiveSettings { cluster } => Decision::ArchiveSettings(
                 E::<P>::archive_settings(s(), json(cluster))
                     .map_err(denied)?
-                    .map(archive_from_wit),
+                    .map(ArchiveSettings::from),
             ),
-            Request::ClusterStatus(facts) => Decision::ClusterStatus(cluster_health_from_wit(
-                E::<P>::cluster_status(s(), cluster_facts_to_wit(facts)).map_err(denied)?,
+            Request::ClusterStatus(facts) => Decision::ClusterStatus(ClusterHealth::from(
+                E::<P>::cluster_status(s(), wit::ClusterFacts::from(&**facts)).map_err(denied)?,
             )),
             Request::Failover(facts) => Decision::Failover(
-                E::<P>::failover(s(), failover_facts_to_wit(facts))
+                E::<P>::failover(s(), wit::FailoverFacts::from(&**facts))
                     .map_err(denied)?
-                    .map(promotion_from_wit),
+                    .map(Promotion::from),
             ),
             _ => return Err(None),
         })
@@ -152,13 +150,13 @@ fn cluster_decision<P: Policy>(s: &str, request: &Request) -> Option<Result<Deci
 /// The decisions about Backups: how one is taken, its phases, schedules and retention.
 fn backup_decision<P: Policy>(s: String, request: &Request) -> Result<Decision, Denial> {
     type E<P> = Exports<P>;
-    let denied = denial_from_wit;
+    let denied = Denial::from;
     Ok(match request {
         Request::BackupSettings {
             backup,
             cluster,
             instances,
-        } => Decision::BackupSettings(backup_settings_from_wit(
+        } => Decision::BackupSettings(BackupSettings::from(
             E::<P>::backup_settings(s, json(backup), json(cluster), wit_instances(instances))
                 .map_err(denied)?,
         )),
@@ -166,17 +164,17 @@ fn backup_decision<P: Policy>(s: String, request: &Request) -> Result<Decision, 
             let facts = wit::BackupFacts {
                 backup: json(&facts.backup),
                 cluster: facts.cluster.as_ref().map(json),
-                pod: facts.pod.as_ref().map(pod_facts_to_wit),
+                pod: facts.pod.as_ref().map(wit::PodFacts::from),
                 now: facts.now.timestamp(),
             };
-            Decision::BackupTransition(transition_from_wit(
+            Decision::BackupTransition(Transition::from(
                 E::<P>::backup_transition(s, facts).map_err(denied)?,
             ))
         }
         Request::Schedule {
             scheduled_backup,
             now,
-        } => Decision::Schedule(schedule_from_wit(
+        } => Decision::Schedule(ScheduleDecision::from(
             E::<P>::schedule(s, json(scheduled_backup), now.timestamp()).map_err(denied)?,
         )),
         Request::Retention {
@@ -192,7 +190,7 @@ fn backup_decision<P: Policy>(s: String, request: &Request) -> Result<Decision, 
             )
             .map_err(denied)?
             .into_iter()
-            .map(expiry_from_wit)
+            .map(Expiry::from)
             .collect(),
         ),
         other => {

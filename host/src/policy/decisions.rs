@@ -12,7 +12,7 @@ use pgwarden_sdk::types::{
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::bindings::{self, wit};
+use super::bindings::wit;
 use super::engine::{MAX_MESSAGE_BYTES, NO_SETTINGS, Policy};
 use super::errors::{PolicyError, Result};
 use pgwarden_core::plan::{ClusterDecisions, planned_instances};
@@ -128,8 +128,8 @@ impl Policy {
         current: Option<&ClaimFacts>,
     ) -> Result<Storage> {
         const D: &str = "storage";
-        let current = current.map(bindings::claim_facts);
-        let storage = bindings::storage(self.call(D, |p, s| {
+        let current = current.cloned().map(wit::ClaimFacts::from);
+        let storage = Storage::from(self.call(D, |p, s| {
             p.call_storage(
                 s,
                 self.settings(),
@@ -156,8 +156,8 @@ impl Policy {
     #[tracing::instrument(skip_all, fields(digest = self.digest()))]
     pub fn cluster_health(&self, facts: &ClusterFacts) -> Result<ClusterHealth> {
         const D: &str = "cluster-status";
-        let input = bindings::cluster_facts(facts);
-        let health = bindings::cluster_health(
+        let input = wit::ClusterFacts::from(facts);
+        let health = ClusterHealth::from(
             self.call(D, |p, s| p.call_cluster_status(s, self.settings(), &input))?,
         );
         check(
@@ -178,9 +178,9 @@ impl Policy {
     #[tracing::instrument(skip_all, fields(digest = self.digest()))]
     pub fn failover(&self, facts: &FailoverFacts) -> Result<Option<Promotion>> {
         const D: &str = "failover";
-        let input = bindings::failover_facts(facts);
+        let input = wit::FailoverFacts::from(facts);
         let answer = self.call(D, |p, s| p.call_failover(s, self.settings(), &input))?;
-        let Some(promotion) = answer.map(bindings::promotion) else {
+        let Some(promotion) = answer.map(Promotion::from) else {
             return Ok(None);
         };
         check(D, is_dns_subdomain(&promotion.instance), || {
@@ -203,7 +203,7 @@ impl Policy {
         instances: &[Instance],
     ) -> Result<PodTemplateSpec> {
         const D: &str = "instance-pod";
-        let observed: Vec<wit::Instance> = instances.iter().map(bindings::instance).collect();
+        let observed: Vec<wit::Instance> = instances.iter().cloned().map(Into::into).collect();
         let text = self.call(D, |p, s| {
             p.call_instance_pod(s, self.settings(), &json(cluster), instance, &observed)
         })?;
@@ -224,7 +224,7 @@ impl Policy {
             .call(D, |p, s| {
                 p.call_archive_settings(s, self.settings(), &json(cluster))
             })?
-            .map(bindings::archive);
+            .map(ArchiveSettings::from);
         if let Some(s) = &settings {
             check(
                 D,
@@ -255,8 +255,8 @@ impl Policy {
         instances: &[Instance],
     ) -> Result<BackupSettings> {
         const D: &str = "backup-settings";
-        let wit_instances: Vec<wit::Instance> = instances.iter().map(bindings::instance).collect();
-        let settings = bindings::backup_settings(self.call(D, |p, s| {
+        let wit_instances: Vec<wit::Instance> = instances.iter().cloned().map(Into::into).collect();
+        let settings = BackupSettings::from(self.call(D, |p, s| {
             p.call_backup_settings(
                 s,
                 self.settings(),
@@ -288,10 +288,10 @@ impl Policy {
         let input = wit::BackupFacts {
             backup: json(&facts.backup),
             cluster: facts.cluster.as_ref().map(json),
-            pod: facts.pod.as_ref().map(bindings::pod_facts),
+            pod: facts.pod.as_ref().map(wit::PodFacts::from),
             now: facts.now.timestamp(),
         };
-        let t = bindings::transition(self.call(D, |p, s| {
+        let t = Transition::from(self.call(D, |p, s| {
             p.call_backup_transition(s, self.settings(), &input)
         })?);
         check_reason(D, &t.reason)?;
@@ -309,7 +309,7 @@ impl Policy {
         now: DateTime<Utc>,
     ) -> Result<ScheduleDecision> {
         const D: &str = "schedule";
-        let d = bindings::schedule(self.call(D, |p, s| {
+        let d = ScheduleDecision::from(self.call(D, |p, s| {
             p.call_schedule(s, self.settings(), &json(scheduled), now.timestamp())
         })?);
         if let Some(run) = &d.create {
@@ -333,7 +333,7 @@ impl Policy {
         let doomed = self.call(D, |p, s| {
             p.call_retention(s, self.settings(), &json(cluster), &texts, now.timestamp())
         })?;
-        let doomed: Vec<Expiry> = doomed.into_iter().map(bindings::expiry).collect();
+        let doomed: Vec<Expiry> = doomed.into_iter().map(Into::into).collect();
         for Expiry { name, .. } in &doomed {
             check(
                 D,
