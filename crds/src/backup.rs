@@ -113,6 +113,8 @@ pub struct BackupStatus {
     pub deletion: Option<BackupDeletion>,
     /// Conditions of the backup: PolicyApplied (False, naming the policy and the decision,
     /// when the policy denied or failed a decision about this Backup).
+    // A list map keyed by type (the Kubernetes convention): each condition has one owner.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -413,7 +413,10 @@ pub struct ClusterStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub instances_status: Vec<InstanceStatus>,
     /// Ready, ContinuousArchiving, LastBackupSucceeded, PolicyApplied, PodsUpToDate, and
-    /// RetentionApplied (False, naming the policy, when its retention decision failed).
+    /// RetentionApplied (False, naming the policy, when its retention decision failed; set by
+    /// the retention alone, under its field manager `pgwarden-retention`).
+    // A list map keyed by type (the Kubernetes convention): each condition has one owner.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// WAL archiving facts, as the primary's agent last reported them.

@@ -122,6 +122,8 @@ pub struct ReconcilePolicyStatus {
     /// The generation of the spec the status describes.
     pub observed_generation: Option<i64>,
     /// Conditions of the policy.
+    // A list map keyed by type (the Kubernetes convention): each condition has one owner.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -101,6 +101,8 @@ pub struct ScheduledBackupStatus {
     /// When the operator last evaluated the schedule.
     pub last_check_time: Option<String>,
     /// Conditions, e.g. a schedule the operator could not parse.
+    // A list map keyed by type (the Kubernetes convention): each condition has one owner.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -779,3 +779,36 @@ pub fn mark_pod(ns: &Namespace<'_>, pod: &str, ready: bool) {
     let out = ns.kubectl(&args);
     assert!(out.success, "cannot mark pod {pod}: {}", out.stderr);
 }
+
+/// The object with its managedFields (`kubectl get` leaves them out unless asked).
+pub fn with_managed_fields(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
+    let out = ns.kubectl(&["get", kind, name, "-o", "json", "--show-managed-fields"]);
+    assert!(out.success, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// The managedFields entries of `object` whose `f:status` fields `owns` accepts: (manager,
+/// operation).
+fn status_owners(object: &Value, owns: impl Fn(&Value) -> bool) -> Vec<(String, String)> {
+    let entries = object["metadata"]["managedFields"].as_array();
+    (entries.into_iter().flatten())
+        .filter(|e| owns(&e["fieldsV1"]["f:status"]))
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("manager"), text("operation"))
+        })
+        .collect()
+}
+
+/// The managedFields entries of `object` that own `status.<field>`: (manager, operation).
+pub fn owners(object: &Value, field: &str) -> Vec<(String, String)> {
+    let key = format!("f:{field}");
+    status_owners(object, |status| status.get(&key).is_some())
+}
+
+/// The managedFields entries of `object` that own its condition `type_` (an entry of the
+/// list map `status.conditions`, keyed by type): (manager, operation).
+pub fn condition_owners(object: &Value, type_: &str) -> Vec<(String, String)> {
+    let key = format!("k:{}", json!({"type": type_}));
+    status_owners(object, |status| status["f:conditions"].get(&key).is_some())
+}

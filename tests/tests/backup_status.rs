@@ -9,30 +9,10 @@
 
 use pgwarden_tests::controlplane::{Namespace, with_crds};
 use pgwarden_tests::operator::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BACKUP: &str = "backup-example";
 const POD: &str = "postgresql-bkp-1";
-
-/// The managedFields entries of `object` that own `status.<field>`: (manager, operation).
-fn owners(object: &Value, field: &str) -> Vec<(String, String)> {
-    let key = format!("f:{field}");
-    let entries = object["metadata"]["managedFields"].as_array();
-    let owning = entries.into_iter().flatten();
-    owning
-        .filter(|e| e["fieldsV1"]["f:status"].get(&key).is_some())
-        .map(|e| {
-            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (text("manager"), text("operation"))
-        })
-        .collect()
-}
-
-fn with_managed_fields(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
-    let out = ns.kubectl(&["get", kind, name, "-o", "json", "--show-managed-fields"]);
-    assert!(out.success, "{}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap()
-}
 
 fn poke(ns: &Namespace<'_>, n: u32) {
     let note = format!("pgwarden.test/poke={n}");

@@ -387,7 +387,7 @@ fn backup_moves_through_its_phases_on_agent_facts() {
     assert_eq!(pending["status"]["reason"], "WaitingForInstance");
 
     // No kubelet here: the test says the pod runs and is ready, as a kubelet would.
-    mark_pod_running(&ns, "postgresql-bkp-1");
+    mark_pod(&ns, "postgresql-bkp-1", true);
     let running = wait_json(&ns, "backup", "backup-example", "phase running", |b| {
         b["status"]["phase"] == "running"
     });
@@ -598,27 +598,6 @@ fn annotate(ns: &pgwarden_tests::controlplane::Namespace<'_>, cluster: &str, n: 
         &format!("pgwarden.test/poke={n}"),
     ]);
     assert!(out.success, "{}", out.stderr);
-}
-
-fn mark_pod_running(ns: &pgwarden_tests::controlplane::Namespace<'_>, pod: &str) {
-    let now = now_rfc3339();
-    let status = json!({"status": {
-        "phase": "Running",
-        "podIP": "10.0.0.10",
-        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
-        "containerStatuses": [{"name": "postgres", "ready": true, "restartCount": 0, "image": "pgwarden", "imageID": "",
-            "started": true, "state": {"running": {"startedAt": now}}}],
-    }});
-    let out = ns.kubectl(&[
-        "patch",
-        "pod",
-        pod,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
-    assert!(out.success, "cannot mark pod {pod} running: {}", out.stderr);
 }
 
 #[test]

@@ -14,28 +14,6 @@ use serde_json::{Value, json};
 const CLUSTER: &str = "postgresql-bkp";
 const POD: &str = "postgresql-bkp-1";
 
-/// The managedFields entries of `object` that own `status.<field>`: (manager, operation).
-fn owners(object: &Value, field: &str) -> Vec<(String, String)> {
-    let key = format!("f:{field}");
-    let entries = object["metadata"]["managedFields"].as_array();
-    entries
-        .into_iter()
-        .flatten()
-        .filter(|e| e["fieldsV1"]["f:status"].get(&key).is_some())
-        .map(|e| {
-            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (text("manager"), text("operation"))
-        })
-        .collect()
-}
-
-/// The object with its managedFields (`kubectl get` leaves them out unless asked).
-fn with_managed_fields(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
-    let out = ns.kubectl(&["get", kind, name, "-o", "json", "--show-managed-fields"]);
-    assert!(out.success, "{}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap()
-}
-
 /// One owner: `manager`, through a server-side apply.
 fn applied_by(manager: &str) -> Vec<(String, String)> {
     vec![(manager.to_string(), "Apply".to_string())]
@@ -50,27 +28,6 @@ fn poke(ns: &Namespace<'_>, n: u32) {
         &format!("pgwarden.test/poke={n}"),
     ]);
     assert!(out.success, "{}", out.stderr);
-}
-
-fn mark_pod(ns: &Namespace<'_>, ready: bool) {
-    let now = now_rfc3339();
-    let status = json!({"status": {
-        "phase": "Running",
-        "podIP": "10.0.0.10",
-        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": now}],
-        "containerStatuses": [{"name": "postgres", "ready": ready, "restartCount": 0, "image": "pgwarden", "imageID": "",
-            "started": true, "state": {"running": {"startedAt": now}}}],
-    }});
-    let out = ns.kubectl(&[
-        "patch",
-        "pod",
-        POD,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
-    assert!(out.success, "cannot mark pod {POD}: {}", out.stderr);
 }
 
 #[test]
@@ -92,7 +49,7 @@ fn the_cluster_status_is_applied_by_the_operator_and_keeps_the_agents_fields() {
     });
     server_side_apply_status(&ns, &archive, "pgwarden-agent");
     wait_get(&ns, "pod", POD);
-    mark_pod(&ns, true);
+    mark_pod(&ns, POD, true);
     poke(&ns, 1);
     wait_json(&ns, "cluster", CLUSTER, "ready with a primary", |c| {
         c["status"]["currentPrimary"] == POD
@@ -143,6 +100,64 @@ fn the_cluster_status_is_applied_by_the_operator_and_keeps_the_agents_fields() {
         "{}",
         cluster["status"]
     );
+}
+
+/// The retention's condition is its own: `RetentionApplied`, an entry of the list map
+/// `status.conditions`, is owned by the retention's apply alone (`pgwarden-retention`, no
+/// merge patch, not the Cluster controller's apply), and a Cluster reconcile that applies the
+/// other conditions leaves it as the retention set it.
+#[test]
+fn the_retention_condition_is_the_retentions_apply_and_survives_a_cluster_reconcile() {
+    let cp = with_crds();
+    let ns = cp.namespace("status-apply-retention");
+    let _op = Operator::start(cp, &ns.name);
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_file(&ns, &seed("cluster-wal.yaml"));
+    wait_condition(&ns, "cluster", CLUSTER, "PolicyApplied", "True");
+    // Deletion requests the retention cannot read: it refuses the ConfigMap, on the Cluster.
+    let settings = format!("{CLUSTER}-settings");
+    wait_get(&ns, "configmap", &settings);
+    let patch = json!({"data": {"deletions.json": "not json"}}).to_string();
+    let out = ns.kubectl(&[
+        "patch",
+        "configmap",
+        &settings,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    poke(&ns, 1);
+    let refused = wait_condition(&ns, "cluster", CLUSTER, "RetentionApplied", "False");
+    let retention = condition(&refused, "RetentionApplied");
+    let only_retention = |cluster: &Value| {
+        assert_eq!(
+            condition_owners(cluster, "RetentionApplied"),
+            applied_by("pgwarden-retention"),
+            "RetentionApplied is not owned by the retention's apply alone: {:#}",
+            cluster["metadata"]["managedFields"]
+        );
+    };
+    only_retention(&with_managed_fields(&ns, "cluster", CLUSTER));
+
+    // The Cluster controller applies a changed status (a ready primary): the condition stays.
+    wait_get(&ns, "pod", POD);
+    mark_pod(&ns, POD, true);
+    poke(&ns, 2);
+    wait_json(&ns, "cluster", CLUSTER, "ready with a primary", |c| {
+        c["status"]["currentPrimary"] == POD
+    });
+    let cluster = with_managed_fields(&ns, "cluster", CLUSTER);
+    assert_eq!(condition(&cluster, "RetentionApplied"), retention);
+    only_retention(&cluster);
+    for type_ in ["Ready", "PolicyApplied", "ContinuousArchiving"] {
+        assert_eq!(
+            condition_owners(&cluster, type_),
+            applied_by("pgwarden-operator"),
+            "{type_}: {:#}",
+            cluster["metadata"]["managedFields"]
+        );
+    }
 }
 
 /// A ScheduledBackup's status is whole in every apply: a later check keeps the time of the

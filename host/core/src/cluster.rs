@@ -194,7 +194,7 @@ pub fn cluster_status(
         ready_instances: observed.instances.ready,
         current_primary: observed.instances.primary.clone(),
         target_primary: None,
-        conditions: conditions::set_all(&observed.conditions, &wanted, generation, now),
+        conditions: conditions::set_all(&own_conditions(observed), &wanted, generation, now),
         policy: match outcome {
             Outcome::Applied { policy, .. } => Some(policy.clone()),
             Outcome::Failed { .. } => None,
@@ -208,6 +208,13 @@ pub fn cluster_status(
         warnings: warnings(&observed.conditions, &wanted),
         requeue_seconds: requeue_seconds(observed, outcome, health),
     }
+}
+
+/// The stored conditions this status carries over: all but `RetentionApplied`, which the
+/// retention sets by its own apply (field manager `pgwarden-retention`); carried here too, it
+/// would have two owners and a stale copy would overwrite the retention's.
+fn own_conditions(observed: &ObservedCluster) -> Vec<Condition> {
+    conditions::without(&observed.conditions, types::RETENTION_APPLIED)
 }
 
 /// The policy's phase; without one, the stored phase (none stored yet: "Unknown").

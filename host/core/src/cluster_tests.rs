@@ -382,3 +382,18 @@ fn the_status_leaves_out_the_fields_the_agent_owns() {
     }
     assert_eq!(json["readyInstances"], 1);
 }
+
+#[test]
+fn the_status_leaves_out_the_retentions_condition() {
+    // RetentionApplied is the retention's own apply: a stored one is not carried over (two
+    // owners of one condition would fight), and the others are.
+    let mut o = observed(1);
+    let retention = DesiredCondition::failed(types::RETENTION_APPLIED, "RetentionFailed", "x");
+    o.conditions = conditions::set(&[], &retention, Some(2), at(1));
+    let r = cluster_status(&o, &applied(), &healthy(), bound(), at(2));
+    let types: Vec<_> = (r.status.conditions.iter())
+        .map(|c| c.type_.as_str())
+        .collect();
+    assert!(!types.contains(&types::RETENTION_APPLIED), "{types:?}");
+    assert!(types.contains(&types::READY), "{types:?}");
+}

@@ -69,6 +69,16 @@ pub fn set(
     out
 }
 
+/// `conditions` without those of type `type_`: what a writer applies when another writer
+/// owns that condition (an entry of the list map `status.conditions` keyed by type), so that
+/// each condition has one owner and a stale copy never fights the owner's value.
+pub fn without(conditions: &[Condition], type_: &str) -> Vec<Condition> {
+    (conditions.iter())
+        .filter(|c| c.type_ != type_)
+        .cloned()
+        .collect()
+}
+
 /// Sets every wanted condition in turn.
 pub fn set_all(
     conditions: &[Condition],
@@ -123,6 +133,19 @@ mod tests {
         assert_eq!(down[0].last_transition_time, Time(at(200)));
         assert_eq!(down[0].status, "False");
         assert_eq!(down[0].reason, "PodFailed");
+    }
+
+    #[test]
+    fn without_leaves_out_one_type_only() {
+        let wanted = [
+            DesiredCondition::ok("Ready", "R", ""),
+            DesiredCondition::ok("RetentionApplied", "A", ""),
+        ];
+        let all = set_all(&[], &wanted, None, at(1));
+        let types: Vec<_> = (without(&all, "RetentionApplied").into_iter())
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(types, ["Ready"]);
     }
 
     #[test]

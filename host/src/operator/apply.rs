@@ -42,11 +42,13 @@ pub fn contains(observed: &Value, desired: &Value) -> bool {
     }
 }
 
-/// The key of an element of a Kubernetes list map: `name`, or `mountPath` for volume mounts.
+/// The key of an element of a Kubernetes list map: `name`, `mountPath` for volume mounts, or
+/// `type` for conditions (another manager's condition, the retention's, is not a difference).
 fn element_key(element: &Value) -> Option<&str> {
     element
         .get("name")
         .or_else(|| element.get("mountPath"))
+        .or_else(|| element.get("type"))
         .and_then(Value::as_str)
 }
 

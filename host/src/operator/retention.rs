@@ -59,6 +59,31 @@ async fn write_requests(ctx: &Context, retained: &Retained) -> Result<()> {
     Ok(())
 }
 
+/// Tells the retention's outcome on the Cluster: its `RetentionApplied` condition by
+/// server-side apply under the retention's own field manager, that entry alone of the list map
+/// `status.conditions` (the Cluster controller's apply owns the others and leaves this one
+/// out: each condition has one owner), then the Warning Event. Forced: the retention takes
+/// the condition over from a merge patch of an earlier version.
+async fn tell(ctx: &Context, actions: &[plan::Action]) -> Result<()> {
+    for action in actions {
+        let plan::Action::PatchStatus { target, status } = action else {
+            apply::apply(ctx, std::slice::from_ref(action)).await?;
+            continue;
+        };
+        let body = plans::retention::condition_apply(target, status);
+        let api: Api<Cluster> = Api::namespaced(
+            ctx.client.clone(),
+            target.namespace.as_deref().unwrap_or_default(),
+        );
+        let params = PatchParams::apply(requests::MANAGER).force();
+        api.patch_status(&target.name, &params, &Patch::Apply(&body))
+            .await?;
+        tracing::debug!(cluster = %target.name, "retention condition applied");
+        ctx.metrics.wrote("status");
+    }
+    Ok(())
+}
+
 /// Says in the log, as in the Event, each Backup the retention floor kept from the policy.
 fn log_floor(actions: &[plan::Action]) {
     for action in actions {
@@ -84,7 +109,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
                 step.policy.unwrap_or_default()
             );
             let back = failure::recovered(target, &conditions, RETENTION, &message, generation);
-            apply::apply(&ctx, &back).await?;
+            tell(&ctx, &back).await?;
             Ok(requeue)
         }
         Err(error) => {
@@ -92,7 +117,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Reque
             let failure = step.failed(error);
             if let Some(wanted) = failure.wanted(RETENTION) {
                 let report = failure::report(target, &conditions, &wanted, generation, json!({}));
-                if let Err(e) = apply::apply(&ctx, &report).await {
+                if let Err(e) = tell(&ctx, &report).await {
                     tracing::warn!(error = %e, "cannot report the retention failure on the Cluster");
                 }
             }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
+use pgwarden_crds::condition_types::RETENTION_APPLIED;
 use pgwarden_crds::settings::pod::LABEL_ROLE;
 use pgwarden_crds::{Backup, Cluster};
 use pgwarden_sdk::names;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::Plan;
 use crate::operator::errors::{Error, Result};
@@ -58,6 +59,21 @@ impl Retained {
         plan.actions.splice(0..0, write);
         plan
     }
+}
+
+/// The server-side apply of the retention's condition on the Cluster `target`, taken from a
+/// reported `status`: the `RetentionApplied` entry alone of the list map `status.conditions`
+/// (keyed by type), so that the retention's field manager owns that condition only and the
+/// Cluster controller's apply owns the others.
+pub fn condition_apply(target: &ObjectRef, status: &Value) -> Value {
+    let own: Vec<&Value> = (status["conditions"].as_array().into_iter().flatten())
+        .filter(|c| c["type"] == RETENTION_APPLIED)
+        .collect();
+    json!({
+        "apiVersion": target.api_version, "kind": target.kind,
+        "metadata": {"name": target.name},
+        "status": {"conditions": own},
+    })
 }
 
 pub fn request_text(cm: &ConfigMap) -> Option<&str> {
@@ -160,4 +176,32 @@ pub fn retention(
         settings,
         requests: planned.requests,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_condition_apply_holds_the_retentions_condition_alone() {
+        let target = ObjectRef {
+            api_version: "postgresql.k8s.2ndq.io/v1alpha1".into(),
+            kind: "Cluster".into(),
+            namespace: Some("ns".into()),
+            name: "pg".into(),
+        };
+        let status = json!({"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "RetentionApplied", "status": "False", "reason": "RetentionFailed"},
+        ]});
+        let body = condition_apply(&target, &status);
+        assert_eq!(
+            body["status"],
+            json!({"conditions": [
+                {"type": "RetentionApplied", "status": "False", "reason": "RetentionFailed"}
+            ]})
+        );
+        assert_eq!(body["metadata"], json!({"name": "pg"}));
+        assert_eq!(body["kind"], "Cluster");
+    }
 }
