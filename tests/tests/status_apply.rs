@@ -150,7 +150,14 @@ fn the_retention_condition_is_the_retentions_apply_and_survives_a_cluster_reconc
     let cluster = with_managed_fields(&ns, "cluster", CLUSTER);
     assert_eq!(condition(&cluster, "RetentionApplied"), retention);
     only_retention(&cluster);
-    for type_ in ["Ready", "PolicyApplied", "ContinuousArchiving"] {
+    // Every other condition is the Cluster controller's apply alone.
+    let types = (cluster["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten())
+    .filter_map(|c| c["type"].as_str())
+    .filter(|t| *t != "RetentionApplied");
+    for type_ in types {
         assert_eq!(
             condition_owners(&cluster, type_),
             applied_by("pgwarden-operator"),
@@ -158,6 +165,21 @@ fn the_retention_condition_is_the_retentions_apply_and_survives_a_cluster_reconc
             cluster["metadata"]["managedFields"]
         );
     }
+
+    // Readable requests again: the retention's next apply sets it True, still its own.
+    let patch = json!({"data": {"deletions.json": "[]"}}).to_string();
+    let out = ns.kubectl(&[
+        "patch",
+        "configmap",
+        &settings,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    poke(&ns, 3);
+    wait_condition(&ns, "cluster", CLUSTER, "RetentionApplied", "True");
+    only_retention(&with_managed_fields(&ns, "cluster", CLUSTER));
 }
 
 /// A ScheduledBackup's status is whole in every apply: a later check keeps the time of the
