@@ -21,11 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use anyhow::Result;
 use tokio::sync::watch;
 
+use super::socket;
 use super::store::Store;
 use crate::instance::barman::scrub;
 use crate::instance::layout::ArchiveCheck;
@@ -70,29 +69,21 @@ impl Archiver {
     /// Binds the socket (for `owner`, the PostgreSQL user) and runs follower and server.
     pub async fn run(self: Arc<Self>, owner: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let path = Self::socket(&self.layout);
-        let _ = std::fs::remove_file(&path);
-        let listener =
-            UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
-        owner(&path)?;
-        tokio::spawn(self.clone().follow());
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::spawn(self.clone().answer(stream));
-        }
+        let follower = self.clone();
+        let bound = |path: &Path| {
+            owner(path)?;
+            tokio::spawn(follower.follow());
+            Ok(())
+        };
+        socket::serve(&path, bound, move |line| self.clone().answer(line)).await
     }
 
     /// One archive_command call: a WAL name in, `ok` or `error <why>` out.
-    async fn answer(self: Arc<Self>, stream: UnixStream) {
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        if BufReader::new(read).read_line(&mut line).await.is_err() {
-            return;
-        }
-        let reply = match self.archive(line.trim()).await {
+    async fn answer(self: Arc<Self>, line: String) -> String {
+        match self.archive(line.trim()).await {
             Ok(()) => "ok\n".to_string(),
-            Err(e) => format!("error {}\n", scrub(&format!("{e:#}")).replace('\n', " ")),
-        };
-        let _ = write.write_all(reply.as_bytes()).await;
+            Err(e) => socket::error_reply(&e),
+        }
     }
 
     /// Archives `wal` (or waits for its running upload); Ok once it is in the store.

@@ -18,13 +18,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use anyhow::{Result, bail};
 use tokio::sync::watch;
 
+use super::socket;
 use super::store::Store;
-use crate::instance::barman::scrub;
 use crate::instance::layout::{self, Layout};
 use crate::instance::postgres::RunAs;
 use pgwarden_crds::settings::ArchiveSettings;
@@ -62,31 +60,22 @@ impl Restorer {
         let _ = std::fs::remove_dir_all(self.spool());
         std::fs::create_dir_all(self.spool())?;
         let path = Self::socket(&self.layout);
-        let _ = std::fs::remove_file(&path);
-        let listener =
-            UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
-        self.run_as.own(&path, false)?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::spawn(self.clone().answer(stream));
-        }
+        let run_as = self.run_as;
+        let bound = |path: &Path| run_as.own(path, false);
+        socket::serve(&path, bound, move |line| self.clone().answer(line)).await
     }
 
-    async fn answer(self: Arc<Self>, stream: UnixStream) {
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        if BufReader::new(read).read_line(&mut line).await.is_err() {
-            return;
-        }
-        let reply = match parse_request(&line) {
+    /// One restore_command call: `<source> <wal> <dest>` in, `found`, `absent` or
+    /// `error <why>` out.
+    async fn answer(self: Arc<Self>, line: String) -> String {
+        match parse_request(&line) {
             Some((source, wal, dest)) => match self.fetch(&source, &wal, &dest).await {
                 Ok(true) => "found\n".to_string(),
                 Ok(false) => "absent\n".to_string(),
-                Err(e) => format!("error {}\n", scrub(&format!("{e:#}")).replace('\n', " ")),
+                Err(e) => socket::error_reply(&e),
             },
             None => "error malformed request\n".to_string(),
-        };
-        let _ = write.write_all(reply.as_bytes()).await;
+        }
     }
 
     /// Delivers `wal` into `dest`: Ok(false) only when the store just said it has none.
