@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pgwarden::instance::native::key::COMPRESSIONS;
 use pgwarden::instance::native::{Store, Stored};
 use pgwarden::instance::{barman, walrestore};
 use pgwarden_crds::settings::{ArchiveSettings, Archiver};
@@ -26,16 +27,6 @@ use pgwarden_tests::datapath::{
 };
 
 const BUCKET: &str = "wal";
-
-const ALL: [Option<WalCompression>; 7] = [
-    None,
-    Some(WalCompression::Gzip),
-    Some(WalCompression::Bzip2),
-    Some(WalCompression::Snappy),
-    Some(WalCompression::Lz4),
-    Some(WalCompression::Xz),
-    Some(WalCompression::Zstd),
-];
 
 fn label(c: Option<WalCompression>) -> String {
     c.map_or("none".into(), |c| format!("{c:?}").to_lowercase())
@@ -136,7 +127,7 @@ fn wal_archived_natively_is_restored_byte_identical_by_barman_for_each_compressi
     let rt = runtime();
     // SSE on some: AES256 and aws:kms (MinIO's default key) must be what the store applied.
     let sse = [None, Some(Encryption::Aes256), Some(Encryption::AwsKms)];
-    for (i, c) in ALL.into_iter().enumerate() {
+    for (i, c) in COMPRESSIONS.into_iter().enumerate() {
         let server = format!("native-{}", label(c));
         let mut s = settings(&s3, &server, c);
         s.encryption = sse[i % 3];
@@ -183,7 +174,7 @@ fn wal_archived_by_barman_is_read_by_the_native_restore() {
         assert!(same_bytes(seg, &back), "{name} came back different");
     }
     // Every other compression, archived by barman-cloud-wal-archive itself.
-    for c in ALL {
+    for c in COMPRESSIONS {
         let server = format!("barman-{}", label(c));
         let s = settings(&s3, &server, c);
         barman_archive(&s3, &s, &segments[0]);

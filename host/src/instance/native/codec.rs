@@ -114,15 +114,7 @@ fn copy_into<W: Write>(input: &mut impl Read, mut output: W) -> io::Result<u64> 
 mod tests {
     use super::*;
 
-    pub const ALL: [Option<WalCompression>; 7] = [
-        None,
-        Some(WalCompression::Gzip),
-        Some(WalCompression::Bzip2),
-        Some(WalCompression::Snappy),
-        Some(WalCompression::Lz4),
-        Some(WalCompression::Xz),
-        Some(WalCompression::Zstd),
-    ];
+    use crate::instance::native::key::COMPRESSIONS;
 
     /// Half repetitive, half noise: a page of WAL looks like that.
     fn sample() -> Vec<u8> {
@@ -140,7 +132,7 @@ mod tests {
     #[test]
     fn every_compression_round_trips() {
         let data = sample();
-        for c in ALL {
+        for c in COMPRESSIONS {
             let mut packed = Vec::new();
             let n = compress(c, &mut &data[..], Some(data.len() as u64), &mut packed).unwrap();
             assert_eq!(n, data.len() as u64, "{c:?}");
@@ -171,7 +163,7 @@ mod tests {
     #[test]
     fn corrupt_input_is_an_error_not_short_output() {
         let data = sample();
-        for c in &ALL[1..] {
+        for c in &COMPRESSIONS[1..] {
             let mut packed = Vec::new();
             compress(*c, &mut &data[..], None, &mut packed).unwrap();
             packed.truncate(packed.len() / 2);

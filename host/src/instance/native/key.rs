@@ -91,23 +91,28 @@ pub fn suffix(c: Option<WalCompression>) -> &'static str {
     }
 }
 
+/// Every way the store holds a WAL file: plain, then each compression barman writes.
+pub const COMPRESSIONS: [Option<WalCompression>; 7] = [
+    None,
+    Some(WalCompression::Gzip),
+    Some(WalCompression::Bzip2),
+    Some(WalCompression::Snappy),
+    Some(WalCompression::Lz4),
+    Some(WalCompression::Xz),
+    Some(WalCompression::Zstd),
+];
+
 /// Which compression an object whose file name is `file` holds, if it is `wal` at all:
 /// `Some(None)` for the plain file, `Some(Some(c))` for a known suffix, `None` otherwise
 /// (another file, or `<wal>.partial`).
 pub fn compression_of(file: &str, wal: &str) -> Option<Option<WalCompression>> {
-    const ALL: [WalCompression; 6] = [
-        WalCompression::Gzip,
-        WalCompression::Bzip2,
-        WalCompression::Snappy,
-        WalCompression::Lz4,
-        WalCompression::Xz,
-        WalCompression::Zstd,
-    ];
     let rest = file.strip_prefix(wal)?;
     if rest.is_empty() {
         return Some(None);
     }
-    ALL.into_iter().find(|c| suffix(Some(*c)) == rest).map(Some)
+    (COMPRESSIONS.into_iter().flatten())
+        .find(|c| suffix(Some(*c)) == rest)
+        .map(Some)
 }
 
 /// `destinationPath` taken apart: `s3://<bucket>/<path>`.
