@@ -13,12 +13,12 @@
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
 use pgwarden_tests::datapath::{deps, wait_for};
-use pgwarden_tests::localnode::LocalNode;
+use pgwarden_tests::localnode::{LocalNode, pod_psql};
 use pgwarden_tests::operator::{Operator, apply_yaml, get};
 use pgwarden_tests::world::node_for;
 use serde_json::Value;
@@ -78,19 +78,7 @@ impl World<'_> {
     /// psql as `postgres` on the pod's unix socket; `None` while PostgreSQL does not answer.
     fn psql(&self, pod: &Value, sql: &str) -> Option<String> {
         let uid = pod["metadata"]["uid"].as_str()?;
-        let socket = self.state.join("node/pods").join(uid).join("run");
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(deps().pg_bin.join("psql"))
-            .args(["-X", "-qAt", "-U", "postgres", "-d", "postgres", "-h"])
-            .arg(&socket)
-            .args(["-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        pod_psql(&self.state.join("node"), uid, &deps().pg_bin, sql)
     }
 
     fn show(&self, pod: &Value, name: &str) -> Option<String> {

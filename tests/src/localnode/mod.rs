@@ -265,3 +265,22 @@ async fn run(
     node.pods.stop_all();
     Ok(())
 }
+
+/// Runs `sql` with psql (from `pg_bin`) as `postgres` on the unix socket of the pod `uid` of
+/// the local node keeping its state in `state_dir` (the pod's `run/` folder: each pod's
+/// postgres listens there); the trimmed output, or `None` if psql failed.
+pub fn pod_psql(state_dir: &Path, uid: &str, pg_bin: &Path, sql: &str) -> Option<String> {
+    let socket = state_dir.join("pods").join(uid).join("run");
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin.join("psql"))
+        .args(["-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&socket)
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

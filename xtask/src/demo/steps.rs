@@ -2,11 +2,11 @@
 //! Backup completed, a ScheduledBackup's first Backup, and a Cluster restored from the Backup.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pgwarden_tests::datapath::S3Server;
+use pgwarden_tests::localnode::pod_psql;
 use serde_json::Value;
 
 use super::plane::{Plane, step};
@@ -179,27 +179,8 @@ fn switch_wal(pod: Option<&Value>) -> bool {
 /// the pod's folder); its output, or `None` if psql failed.
 fn psql(pod: &Value, sql: &str) -> Option<String> {
     let uid = pod["metadata"]["uid"].as_str()?;
-    let socket = paths::state().join("demo/node/pods").join(uid).join("run");
-    let psql = PathBuf::from(std::env::var("PGWARDEN_PG_BIN").unwrap_or_default()).join("psql");
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(psql)
-        .args([
-            "-h",
-            &socket.display().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-qAtc",
-            sql,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let pg_bin = PathBuf::from(std::env::var("PGWARDEN_PG_BIN").unwrap_or_default());
+    pod_psql(&paths::state().join("demo/node"), uid, &pg_bin, sql)
 }
 
 /// `examples/local/recovery.yaml`: a second Cluster restored from `backup-example`; waits for
