@@ -775,7 +775,15 @@ pub fn mark_pod(ns: &Namespace<'_>, pod: &str, ready: bool) {
             "started": true, "state": {"running": {"startedAt": now}}}],
     }});
     let patch = status.to_string();
-    let args = ["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", &patch];
+    let args = [
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ];
     let out = ns.kubectl(&args);
     assert!(out.success, "cannot mark pod {pod}: {}", out.stderr);
 }

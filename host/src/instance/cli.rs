@@ -343,12 +343,10 @@ fn ready(a: ReadyArgs) -> Result<()> {
     match pg.query("SELECT pg_is_in_recovery()")?.as_str() {
         "f" => Ok(()),
         // A streaming standby is ready for reads (the `-r` Service); a restore is not.
-        "t" if pg.pgdata.join("standby.signal").exists() => {
-            match super::standby::streaming(&pg)? {
-                true => Ok(()),
-                false => bail!("standby not streaming from the primary yet"),
-            }
-        }
+        "t" if pg.pgdata.join("standby.signal").exists() => match super::standby::streaming(&pg)? {
+            true => Ok(()),
+            false => bail!("standby not streaming from the primary yet"),
+        },
         "t" => bail!("PostgreSQL is in recovery: not ready for writes yet"),
         other => bail!("unexpected answer to pg_is_in_recovery(): {other}"),
     }
