@@ -18,13 +18,13 @@
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
 use pgwarden_tests::datapath::{S3Server, deps, wait_for};
-use pgwarden_tests::localnode::LocalNode;
+use pgwarden_tests::localnode::{LocalNode, pod_psql};
 use pgwarden_tests::operator::{
     Operator, apply_when_admitted, apply_yaml, get, list, store_secret_yaml,
 };
@@ -101,18 +101,7 @@ impl World<'_> {
 
     /// psql as `postgres` on the pod's socket; `None` when it fails.
     fn try_psql(&self, pod: &Value, sql: &str) -> Option<String> {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(deps().pg_bin.join("psql"))
-            .args(["-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.pod_dir(pod).join("run"))
-            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        pod_psql(&self.state.join("node"), &uid_of(pod), &deps().pg_bin, sql)
     }
 
     fn psql(&self, pod: &Value, sql: &str) -> String {
