@@ -83,3 +83,35 @@ pub fn agent_pids(state: &std::path::Path, namespace: &str, pod: &str) -> Vec<u3
     }
     pids
 }
+
+/// One test's world with a store: an S3 server with a bucket, a local node of its own, a
+/// namespace with the store's Secret, and the operator. Tests wrap it to add their own steps.
+pub struct StoreWorld<'a> {
+    pub ns: Namespace<'a>,
+    pub s3: crate::datapath::S3Server,
+    pub op: crate::operator::Operator,
+    pub node: NamespaceNode,
+    /// The node's folder (`node.state`), at hand.
+    pub state: PathBuf,
+}
+
+/// Starts a [`StoreWorld`] in a namespace named after `hint`, its node tagged `tag` on pod
+/// addresses `127.<subnet>.x.y` (see [`node_for`]), archiving to `bucket`.
+pub fn store_world(hint: &str, tag: &str, subnet: u8, bucket: &str) -> StoreWorld<'static> {
+    let cp: &'static ControlPlane = crate::controlplane::with_crds();
+    let ns = cp.namespace(hint);
+    let s3 = crate::datapath::S3Server::start();
+    s3.create_bucket(bucket);
+    let node = node_for(cp, &ns, tag, subnet, &s3.credentials.region, &[]);
+    let secret = crate::operator::store_secret_yaml(&s3.credentials);
+    crate::operator::apply_when_admitted(&ns, &secret);
+    let op = crate::operator::Operator::start(cp, &ns.name);
+    let state = node.state.clone();
+    StoreWorld {
+        ns,
+        s3,
+        op,
+        node,
+        state,
+    }
+}

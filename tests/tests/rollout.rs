@@ -14,17 +14,12 @@
 //!
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
-use pgwarden_tests::datapath::{S3Server, deps, wait_for};
-use pgwarden_tests::localnode::LocalNode;
-use pgwarden_tests::operator::{
-    Operator, apply_when_admitted, apply_yaml, condition, get, store_secret_yaml,
-};
-use pgwarden_tests::world::node_for;
+use pgwarden_tests::datapath::{deps, wait_for};
+use pgwarden_tests::operator::{apply_yaml, condition, get};
+use pgwarden_tests::world::{StoreWorld, store_world};
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-rollout";
@@ -32,33 +27,18 @@ const READY: Duration = Duration::from_secs(180);
 const CLUSTER: &str = "pg";
 const POD: &str = "pg-1";
 
-/// The world of one test: S3 server with a bucket, a local node, a namespace with the
-/// store's Secret, the operator.
-struct World<'a> {
-    ns: Namespace<'a>,
-    s3: S3Server,
-    op: Operator,
-    _node: LocalNode,
-    state: PathBuf,
-    _dir: Option<tempfile::TempDir>,
+/// The shared world (store, node, Secret, operator) with this test's own steps.
+struct World<'a>(StoreWorld<'a>);
+
+impl<'a> std::ops::Deref for World<'a> {
+    type Target = StoreWorld<'a>;
+    fn deref(&self) -> &StoreWorld<'a> {
+        &self.0
+    }
 }
 
 fn world(hint: &str, subnet: u8) -> World<'static> {
-    let cp: &'static ControlPlane = with_crds();
-    let ns = cp.namespace(hint);
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
-    let n = node_for(cp, &ns, "roll", subnet, &s3.credentials.region, &[]);
-    apply_when_admitted(&ns, &store_secret_yaml(&s3.credentials));
-    let op = Operator::start(cp, &ns.name);
-    World {
-        ns,
-        s3,
-        op,
-        _node: n.node,
-        state: n.state,
-        _dir: n.dir,
-    }
+    World(store_world(hint, "roll", subnet, BUCKET))
 }
 
 impl World<'_> {

@@ -22,13 +22,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
-use pgwarden_tests::datapath::{S3Server, deps, wait_for};
-use pgwarden_tests::localnode::{LocalNode, pod_psql};
-use pgwarden_tests::operator::{
-    Operator, apply_when_admitted, apply_yaml, get, list, store_secret_yaml,
-};
-use pgwarden_tests::world::{agent_pids, node_for};
+use pgwarden_tests::datapath::{deps, wait_for};
+use pgwarden_tests::localnode::pod_psql;
+use pgwarden_tests::operator::{apply_yaml, get, list};
+use pgwarden_tests::world::{StoreWorld, agent_pids, store_world};
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-standbys";
@@ -36,31 +33,18 @@ const READY: Duration = Duration::from_secs(300);
 const CLUSTER: &str = "pg";
 const PODS: [&str; 3] = ["pg-1", "pg-2", "pg-3"];
 
-struct World<'a> {
-    ns: Namespace<'a>,
-    s3: S3Server,
-    op: Operator,
-    _node: LocalNode,
-    state: PathBuf,
-    _dir: Option<tempfile::TempDir>,
+/// The shared world (store, node, Secret, operator) with this test's own steps.
+struct World<'a>(StoreWorld<'a>);
+
+impl<'a> std::ops::Deref for World<'a> {
+    type Target = StoreWorld<'a>;
+    fn deref(&self) -> &StoreWorld<'a> {
+        &self.0
+    }
 }
 
 fn world(hint: &str, subnet: u8) -> World<'static> {
-    let cp: &'static ControlPlane = with_crds();
-    let ns = cp.namespace(hint);
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
-    let n = node_for(cp, &ns, "stby", subnet, &s3.credentials.region, &[]);
-    apply_when_admitted(&ns, &store_secret_yaml(&s3.credentials));
-    let op = Operator::start(cp, &ns.name);
-    World {
-        ns,
-        s3,
-        op,
-        _node: n.node,
-        state: n.state,
-        _dir: n.dir,
-    }
+    World(store_world(hint, "stby", subnet, BUCKET))
 }
 
 impl World<'_> {
