@@ -158,23 +158,30 @@ impl Postgres {
         Ok(())
     }
 
+    /// psql as the `postgres` user on this instance's socket, no psqlrc, stopping at the first
+    /// error: what every query shares.
+    fn psql(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        cmd.args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-h",
+        ])
+        .arg(&self.socket_dir)
+        .args(["-p", &self.port.to_string()]);
+        cmd
+    }
+
     /// Runs one query through psql and returns its unaligned, tuples-only output.
     pub fn query(&self, sql: &str) -> Result<String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-h",
-            ])
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-c", sql])
+        let out = self
+            .psql()
+            .args(["-A", "-t", "-c", sql])
             .stdin(Stdio::null())
             .output()
             .context("cannot run psql")?;
@@ -191,20 +198,9 @@ impl Postgres {
     /// any user sees in `ps`).
     pub fn query_stdin(&self, sql: &str) -> Result<()> {
         use std::io::Write;
-        let mut child = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-f", "-"])
+        let mut child = self
+            .psql()
+            .args(["-q", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
