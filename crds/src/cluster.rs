@@ -305,7 +305,8 @@ pub struct S3Credentials {
 pub struct WalBackupConfiguration {
     /// Compression of WAL files as they are uploaded. Default: none (the policy may choose).
     pub compression: Option<WalCompression>,
-    /// Server-side encryption of WAL files in the bucket. Default: the bucket's own.
+    /// Server-side encryption of WAL files in the bucket: `AES256` (keys managed by the store)
+    /// or `aws:kms` (keys in AWS KMS). Default: the bucket's own.
     pub encryption: Option<Encryption>,
     /// How many WAL files are archived in parallel. Default: 1.
     #[schemars(range(min = 1, max = 32))]
@@ -319,7 +320,8 @@ pub struct WalBackupConfiguration {
 pub struct DataBackupConfiguration {
     /// Compression of the base backup's files. Default: none (the policy may choose).
     pub compression: Option<DataCompression>,
-    /// Server-side encryption of the base backup in the bucket. Default: the bucket's own.
+    /// Server-side encryption of the base backup in the bucket: `AES256` (keys managed by the
+    /// store) or `aws:kms` (keys in AWS KMS). Default: the bucket's own.
     pub encryption: Option<Encryption>,
     /// Number of parallel upload jobs. Default: 2.
     #[schemars(range(min = 1, max = 64))]

@@ -115,7 +115,7 @@ pub struct BackupSettings {
     /// Compression of the backup's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<DataCompression>,
-    /// Server-side encryption in the bucket.
+    /// Server-side encryption in the bucket: `AES256` or `aws:kms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
     /// Parallel upload jobs.

@@ -170,6 +170,40 @@ fn enums_render_their_values() {
     );
 }
 
+/// `kubectl explain` shows a field's description, not its CEL rule: a field whose accepted
+/// values only a rule lists (encryption: an enum would stop the API server before CEL can say
+/// why SHA256 is wrong) names them in its description, as an enum field shows its values.
+#[test]
+fn fields_checked_by_a_cel_list_name_the_accepted_values_in_their_description() {
+    let mut checked = Vec::new();
+    for kind in ["Cluster", "Backup", "ScheduledBackup", "ReconcilePolicy"] {
+        let schema = schema_of(kind);
+        walk(&schema, String::new(), &mut |at, node| {
+            let rules = node["x-kubernetes-validations"].as_array();
+            let listed = rules
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["rule"].as_str());
+            for rule in listed.filter(|r| r.starts_with("self in [")) {
+                let description = node["description"].as_str().unwrap_or_default();
+                for value in rule.split('\'').skip(1).step_by(2) {
+                    assert!(
+                        description.contains(value),
+                        "{kind}{at}: the description does not name the accepted value {value:?} (rule {rule}): {description:?}"
+                    );
+                }
+                checked.push(format!("{kind}{at}"));
+            }
+        });
+    }
+    assert!(
+        checked
+            .iter()
+            .any(|c| c.ends_with("/wal/properties/encryption")),
+        "no encryption field found: {checked:?}"
+    );
+}
+
 #[test]
 fn cel_rules_are_where_promised() {
     let promised = [
