@@ -8,6 +8,7 @@
 //!           upload / the download of one WAL file
 //!   archiver the agent's resident archiver: follows `.ready` files, answers archive_command
 //!   restorer the agent's restore_command server, prefetching the next segments
+//!   stream  bounded memory: the upload budget, a core per compression, streamed downloads
 //!   socket  the agent's side of both sockets: one request line in, one reply line out
 //!   client  archive_command's and restore_command's side: ask the agent over its socket,
 //!           or do the work in the calling process when no agent answers
@@ -23,6 +24,7 @@ pub mod key;
 pub mod restorer;
 mod socket;
 pub mod store;
+mod stream;
 
 pub use archiver::Archiver;
 pub use key::{Destination, WalName};

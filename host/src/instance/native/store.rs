@@ -2,13 +2,15 @@
 //! same settings and environment, and the two operations on a WAL file.
 //!
 //! ```text
-//!   archive(path)  read + compress (blocking thread) ─► HEAD key
+//!   archive(path)  hold a segment's worth of the upload budget, wait for a core ─►
+//!                    read + compress (blocking thread) into 1 MiB blocks ─► HEAD key
 //!                    absent  ─► PUT If-None-Match:* with x-amz-checksum-sha256 (the server
 //!                               verifies the body) ─► HEAD: size must be what was sent
 //!                    present ─► GET, decompress, compare with the local file:
 //!                               same WAL ─► already archived; other content ─► error
 //!   fetch(wal, dest)  list the WAL's folder ─► pick `<wal>` or `<wal><suffix>` as barman does
-//!                    (none: not in the store) ─► GET ─► decompress to `dest.tmp`, fsync, rename
+//!                    (none: not in the store) ─► GET, streamed ─► decompress to `dest.tmp`,
+//!                    fsync, rename
 //! ```
 //!
 //! A single PUT is atomic in S3: a killed agent leaves either no object or a whole one, so
@@ -21,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -30,8 +31,12 @@ use object_store::{
 };
 use sha2::{Digest, Sha256};
 
+/// The buffer between a file and a codec.
+const BUF: usize = 128 * 1024;
+
 use super::codec;
 use super::key::{Destination, WalName, compression_of};
+use super::stream::{self, BodyReader};
 use pgwarden_crds::WalCompression;
 use pgwarden_crds::settings::{ArchiveSettings, env};
 
@@ -101,20 +106,17 @@ impl Store {
         let wal = wal_name_of(path)?;
         let key = self.key(&wal);
         let location = ObjectPath::from(key.as_str());
-        let (payload, digest) = read_compressed(self.compression, path).await?;
+        // The share of the upload memory is held until the PUT has ended (see stream.rs).
+        let (payload, digest, _held) = read_compressed(self.compression, path).await?;
         if self.exists(&location).await? {
             return self.same_or_refuse(&location, &key, &digest).await;
         }
-        let size = payload.len() as u64;
+        let size = payload.content_length() as u64;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .s3
-            .put_opts(&location, PutPayload::from(payload), opts)
-            .await
-        {
+        match self.s3.put_opts(&location, payload, opts).await {
             Ok(_) => {}
             // Someone (or a retry of this very request) wrote it between HEAD and PUT.
             Err(object_store::Error::AlreadyExists { .. })
@@ -154,13 +156,12 @@ impl Store {
             .get(location)
             .await
             .with_context(|| format!("cannot read the existing {key}"))?
-            .bytes()
-            .await
-            .with_context(|| format!("cannot read the existing {key}"))?;
+            .into_stream();
+        let body = BodyReader::spawn(body);
         let c = self.compression;
         let theirs = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             let mut hasher = HashWriter(Sha256::new());
-            codec::decompress(c, &body[..], &mut hasher)?;
+            codec::decompress(c, body, &mut hasher)?;
             Ok(hasher.0.finalize().to_vec())
         })
         .await?;
@@ -192,11 +193,11 @@ impl Store {
             .get(&location)
             .await
             .with_context(|| format!("cannot download {key}"))?
-            .bytes()
-            .await
-            .with_context(|| format!("cannot download {key}"))?;
+            .into_stream();
+        // Decompressed as it arrives: a download holds a few chunks, not the object.
+        let body = BodyReader::spawn(body);
         let dest = dest.to_path_buf();
-        let n = tokio::task::spawn_blocking(move || write_decompressed(c, &body, &dest))
+        let n = tokio::task::spawn_blocking(move || write_decompressed(c, body, &dest))
             .await?
             .with_context(|| format!("cannot unpack {key}"))?;
         Ok(Some(n))
@@ -329,16 +330,25 @@ pub fn wal_name_of(path: &Path) -> Result<WalName> {
     WalName::parse(name)
 }
 
-/// The file at `path`, compressed (bounded by one segment), and the SHA-256 of its content.
-async fn read_compressed(c: Option<WalCompression>, path: &Path) -> Result<(Bytes, Vec<u8>)> {
+/// The file at `path`, compressed, the SHA-256 of its content, and the share of the upload
+/// memory its payload holds. Compression waits for a core, and the whole read for a
+/// segment's worth of the budget: at most [`stream::UPLOAD_MEMORY`] of payloads exist.
+async fn read_compressed(
+    c: Option<WalCompression>,
+    path: &Path,
+) -> Result<(PutPayload, Vec<u8>, stream::Held)> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    let len = tokio::fs::metadata(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .len();
+    let mut held = stream::hold(len).await;
+    let _cpu = stream::cpu_slot().await;
+    let (payload, digest) = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let len = file.metadata()?.len();
-        let mut reader = HashReader(file, Sha256::new());
-        let capacity = if c.is_none() { len } else { len / 2 };
-        let mut out = Vec::with_capacity(capacity as usize);
+        let mut reader = HashReader(std::io::BufReader::with_capacity(BUF, file), Sha256::new());
+        let mut out = stream::PayloadWriter::new();
         let n = codec::compress(c, &mut reader, Some(len), &mut out)
             .with_context(|| format!("cannot read and compress {}", path.display()))?;
         if n != len {
@@ -347,20 +357,22 @@ async fn read_compressed(c: Option<WalCompression>, path: &Path) -> Result<(Byte
                 path.display()
             );
         }
-        Ok((Bytes::from(out), reader.1.finalize().to_vec()))
+        anyhow::Ok((out.freeze(), reader.1.finalize().to_vec()))
     })
-    .await?
+    .await??;
+    held.shrink_to(payload.content_length());
+    Ok((payload, digest, held))
 }
 
 /// Decompresses `body` into `dest` through a temporary file, so that PostgreSQL never sees
 /// a torn segment under its name.
-fn write_decompressed(c: Option<WalCompression>, body: &[u8], dest: &PathBuf) -> Result<u64> {
+fn write_decompressed(c: Option<WalCompression>, body: impl Read, dest: &PathBuf) -> Result<u64> {
     let mut tmp = dest.clone().into_os_string();
     tmp.push(".pgwarden-tmp");
     let tmp = PathBuf::from(tmp);
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut out = std::io::BufWriter::with_capacity(BUF, file);
     let n = codec::decompress(c, body, &mut out)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
