@@ -73,8 +73,12 @@ fn age_seconds(s: &InstanceStatus, now: DateTime<Utc>) -> Option<i64> {
 
 /// The primary as the agents tell it: the target when it reports itself primary, else the
 /// instance that reported itself primary last, else the stored `currentPrimary`.
-fn acting_primary(cluster: &Cluster) -> Option<String> {
-    let status = cluster.status.as_ref()?;
+pub fn acting_primary(cluster: &Cluster) -> Option<String> {
+    primary_in(cluster.status.as_ref()?)
+}
+
+/// [`acting_primary`] from a stored status alone (what an agent reads).
+pub fn primary_in(status: &pgwarden_crds::ClusterStatus) -> Option<String> {
     let primaries: Vec<&InstanceStatus> = (status.instances_status.iter())
         .filter(|s| s.role.as_deref() == Some("primary"))
         .collect();
@@ -83,6 +87,21 @@ fn acting_primary(cluster: &Cluster) -> Option<String> {
         .or_else(|| primaries.iter().max_by_key(|s| s.reported_at.clone()))
         .map(|s| s.name.clone())
         .or_else(|| status.current_primary.clone())
+}
+
+/// The pod the `-rw` Service selects and that is labelled `primary`: the acting primary
+/// ([`acting_primary`]), else instance 0 (no agent reported yet, no failover happened).
+/// A target that has not promoted yet is not it: `-rw` keeps the (fenced) former primary
+/// until the new one takes writes, so it never selects two writable instances.
+pub fn primary_pod(cluster: &Cluster) -> String {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    primary_of(name, cluster.status.as_ref())
+}
+
+/// [`primary_pod`] of the Cluster named `name` from its stored status (what an agent reads).
+pub fn primary_of(name: &str, status: Option<&pgwarden_crds::ClusterStatus>) -> String {
+    (status.and_then(primary_in))
+        .unwrap_or_else(|| pgwarden_sdk::names::instance(name, crate::plan::PRIMARY_INDEX))
 }
 
 /// The failover facts of `cluster` at `now`, from its stored status.

@@ -26,6 +26,7 @@ use super::layout::{self, Layout};
 pub use super::options::{RestoreOptions, RunOptions};
 use super::postgres::{self, PgConfig, Postgres, RunAs};
 use super::recovery::{self, Boot};
+use super::rejoin::StartAs;
 use super::report::Reporter;
 
 /// Runs the agent until PostgreSQL stops; returns PostgreSQL's exit status.
@@ -52,24 +53,43 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         parameters: super::parameters::live::at_start(&opts, &layout, &pg),
         recovery: Vec::new(),
     };
-    let standby = match super::standby::is_standby(&opts) {
-        true => Some(super::standby::primary_host(&opts).await?),
-        false => None,
-    };
+    // The primary the Cluster's status names, not the pod's index (a failover moves it).
+    let start = super::rejoin::start_as(&opts, &layout).await?;
     // One archiver: a standby never uploads WAL (PostgreSQL does not archive in recovery;
-    // the native archiver's follower must not either).
-    start_native_archiver(&layout, &opts.settings_dir, run_as, standby.is_none());
+    // the native archiver's follower must not either). A promoted one starts it then.
+    let archiver = Archiving {
+        layout: layout.clone(),
+        settings_dir: opts.settings_dir.clone(),
+        run_as,
+    };
+    start_native_restorer(&layout, run_as);
+    let mut archiving = start == StartAs::Primary && archiver.start();
     let password = super::standby::password()?;
-    if standby.is_none() {
+    if start == StartAs::Primary {
         super::role::fence_before_start(&opts, &pg).await;
     }
     // Blocking on purpose: a clone, a download or a replay takes as long as it takes.
-    let child = tokio::task::block_in_place(|| match &standby {
-        Some(host) => start_standby(&opts, &layout, &pg, &mut conf, host, password.as_deref()),
-        None => start_primary(&opts, &layout, &pg, &mut conf, password.as_deref()),
+    let child = tokio::task::block_in_place(|| match &start {
+        StartAs::Primary => start_primary(&opts, &layout, &pg, &mut conf, password.as_deref()),
+        other => start_standby(&opts, &layout, &pg, &mut conf, other, password.as_deref()),
     })?;
     eprintln!("pgwarden-agent: PostgreSQL ready on port {}", opts.port);
-    supervise(&opts, &layout, &pg, child).await
+    supervise(&opts, &layout, &pg, child, (&archiver, &mut archiving)).await
+}
+
+/// What starts the native archiver (once, on a primary: at start, or on promotion).
+struct Archiving {
+    layout: Layout,
+    settings_dir: PathBuf,
+    run_as: RunAs,
+}
+
+impl Archiving {
+    /// Starts the native archiver's follower and socket; `true` (it is started).
+    fn start(&self) -> bool {
+        start_native_archiver(&self.layout, &self.settings_dir, self.run_as);
+        true
+    }
 }
 
 /// The primary: bootstrapped (initdb, existing, restore), then the replication user made or
@@ -101,9 +121,10 @@ fn start_standby(
     layout: &Layout,
     pg: &Postgres,
     conf: &mut PgConfig,
-    host: &str,
+    start: &StartAs,
     password: Option<&str>,
 ) -> Result<std::process::Child> {
+    let host = start.upstream().unwrap_or_default();
     let password = password.with_context(|| {
         format!(
             "a standby needs the replication password at {}/{} (the Cluster's {} Secret)",
@@ -114,6 +135,10 @@ fn start_standby(
         )
     })?;
     let application = opts.pod_name.clone().unwrap_or_default();
+    if let StartAs::Rejoin { .. } = start {
+        super::standby::write_passfile(layout, pg.run_as, password)?;
+        super::rejoin::rejoin(pg, layout, host, &application)?;
+    }
     conf.recovery = super::standby::prepare(pg, layout, host, password, &application)?;
     eprintln!("pgwarden-agent: starting as a standby of {host}");
     pg.start(conf)
@@ -124,6 +149,7 @@ async fn supervise(
     layout: &Layout,
     pg: &Postgres,
     mut child: std::process::Child,
+    (archiver, archiving): (&Archiving, &mut bool),
 ) -> Result<()> {
     let reporter = std::sync::Arc::new(Reporter::connect(opts.namespace.clone()).await);
     watch_backups(opts, layout, &reporter).await;
@@ -141,10 +167,19 @@ async fn supervise(
                 // The archive's facts are the primary's: a standby archives nothing. Asked
                 // each tick: a promoted standby archives from then on.
                 if in_recovery(pg) {
-                } else if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
-                    eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
+                } else {
+                    // Promoted since the start: the new timeline is this instance's to archive.
+                    *archiving = *archiving || archiver.start();
+                    if let Err(e) = report_archive(opts, layout, pg, &reporter).await {
+                        eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
+                    }
                 }
-                super::role::tick(opts, pg, &reporter).await;
+                if super::role::tick(opts, pg, &reporter).await == super::role::Next::Rejoin {
+                    // Stopped (never writable again as this primary), then started afresh:
+                    // the start rejoins it as a standby of the new primary.
+                    stop(&mut child)?;
+                    bail!("{} is a former primary: restarting to rejoin as a standby", opts.pod_name.as_deref().unwrap_or_default());
+                }
                 // May restart the postmaster (a new `child`): an error means it is not back.
                 super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;
             }
@@ -195,17 +230,18 @@ async fn watch_backups(opts: &RunOptions, layout: &Layout, reporter: &std::sync:
     tokio::spawn(super::backups::watch(client, here, reporter.clone()));
 }
 
-/// The native archiver's follower and socket, and the native restorer's socket; idle while
-/// the settings name barman-cloud.
-fn start_native_archiver(layout: &Layout, settings_dir: &Path, run_as: RunAs, archiver: bool) {
-    let archiver =
-        archiver.then(|| super::native::Archiver::new(layout.clone(), settings_dir.to_path_buf()));
+/// The native archiver's follower and socket; idle while the settings name barman-cloud.
+fn start_native_archiver(layout: &Layout, settings_dir: &Path, run_as: RunAs) {
+    let archiver = super::native::Archiver::new(layout.clone(), settings_dir.to_path_buf());
     tokio::spawn(async move {
-        let Some(archiver) = archiver else { return };
         if let Err(e) = archiver.run(|sock| run_as.own(sock, false)).await {
             eprintln!("pgwarden-agent: the native archiver stopped: {e:#}");
         }
     });
+}
+
+/// The native restorer's socket (any instance may restore WAL).
+fn start_native_restorer(layout: &Layout, run_as: RunAs) {
     let restorer = super::native::Restorer::new(layout.clone(), run_as);
     tokio::spawn(async move {
         if let Err(e) = restorer.run().await {

@@ -13,6 +13,8 @@
 //!   facts     facts → status patches (pure); report: the server-side-apply I/O edge
 //!   retention barman-cloud-backup-delete of the backups the operator hands this pod
 //!   layout    where the agent keeps its files
+//!   role      instancesStatus, promotion, fencing; standby/rejoin: streaming, re-pointing,
+//!             a former primary back as a standby (pg_rewind, else a fresh clone)
 //!   native    the native WAL archiver/restorer in barman's store format (S3 client in Rust)
 //! ```
 
@@ -29,6 +31,7 @@ pub mod options;
 pub mod parameters;
 pub mod postgres;
 pub mod recovery;
+pub mod rejoin;
 pub mod report;
 pub mod restore;
 pub mod retention;

@@ -275,14 +275,17 @@ impl Postgres {
     }
 }
 
-/// The text of `pg_hba.conf`, `replication_user` the only one allowed to replicate.
+/// The text of `pg_hba.conf`, `replication_user` the only one allowed to replicate (and to
+/// reach database `postgres` from another pod: `pg_rewind` of a former primary reads files
+/// through functions granted to it alone).
 fn hba(replication_user: &str) -> String {
     format!(
         "# Written by `pgwarden instance run` on every start: do not edit.\n\
          local   all          all                      trust\n\
          host    all          all          127.0.0.1/32  scram-sha-256\n\
          host    all          all          ::1/128       scram-sha-256\n\
-         host    replication  {replication_user}  all  scram-sha-256\n"
+         host    replication  {replication_user}  all  scram-sha-256\n\
+         host    postgres     {replication_user}  all  scram-sha-256\n"
     )
 }
 
@@ -351,6 +354,9 @@ impl PgConfig {
                 self.socket_dir.display().to_string(),
             ),
             ("wal_level".into(), "replica".into()),
+            // pg_rewind needs it (no data checksums: initdb runs without -k) to bring a
+            // former primary back as a standby after a failover.
+            ("wal_log_hints".into(), "on".into()),
         ];
         lines.extend(self.parameters.iter().cloned());
         match &self.archive_command {

@@ -3,9 +3,9 @@
 //! and replayed LSN, lag) and applies its own entry of the Cluster's `status.instancesStatus`,
 //! only while PostgreSQL answers: a silent entry (an old `reportedAt`) is what the operator's
 //! failover counts as unhealthy. Then it reads `status.targetPrimary`: a standby named there
-//! promotes itself; a primary not named there is fenced read-only (it does not rejoin as a
-//! standby yet: that needs `pg_rewind` or a fresh clone, and the agent's start to follow
-//! `targetPrimary` rather than the pod's index).
+//! promotes itself; a primary not named there is fenced read-only, and once the target
+//! reports itself primary it stops and starts again as its standby (`rejoin`: `pg_rewind`,
+//! else a fresh clone). A standby follows the primary the status names (`follow`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,17 +21,30 @@ use super::options::RunOptions;
 use super::postgres::Postgres;
 use super::report::Reporter;
 
-/// Gathers and reports this instance's replication facts; a failure is logged, not fatal
-/// (the silence is the report).
-pub async fn tick(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) {
-    if let Err(e) = report(opts, pg, reporter).await {
-        eprintln!("pgwarden-agent: cannot report the instance's replication facts: {e:#}");
+/// What the agent does after a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// A former primary, fenced, whose successor has promoted: stop and start again as a
+    /// standby (`rejoin`).
+    Rejoin,
+}
+
+/// Gathers and reports this instance's replication facts, then acts on `targetPrimary`; a
+/// failure is logged, not fatal (the silence is the report).
+pub async fn tick(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Next {
+    match report(opts, pg, reporter).await {
+        Ok(next) => next,
+        Err(e) => {
+            eprintln!("pgwarden-agent: cannot report the instance's replication facts: {e:#}");
+            Next::Continue
+        }
     }
 }
 
-async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result<()> {
+async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result<Next> {
     let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
-        return Ok(());
+        return Ok(Next::Continue);
     };
     let row = tokio::task::block_in_place(|| pg.query(REPLICATION_QUERY))?;
     let replication: Replication = serde_json::from_str(&row)
@@ -43,20 +56,55 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
         .apply_status_as(&manager, "Cluster", "clusters", cluster, &patch)
         .await?;
     let Some(status) = reporter.cluster_status(cluster).await? else {
-        return Ok(());
+        return Ok(Next::Continue);
     };
+    let primary = pgwarden_core::failover::primary_of(cluster, Some(&status));
+    if replication.in_recovery {
+        follow(opts, pg, pod, &primary).await;
+    }
     let Some(target) = status.target_primary.clone() else {
-        return Ok(());
+        return Ok(Next::Continue);
     };
+    if !replication.in_recovery && target != *pod && primary != *pod {
+        // The target reports itself primary: this one leaves, fenced until it stops.
+        tokio::task::block_in_place(|| fence(pg))?;
+        eprintln!("pgwarden-agent: {pod} is a former primary: {primary} has promoted");
+        return Ok(Next::Rejoin);
+    }
     let act = act(pod, &replication, Some(&target));
     if act == Act::Promote {
         let now = chrono::Utc::now();
         if let Err(wait) = may_promote(pod, &replication, &status.instances_status, now) {
             eprintln!("pgwarden-agent: {pod} is targetPrimary but does not promote yet: {wait}");
-            return Ok(());
+            return Ok(Next::Continue);
         }
     }
-    tokio::task::block_in_place(|| perform(pg, pod, &target, act))
+    tokio::task::block_in_place(|| perform(pg, pod, &target, act))?;
+    Ok(Next::Continue)
+}
+
+/// Keeps a streaming standby pointed at the primary the status names: a failover moved it,
+/// or its pod came back at another address. Nothing to do where the `-rw` Service resolves
+/// (it follows the primary's label), nor for a restore in recovery (no standby.signal).
+async fn follow(opts: &RunOptions, pg: &Postgres, pod: &str, primary: &str) {
+    if primary == pod || !pg.pgdata.join("standby.signal").exists() {
+        return;
+    }
+    if super::standby::service_host(opts).is_some() {
+        return;
+    }
+    let Ok(Some(host)) = super::standby::primary_address(opts, primary).await else {
+        return;
+    };
+    let current = tokio::task::block_in_place(|| super::standby::streaming_from(pg));
+    if current.ok().flatten().as_deref() == Some(host.as_str()) {
+        return;
+    }
+    let layout = super::layout::Layout::new(&pg.pgdata);
+    match tokio::task::block_in_place(|| super::standby::repoint(pg, &layout, &host, pod)) {
+        Ok(()) => eprintln!("pgwarden-agent: {pod} now streams from {primary} ({host})"),
+        Err(e) => eprintln!("pgwarden-agent: cannot point {pod} at {primary} ({host}): {e:#}"),
+    }
 }
 
 /// Whether pod `pod` (a standby, `me`) may promote now, given the other instances' reports:

@@ -2,7 +2,8 @@
 //! and the clone of a standby from the primary.
 //!
 //! ```text
-//!   role: instance index 0 = primary, any other = standby (until failover moves it)
+//!   role: the Cluster's primary (instance 0 until a failover moves it, see `rejoin`);
+//!         a standby streams from it and is re-pointed when it moves
 //!   primary: after start ─► CREATE/ALTER ROLE streaming_replica REPLICATION (password by stdin)
 //!   standby: clone.json? ─► wipe, clone again (an interrupted clone is redone from scratch)
 //!            PG_VERSION + standby.signal ─► start as it is
@@ -41,15 +42,6 @@ pub enum Role {
     },
 }
 
-/// The role from the pod's name: `<cluster>-1` (or no Cluster at all) is the primary.
-pub fn is_standby(opts: &RunOptions) -> bool {
-    let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
-        return false;
-    };
-    pgwarden_core::plan::instance_index(cluster, pod)
-        .is_some_and(|i| i != pgwarden_core::plan::PRIMARY_INDEX)
-}
-
 /// The replication password from the mounted Secret; `None` when no Secret is mounted (a pod
 /// made by an older operator, or an agent run by hand).
 pub fn password() -> Result<Option<String>> {
@@ -65,36 +57,14 @@ pub fn password() -> Result<Option<String>> {
     }
 }
 
-/// Where the standby finds the primary: the `-rw` Service when its name resolves (in a
-/// cluster), else the primary pod's address from the API (the local sandbox has no DNS);
-/// waits until one is known.
-pub async fn primary_host(opts: &RunOptions) -> Result<String> {
-    if let Ok(host) = std::env::var(ENV_PRIMARY_HOST) {
-        return Ok(host);
-    }
-    let cluster = opts.cluster.clone().unwrap_or_default();
-    let service = names::service_rw(&cluster);
-    if (service.as_str(), opts.port).to_socket_addrs().is_ok() {
-        return Ok(service);
-    }
-    let primary = names::instance(&cluster, pgwarden_core::plan::PRIMARY_INDEX);
-    let namespace = opts.namespace.clone().unwrap_or_default();
-    let client = kube::Client::try_default()
-        .await
-        .context("no Service name resolves and no API client to find the primary pod")?;
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(client, &namespace);
+/// Where the standby finds the primary pod `primary`: the `-rw` Service when its name
+/// resolves (in a cluster; it follows the primary), else the pod's address from the API (the
+/// local sandbox has no DNS); waits until one is known.
+pub async fn primary_host(opts: &RunOptions, primary: &str) -> Result<String> {
     let mut waited = 0u64;
     loop {
-        let ip = match pods.get_opt(&primary).await {
-            Ok(pod) => pod.and_then(|p| p.status?.pod_ip),
-            Err(e) => {
-                eprintln!("pgwarden-agent: cannot read pod {namespace}/{primary}: {e}");
-                None
-            }
-        };
-        if let Some(ip) = ip.filter(|ip| !ip.is_empty()) {
-            return Ok(ip);
+        if let Some(host) = primary_address(opts, primary).await? {
+            return Ok(host);
         }
         if waited.is_multiple_of(30) {
             eprintln!("pgwarden-agent: waiting for the primary pod {primary} to have an address");
@@ -102,6 +72,39 @@ pub async fn primary_host(opts: &RunOptions) -> Result<String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         waited += 1;
     }
+}
+
+/// [`primary_host`] without waiting: `None` while the pod has no address.
+pub async fn primary_address(opts: &RunOptions, primary: &str) -> Result<Option<String>> {
+    if let Ok(host) = std::env::var(ENV_PRIMARY_HOST) {
+        return Ok(Some(host));
+    }
+    if let Some(service) = service_host(opts) {
+        return Ok(Some(service));
+    }
+    let namespace = opts.namespace.clone().unwrap_or_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("no Service name resolves and no API client to find the primary pod")?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client, &namespace);
+    let ip = match pods.get_opt(primary).await {
+        Ok(pod) => pod.and_then(|p| p.status?.pod_ip),
+        Err(e) => {
+            eprintln!("pgwarden-agent: cannot read pod {namespace}/{primary}: {e}");
+            None
+        }
+    };
+    Ok(ip.filter(|ip| !ip.is_empty()))
+}
+
+/// The `-rw` Service's name when DNS resolves it (then nothing ever needs re-pointing).
+pub fn service_host(opts: &RunOptions) -> Option<String> {
+    let service = names::service_rw(opts.cluster.as_deref().unwrap_or_default());
+    (service.as_str(), opts.port)
+        .to_socket_addrs()
+        .is_ok()
+        .then_some(service)
 }
 
 /// Creates or updates the replication user on the primary. The password reaches PostgreSQL
@@ -113,18 +116,27 @@ pub fn ensure_replication_user(pg: &Postgres, password: &str) -> Result<()> {
         "SET log_statement = 'none';\nSET log_min_error_statement = 'panic';\n\
          DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN \
          CREATE ROLE {user} WITH LOGIN REPLICATION; END IF; END $$;\n\
-         ALTER ROLE {user} WITH LOGIN REPLICATION PASSWORD '{}';\n",
+         ALTER ROLE {user} WITH LOGIN REPLICATION PASSWORD '{}';\n{REWIND_GRANTS}",
         password.replace('\'', "''")
     );
     pg.query_stdin(&sql)
         .with_context(|| format!("cannot create or update the replication role {user}"))
 }
 
+/// What `pg_rewind` reads on its source (the new primary) besides replication, granted to
+/// the replication user rather than using a superuser over the network. Granted on the
+/// primary, they reach every standby with the WAL: whichever is promoted has them.
+const REWIND_GRANTS: &str = "\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO streaming_replica;\n\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO streaming_replica;\n\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO streaming_replica;\n\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO streaming_replica;\n";
+
 /// The standby's files in the state folder.
-fn clone_marker(layout: &Layout) -> PathBuf {
+pub fn clone_marker(layout: &Layout) -> PathBuf {
     layout.state.join("clone.json")
 }
-fn passfile(layout: &Layout) -> PathBuf {
+pub fn passfile(layout: &Layout) -> PathBuf {
     layout.state.join("replication.pgpass")
 }
 
@@ -184,8 +196,58 @@ pub fn prepare(
         }
         clone(pg, layout, host, &passfile, application)?;
     }
+    // A re-pointed standby's `ALTER SYSTEM` value would win over the one given at start.
+    forget_auto_setting(
+        &layout.pgdata.join("postgresql.auto.conf"),
+        "primary_conninfo",
+    )?;
     let conninfo = primary_conninfo(host, pg.port, &passfile, application);
     Ok(vec![("primary_conninfo".into(), conninfo)])
+}
+
+/// Removes `name`'s lines from `postgresql.auto.conf` (what `ALTER SYSTEM RESET` does,
+/// with PostgreSQL stopped); no file, nothing to do.
+pub fn forget_auto_setting(auto: &Path, name: &str) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(auto) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| l.split(['=', ' ']).next() != Some(name))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept != text {
+        // In place: the file keeps its owner (PostgreSQL's user, which `ALTER SYSTEM` needs).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(auto)?;
+        file.write_all(kept.as_bytes())?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The host the running standby streams from (`SHOW primary_conninfo`), if any.
+pub fn streaming_from(pg: &Postgres) -> Result<Option<String>> {
+    let conninfo = pg.query("SHOW primary_conninfo")?;
+    Ok(conninfo
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("host="))
+        .map(str::to_string))
+}
+
+/// Points the running standby at the primary at `host` (a failover moved it, or its pod
+/// came back with another address): `primary_conninfo` is reloadable since PostgreSQL 13,
+/// the WAL receiver reconnects.
+pub fn repoint(pg: &Postgres, layout: &Layout, host: &str, application: &str) -> Result<()> {
+    let conninfo = primary_conninfo(host, pg.port, &passfile(layout), application);
+    pg.query(&format!(
+        "ALTER SYSTEM SET primary_conninfo = '{}'",
+        conninfo.replace('\'', "''")
+    ))?;
+    pg.query("SELECT pg_reload_conf()")?;
+    Ok(())
 }
 
 /// Clones PGDATA from the primary, from scratch, until it succeeds (the primary may not be

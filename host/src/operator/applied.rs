@@ -30,6 +30,12 @@ pub fn hash(desired: &Value) -> String {
         map.remove("status");
     }
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        // A pod's role follows the current primary (a failover moves it): relabelled in
+        // place, never a reason to recreate the pod.
+        let labels = metadata.get_mut("labels").and_then(Value::as_object_mut);
+        if let Some(labels) = labels {
+            labels.remove(pgwarden_crds::settings::pod::LABEL_ROLE);
+        }
         let annotations = metadata
             .get_mut("annotations")
             .and_then(Value::as_object_mut);
@@ -122,6 +128,14 @@ mod tests {
         assert_eq!(hash(&stamped(&a)), hash(&a), "the annotation is not hashed");
         let removed = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "data": {"k": "v"}});
         assert_ne!(hash(&a), hash(&removed));
+    }
+
+    #[test]
+    fn a_pods_role_label_is_not_part_of_its_decision() {
+        let role = pgwarden_crds::settings::pod::LABEL_ROLE;
+        let primary = json!({"metadata": {"name": "pg-2", "labels": {role: "primary", "a": "1"}}});
+        let replica = json!({"metadata": {"name": "pg-2", "labels": {role: "replica", "a": "1"}}});
+        assert_eq!(hash(&primary), hash(&replica));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::errors::Result;
 use super::quantity::normalised_pod;
 pub use super::step::Step;
 use pgwarden_core::plan::{Action, EventType, ObjectRef};
+use pgwarden_crds::settings::pod::LABEL_ROLE;
 
 /// `desired` is contained in `observed`: every field it sets has the same value there (lists
 /// element by element). Server-side defaults in `observed` do not count as a difference.
@@ -122,7 +123,14 @@ pub fn step(action: &Action, observed: Option<&Value>) -> Step {
 /// desired one field by field, quantities by value.
 fn pod_step(observed: &Value, desired: &Value) -> Step {
     match applied::recorded(observed) {
-        Some(recorded) if recorded == applied::hash(desired) => Step::Nothing,
+        // The role label alone differs (a failover): applied in place, the pod stays.
+        Some(recorded) if recorded == applied::hash(desired) => {
+            let role = |o: &Value| o["metadata"]["labels"][LABEL_ROLE].clone();
+            match role(observed) == role(desired) {
+                true => Step::Nothing,
+                false => Step::Apply,
+            }
+        }
         Some(_) => Step::Recreate,
         None if contains(
             &normalised_pod(observed),
@@ -364,6 +372,22 @@ mod tests {
             namespace: Some("ns".into()),
             name: "x".into(),
         }
+    }
+
+    #[test]
+    fn a_role_label_change_relabels_the_pod_in_place() {
+        let pod = |role: &str| {
+            json!({"metadata": {"name": "pg-1", "labels": {LABEL_ROLE: role}},
+                   "spec": {"containers": [{"name": "postgres"}]}})
+        };
+        let action = Action::Apply {
+            target: target("Pod"),
+            object: pod("replica"),
+        };
+        let live = applied::stamped(&pod("primary"));
+        assert_eq!(step(&action, Some(&live)), Step::Apply, "not a recreate");
+        let same = applied::stamped(&pod("replica"));
+        assert_eq!(step(&action, Some(&same)), Step::Nothing);
     }
 
     #[test]

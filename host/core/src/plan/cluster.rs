@@ -167,7 +167,18 @@ fn pod_apply(
     let mut secrets = restore_secrets(restore);
     secrets.insert(names::replication_secret(cluster_name(cluster)));
     guardrails::pod::check_pod_template(cluster, &pod_name, &template, &secrets)?;
-    Ok(apply(&build_pod(cluster, pod_name, &template)))
+    let mut pod = build_pod(cluster, pod_name, &template);
+    // Who is primary is the agents' report, not the pod's index nor the policy's word: the
+    // `-rw`/`-r` Services select by this label (relabelled in place, see the applier).
+    let role = match crate::failover::primary_pod(cluster)
+        == pod.metadata.name.clone().unwrap_or_default()
+    {
+        true => "primary",
+        false => "replica",
+    };
+    (pod.metadata.labels.get_or_insert_with(BTreeMap::new))
+        .insert(pod::LABEL_ROLE.into(), role.into());
+    Ok(apply(&pod))
 }
 
 /// Marks a Secret the operator fills with a random value under the annotation's key when it

@@ -6,8 +6,9 @@
 //!   live pods of the Cluster with an index ≥ planned ─► Delete (claims stay: see README)
 //! ```
 //!
-//! Scaling down removes the highest indexes; the primary (index 0 until failover exists)
-//! is never removed, even by a spec of 0 stored before admission refused it.
+//! Scaling down removes the highest indexes; neither index 0 nor the primary the agents
+//! report (another index after a failover: it then stays beside the planned ones) is ever
+//! removed, even by a spec of 0 stored before admission refused it.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -46,7 +47,10 @@ pub fn surplus_pods<P: std::ops::Deref<Target = Pod>>(
 ) -> Vec<Action> {
     let name = cluster.name_any();
     let planned = planned_instances(cluster);
+    // After a failover the primary may be any index: it is never the one removed.
+    let primary = crate::failover::primary_pod(cluster);
     pods.iter()
+        .filter(|p| p.name_any() != primary)
         .filter(|p| p.namespace() == cluster.namespace())
         .filter(|p| p.labels().get(LABEL_CLUSTER) == Some(&name))
         .filter(|p| {
@@ -85,6 +89,59 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    /// `pg` after a failover to `pg-2`: the target reports itself primary.
+    fn failed_over(instances: i32) -> Cluster {
+        let mut c = cluster(instances);
+        c.status = serde_json::from_value(json!({
+            "currentPrimary": "pg-1", "targetPrimary": "pg-2",
+            "instancesStatus": [
+                {"name": "pg-1", "role": "primary", "reportedAt": "2026-11-30T10:00:00Z"},
+                {"name": "pg-2", "role": "primary", "reportedAt": "2026-11-30T09:59:00Z"}
+            ]
+        }))
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn after_a_failover_the_labels_follow_the_promoted_primary_and_it_is_never_scaled_away() {
+        let c = failed_over(3);
+        let pods = (0..3)
+            .map(|i| pgwarden_sdk::defaults::instance_pod(&c, i).unwrap().build())
+            .collect();
+        let decisions = super::super::ClusterDecisions {
+            archive: None,
+            pods,
+            storage: vec![pgwarden_sdk::defaults::storage(&c, None).unwrap(); 3],
+        };
+        let actions = super::super::plan_cluster(&c, &decisions).unwrap();
+        let role = |name: &str| {
+            actions
+                .iter()
+                .find_map(|a| match a {
+                    Action::Apply { target, object }
+                        if target.kind == "Pod" && target.name == name =>
+                    {
+                        object["metadata"]["labels"][pgwarden_crds::settings::pod::LABEL_ROLE]
+                            .as_str()
+                            .map(str::to_string)
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            [role("pg-1"), role("pg-2"), role("pg-3")],
+            ["replica", "primary", "replica"]
+        );
+        let pods = [pod("pg-1", "pg"), pod("pg-2", "pg"), pod("pg-3", "pg")].map(Box::new);
+        let deleted: Vec<String> = surplus_pods(&failed_over(1), &pods)
+            .iter()
+            .filter_map(|a| a.target().map(|t| t.name.clone()))
+            .collect();
+        assert_eq!(deleted, ["pg-3"], "the promoted pg-2 stays");
     }
 
     #[test]

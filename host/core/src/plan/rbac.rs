@@ -13,7 +13,8 @@ use super::meta::{cluster_name, object_meta};
 /// What the instance agent of Cluster `cluster` may do, in its namespace only: watch the
 /// Backups (to take the ones that target its pod), write the status of Backups (its facts on
 /// the backups it takes: their names are not known ahead) and of its own Cluster only.
-/// A standby reads the primary pod (its address, where no DNS resolves the `-rw` Service).
+/// A standby reads the primary pod (its address, where no DNS resolves the `-rw` Service),
+/// which after a failover may be any of the Cluster's instance pods, read by name.
 /// Nothing else: no Secrets (credentials reach it as env or files), no other pods, no
 /// ConfigMaps (deletion requests reach it in its settings ConfigMap, which only the operator
 /// writes).
@@ -28,12 +29,15 @@ pub fn agent_rules(cluster: &str) -> Vec<PolicyRule> {
         resource_names: Some(vec![cluster.into()]),
         ..rule(&["clusters/status"], &["get", "patch"])
     };
+    // Any instance may be the primary after a failover: the Cluster's own instance pods by
+    // name (every index admission allows), nothing else.
     let primary = PolicyRule {
         api_groups: Some(vec![String::new()]),
-        resource_names: Some(vec![names::instance(
-            cluster,
-            super::instances::PRIMARY_INDEX,
-        )]),
+        resource_names: Some(
+            (0..super::instances::MAX_INSTANCES as u32)
+                .map(|i| names::instance(cluster, i))
+                .collect(),
+        ),
         ..rule(&["pods"], &["get"])
     };
     vec![

@@ -17,7 +17,6 @@ use pgwarden_core::{
 };
 use pgwarden_crds::{Cluster, PolicyInForce};
 use pgwarden_sdk::defaults;
-use pgwarden_sdk::names;
 use pgwarden_sdk::types::{ClaimFacts, Denial, Instance};
 
 use super::Plan;
@@ -133,9 +132,10 @@ pub fn observed_cluster(
     cluster: &Cluster,
     missing: &[MissingSecret],
 ) -> ObservedCluster {
-    let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let ns = cluster.namespace().unwrap_or_default();
     let pods: Vec<Arc<Pod>> = observed.cluster_pods(cluster);
-    let instances = observe::instances(&pods, &names::instance(&name, 0));
+    // The primary the agents report (instance 0 before any failover), not the pod's index.
+    let instances = observe::instances(&pods, &failover::primary_pod(cluster));
     let status = cluster.status.clone().unwrap_or_default();
     let backups = (observed.backups_of(cluster).iter())
         .map(|b| {
