@@ -227,6 +227,53 @@ fn policy_eval_prints_each_objects_plan_as_json() {
     );
 }
 
+/// A file written by hand has no uid (and may have no namespace): the owner references of
+/// the plan are filled as the operator fills them, with the owner's kind and name, and a uid
+/// that says it is a placeholder (the dry run of before printed empty strings).
+#[test]
+fn policy_eval_of_a_hand_written_input_shows_the_owner_references_the_operator_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("objects.yaml");
+    let hand_written = EVAL_INPUT
+        .replace(
+            ", namespace: default, uid: 6f1c2f9e-0000-4000-8000-000000000001",
+            "",
+        )
+        .replace(
+            ", namespace: default, uid: 6f1c2f9e-0000-4000-8000-000000000002",
+            "",
+        );
+    assert!(!hand_written.contains("uid:"), "{hand_written}");
+    std::fs::write(&input, hand_written).unwrap();
+    let (ok, stdout, stderr) = eval(&module_path("default"), &input, &[]);
+    assert!(ok, "policy eval failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let actions = report["Cluster/postgresql-bkp"]["actions"]
+        .as_array()
+        .unwrap();
+    let applied: Vec<&serde_json::Value> = (actions.iter())
+        .filter(|a| a["action"] == "apply")
+        .collect();
+    assert!(!applied.is_empty(), "{report:#}");
+    for action in applied {
+        let meta = &action["object"]["metadata"];
+        assert_eq!(meta["namespace"], "default", "{action:#}");
+        let owners = meta["ownerReferences"].as_array();
+        let owner = &owners.unwrap_or_else(|| panic!("no owner: {action:#}"))[0];
+        assert_eq!(
+            owner,
+            &serde_json::json!({
+                "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1",
+                "kind": "Cluster",
+                "name": "postgresql-bkp",
+                "uid": "<uid assigned by the API server>",
+                "controller": true,
+            }),
+            "{action:#}"
+        );
+    }
+}
+
 /// `--settings` runs the module under a ReconcilePolicy's settings, checked as the operator
 /// checks them (the policy's validate-settings names the field at fault).
 #[test]

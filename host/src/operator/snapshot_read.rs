@@ -29,6 +29,21 @@ const OTHERS: [&str; 6] = [
     "RoleBinding",
 ];
 
+/// The uid of an object read from a file that has none: the API server assigns the real one
+/// when the object is created. Without a uid the owner references the operator writes (the
+/// owner's kind, name and uid) came out empty in a dry run; this one says what it stands for.
+pub const PLACEHOLDER_UID: &str = "<uid assigned by the API server>";
+
+/// Fills what the API server would have set on an object created from a hand-written file:
+/// the namespace `kubectl apply` places it in (`default`) and a uid ([`PLACEHOLDER_UID`]).
+fn as_stored(meta: &mut serde_json::Map<String, Value>) {
+    for (field, value) in [("namespace", "default"), ("uid", PLACEHOLDER_UID)] {
+        if meta.get(field).is_none_or(Value::is_null) {
+            meta.insert(field.into(), value.into());
+        }
+    }
+}
+
 fn typed<K: DeserializeOwned>(value: Value, kind: &str) -> Result<Arc<K>> {
     let name = value["metadata"]["name"]
         .as_str()
@@ -42,14 +57,13 @@ fn typed<K: DeserializeOwned>(value: Value, kind: &str) -> Result<Arc<K>> {
 impl Snapshot {
     /// Parses multi-document YAML; an object of a kind a reconcile does not read is an error
     /// naming it. Secrets are kept as their key names only; an object without a namespace is
-    /// in `default`.
+    /// in `default`, one without a uid (written by hand) gets [`PLACEHOLDER_UID`].
     pub fn parse(text: &str) -> Result<Snapshot> {
         let mut snap = Snapshot::default();
         for mut value in serde_saphyr::from_multiple::<Value>(text)? {
             let kind = value["kind"].as_str().unwrap_or_default().to_string();
-            // As `kubectl apply` places an object without one.
-            if value["metadata"].is_object() && value["metadata"]["namespace"].is_null() {
-                value["metadata"]["namespace"] = "default".into();
+            if let Some(meta) = value["metadata"].as_object_mut() {
+                as_stored(meta);
             }
             match kind.as_str() {
                 "" if value.is_null() => {}
