@@ -12,10 +12,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use pgwarden_tests::controlplane::{BIN_DIR_ENV, Bins, ETCD_VERSION, KUBERNETES_VERSION};
+
+use crate::progress::{Phase, run_logged};
 
 /// The Kubernetes commands built from `k8s.io/kubernetes`.
 const KUBERNETES_COMMANDS: [&str; 4] = [
@@ -48,10 +49,27 @@ pub fn ensure_built() -> Result<Bins> {
         &bins.kubectl,
     ];
     if kubernetes.iter().any(|b| !b.is_file()) {
-        build_kubernetes(&Bins::kubernetes_dir())?;
+        let what = format!(
+            "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl \
+             (k8s.io/kubernetes {KUBERNETES_VERSION}, Go)"
+        );
+        let phase = Phase {
+            key: "kubernetes",
+            what: &what,
+            usually: (7 * 60, 18 * 60),
+            tool_shows_progress: false,
+        };
+        phase.run(|log| build_kubernetes(&Bins::kubernetes_dir(), log))?;
     }
     if !bins.etcd.is_file() {
-        build_etcd(&Bins::etcd_dir())?;
+        let what = format!("building etcd {ETCD_VERSION} (Go)");
+        let phase = Phase {
+            key: "etcd",
+            what: &what,
+            usually: (60, 4 * 60),
+            tool_shows_progress: false,
+        };
+        phase.run(|log| build_etcd(&Bins::etcd_dir(), log))?;
     }
     let missing = bins.missing();
     if !missing.is_empty() {
@@ -60,7 +78,7 @@ pub fn ensure_built() -> Result<Bins> {
     Ok(bins)
 }
 
-fn build_kubernetes(dir: &Path) -> Result<()> {
+fn build_kubernetes(dir: &Path, log: &Path) -> Result<()> {
     let version = KUBERNETES_VERSION;
     let minor_patch = version
         .strip_prefix("v1.")
@@ -79,7 +97,7 @@ fn build_kubernetes(dir: &Path) -> Result<()> {
         go_mod.push_str(&format!("\t{m} => {m} {staging_version}\n"));
     }
     go_mod.push_str(")\n");
-    let module = write_module(dir, &go_mod, &KUBERNETES_COMMANDS)?;
+    let module = write_module(dir, &go_mod, &KUBERNETES_COMMANDS, log)?;
 
     let (major, minor) = minor_patch
         .split_once('.')
@@ -95,19 +113,19 @@ fn build_kubernetes(dir: &Path) -> Result<()> {
              -X {pkg}.gitTreeState=clean"
         ));
     }
-    go_build(dir, &module, &ldflags, &KUBERNETES_COMMANDS)
+    go_build(dir, &module, &ldflags, &KUBERNETES_COMMANDS, log)
 }
 
-fn build_etcd(dir: &Path) -> Result<()> {
+fn build_etcd(dir: &Path, log: &Path) -> Result<()> {
     let version = ETCD_VERSION;
     let upstream_mod = download_go_mod(ETCD_COMMAND, version)?;
     let go_mod = format!(
         "module pgwarden.local/etcd\n\ngo {}\n\nrequire {ETCD_COMMAND} {version}\n",
         go_directive(&upstream_mod)
     );
-    let module = write_module(dir, &go_mod, &[ETCD_COMMAND])?;
+    let module = write_module(dir, &go_mod, &[ETCD_COMMAND], log)?;
     let ldflags = format!("-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA={version}");
-    go_build(dir, &module, &ldflags, &[ETCD_COMMAND])?;
+    go_build(dir, &module, &ldflags, &[ETCD_COMMAND], log)?;
     // `go build` names the binary after the module path without its major version suffix.
     let bin = dir.join("bin");
     std::fs::rename(bin.join("server"), bin.join("etcd")).context("cannot rename the etcd binary")
@@ -115,7 +133,7 @@ fn build_etcd(dir: &Path) -> Result<()> {
 
 /// Writes `go.mod` and a `tools.go` that imports the commands (so `go mod tidy` keeps their
 /// dependencies), then runs `go mod tidy`.
-fn write_module(dir: &Path, go_mod: &str, commands: &[&str]) -> Result<PathBuf> {
+fn write_module(dir: &Path, go_mod: &str, commands: &[&str], log: &Path) -> Result<PathBuf> {
     let module = dir.join("module");
     std::fs::create_dir_all(&module)?;
     std::fs::write(module.join("go.mod"), go_mod)?;
@@ -125,31 +143,24 @@ fn write_module(dir: &Path, go_mod: &str, commands: &[&str]) -> Result<PathBuf> 
         format!("//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"),
     )?;
     let _ = std::fs::remove_file(module.join("go.sum"));
-    go(&module, &["mod", "tidy"])?;
+    go(&module, &["mod", "tidy"], log)?;
     Ok(module)
 }
 
 /// `go build` into `bin.partial`, renamed to `bin` when every command is built.
-fn go_build(dir: &Path, module: &Path, ldflags: &str, commands: &[&str]) -> Result<()> {
+fn go_build(dir: &Path, module: &Path, ldflags: &str, commands: &[&str], log: &Path) -> Result<()> {
     // Per process: two builds at once (say `sandbox up` and `xtask test`) do not mix.
     let partial = dir.join(format!("bin.partial.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
-    let started = Instant::now();
-    eprintln!(
-        "building {} in {} (cold: tens of minutes on 2 cores; warm Go build cache: minutes)",
-        commands.join(" "),
-        module.display()
-    );
     let out = format!("{}/", partial.display());
     let mut args = vec!["build", "-buildvcs=false", "-ldflags", ldflags, "-o", &out];
     args.extend_from_slice(commands);
-    go(module, &args)?;
+    go(module, &args, log)?;
     let bin = dir.join("bin");
     let _ = std::fs::remove_dir_all(&bin);
     std::fs::rename(&partial, &bin)
         .with_context(|| format!("cannot move {} to {}", partial.display(), bin.display()))?;
-    eprintln!("built in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -223,14 +234,20 @@ pub fn clean_go_caches() -> Result<()> {
     }
     let freed = du(&root);
     // `go clean -modcache` removes the read-only module files that a plain rm cannot.
-    go(&crate::paths::root(), &["clean", "-cache", "-modcache"])?;
+    let log = crate::paths::cache().join("logs/go-clean.log");
+    std::fs::create_dir_all(crate::paths::cache().join("logs"))?;
+    go(
+        &crate::paths::root(),
+        &["clean", "-cache", "-modcache"],
+        &log,
+    )?;
     std::fs::remove_dir_all(&root)
         .or_else(|e| if root.exists() { Err(e) } else { Ok(()) })
         .with_context(|| format!("cannot remove {}", root.display()))?;
-    eprintln!(
+    crate::progress::say(&format!(
         "removed the Go caches of the set-up's builds ({:.1} GiB)",
         freed as f64 / f64::from(1u32 << 30)
-    );
+    ));
     Ok(())
 }
 
@@ -248,21 +265,17 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-fn go(dir: &Path, args: &[&str]) -> Result<()> {
-    let status = go_command(dir, args).status().with_context(|| {
-        format!(
+/// `go <args>` with its output (module downloads, compiler errors) in `log`: a failure shows
+/// the log's tail and names the file.
+pub fn go(dir: &Path, args: &[&str], log: &Path) -> Result<()> {
+    if !go_binary().is_file() {
+        bail!(
             "cannot run `go` ({}); install Go 1.26+",
             go_binary().display()
-        )
-    })?;
-    if !status.success() {
-        bail!(
-            "`go {}` failed in {} ({status})",
-            args.join(" "),
-            dir.display()
         );
     }
-    Ok(())
+    run_logged(&mut go_command(dir, args), log)
+        .with_context(|| format!("`go {}` failed in {}", args.join(" "), dir.display()))
 }
 
 fn go_output(dir: &Path, args: &[&str]) -> Result<String> {

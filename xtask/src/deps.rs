@@ -20,13 +20,14 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::paths;
+use crate::progress::{Phase, run_logged, say};
 
 /// PostgreSQL major version, from Debian.
 pub const PG_MAJOR: u32 = 15;
 /// The barman release, from PyPI.
 pub const BARMAN_VERSION: &str = "3.19.1";
 /// Every package of the barman venv, pinned (a `pip freeze` of a working venv).
-const BARMAN_REQUIREMENTS: &[&str] = &[
+pub const BARMAN_REQUIREMENTS: &[&str] = &[
     "barman[cloud,snappy,zstandard,lz4]==3.19.1",
     "boto3==1.44.8",
     "botocore==1.44.8",
@@ -73,15 +74,29 @@ impl DataPathDeps {
 
 /// Installs PostgreSQL, the barman venv and the S3 server; fast when all are there.
 pub fn ensure_all() -> Result<DataPathDeps> {
+    let (pg_bin, barman_bin) = ensure_postgres_and_barman()?;
     let deps = DataPathDeps {
-        pg_bin: ensure_postgres()?,
-        barman_bin: ensure_barman()?,
+        pg_bin,
+        barman_bin,
         s3_server: ensure_s3_server()?,
     };
-    for (name, path) in deps.env() {
-        eprintln!("datapath: {name}={}", path.display());
-    }
+    deps.show();
     Ok(deps)
+}
+
+/// PostgreSQL and the barman venv: downloads and unpacking more than compiling, so the
+/// set-up runs them beside the control plane's Go build.
+pub fn ensure_postgres_and_barman() -> Result<(PathBuf, PathBuf)> {
+    Ok((ensure_postgres()?, ensure_barman()?))
+}
+
+impl DataPathDeps {
+    /// Prints where each dependency is.
+    pub fn show(&self) {
+        for (name, path) in self.env() {
+            say(&format!("datapath: {name}={}", path.display()));
+        }
+    }
 }
 
 /// PostgreSQL from Debian's packages, with the `postgres` user it runs as.
@@ -90,12 +105,23 @@ pub fn ensure_postgres() -> Result<PathBuf> {
     if bin.join("postgres").exists() && bin.join("pgbench").exists() {
         return Ok(bin);
     }
-    eprintln!("datapath: installing postgresql-{PG_MAJOR} with apt-get");
-    run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .arg(format!("postgresql-{PG_MAJOR}"))
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let what = format!("installing postgresql-{PG_MAJOR} (apt-get)");
+    let phase = Phase {
+        key: "postgresql",
+        what: &what,
+        usually: (30, 3 * 60),
+        tool_shows_progress: false,
+    };
+    phase.run(|log| {
+        run_logged(Command::new("apt-get").arg("update"), log)?;
+        run_logged(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .arg(format!("postgresql-{PG_MAJOR}"))
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            log,
+        )
+    })?;
     if !bin.join("postgres").exists() {
         bail!(
             "postgresql-{PG_MAJOR} installed but {} is missing",
@@ -115,22 +141,37 @@ pub fn ensure_barman() -> Result<PathBuf> {
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(want.as_str()) {
         return Ok(bin);
     }
-    eprintln!(
-        "datapath: installing barman {BARMAN_VERSION} into {}",
-        dir.display()
-    );
-    if dir.join("venv").exists() {
-        std::fs::remove_dir_all(dir.join("venv"))?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    run(Command::new("/usr/bin/python3")
-        .args(["-m", "venv"])
-        .arg(dir.join("venv")))?;
-    run(Command::new(bin.join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(BARMAN_REQUIREMENTS))?;
-    run(Command::new(bin.join("barman-cloud-wal-archive")).arg("--version"))?;
-    std::fs::write(&marker, want)?;
+    let what = format!("installing barman {BARMAN_VERSION} (pip, in a venv)");
+    let phase = Phase {
+        key: "barman",
+        what: &what,
+        usually: (30, 3 * 60),
+        tool_shows_progress: false,
+    };
+    phase.run(|log| {
+        if dir.join("venv").exists() {
+            std::fs::remove_dir_all(dir.join("venv"))?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        run_logged(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(dir.join("venv")),
+            log,
+        )?;
+        run_logged(
+            Command::new(bin.join("pip"))
+                .args(["install", "--disable-pip-version-check"])
+                .args(BARMAN_REQUIREMENTS),
+            log,
+        )?;
+        run_logged(
+            Command::new(bin.join("barman-cloud-wal-archive")).arg("--version"),
+            log,
+        )?;
+        std::fs::write(&marker, &want)?;
+        Ok(())
+    })?;
     Ok(bin)
 }
 
@@ -152,25 +193,24 @@ pub fn ensure_s3_server() -> Result<PathBuf> {
             .with_context(|| format!("cannot copy {}", shared.display()))?;
         return Ok(bin);
     }
-    eprintln!("datapath: building minio {MINIO_VERSION} from the Go module proxy (~5 minutes)");
+    let what = format!("building the S3 server, MinIO {MINIO_VERSION} (Go)");
+    let phase = Phase {
+        key: "minio",
+        what: &what,
+        usually: (150, 8 * 60),
+        tool_shows_progress: false,
+    };
     let install = format!("{MINIO_MODULE}@{MINIO_VERSION}");
     // The module pins go1.24; the installed Go is newer and must not fetch a toolchain
     // (`go_command` sets GOTOOLCHAIN=local and the set-up's own Go caches).
-    run(
-        crate::controlplane::go_command(&paths::root(), &["install", &install])
-            .env("GOBIN", root.join("bin")),
-    )?;
+    phase.run(|log| {
+        run_logged(
+            crate::controlplane::go_command(&paths::root(), &["install", &install])
+                .env("GOBIN", root.join("bin")),
+            log,
+        )
+    })?;
     std::fs::create_dir_all(shared.parent().expect("a folder"))?;
     std::fs::copy(&bin, &shared).with_context(|| format!("cannot copy to {}", shared.display()))?;
     Ok(bin)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
 }

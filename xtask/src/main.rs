@@ -11,6 +11,7 @@ mod demo;
 mod deps;
 mod paths;
 mod policies;
+mod progress;
 mod sandbox;
 mod test;
 
