@@ -12,8 +12,18 @@ use clap::{Parser, Subcommand};
     about = "PostgreSQL continuous backup operator with WebAssembly reconcile policies"
 )]
 struct Cli {
+    /// How log lines are written: `text` (coloured only on a terminal, and not when NO_COLOR is
+    /// set) or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "PGWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -33,18 +43,40 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let result = match cli.command {
         Command::Crd { out } => crd(out),
         Command::Policy(args) => pgwarden::policy::cli::run(args),
         Command::Instance(args) => pgwarden::instance::cli::run(args),
         Command::Operator(args) => pgwarden::operator::run(args),
+    };
+    // A collector reading JSON lines gets the last word as one too, not as `Error: ...` text.
+    if let (Err(e), LogFormat::Json) = (&result, cli.log_format) {
+        tracing::error!(error = format!("{e:#}"), "pgwarden stopped");
+        std::process::exit(1);
     }
+    result
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`). Colour codes only on a terminal: in
+/// a file or a pipe they are noise (`[2m...[0m`) that collectors and `grep` have to strip.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(colour()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+}
+
+/// Whether stderr is a terminal and NO_COLOR (<https://no-color.org>) is unset or empty.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn crd(out: Option<PathBuf>) -> Result<()> {

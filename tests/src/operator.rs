@@ -52,6 +52,9 @@ thread_local! {
     /// Flags of the next operator this thread starts ([`Operator::start_with_args`]): per
     /// thread, as each test runs on its own, so the start functions keep their signatures.
     static EXTRA_ARGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Whether the next operator this thread starts is bare: no `--default-policy`, so the
+    /// module built into the binary decides ([`Operator::start_bare`]).
+    static BARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A running `pgwarden operator`.
@@ -80,6 +83,17 @@ impl Operator {
         EXTRA_ARGS.set(args.iter().map(|a| a.to_string()).collect());
         let operator = Self::try_start(cp, Some(namespace));
         EXTRA_ARGS.take();
+        operator.unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
+    }
+
+    /// [`Operator::start_with_args`] without `--default-policy`: as a newcomer runs it, with
+    /// the default policy built into the binary.
+    pub fn start_bare(cp: &ControlPlane, namespace: &str, args: &[&str]) -> Operator {
+        BARE.set(true);
+        EXTRA_ARGS.set(args.iter().map(|a| a.to_string()).collect());
+        let operator = Self::try_start(cp, Some(namespace));
+        EXTRA_ARGS.take();
+        BARE.set(false);
         operator.unwrap_or_else(|e| panic!("cannot start the operator: {e:#}"))
     }
 
@@ -122,11 +136,12 @@ impl Operator {
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(binary());
         cmd.arg("operator")
-            .args(["--listen-address", &metrics_addr])
-            .arg("--default-policy")
-            .arg(policy("default"))
-            // Compiling a module takes long in a debug build: once per digest for all tests.
-            .arg("--policy-cache")
+            .args(["--listen-address", &metrics_addr]);
+        if !BARE.get() {
+            cmd.arg("--default-policy").arg(policy("default"));
+        }
+        // Compiling a module takes long in a debug build: once per digest for all tests.
+        cmd.arg("--policy-cache")
             .arg(workspace_root().join("target/tmp/operator-policy-cache"))
             .args([
                 "--lease-name",
@@ -140,7 +155,8 @@ impl Operator {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .env("NO_COLOR", "1")
+            // No NO_COLOR: the log is a file, and the operator colours a terminal only.
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -73,6 +73,7 @@ pub struct OperatorArgs {
     )]
     pub listen_address: String,
     /// The default policy module (.wasm), used by Clusters that name no ReconcilePolicy.
+    /// Default: the module of `policies/default` built into this binary.
     #[arg(long, env = "PGWARDEN_DEFAULT_POLICY")]
     pub default_policy: Option<PathBuf>,
     /// Folder of the compiled-module cache.
@@ -204,17 +205,28 @@ fn load_engine(args: &OperatorArgs) -> anyhow::Result<(Engine, Option<Policy>)> 
         max_module_bytes: Some(args.policy_max_module_bytes),
         ..Default::default()
     })?;
-    let Some(path) = &args.default_policy else {
-        return Ok((engine, None));
+    let (bytes, source) = match &args.default_policy {
+        Some(path) => (
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the default policy {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (EMBEDDED_DEFAULT_POLICY.to_vec(), EMBEDDED.to_string()),
     };
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the default policy {}", path.display()))?;
     let policy = engine
         .load(&bytes, Limits::default())
-        .with_context(|| format!("cannot load the default policy {}", path.display()))?;
-    info!(path = %path.display(), digest = policy.digest(), "default policy loaded");
+        .with_context(|| format!("cannot load the default policy {source}"))?;
+    info!(path = %source, digest = policy.digest(), "default policy loaded");
     Ok((engine, Some(policy)))
 }
+
+/// The default policy built into the binary (`host/build.rs` builds `policies/default`), in
+/// force when `--default-policy` names no other module.
+pub const EMBEDDED_DEFAULT_POLICY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/default.wasm"));
+
+/// How the log names the embedded module.
+const EMBEDDED: &str = "(built in: policies/default)";
 
 /// Reconciles while the Lease is kept; on a signal, stops and releases the Lease.
 async fn lead(

@@ -1,0 +1,71 @@
+//! What a newcomer meets first (issue 16): `pgwarden operator` with no flags reconciles the
+//! seed Cluster with the default policy built into the binary, and its log is readable by a
+//! person and a machine (no colour codes in a file; `--log-format json`: one object a line).
+//!
+//! Needs `cargo xtask setup` and `cargo build -p pgwarden`; no `cargo xtask build-policies`:
+//! the bare operator loads no module file.
+
+use pgwarden_tests::controlplane::with_crds;
+use pgwarden_tests::operator::*;
+use serde_json::Value;
+
+const CLUSTER: &str = "postgresql-bkp";
+
+/// The seed's Secret and Cluster, reconciled: `PolicyApplied` True by the policy `default`.
+fn seed_reconciled(ns: &pgwarden_tests::controlplane::Namespace<'_>) -> Value {
+    apply_file(ns, &seed("secret.yaml"));
+    apply_file(ns, &seed("cluster-wal.yaml"));
+    let cluster = wait_condition(ns, "cluster", CLUSTER, "PolicyApplied", "True");
+    let message = condition(&cluster, "PolicyApplied").unwrap().2;
+    assert!(
+        message.starts_with("decisions of policy default (sha256:"),
+        "{message}"
+    );
+    wait_get(ns, "pod", "postgresql-bkp-1");
+    cluster
+}
+
+#[test]
+fn a_bare_operator_reconciles_the_seed_cluster_and_logs_no_colour_to_a_file() {
+    let cp = with_crds();
+    let ns = cp.namespace("bare-operator");
+    let op = Operator::start_bare(cp, &ns.name, &[]);
+    seed_reconciled(&ns);
+    let log = std::fs::read_to_string(&op.log).unwrap();
+    assert!(
+        log.contains("default policy loaded") && log.contains("built in"),
+        "the log does not say the built-in default policy was loaded:\n{log}"
+    );
+    // The log is a file, not a terminal: no ANSI escape codes (`ESC[2m...ESC[0m`).
+    let coloured: Vec<&str> = log.lines().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(
+        coloured.is_empty(),
+        "{} of {} log lines carry escape codes, e.g. {:?}",
+        coloured.len(),
+        log.lines().count(),
+        coloured.first()
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let cp = with_crds();
+    let ns = cp.namespace("json-logs");
+    let op = Operator::start_with_args(cp, &ns.name, &["--log-format", "json"]);
+    seed_reconciled(&ns);
+    let log = std::fs::read_to_string(&op.log).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "hardly any log:\n{log}");
+    for line in &lines {
+        let object: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line:?}"));
+        assert!(
+            object["level"].is_string() && object["fields"].is_object(),
+            "a log line without level or fields: {line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("operator running")),
+        "no `operator running` line:\n{log}"
+    );
+}
