@@ -115,3 +115,53 @@ pub fn store_world(hint: &str, tag: &str, subnet: u8, bucket: &str) -> StoreWorl
         state,
     }
 }
+
+/// A Cluster of `instances` archiving to `s3://<bucket>/<namespace>` on the world's store,
+/// with `extra` (indented YAML under `spec:`, e.g. a `bootstrap`) added.
+pub fn store_cluster_yaml(
+    w: &StoreWorld<'_>,
+    bucket: &str,
+    name: &str,
+    instances: u32,
+    extra: &str,
+) -> String {
+    format!(
+        "apiVersion: postgresql.k8s.2ndq.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n{extra}  backup:\n    destinationPath: s3://{bucket}/{ns}\n    endpointURL: {endpoint}\n    s3Credentials:\n      accessKeyId: {{name: aws-creds, key: ACCESS_KEY_ID}}\n      secretAccessKey: {{name: aws-creds, key: ACCESS_SECRET_KEY}}\n",
+        ns = w.ns.name,
+        endpoint = w.s3.endpoint(),
+    )
+}
+
+impl StoreWorld<'_> {
+    /// Pod `pod` once Ready, or `None` after `timeout`.
+    pub fn ready_pod(&self, pod: &str, timeout: std::time::Duration) -> Option<serde_json::Value> {
+        let ready = |p: &serde_json::Value| {
+            (p["status"]["conditions"].as_array().into_iter().flatten())
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        };
+        crate::datapath::wait_for(timeout, std::time::Duration::from_secs(1), || {
+            crate::operator::get(&self.ns, "pod", pod).filter(ready)
+        })
+    }
+
+    /// psql as `postgres` on pod `pod`'s socket (looked up by name now); `None` when it fails.
+    pub fn pod_psql(&self, pod: &str, sql: &str) -> Option<String> {
+        let p = crate::operator::get(&self.ns, "pod", pod)?;
+        let uid = p["metadata"]["uid"].as_str()?;
+        crate::localnode::pod_psql(&self.state.join("node"), uid, &deps().pg_bin, sql)
+    }
+
+    /// The last `lines` lines of pod `pod`'s container log (its agent and PostgreSQL).
+    pub fn pod_log_tail(&self, pod: &str, lines: usize) -> String {
+        let Some(p) = crate::operator::get(&self.ns, "pod", pod) else {
+            return format!("(no pod {pod})");
+        };
+        let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+        let log = self
+            .state
+            .join("node/pods")
+            .join(uid)
+            .join("logs/postgres.log");
+        crate::datapath::log_tail(&log, lines)
+    }
+}

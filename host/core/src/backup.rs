@@ -9,12 +9,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::jiff::Timestamp;
 use pgwarden_crds::settings::BackupSettings;
 use pgwarden_crds::{BackupPhase, BackupStatus, Cluster, InstanceId};
-use pgwarden_sdk::types::Transition;
+use pgwarden_sdk::types::{Instance, Role, Transition};
 
 use crate::conditions::{self, DesiredCondition};
 
 /// The condition a failed decision (or its recovery) sets on a Backup.
 pub const POLICY_APPLIED: &str = pgwarden_crds::condition_types::POLICY_APPLIED;
+/// The condition that says, for a `prefer-standby` Backup, whether it runs on a standby or
+/// fell back to the primary (and why).
+pub const ON_STANDBY: &str = "OnStandby";
 
 /// What this reconcile says of the Backup.
 #[derive(Clone, Debug)]
@@ -27,6 +30,8 @@ pub enum BackupAnswer<'a> {
         cluster: Option<&'a Cluster>,
         /// The policy that decided, for `PolicyApplied` once a failure is over.
         policy: &'a str,
+        /// Where a `prefer-standby` Backup went, set when it starts ([`placement`]).
+        placement: Option<&'a DesiredCondition>,
     },
     /// No decision: the condition that says why (`PolicyApplied` False). A Backup without a
     /// phase gets `pending` with its reason and message.
@@ -68,15 +73,19 @@ pub fn backup_status(
             settings,
             cluster,
             policy,
+            placement,
         } => {
             decided(&mut status, transition, *settings, *cluster, now);
+            if let Some(wanted) = placement {
+                status.conditions = conditions::set(&status.conditions, wanted, generation, stamp);
+            }
             // Back to True only after a failure had set it False: no condition otherwise.
             let failed = (before.conditions.iter())
                 .any(|c| c.type_ == POLICY_APPLIED && c.status == "False");
             if failed {
                 let message = format!("decisions of policy {policy} applied");
                 let wanted = DesiredCondition::ok(POLICY_APPLIED, "Applied", message);
-                status.conditions = conditions::set(&before.conditions, &wanted, generation, stamp);
+                status.conditions = conditions::set(&status.conditions, &wanted, generation, stamp);
             }
         }
         BackupAnswer::Failed(wanted) => {
@@ -138,6 +147,85 @@ fn decided(
         let server = store.server_name.clone();
         status.server_name = server.or_else(|| cluster.and_then(|c| c.metadata.name.clone()));
     }
+}
+
+/// The instances a Backup's policy chooses from: a replica counts as ready only while it is a
+/// healthy streaming standby, as its agent reported it in the Cluster's `instancesStatus`
+/// (in recovery, streaming, ready, reported in the last [`FRESH_SECONDS`]). A pod that is
+/// Ready but whose WAL receiver lost the primary would take a backup of a database that no
+/// longer follows the primary; the policy then falls back to the primary.
+///
+/// [`FRESH_SECONDS`]: crate::failover::FRESH_SECONDS
+pub fn backup_instances(
+    pods: Vec<Instance>,
+    cluster: &Cluster,
+    now: DateTime<Utc>,
+) -> Vec<Instance> {
+    let reports = cluster
+        .status
+        .as_ref()
+        .map(|s| s.instances_status.as_slice());
+    let healthy = |name: &str| {
+        reports.into_iter().flatten().any(|r| {
+            let reported = pgwarden_sdk::convert::parse_time(r.reported_at.as_deref());
+            let fresh =
+                reported.is_some_and(|t| (now - t).num_seconds() <= crate::failover::FRESH_SECONDS);
+            r.name == name
+                && fresh
+                && r.in_recovery == Some(true)
+                && r.streaming == Some(true)
+                && r.ready != Some(false)
+        })
+    };
+    pods.into_iter()
+        .map(|mut i| {
+            if i.role == Role::Replica && !healthy(&i.name) {
+                i.ready = false;
+            }
+            i
+        })
+        .collect()
+}
+
+/// `OnStandby` for a Backup the policy placed on `chosen`: True when that is a healthy
+/// standby of `instances` (from [`backup_instances`]); False naming the primary it fell back
+/// to when the Backup asked `prefer-standby` (`asked_standby`) and got the primary; none
+/// otherwise (a policy's own default target is not known to the host).
+pub fn placement(
+    asked_standby: bool,
+    chosen: &str,
+    instances: &[Instance],
+) -> Option<DesiredCondition> {
+    let on = instances.iter().find(|i| i.name == chosen);
+    if on.is_some_and(|i| i.role == Role::Replica && i.ready) {
+        let message = format!("the backup runs on {chosen}, a streaming standby");
+        return Some(DesiredCondition::ok(
+            ON_STANDBY,
+            "StreamingStandby",
+            message,
+        ));
+    }
+    if !asked_standby {
+        return None;
+    }
+    let standbys: Vec<&str> = (instances.iter())
+        .filter(|i| i.role == Role::Replica)
+        .map(|i| i.name.as_str())
+        .collect();
+    let why = if standbys.is_empty() {
+        "the Cluster has no standby".to_string()
+    } else {
+        format!(
+            "no standby is ready and streaming ({})",
+            standbys.join(", ")
+        )
+    };
+    let message = format!("target prefer-standby: {why}, so the backup runs on {chosen}");
+    Some(DesiredCondition::failed(
+        ON_STANDBY,
+        "NoHealthyStandby",
+        message,
+    ))
 }
 
 #[cfg(test)]

@@ -4,12 +4,22 @@
 //! so the store and the agent's memory (see [`super::backup`]) tell whether it was already
 //! taken: a restarted agent reports it truthfully and never takes it twice.
 //!
+//! A backup taken on a standby ends with `pg_backup_stop()`, which on a standby does not wait
+//! for the backup's last WAL file to be archived: only the primary archives, and a quiet
+//! primary sends that file after `archive_timeout` at best. Without it the backup cannot be
+//! restored. So the standby's agent reports the backup `running` with its `endWal` until the
+//! Cluster's `status.archive` (the primary's report) shows that file archived, and the
+//! primary's agent, seeing a Backup of its Cluster waiting so on another pod, switches to a
+//! new WAL file once ([`switch_for`]).
+//!
 //! Deletions come another way ([`deletions`]): the operator's requests in the Cluster's own
 //! settings ConfigMap (mounted as the settings folder), never a Backup's `status.deletion`,
 //! which any agent of the namespace may write (see [`super::retention`]).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -22,6 +32,7 @@ use super::archive::now;
 use super::barman::{PgConn, scrub};
 use super::facts::{self, BackupFacts};
 use super::layout::{self, Layout};
+use super::postgres::{ENV_PG_BIN, Postgres, RunAs};
 use super::report::Reporter;
 use super::retention;
 use pgwarden_core::plan::retention::Request;
@@ -74,6 +85,7 @@ pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
     // One barman-cloud-backup at a time: barman names a backup after the second it starts,
     // so two started together would be one backup in the store (seen: "Unknown backup").
     let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    let mut switched: HashSet<String> = HashSet::new();
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects()
@@ -81,6 +93,12 @@ pub async fn watch(client: kube::Client, here: Here, reporter: Arc<Reporter>) {
     while let Some(event) = events.next().await {
         let Ok(backup) = event else { continue };
         let uid = backup.uid().unwrap_or_else(|| backup.name_any());
+        if let Some(end) = waits_for_wal(&backup, &here)
+            && switched.insert(uid.clone())
+        {
+            let (pg, name) = (local_postgres(&here), backup.name_any());
+            tokio::task::spawn_blocking(move || switch_for(&pg, &name, &end));
+        }
         let Some(settings) = assigned(&backup, &here.pod) else {
             continue;
         };
@@ -206,6 +224,10 @@ async fn take(
     report(reporter, object, &started).await;
     // Reported started (the operator keeps it running), then waits for its turn.
     let _turn = turn.lock().await;
+    let pg = local_postgres(here);
+    let on_standby = tokio::task::spawn_blocking(move || in_recovery(&pg))
+        .await
+        .unwrap_or(false);
     let (name, here2) = (uid.to_string(), here.clone());
     let facts = tokio::task::spawn_blocking(move || {
         let archive = layout::read_archive_settings(&here2.settings_dir)?;
@@ -224,6 +246,12 @@ async fn take(
         Ok(Err(e)) => failed(uid, here, format!("{e:#}")),
         Err(e) => failed(uid, here, format!("the backup thread failed: {e}")),
     };
+    let facts = match facts.state {
+        Some(BackupAgentState::Succeeded) if on_standby => {
+            end_wal_archived(object, facts, here, reporter).await
+        }
+        _ => facts,
+    };
     eprintln!("pgwarden-agent: backup {object}: {:?}", facts.state);
     report(reporter, object, &facts).await;
 }
@@ -236,6 +264,132 @@ fn failed(uid: &str, here: &Here, error: String) -> BackupFacts {
         finished_at: Some(now()),
         error: Some(scrub(&error)),
         ..Default::default()
+    }
+}
+
+/// How long a backup taken on a standby waits for the primary to archive its last WAL file
+/// (the primary is asked to switch at once; this bounds an archiver that is failing).
+const END_WAL_WAIT: Duration = Duration::from_secs(600);
+const END_WAL_POLL: Duration = Duration::from_secs(2);
+
+/// This pod's PostgreSQL for psql: the agent's socket, and the binaries `instance run` found
+/// through the same variable (and default) as its `--pg-bin`.
+fn local_postgres(here: &Here) -> Postgres {
+    let bin = std::env::var_os(ENV_PG_BIN)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into());
+    Postgres {
+        bin,
+        pgdata: here.layout.pgdata.clone(),
+        port: here.pg.port,
+        socket_dir: PathBuf::from(&here.pg.host),
+        run_as: RunAs::current(),
+    }
+}
+
+/// PostgreSQL here is a standby (false when it does not answer: barman will say why).
+fn in_recovery(pg: &Postgres) -> bool {
+    pg.query("SELECT pg_is_in_recovery()")
+        .is_ok_and(|r| r == "t")
+}
+
+/// The backup taken on this standby is reported `running` with its end WAL until the
+/// primary's archive report covers that file; then its facts (succeeded) are returned, or
+/// failed after [`END_WAL_WAIT`], naming the file.
+async fn end_wal_archived(
+    object: &str,
+    facts: BackupFacts,
+    here: &Here,
+    reporter: &Reporter,
+) -> BackupFacts {
+    let Some(end) = facts.end_wal.clone() else {
+        return facts;
+    };
+    let waiting = BackupFacts {
+        state: Some(BackupAgentState::Running),
+        finished_at: None,
+        ..facts.clone()
+    };
+    report(reporter, object, &waiting).await;
+    eprintln!(
+        "pgwarden-agent: backup {object} was taken on a standby: waiting for the primary to archive its last WAL file {end}"
+    );
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let status = reporter.cluster_status(&here.cluster).await;
+        last = status
+            .ok()
+            .flatten()
+            .and_then(|s| s.archive)
+            .and_then(|a| a.last_archived_wal)
+            .or(last);
+        if last.as_deref().is_some_and(|l| covers(l, &end)) {
+            return facts;
+        }
+        if start.elapsed() > END_WAL_WAIT {
+            let error = format!(
+                "the backup was taken on standby {} and its last WAL file {end} was not archived by the primary within {} s (the Cluster's status.archive.lastArchivedWal is {}): the backup cannot be restored without it",
+                here.pod,
+                END_WAL_WAIT.as_secs(),
+                last.as_deref().unwrap_or("not reported"),
+            );
+            return failed(&facts.name, here, error);
+        }
+        tokio::time::sleep(END_WAL_POLL).await;
+    }
+}
+
+/// Whether `last`, the last file the primary archived, shows that segment `end` is archived.
+/// PostgreSQL archives segments in order: a segment name at or after `end` covers it; a
+/// `.backup` or `.partial` file of segment P covers the segments before P; a `.history`
+/// file says nothing. Names compare as text: timeline, then position.
+fn covers(last: &str, end: &str) -> bool {
+    let segment = |n: &str| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit());
+    if !segment(end) {
+        return false;
+    }
+    if segment(last) {
+        return last >= end;
+    }
+    let prefix = last.get(..24).filter(|p| segment(p));
+    let suffixed = last.ends_with(".backup") || last.ends_with(".partial");
+    suffixed && prefix.is_some_and(|p| p > end)
+}
+
+/// The end WAL file a Backup of this pod's Cluster waits for on another pod: running, its
+/// agent still `running` with an `endWal` (see [`end_wal_archived`]).
+fn waits_for_wal(backup: &Backup, here: &Here) -> Option<String> {
+    let status = backup.status.as_ref()?;
+    let elsewhere = (status.instance_id.as_ref()).and_then(|i| i.pod_name.as_deref());
+    let agent = status.agent.as_ref().and_then(|a| a.state);
+    let waiting = backup.spec.cluster.name == here.cluster
+        && status.phase == Some(BackupPhase::Running)
+        && elsewhere.is_some_and(|p| p != here.pod)
+        && agent == Some(BackupAgentState::Running);
+    waiting.then(|| status.end_wal.clone()).flatten()
+}
+
+/// On the primary: switches to a new WAL file when the one being written is at or before
+/// `end` (so `end` is complete and goes to the archive now, not after `archive_timeout`).
+/// A standby, or a primary already past `end`, does nothing.
+fn switch_for(pg: &Postgres, backup: &str, end: &str) {
+    if in_recovery(pg) {
+        return;
+    }
+    let current = pg.query("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let outcome = match current {
+        Ok(c) if c.as_str() <= end => pg.query("SELECT pg_walfile_name(pg_switch_wal())"),
+        Ok(_) => return,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(closed) => eprintln!(
+            "pgwarden-agent: switched WAL file ({closed} closed) for Backup {backup}, taken on a standby, which waits for {end}"
+        ),
+        Err(e) => eprintln!(
+            "pgwarden-agent: cannot switch WAL for Backup {backup} (waiting for {end}): {e:#}"
+        ),
     }
 }
 
@@ -307,6 +461,19 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn an_archived_file_covers_the_end_wal_at_or_after_it() {
+        let end = "000000010000000000000005";
+        assert!(covers("000000010000000000000005", end));
+        assert!(covers("000000010000000000000006", end));
+        assert!(covers("000000020000000000000004", end), "a later timeline");
+        assert!(!covers("000000010000000000000004", end));
+        assert!(covers("000000010000000000000006.00000028.backup", end));
+        assert!(!covers("000000010000000000000005.00000028.backup", end));
+        assert!(!covers("00000002.history", end));
+        assert!(!covers("000000010000000000000009", "garbage"));
     }
 
     #[test]

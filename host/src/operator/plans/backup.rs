@@ -4,10 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
+use pgwarden_core::backup::{backup_instances, placement};
+use pgwarden_core::conditions::DesiredCondition;
 use pgwarden_core::{BackupAnswer, backup_status};
 use pgwarden_crds::condition_types::POLICY_APPLIED;
 use pgwarden_crds::settings::BackupSettings;
-use pgwarden_crds::{Backup, BackupStatus, Cluster};
+use pgwarden_crds::{Backup, BackupStatus, BackupTarget, Cluster};
 use pgwarden_sdk::types::{BackupFacts, Transition};
 
 use super::Plan;
@@ -49,7 +51,7 @@ pub fn backup(
         let cluster = cluster.as_deref();
         decide(observed, &chosen.policy, backup, cluster, &mut step, now)
     });
-    let (transition, settings) = match decided {
+    let (transition, settings, placed) = match decided {
         Ok(decided) => decided,
         Err(error) => return failed(backup, &before, step.failed(error), now),
     };
@@ -70,6 +72,7 @@ pub fn backup(
         settings: settings.as_ref(),
         cluster: cluster.as_deref(),
         policy: step.policy.as_deref().unwrap_or_default(),
+        placement: placed.as_ref(),
     };
     let status = backup_status(&before, &answer, backup.metadata.generation, now);
     if let Err(e) = guardrails::check(&plan::backup_subject(backup), &plan.events) {
@@ -80,7 +83,8 @@ pub fn backup(
     plan
 }
 
-/// The policy's settings (asked while the Backup has no instance) and transition.
+/// The policy's settings (asked while the Backup has no instance, with where they put it:
+/// `OnStandby`) and transition.
 fn decide(
     observed: &impl Observe,
     policy: &Policy,
@@ -88,15 +92,21 @@ fn decide(
     cluster: Option<&Cluster>,
     step: &mut Step,
     now: DateTime<Utc>,
-) -> Result<(Transition, Option<BackupSettings>)> {
+) -> Result<(Transition, Option<BackupSettings>, Option<DesiredCondition>)> {
     let status = backup.status.clone().unwrap_or_default();
     let ns = backup.namespace().unwrap_or_default();
+    let mut placed = None;
     let settings = match (cluster, &status.instance_id) {
         (Some(c), None) => {
-            let instances: Vec<_> = (observed.cluster_pods(c).iter())
+            let pods = (observed.cluster_pods(c).iter())
                 .map(|p| plan::instance(p))
                 .collect();
-            Some(policy.backup_settings(backup, c, &instances)?)
+            // A replica is offered ready only while it streams (see backup_instances).
+            let instances = backup_instances(pods, c, now);
+            let settings = policy.backup_settings(backup, c, &instances)?;
+            let asked = backup.spec.target == Some(BackupTarget::PreferStandby);
+            placed = placement(asked, &settings.target_pod, &instances);
+            Some(settings)
         }
         _ => None,
     };
@@ -111,7 +121,7 @@ fn decide(
         now,
     };
     step.decision = Decision::BackupTransition;
-    Ok((policy.backup_transition(&facts)?, settings))
+    Ok((policy.backup_transition(&facts)?, settings, placed))
 }
 
 /// A failed decision on the Backup: `PolicyApplied` False naming the policy and the decision
