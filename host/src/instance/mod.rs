@@ -37,4 +37,5 @@ pub mod restore;
 pub mod retention;
 pub mod role;
 pub mod standby;
+pub mod switchover;
 pub mod walrestore;

@@ -71,6 +71,10 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
         eprintln!("pgwarden-agent: {pod} is a former primary: {primary} has promoted");
         return Ok(Next::Rejoin);
     }
+    if !replication.in_recovery && target != *pod {
+        // A switchover: hand over by a clean shutdown first (a fence alone can be lifted).
+        return super::switchover::hand_over(opts, pg, reporter, &target).await;
+    }
     let act = act(pod, &replication, Some(&target));
     if act == Act::Promote {
         let now = chrono::Utc::now();
