@@ -5,6 +5,7 @@
 //! state lives under `.state/`; both are gitignored.
 
 mod bench;
+mod bench_failover;
 mod bench_wal;
 mod controlplane;
 mod demo;
@@ -55,6 +56,9 @@ enum Command {
 enum Bench {
     /// WAL archiving under pgbench: the parallel wrapper vs plain barman-cloud-wal-archive.
     Wal,
+    /// Failover and switchover under pgbench: time to a writable new primary (detection and
+    /// promotion apart) and acknowledged transactions lost.
+    Failover,
     /// N Clusters against a real control plane: time to steady state, API writes per
     /// reconcile, operator peak RSS.
     Reconcile {
@@ -73,6 +77,9 @@ fn main() -> Result<()> {
         Command::BuildPolicies => policies::build().map(|_| ()),
         Command::Sandbox { action } => sandbox::run(action),
         Command::Bench { which: Bench::Wal } => bench_wal::run(),
+        Command::Bench {
+            which: Bench::Failover,
+        } => bench_failover::run(),
         Command::Bench {
             which: Bench::Reconcile { clusters },
         } => bench::reconcile(clusters),

@@ -1,0 +1,62 @@
+//! `cargo xtask bench failover`: builds the agent, then runs the failover benchmark
+//! (`tests/tests/switchover.rs`, test `bench_failover`) through the local node: the real
+//! operator, agents, PostgreSQL 15, barman and MinIO, `instances: 3`.
+//!
+//! Two runs, each under pgbench (4 clients on the primary `pg-1`) with a writer that inserts
+//! numbered rows one autocommit statement at a time and keeps the numbers acknowledged:
+//! - **switchover**: the Cluster annotated `pgwarden.io/switchover-to=pg-2`; the time from the
+//!   annotation to the first write `pg-2` acknowledges, and the acknowledged numbers `pg-2`
+//!   lacks (the goal: 0);
+//! - **failover**: `pg-1`'s container frozen (SIGSTOP of its process group: PostgreSQL and the
+//!   agent stop answering, as a node that hangs); detection is the time until the operator
+//!   sets `status.targetPrimary` to a standby (the agents' 25 s freshness plus the policy's
+//!   delay: the default policy waits 30 s), promotion the time from then to the first write the
+//!   new primary acknowledges; lost is the acknowledged numbers it lacks (asynchronous
+//!   replication: those the standby had not received when `pg-1` froze).
+//!
+//! Figures go to stdout and `target/bench/failover.json`. Measured figures are in the README
+//! (Figures); the machine is shared, so each is given with the load it ran under.
+
+use anyhow::{Context, Result, bail};
+use std::process::Command;
+
+use crate::{deps, paths};
+
+/// Installs the data path, builds `pgwarden`, runs the benchmark.
+pub fn run() -> Result<()> {
+    let found = deps::ensure_all()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = paths::root();
+    let status = Command::new(&cargo)
+        .args(["build", "-p", "pgwarden", "--bin", "pgwarden"])
+        .current_dir(&root)
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build -p pgwarden failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| root.join("target"));
+    let status = Command::new(&cargo)
+        .args(["test", "-p", "pgwarden-tests", "--test", "switchover", "--"])
+        .args([
+            "bench_failover",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(found.env())
+        .env("PGWARDEN_BIN", target.join("debug/pgwarden"))
+        .env(
+            "PGWARDEN_BENCH_OUT",
+            root.join("target/bench/failover.json"),
+        )
+        .current_dir(&root)
+        .status()
+        .context("cannot run the benchmark")?;
+    if !status.success() {
+        bail!("the failover benchmark failed");
+    }
+    Ok(())
+}
