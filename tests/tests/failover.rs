@@ -2,9 +2,9 @@
 //! node: the real operator, agents, PostgreSQL 15, barman and MinIO.
 //!
 //! `instances: 3` under pgbench, a Backup and 500 marker rows whose WAL reached the store.
-//! The primary `pg-1` hangs (SIGSTOP of its process group: agent and PostgreSQL silent, as a
+//! The primary `pg-1` hangs (SIGSTOP of its process groups: agent and PostgreSQL silent, as a
 //! frozen node) until the policy's failover (default: 30 s) promotes a standby, then its
-//! process group is killed (SIGKILL; the node restarts the container at once, which is why
+//! process groups are killed (SIGKILL; the node restarts the container at once, which is why
 //! it is frozen first: a killed process restarted within a second is a crash-restart, not a
 //! failover). Then:
 //! - the promoted standby is `status.currentPrimary`, and the `-rw` Service (resolved as the
@@ -123,19 +123,38 @@ fn pgbench(w: &StoreWorld<'_>, pod: &Value, args: &[&str]) -> Command {
     cmd
 }
 
-/// Sends `signal` to the process group of `pod`'s container (its agent's group).
-fn signal_group(w: &StoreWorld<'_>, pod: &str, signal: &str) {
-    let pids = agent_pids(&w.state, &w.ns.name, pod);
-    let pid = *pids.first().unwrap_or_else(|| panic!("no agent of {pod}"));
+/// The process group of process `pid`.
+fn pgrp(pid: u32) -> String {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("its stat");
     // `pid (comm) state ppid pgrp ...`: the fields after the command's closing parenthesis.
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let pgrp = after.split_whitespace().nth(2).expect("pgrp");
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{pgrp}")])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{signal} -{pgrp} ({pod})");
+    after.split_whitespace().nth(2).expect("pgrp").to_string()
+}
+
+/// Sends `signal` to `pod`'s container: its agent's process group and PostgreSQL's (the
+/// postmaster calls setsid: a group of its own, its backends in it).
+fn signal_container(w: &StoreWorld<'_>, pod: &str, signal: &str) {
+    let pids = agent_pids(&w.state, &w.ns.name, pod);
+    let agent = *pids.first().unwrap_or_else(|| panic!("no agent of {pod}"));
+    let claim = std::fs::read_dir(w.state.join("node/volumes").join(&w.ns.name))
+        .expect("volumes")
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pod}-"))
+        })
+        .expect("its claim's volume");
+    let pid_file = std::fs::read_to_string(claim.path().join("pgdata/postmaster.pid"))
+        .expect("postmaster.pid");
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    for group in [pgrp(agent), pgrp(postmaster)] {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{group}")])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} -{group} ({pod})");
+    }
 }
 
 /// Waits until the store holds the WAL object `name` (a segment or a `.history` file).
@@ -161,7 +180,8 @@ fn stop(mut child: Child) {
 
 #[test]
 fn the_primary_dies_a_standby_takes_over_the_old_one_rejoins_and_the_store_follows() {
-    let subnet = 140 + (std::process::id() % 20) as u8;
+    // 30-59: no other test of the workspace uses these subnets.
+    let subnet = 30 + (std::process::id() % 30) as u8;
     let w = store_world("failover", "fo", subnet, BUCKET);
     apply_yaml(&w.ns, &cluster_yaml(&w, "pg", 3, None));
     let pods: Vec<Value> = ["pg-1", "pg-2", "pg-3"]
@@ -203,7 +223,7 @@ fn the_primary_dies_a_standby_takes_over_the_old_one_rejoins_and_the_store_follo
 
     // pg-1 hangs until a standby is promoted, then is killed.
     let frozen = Instant::now();
-    signal_group(&w, "pg-1", "STOP");
+    signal_container(&w, "pg-1", "STOP");
     let mut status = Value::Null;
     let promoted = wait_for(Duration::from_secs(240), Duration::from_secs(1), || {
         status = get(&w.ns, "cluster", "pg")?["status"].clone();
@@ -218,7 +238,7 @@ fn the_primary_dies_a_standby_takes_over_the_old_one_rejoins_and_the_store_follo
         "{name} promoted {:?} after pg-1 froze (shared machine)",
         frozen.elapsed()
     );
-    signal_group(&w, "pg-1", "KILL");
+    signal_container(&w, "pg-1", "KILL");
     stop(bench);
 
     // -rw selects the new primary alone; writes through it succeed.
@@ -255,7 +275,7 @@ fn the_primary_dies_a_standby_takes_over_the_old_one_rejoins_and_the_store_follo
         let following = wait_for(READY, Duration::from_secs(2), || {
             let pod = get(&w.ns, "pod", standby)?;
             last = try_psql(&w, &pod, "SELECT pg_is_in_recovery() || ',' || (SELECT status || ',' || sender_host FROM pg_stat_wal_receiver) || ',' || (SELECT count(*) FROM marker WHERE id > 1000)").unwrap_or_default();
-            (last == format!("t,streaming,{address},100")).then_some(pod)
+            (last == format!("true,streaming,{address},100")).then_some(pod)
         });
         let pod = following.unwrap_or_else(|| {
             panic!(

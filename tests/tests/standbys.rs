@@ -11,7 +11,8 @@
 //! - the replication password is in the Cluster's own `pg-replication` Secret only: not in any
 //!   pod spec, ConfigMap, Cluster status, log or command line;
 //! - scaling 3 → 1 removes `pg-3` and `pg-2`, never `pg-1` (same uid, still writable), and
-//!   keeps their claims; 1 → 3 brings them back streaming, with the rows written meanwhile.
+//!   keeps their claims, and their `status.instancesStatus` entries go (before: kept forever,
+//!   nothing removed them); 1 → 3 brings them back streaming, with the rows written meanwhile.
 //!
 //! Before this issue admission refused `instances: 3` (the CEL rule `self <= 1`).
 //!
@@ -348,6 +349,19 @@ fn three_instances_stream_from_one_archiving_primary_and_scale_down_keeps_it() {
         w.psql(&kept, "INSERT INTO t VALUES (1001) RETURNING id"),
         "1001"
     );
+    // The removed pods' instancesStatus entries go (the primary's agent forgets a silent
+    // entry whose pod is gone): the failover's facts are the live instances'.
+    let mut entries = Value::Null;
+    let pruned = wait_for(Duration::from_secs(90), Duration::from_secs(1), || {
+        entries = get(&w.ns, "cluster", CLUSTER)?["status"]["instancesStatus"].clone();
+        let names: Vec<&str> = entries
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        (names == ["pg-1"]).then_some(())
+    });
+    assert!(pruned.is_some(), "entries of removed pods kept: {entries}");
     // Claims follow the documented rule: kept.
     for claim in ["pg-2", "pg-3"] {
         assert!(get(&w.ns, "pvc", claim).is_some(), "claim {claim} kept");

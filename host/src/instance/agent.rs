@@ -65,11 +65,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     start_native_restorer(&layout, run_as);
     let mut archiving = start == StartAs::Primary && archiver.start();
     let password = super::standby::password()?;
-    if start == StartAs::Primary {
-        super::role::fence_before_start(&opts, &pg).await;
-    }
+    // A fenced former primary writes nothing, not even the replication user's password.
+    let fenced = start == StartAs::Primary && super::role::fence_before_start(&opts, &pg).await;
     // Blocking on purpose: a clone, a download or a replay takes as long as it takes.
     let child = tokio::task::block_in_place(|| match &start {
+        StartAs::Primary if fenced => bootstrap(&opts, &layout, &pg, &mut conf),
         StartAs::Primary => start_primary(&opts, &layout, &pg, &mut conf, password.as_deref()),
         other => start_standby(&opts, &layout, &pg, &mut conf, other, password.as_deref()),
     })?;
@@ -137,7 +137,22 @@ fn start_standby(
     let application = opts.pod_name.clone().unwrap_or_default();
     if let StartAs::Rejoin { .. } = start {
         super::standby::write_passfile(layout, pg.run_as, password)?;
-        super::rejoin::rejoin(pg, layout, host, &application)?;
+        // pg_rewind reads the former primary's WAL back to the last common checkpoint;
+        // what its checkpoints recycled since comes from the store (`--restore-target-wal`).
+        let archive = opts
+            .settings_dir
+            .join(pgwarden_crds::settings::ARCHIVE_SETTINGS_KEY);
+        let restore = archive.is_file().then(|| PgConfig {
+            recovery: vec![(
+                "restore_command".into(),
+                postgres::restore_command(&current_exe(), &archive),
+            )],
+            ..conf.clone()
+        });
+        if let Some(restore) = &restore {
+            pg.write_config(&restore.render())?;
+        }
+        super::rejoin::rejoin(pg, layout, host, &application, restore.is_some())?;
     }
     conf.recovery = super::standby::prepare(pg, layout, host, password, &application)?;
     eprintln!("pgwarden-agent: starting as a standby of {host}");

@@ -149,6 +149,17 @@ pub fn instance_status_patch(cluster: &str, status: &InstanceStatus) -> Value {
     })
 }
 
+/// What a pod's field manager applies to forget its instance entry: nothing (server-side
+/// apply removes the fields a manager no longer sends and nobody else owns).
+pub fn instance_status_forget_patch(cluster: &str) -> Value {
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "Cluster",
+        "metadata": { "name": cluster },
+        "status": {},
+    })
+}
+
 /// The field manager of pod `pod`'s instance entry: one per pod, as each agent applies the
 /// whole of what its manager owns (one manager for all would drop the others' entries).
 pub fn instance_field_manager(pod: &str) -> String {

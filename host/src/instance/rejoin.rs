@@ -7,7 +7,8 @@
 //!                                                          not the target: `role`)
 //!     empty PGDATA, or a standby's (standby.signal) ───► standby (cloned if empty)
 //!     a primary's PGDATA, targetPrimary another pod ───► rejoin:
-//!         rejoin.json {rewinding} ─► pg_rewind from the new primary ─► {rewound}
+//!         rejoin.json {rewinding} ─► pg_rewind from the new primary (WAL it recycled since
+//!         the fork from the store: --restore-target-wal) ─► {rewound}
 //!         ─► standby.signal ─► forget rejoin.json ─► standby
 //!         pg_rewind failed, or rejoin.json {rewinding} found at start (killed mid-rewind:
 //!         the data directory may be half rewritten) ─► PGDATA moved aside once to
@@ -138,7 +139,15 @@ pub fn aside(layout: &Layout) -> PathBuf {
 
 /// Makes a former primary's PGDATA a standby of the primary at `host`: `pg_rewind`, else a
 /// fresh clone (by [`standby::prepare`], the PGDATA moved aside first). Blocking.
-pub fn rejoin(pg: &Postgres, layout: &Layout, host: &str, application: &str) -> Result<()> {
+/// `from_store`: the configuration has a `restore_command` for `pg_rewind` to fetch the WAL
+/// the former primary no longer has.
+pub fn rejoin(
+    pg: &Postgres,
+    layout: &Layout,
+    host: &str,
+    application: &str,
+    from_store: bool,
+) -> Result<()> {
     let stage = layout::read_json::<Stage>(&marker(layout)).ok();
     if stage == Some(Stage::Rewinding) {
         eprintln!(
@@ -152,7 +161,7 @@ pub fn rejoin(pg: &Postgres, layout: &Layout, host: &str, application: &str) -> 
             return Ok(()); // moved aside already: `standby::prepare` clones
         }
         layout::write_json_durable(&marker(layout), &Stage::Rewinding)?;
-        if let Err(e) = rewind(pg, layout, host, application) {
+        if let Err(e) = rewind(pg, layout, host, application, from_store) {
             eprintln!("pgwarden-agent: pg_rewind from {host} failed, cloning afresh: {e:#}");
             return set_aside(layout);
         }
@@ -205,7 +214,13 @@ fn forget(layout: &Layout) -> Result<()> {
 
 /// `pg_rewind` of PGDATA (stopped; crash recovery first if it was not shut down cleanly,
 /// which pg_rewind runs itself) from the primary at `host`, as the replication user.
-fn rewind(pg: &Postgres, layout: &Layout, host: &str, application: &str) -> Result<()> {
+fn rewind(
+    pg: &Postgres,
+    layout: &Layout,
+    host: &str,
+    application: &str,
+    from_store: bool,
+) -> Result<()> {
     let source = format!(
         "{} dbname=postgres",
         standby::primary_conninfo(host, pg.port, &standby::passfile(layout), application)
@@ -217,6 +232,7 @@ fn rewind(pg: &Postgres, layout: &Layout, host: &str, application: &str) -> Resu
         .arg(&pg.pgdata)
         .arg("--source-server")
         .arg(&source)
+        .args(from_store.then_some("--restore-target-wal"))
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null())
         .output()
@@ -286,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (layout, pg) = layout(dir.path());
         // pg_rewind cannot run here (no binary): the data goes aside, the marker away.
-        rejoin(&pg, &layout, "10.0.0.2", "pg-1").unwrap();
+        rejoin(&pg, &layout, "10.0.0.2", "pg-1", false).unwrap();
         assert!(!layout.pgdata.exists());
         assert!(aside(&layout).join("PG_VERSION").exists());
         assert!(!marker(&layout).exists());
@@ -295,7 +311,7 @@ mod tests {
         std::fs::write(layout.pgdata.join("PG_VERSION"), "15").unwrap();
         std::fs::write(layout.pgdata.join("half"), "").unwrap();
         layout::write_json_durable(&marker(&layout), &Stage::Rewinding).unwrap();
-        rejoin(&pg, &layout, "10.0.0.2", "pg-1").unwrap();
+        rejoin(&pg, &layout, "10.0.0.2", "pg-1", false).unwrap();
         assert!(!layout.pgdata.exists());
         assert!(
             !aside(&layout).join("half").exists(),
@@ -314,7 +330,7 @@ mod tests {
         )
         .unwrap();
         layout::write_json_durable(&marker(&layout), &Stage::Rewound).unwrap();
-        rejoin(&pg, &layout, "10.0.0.2", "pg-1").unwrap();
+        rejoin(&pg, &layout, "10.0.0.2", "pg-1", false).unwrap();
         assert!(layout.pgdata.join("standby.signal").exists());
         assert!(!marker(&layout).exists());
         let auto = std::fs::read_to_string(layout.pgdata.join("postgresql.auto.conf")).unwrap();

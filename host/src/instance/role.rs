@@ -71,6 +71,9 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
         eprintln!("pgwarden-agent: {pod} is a former primary: {primary} has promoted");
         return Ok(Next::Rejoin);
     }
+    if !replication.in_recovery && primary == *pod {
+        prune(opts, reporter, &status.instances_status, pod).await;
+    }
     if !replication.in_recovery && target != *pod {
         // A switchover: hand over by a clean shutdown first (a fence alone can be lifted).
         return super::switchover::hand_over(opts, pg, reporter, &target).await;
@@ -85,6 +88,44 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
     }
     tokio::task::block_in_place(|| perform(pg, pod, &target, act))?;
     Ok(Next::Continue)
+}
+
+/// The primary's agent forgets the entries of pods that are gone (a scale-down): a silent
+/// entry whose pod does not exist is removed, applied empty under that pod's own field
+/// manager. A pod that exists keeps its entry, silent or not (the failover counts it).
+async fn prune(opts: &RunOptions, reporter: &Reporter, entries: &[InstanceStatus], me: &str) {
+    let (Some(cluster), Some(namespace)) = (&opts.cluster, &opts.namespace) else {
+        return;
+    };
+    let now = chrono::Utc::now();
+    let silent = entries.iter().filter(|e| e.name != me).filter(|e| {
+        let reported = pgwarden_sdk::convert::parse_time(e.reported_at.as_deref());
+        reported.is_none_or(|t| (now - t).num_seconds() > FRESH_SECONDS)
+    });
+    let Ok(client) = kube::Client::try_default().await else {
+        return;
+    };
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, namespace);
+    for entry in silent {
+        if !matches!(pods.get_opt(&entry.name).await, Ok(None)) {
+            continue;
+        }
+        let manager = facts::instance_field_manager(&entry.name);
+        let patch = facts::instance_status_forget_patch(cluster);
+        match reporter
+            .apply_status_as(&manager, "Cluster", "clusters", cluster, &patch)
+            .await
+        {
+            Ok(()) => eprintln!(
+                "pgwarden-agent: forgot the status of {}: its pod is gone",
+                entry.name
+            ),
+            Err(e) => eprintln!(
+                "pgwarden-agent: cannot forget the status of {}: {e:#}",
+                entry.name
+            ),
+        }
+    }
 }
 
 /// Keeps a streaming standby pointed at the primary the status names: a failover moved it,
@@ -149,17 +190,18 @@ pub fn may_promote(
 }
 
 /// Before PostgreSQL starts as a primary: when the Cluster's `targetPrimary` names another
-/// pod (a failover or switchover happened while this one was away), it starts fenced, so a
+/// pod (a failover or switchover happened while this one was away), it starts fenced (and
+/// says so: `true`; it then writes nothing, not even the replication user), so a
 /// former primary never takes a write between its start and its first tick. An existing
 /// PGDATA only (a new one has nothing to protect); without an answer from the API server it
 /// starts as before, and the first tick fences it.
-pub async fn fence_before_start(opts: &RunOptions, pg: &Postgres) {
+pub async fn fence_before_start(opts: &RunOptions, pg: &Postgres) -> bool {
     let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
-        return;
+        return false;
     };
     let auto = pg.pgdata.join("postgresql.auto.conf");
     if !auto.is_file() {
-        return;
+        return false;
     }
     let reporter = Reporter::connect(opts.namespace.clone()).await;
     let target = match reporter.cluster_status(cluster).await {
@@ -170,13 +212,14 @@ pub async fn fence_before_start(opts: &RunOptions, pg: &Postgres) {
         }
     };
     let Some(target) = target.filter(|t| t != pod) else {
-        return;
+        return false;
     };
     if let Err(e) = append_fence(&auto) {
         eprintln!("pgwarden-agent: cannot fence {pod} before its start: {e:#}");
-        return;
+        return false;
     }
     eprintln!("pgwarden-agent: {pod} starts fenced read-only: targetPrimary is {target}");
+    true
 }
 
 /// `default_transaction_read_only = 'on'` in `postgresql.auto.conf`, as `ALTER SYSTEM`
@@ -245,6 +288,9 @@ pub fn promote(pg: &Postgres) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The new timeline in the control file at once, not at the next checkpoint: `pg_rewind`
+    // of the former primary reads it there (else "same timeline, no rewind required").
+    pg.query("CHECKPOINT")?;
     unfence(pg)
 }
 
