@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Without `--once` the control plane is the sandbox's (`.state/sandbox`, fixed ports) and the
-//! demo stays in the foreground, serving the pods, until Ctrl-C; `--once` uses a control
+//! demo stays in the foreground, serving the pods, until Ctrl-C. It starts clean: it says
+//! what the sandbox already holds (an earlier demo's objects, anything made by hand) and
+//! clears it first, as `cargo xtask sandbox reset` does (see `clean`). `--once` uses a control
 //! plane of its own, tears everything down and exits 0 only if every step succeeded.
 //! The harness reads its programs' paths from the environment set-up produces, so the demo
 //! runs itself again as a child process with that environment.
@@ -27,8 +29,11 @@ use pgwarden_tests::localnode::{HostPrograms, LocalNode, Options};
 
 use crate::paths;
 
+mod clean;
 mod plane;
 mod steps;
+
+pub use clean::{remove_when_unused, state, stop_serving};
 
 use plane::{Plane, step};
 use steps::{BUCKET, recovery, scenario, scheduled};
@@ -84,7 +89,7 @@ fn install(plane: &Plane) -> Result<String> {
 }
 
 fn demo(once: bool) -> Result<()> {
-    let state = paths::state().join("demo");
+    let state = state();
     let plane = step("control plane", || start_plane(once))?;
     let s3 = step(
         "S3 server (MinIO) with a bucket and a generated key",
@@ -95,20 +100,13 @@ fn demo(once: bool) -> Result<()> {
         },
     )?;
     let node = step("local node (a stand-in for a kubelet)", || {
-        start_node(&plane, &state.join("node"), once)
+        start_node(&plane, &state.join("node"))
     })?;
     step("CRDs and the operator's RBAC", || install(&plane))?;
     let operator = step("pgwarden operator", || Operator::start(&plane, &state))?;
-    let result = if once {
-        Ok(())
-    } else {
-        step("removing the objects of an earlier demo", || {
-            forget_earlier(&plane)
-        })
-    }
-    .and_then(|()| scenario(&plane, &s3))
-    .and_then(|()| scheduled(&plane))
-    .and_then(|()| recovery(&plane, &s3));
+    let result = scenario(&plane, &s3)
+        .and_then(|()| scheduled(&plane))
+        .and_then(|()| recovery(&plane, &s3));
     if let Err(e) = &result {
         println!("demo: FAILED: {e:#}");
         println!("demo: operator log tail:\n{}", tail(&operator.log, 30));
@@ -127,7 +125,8 @@ fn demo(once: bool) -> Result<()> {
          export KUBECONFIG={}\n  \
          {} get clusters,backups,pods\n\
          Stop the demo with Ctrl-C (stops the node, the operator and the S3 server); \
-         the control plane keeps running until `cargo xtask sandbox down`.",
+         the control plane keeps running until `cargo xtask sandbox down`, and \
+         `cargo xtask sandbox reset` stops everything and deletes every object.",
         plane.kubeconfig.display(),
         plane.kubectl.display()
     );
@@ -150,18 +149,20 @@ fn start_plane(once: bool) -> Result<Plane> {
         });
     }
     crate::sandbox::run(crate::sandbox::Action::Up)?;
-    Ok(Plane {
+    let plane = Plane {
         kubectl: Bins::cached().kubectl,
         kubeconfig: paths::state().join("sandbox/admin.kubeconfig"),
         operator_kubeconfig: paths::state().join("sandbox/operator.kubeconfig"),
         _own: None,
-    })
+    };
+    clean::start_clean(&plane)?;
+    clean::record_serving()?;
+    Ok(plane)
 }
 
-fn start_node(plane: &Plane, dir: &Path, fresh: bool) -> Result<LocalNode> {
-    if fresh {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+/// The node starts without pods: on a clean control plane the data of earlier ones is stale.
+fn start_node(plane: &Plane, dir: &Path) -> Result<LocalNode> {
+    let _ = std::fs::remove_dir_all(dir);
     let var = |name: &str| PathBuf::from(std::env::var(name).unwrap_or_default());
     let programs = HostPrograms {
         pgwarden: var("PGWARDEN_BIN"),
@@ -227,32 +228,4 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-// ---------------------------------------------------------------------------------------
-// The seed scenario.
-
-/// The sandbox keeps its objects between runs: the demo starts from none of its own.
-fn forget_earlier(plane: &Plane) -> Result<()> {
-    plane.kubectl(
-        &[
-            "delete",
-            "cluster/postgresql-restored",
-            "scheduledbackup/backup-every-minute",
-            "backup/backup-example",
-            "cluster/postgresql-bkp",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-        ],
-        None,
-    )?;
-    let start = Instant::now();
-    while plane.json(&["get", "pod", "postgresql-bkp-1"]).is_some() {
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("the earlier demo's pod postgresql-bkp-1 is still there");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    Ok(())
 }

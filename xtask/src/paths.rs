@@ -15,9 +15,15 @@ pub fn cache() -> PathBuf {
     root().join(".cache")
 }
 
-/// Runtime state of the local sandbox.
+/// Where `$PGWARDEN_STATE_DIR` puts the sandbox and the demo instead of `.state/`: a sandbox
+/// of its own (the demo test's), which also takes free ports instead of the fixed ones.
+pub const STATE_DIR_ENV: &str = "PGWARDEN_STATE_DIR";
+
+/// Runtime state of the local sandbox and the demo: `$PGWARDEN_STATE_DIR`, else `.state/`.
 pub fn state() -> PathBuf {
-    root().join(".state")
+    std::env::var_os(STATE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".state"))
 }
 
 /// A build cache shared by every clone on this machine (like Go's build cache): it only

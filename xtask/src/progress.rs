@@ -222,7 +222,7 @@ fn record(key: &str, took: Duration) {
     }
 }
 
-/// "last time here 9m 40s (7m 02s–9m 40s over 3 runs)", else the documented range.
+/// "last time here 9m 40s; 7m 02s to 9m 40s over the last 3 runs", else the documented range.
 fn estimate(key: &str, usually: (u64, u64)) -> String {
     let _guard = TIMINGS.lock().unwrap_or_else(|e| e.into_inner());
     describe(
@@ -241,7 +241,7 @@ fn describe(runs: &[u64], (low, high): (u64, u64)) -> String {
             let max = runs.iter().max().copied().unwrap_or(*last);
             let n = runs.len();
             format!(
-                "last time here {} ({} to {} over {n} runs)",
+                "last time here {}; {} to {} over the last {n} runs",
                 secs(*last),
                 secs(min),
                 secs(max)
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(describe(&[580], (420, 1080)), "last time here 9m 40s");
         assert_eq!(
             describe(&[422, 580, 30], (1, 2)),
-            "last time here 30.0s (30.0s to 9m 40s over 3 runs)"
+            "last time here 30.0s; 30.0s to 9m 40s over the last 3 runs"
         );
     }
 }

@@ -1,7 +1,10 @@
-//! `cargo xtask sandbox up|down|status`: the local control plane on 127.0.0.1.
+//! `cargo xtask sandbox up|down|status|reset`: the local control plane on 127.0.0.1.
 //!
 //! State (certificates, kubeconfigs, etcd data, logs, PIDs) lives in `.state/sandbox`;
-//! the servers outlive the command and are stopped by `down`, by PID.
+//! the servers outlive the command and are stopped by `down`, by PID. `reset` also stops a
+//! demo serving on the sandbox and deletes every object (etcd's data) and the demo's node
+//! state, so the next `up` starts empty; the certificates stay, so a KUBECONFIG stays valid.
+//! With `$PGWARDEN_STATE_DIR` the sandbox lives there and takes free ports.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,9 @@ pub enum Action {
     Down,
     /// Show what is running.
     Status,
+    /// Stop the sandbox and a demo serving on it, and delete every object in it (etcd's
+    /// data) and the demo's node state: the next `up` or `demo` starts empty.
+    Reset,
 }
 
 pub fn run(action: Action) -> Result<()> {
@@ -27,6 +33,7 @@ pub fn run(action: Action) -> Result<()> {
         Action::Up => up(),
         Action::Down => down(),
         Action::Status => status(),
+        Action::Reset => reset(),
     }
 }
 
@@ -69,9 +76,15 @@ fn up() -> Result<()> {
     // Whatever is left of an earlier run that half died goes first.
     stop_recorded(&layout, &bins);
     let started = Instant::now();
+    // A sandbox in a folder of its own (the demo test's) must not take the default one's ports.
+    let ports = if std::env::var_os(paths::STATE_DIR_ENV).is_some() {
+        Ports::free()?
+    } else {
+        Ports::SANDBOX
+    };
     let opts = Options {
         dir: layout.dir.clone(),
-        ports: Ports::SANDBOX,
+        ports,
         unsafe_no_fsync: false,
         timeout: Duration::from_secs(180),
     };
@@ -96,6 +109,27 @@ fn down() -> Result<()> {
     let layout = layout();
     let n = stop_recorded(&layout, &bins);
     println!("sandbox down ({n} processes stopped)");
+    Ok(())
+}
+
+/// Stops a demo serving on the sandbox and the control plane (by their recorded PIDs), then
+/// deletes etcd's data and the demo's node state (the pods' data folders).
+pub fn reset() -> Result<()> {
+    let demo = crate::demo::stop_serving()?;
+    let bins = Bins::locate();
+    let layout = layout();
+    let n = stop_recorded(&layout, &bins);
+    // kubectl's discovery cache would still list the deleted CRDs' kinds.
+    let discovery = layout.dir.join("kubectl-cache");
+    for dir in [layout.etcd_data(), discovery, crate::demo::state()] {
+        crate::demo::remove_when_unused(&dir)?;
+    }
+    let demo = demo.map_or(String::new(), |pid| format!(", the demo (pid {pid})"));
+    println!(
+        "sandbox reset: {n} control-plane processes stopped{demo}; every object deleted \
+         (etcd data and the demo's node state removed); `cargo xtask sandbox up` or \
+         `cargo xtask demo` starts it empty"
+    );
     Ok(())
 }
 
