@@ -11,10 +11,18 @@
 //! mode, default 60), `PGWARDEN_BENCH_CLIENTS` (default 4), `PGWARDEN_BENCH_OUT` (JSON file,
 //! default `target/bench/wal.json`), `PGWARDEN_BENCH_DRAIN_SECONDS` (catch-up bound, 240),
 //! `PGWARDEN_BENCH_MODES` (default `native,parallel,plain`), `PGWARDEN_BENCH_COMPRESSION`
-//! (a WAL compression such as `gzip`; default none).
+//! (WAL compressions, each a run of every mode; default `none,gzip`),
+//! `PGWARDEN_BENCH_RESTORE` (`0` skips the restore benchmark).
+//!
+//! The restore benchmark (native mode only, where the same store serves both): a base backup
+//! is taken before the load; after the catch-up, the same backup and WAL are restored twice
+//! to the latest point, once with the native restorer (prefetching `maxParallel` segments)
+//! and once with `barman-cloud-wal-restore` as restore_command, timed from the agent's start
+//! to PostgreSQL promoted, with the rows counted against the source.
 
 use std::time::{Duration, Instant};
 
+use pgwarden_crds::WalCompression;
 use pgwarden_crds::settings::Archiver;
 use pgwarden_tests::datapath::{Instance, InstanceOptions, S3Server, archive_settings, deps};
 use serde_json::json;
@@ -57,12 +65,18 @@ fn sample(pg: &Instance, t0: Instant) -> Sample {
     }
 }
 
-fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json::Value {
-    let bucket = format!("bench-{mode}");
+fn run_mode(
+    s3: &S3Server,
+    mode: &str,
+    compression: Option<WalCompression>,
+    seconds: u32,
+    clients: u32,
+) -> serde_json::Value {
+    let bucket = format!("bench-{mode}-{}", label(compression));
     s3.create_bucket(&bucket);
     let mut settings = archive_settings(s3, &bucket, mode);
     settings.max_parallel = 8;
-    settings.compression = compression();
+    settings.compression = compression;
     if mode == "native" {
         settings.archiver = Archiver::Native;
     }
@@ -104,6 +118,8 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         pg.wait_archived(&first, Duration::from_secs(120)),
         "{mode}: initial WAL not archived"
     );
+    let restore_from =
+        (mode == "native" && env_u32("PGWARDEN_BENCH_RESTORE", 1) != 0).then(|| base_backup(&pg));
 
     let t0 = Instant::now();
     let cpu_start = CpuTimes::now();
@@ -148,6 +164,7 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
         .unwrap_or(0);
     let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
     let agent_rss = agent_peak_rss_kib(&pg);
+    let restores = restore_from.map(|id| restore_both(s3, &pg, &id, written));
     json!({
         "mode": mode,
         "archive_command": match mode {
@@ -155,7 +172,8 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
             "native" => "pgwarden instance wal-archive %p (native archiver, maxParallel 8)",
             _ => "pgwarden instance wal-archive %p (barman-cloud, maxParallel 8)",
         },
-        "compression": compression().map(|c| format!("{c:?}").to_lowercase()),
+        "compression": label(compression),
+        "restore": restores,
         "agent_peak_rss_mib": agent_rss.map(|k| k as f64 / 1024.0),
         "load_seconds": load_secs,
         "pgbench_clients": clients,
@@ -177,10 +195,61 @@ fn run_mode(s3: &S3Server, mode: &str, seconds: u32, clients: u32) -> serde_json
     })
 }
 
-/// The WAL compression of every mode, from `PGWARDEN_BENCH_COMPRESSION`.
-fn compression() -> Option<pgwarden_crds::WalCompression> {
-    let name = std::env::var("PGWARDEN_BENCH_COMPRESSION").ok()?;
-    serde_json::from_value(json!(name)).ok()
+/// The WAL compressions to run every mode with, from `PGWARDEN_BENCH_COMPRESSION`.
+fn compressions() -> Vec<Option<WalCompression>> {
+    let names = std::env::var("PGWARDEN_BENCH_COMPRESSION").unwrap_or_else(|_| "none,gzip".into());
+    names
+        .split(',')
+        .map(|n| match n.trim() {
+            "none" | "" => None,
+            name => Some(serde_json::from_value(json!(name)).expect("a WAL compression")),
+        })
+        .collect()
+}
+
+fn label(c: Option<WalCompression>) -> String {
+    c.map_or("none".into(), |c| format!("{c:?}").to_lowercase())
+}
+
+fn base_backup(pg: &Instance) -> String {
+    let (ok, facts, stderr) = pg.backup("bench-base");
+    assert!(ok, "backup: {stderr}\n{facts}");
+    facts["backupId"].as_str().expect("backup id").to_string()
+}
+
+/// The same backup and WAL restored to latest with each restorer: seconds to promotion.
+fn restore_both(s3: &S3Server, pg: &Instance, backup_id: &str, segments: u64) -> serde_json::Value {
+    let want = pg.psql("SELECT count(*) FROM bench_wal");
+    let mut out = serde_json::Map::new();
+    out.insert("wal_segments_after_backup".into(), json!(segments));
+    for (name, archiver) in [
+        ("native", Archiver::Native),
+        ("barman_cloud_wal_restore", Archiver::BarmanCloud),
+    ] {
+        let mut source = pg.opts.settings.clone();
+        source.archiver = archiver;
+        let file = pg.dir.path().join(format!("source-{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&source).unwrap()).unwrap();
+        let mut settings = source.clone();
+        settings.server_name = format!("restored-{name}");
+        let t0 = Instant::now();
+        let restored = Instance::start(InstanceOptions {
+            settings,
+            credentials: s3.credentials.clone(),
+            extra_args: vec![
+                "--restore-backup".into(),
+                backup_id.into(),
+                "--restore-source".into(),
+                file.display().to_string(),
+            ],
+            env: vec![],
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        let got = restored.psql("SELECT count(*) FROM bench_wal");
+        assert_eq!(got, want, "{name}: the restore lost rows");
+        out.insert(format!("{name}_seconds"), json!(secs));
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The agent's peak resident memory (VmHWM): with the native archiver it holds the uploads.
@@ -245,10 +314,12 @@ fn bench_wal_archiving_parallel_vs_plain() {
     let s3 = S3Server::start();
     let modes =
         std::env::var("PGWARDEN_BENCH_MODES").unwrap_or_else(|_| "native,parallel,plain".into());
-    let results: Vec<_> = modes
-        .split(',')
-        .map(|m| run_mode(&s3, m.trim(), seconds, clients))
-        .collect();
+    let mut results = vec![];
+    for c in compressions() {
+        for m in modes.split(',') {
+            results.push(run_mode(&s3, m.trim(), c, seconds, clients));
+        }
+    }
     let doc = json!({
         "benchmark": "wal-archiving",
         "store": "minio (single node, 127.0.0.1)",
@@ -264,8 +335,9 @@ fn bench_wal_archiving_parallel_vs_plain() {
     std::fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     println!("{}", serde_json::to_string_pretty(&doc).unwrap());
     println!(
-        "{:<10} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>11} {:>13} {:>9}",
+        "{:<10} {:<6} {:>6} {:>10} {:>11} {:>8} {:>8} {:>10} {:>11} {:>13} {:>9} {:>17}",
         "mode",
+        "comp",
         "tps",
         "written/s",
         "archived/s",
@@ -274,12 +346,14 @@ fn bench_wal_archiving_parallel_vs_plain() {
         "catch-up s",
         "cpu (load)",
         "cpu (catch-up)",
-        "agent MiB"
+        "agent MiB",
+        "restore s (n/b)"
     );
     for r in &results {
         println!(
-            "{:<10} {:>9.0} {:>12.2} {:>12.2} {:>10} {:>10} {:>10} {:>10.0}% {:>12.0}% {:>9.1}",
+            "{:<10} {:<6} {:>6.0} {:>10.2} {:>11.2} {:>8} {:>8} {:>10} {:>10.0}% {:>12.0}% {:>9.1} {:>17}",
             r["mode"].as_str().unwrap(),
+            r["compression"].as_str().unwrap_or("none"),
             r["pgbench_tps"].as_f64().unwrap_or(0.0),
             r["written_segments_per_second"].as_f64().unwrap_or(0.0),
             r["archived_segments_per_second"].as_f64().unwrap_or(0.0),
@@ -292,6 +366,16 @@ fn bench_wal_archiving_parallel_vs_plain() {
             100.0 * r["cpu_busy_during_load"].as_f64().unwrap_or(0.0),
             100.0 * r["cpu_busy_during_catch_up"].as_f64().unwrap_or(0.0),
             r["agent_peak_rss_mib"].as_f64().unwrap_or(0.0),
+            match &r["restore"] {
+                serde_json::Value::Null => "—".to_string(),
+                x => format!(
+                    "{:.1} / {:.1}",
+                    x["native_seconds"].as_f64().unwrap_or(0.0),
+                    x["barman_cloud_wal_restore_seconds"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                ),
+            },
         );
     }
     println!("written to {out}");
