@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod localnode;
 pub mod operator;
 pub mod restoring;
+pub mod runc;
 pub mod stallproxy;
 pub mod watchdog;
 pub mod world;

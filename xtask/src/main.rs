@@ -10,6 +10,7 @@ mod bench_wal;
 mod controlplane;
 mod demo;
 mod deps;
+mod image;
 mod paths;
 mod policies;
 mod progress;
@@ -40,6 +41,13 @@ enum Command {
     Setup,
     /// Build the policy modules (`policies/*`) to `.wasm` components.
     BuildPolicies,
+    /// Build the OCI images (instance, operator) under `.cache/images`: OCI layouts and
+    /// docker-archives tagged with the version (cached; see xtask/src/image.rs).
+    Image {
+        /// Pack the release `pgwarden` binary instead of the debug one.
+        #[arg(long)]
+        release: bool,
+    },
     /// Benchmarks that print their figures and write them under target/bench/.
     Bench {
         #[command(subcommand)]
@@ -75,6 +83,7 @@ fn main() -> Result<()> {
         Command::Demo { once } => demo::run(once),
         Command::Setup => test::setup(test::Binary::Build).map(|_| ()),
         Command::BuildPolicies => policies::build().map(|_| ()),
+        Command::Image { release } => image::run(release),
         Command::Sandbox { action } => sandbox::run(action),
         Command::Bench { which: Bench::Wal } => bench_wal::run(),
         Command::Bench {

@@ -103,7 +103,7 @@ fn data_path_beside_control_plane() -> Result<DataPathDeps> {
 /// `cargo build -p pgwarden` alone resolves fewer features (kube-client, regex-automata,
 /// ahash … differ), and the tests after a demo rebuilt the binary and half its dependencies.
 /// The demo test is the smallest test target.
-fn build_pgwarden() -> Result<()> {
+pub fn build_pgwarden() -> Result<()> {
     Phase {
         key: "pgwarden",
         what: "building the pgwarden binary (debug, as the tests build it)",
@@ -128,7 +128,12 @@ fn build_pgwarden() -> Result<()> {
 
 /// Set-up, then every test in the workspace.
 pub fn run() -> Result<()> {
-    let prepared = setup(Binary::WithTheTests)?;
+    let mut prepared = setup(Binary::WithTheTests)?;
+    // The images pack the binary the tests build (same features: the tests do not rebuild
+    // it); tests/tests/image.rs runs them with runc.
+    build_pgwarden()?;
+    let images = step("images", || crate::image::for_tests(&prepared.env))?;
+    prepared.env.extend(images.env());
     step("tests", || {
         cargo(
             // Every test binary runs, so one failure does not hide the others.

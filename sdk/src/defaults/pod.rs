@@ -22,8 +22,11 @@ use crate::names;
 /// Env: where the agent finds the replication Secret's files.
 pub const ENV_REPLICATION_DIR: &str = "PGWARDEN_REPLICATION_DIR";
 
-/// The image of instance pods when the Cluster sets no `spec.imageName` (the seed's).
-pub const DEFAULT_IMAGE: &str = "2ndquadrant/postgresql:latest";
+/// The image of instance pods when the Cluster sets no `spec.imageName`: the instance image
+/// `cargo xtask image` builds (PostgreSQL 15, the pinned barman cloud tools, this version's
+/// `pgwarden`), tagged with the version. The seed's `2ndquadrant/postgresql` holds neither
+/// `pgwarden` nor those tools.
+pub const DEFAULT_IMAGE: &str = concat!("pgwarden-instance:", env!("CARGO_PKG_VERSION"));
 
 /// Where the agent's service-account token (with the API server's CA and the namespace) is
 /// mounted: the path in-cluster configuration reads.
