@@ -69,3 +69,40 @@ fn json_logs_are_one_object_a_line() {
         "no `operator running` line:\n{log}"
     );
 }
+
+/// `kubectl get clusters` and the conditions tell one story: a policy that calls a Cluster
+/// healthy and Ready whatever its pods (the adversarial `always-ready`) does not make one
+/// whose only pod is not ready show "Cluster in healthy state" beside 0 ready; once the pod
+/// is ready, the policy's word stands.
+#[test]
+fn phase_ready_and_the_ready_column_agree_whatever_the_policy_says() {
+    let cp = with_crds();
+    let ns = cp.namespace("phase-agrees");
+    let _op = Operator::start(cp, &ns.name);
+    let name = format!("adversarial-{}", ns.name);
+    let _guard = PolicyGuard(&ns, name.clone());
+    let module = policy("adversarial").display().to_string();
+    apply_yaml(&ns, &file_policy_yaml(&name, &module, None));
+    apply_file(&ns, &seed("secret.yaml"));
+    apply_yaml(&ns, &cluster_yaml("always-ready", Some(&name), true));
+    wait_get(&ns, "pod", "always-ready-1");
+    for ready in [false, true, false] {
+        mark_pod(&ns, "always-ready-1", ready);
+        let column = i64::from(ready);
+        let cluster = wait_json(&ns, "cluster", "always-ready", "readyInstances", |c| {
+            c["status"]["readyInstances"] == column
+                && condition(c, "PolicyApplied").is_some_and(|p| p.0 == "True")
+        });
+        let status = &cluster["status"];
+        let ready_condition = condition(&cluster, "Ready").unwrap();
+        let shown = (
+            status["phase"].as_str().unwrap(),
+            ready_condition.0.as_str(),
+        );
+        let expected = match ready {
+            true => ("Cluster in healthy state", "True"),
+            false => ("No instance ready", "False"),
+        };
+        assert_eq!(shown, expected, "pod ready: {ready}: {status:#}");
+    }
+}

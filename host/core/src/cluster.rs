@@ -179,17 +179,16 @@ pub fn cluster_status(
         policy_applied(outcome, health),
         binding,
     ];
-    // A failed cluster-status leaves out `Ready`: the stored condition stays.
-    if let Ok(health) = health {
-        wanted.insert(0, ready(health));
-    }
+    let (phase, ready) = phase_and_ready(observed, health);
+    // No `Ready` (a failed cluster-status): the stored condition stays.
+    wanted.splice(0..0, ready);
     wanted.extend(last_backup);
     if let Outcome::Applied { rollout, .. } = outcome {
         wanted.push(rollout.clone());
     }
     let generation = observed.generation;
     let status = ClusterStatus {
-        phase: phase(observed, health),
+        phase,
         instances: observed.instances.total,
         ready_instances: observed.instances.ready,
         current_primary: observed.instances.primary.clone(),
@@ -217,12 +216,46 @@ fn own_conditions(observed: &ObservedCluster) -> Vec<Condition> {
     conditions::without(&observed.conditions, types::RETENTION_APPLIED)
 }
 
-/// The policy's phase; without one, the stored phase (none stored yet: "Unknown").
-fn phase(observed: &ObservedCluster, health: &Health) -> String {
-    match health {
-        Ok(health) => health.phase.clone(),
-        Err(_) => observed.phase.clone().unwrap_or_else(|| "Unknown".into()),
+/// The phase the host writes when no instance pod is ready and neither the policy nor the
+/// stored status said the Cluster is not ready.
+pub const NO_INSTANCE_READY: &str = "No instance ready";
+
+/// The phase and `Ready` (`None`: the stored condition stays): the policy's; after a failed
+/// cluster-status, the stored ones (no phase stored yet: "Unknown"). Either way, with no
+/// instance pod ready the Cluster is not shown ready: a "ready" answer or a stored one gives
+/// way to the host's `NoInstanceReady`, with the phase [`NO_INSTANCE_READY`], so that the
+/// phase, `Ready` and the Ready column (`readyInstances`) agree. What counts as degraded is
+/// the policy's; that no database serves is a fact (docs/policy-boundary.md).
+fn phase_and_ready(
+    observed: &ObservedCluster,
+    health: &Health,
+) -> (String, Option<DesiredCondition>) {
+    let (phase, ready) = match health {
+        Ok(health) => (health.phase.clone(), Some(ready(health))),
+        Err(_) => (
+            observed.phase.clone().unwrap_or_else(|| "Unknown".into()),
+            None,
+        ),
+    };
+    let wanted = observed.instances_wanted;
+    if observed.instances.ready > 0 || wanted <= 0 {
+        return (phase, ready);
     }
+    let said_not_ready = match &ready {
+        Some(ready) => !ready.ok,
+        None => {
+            (observed.conditions.iter()).any(|c| c.type_ == types::READY && c.status == "False")
+        }
+    };
+    if said_not_ready {
+        return (phase, ready);
+    }
+    let none_ready = DesiredCondition::failed(
+        types::READY,
+        "NoInstanceReady",
+        format!("0 of {wanted} instances ready"),
+    );
+    (NO_INSTANCE_READY.into(), Some(none_ready))
 }
 
 /// A failure (of the decisions or of the policy's `cluster-status`) is retried in 30 s;
@@ -257,7 +290,7 @@ fn policy_applied(outcome: &Outcome, health: &Health) -> DesiredCondition {
             types::POLICY_APPLIED,
             denial.reason.clone(),
             format!(
-                "decisions of policy {} applied, but its cluster-status failed, so the phase and Ready stay as stored: {}",
+                "decisions of policy {} applied, but its cluster-status failed, so the phase and Ready stay as stored (unless no instance is ready): {}",
                 policy.name.as_deref().unwrap_or_default(),
                 denial.message
             ),

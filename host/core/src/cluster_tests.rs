@@ -129,7 +129,7 @@ fn a_failed_cluster_status_keeps_the_stored_phase_and_ready() {
     );
     assert_eq!(
         c.message,
-        "decisions of policy default applied, but its cluster-status failed, so the phase and Ready stay as stored: the policy crashed in cluster-status: unreachable"
+        "decisions of policy default applied, but its cluster-status failed, so the phase and Ready stay as stored (unless no instance is ready): the policy crashed in cluster-status: unreachable"
     );
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert_eq!(report.requeue_seconds, 30);
@@ -140,6 +140,53 @@ fn a_failed_cluster_status_keeps_the_stored_phase_and_ready() {
         report.status.conditions.iter().all(|c| c.type_ != "Ready"),
         "{:?}",
         report.status.conditions
+    );
+}
+
+/// Phase, `Ready` and the Ready column (`readyInstances`) tell one story: with no instance
+/// pod ready, neither a policy's "ready" answer nor a phase kept after a failed
+/// cluster-status shows a Cluster in healthy state.
+#[test]
+fn a_cluster_with_no_ready_instance_is_never_shown_ready_or_healthy() {
+    let agree = |report: &ClusterReport| {
+        let ready = condition(&report.status, "Ready");
+        assert_eq!(report.status.ready_instances, 0);
+        assert_eq!(
+            (
+                report.status.phase.as_str(),
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            (
+                "No instance ready",
+                "False",
+                "NoInstanceReady",
+                "0 of 1 instances ready"
+            ),
+            "{:#?}",
+            report.status
+        );
+    };
+    // A policy that answers "healthy" while the only pod is not ready.
+    let report = cluster_status(&observed(0), &applied(), &healthy(), bound(), at(10));
+    agree(&report);
+    assert_eq!(report.warnings[0].reason, "NoInstanceReady");
+    // A healthy Cluster whose pod stops being ready while its policy's cluster-status fails:
+    // the stored phase and Ready no longer hold.
+    let mut o = observed(1);
+    let first = cluster_status(&o, &applied(), &healthy(), bound(), at(10));
+    (o.conditions, o.phase) = (first.status.conditions.clone(), Some(first.status.phase));
+    o.instances = observed(0).instances;
+    let crashed = Err(Denial::new("PolicyFailed", "the policy crashed"));
+    agree(&cluster_status(&o, &applied(), &crashed, bound(), at(20)));
+    // A policy that already says not ready keeps its phase and reason.
+    let starting = health("Setting up instances", "InstancesNotReady", "0 of 1 ready");
+    let report = cluster_status(&observed(0), &applied(), &starting, bound(), at(10));
+    assert_eq!(report.status.phase, "Setting up instances");
+    assert_eq!(
+        condition(&report.status, "Ready").reason,
+        "InstancesNotReady"
     );
 }
 

@@ -21,6 +21,7 @@
 //! | `promote-ghost`   | failover: promotes `ghost-7`, no such instance  |
 //! | `promote-primary` | failover: promotes the current primary          |
 //! | `promote-lagging` | failover: promotes a standby that never streamed |
+//! | `always-ready`    | cluster-status: healthy and Ready, whatever the pods |
 //! | anything else     | the default decisions                          |
 //!
 //! Every setting is accepted except a `refuse` field (denied, `InvalidSettings`).
@@ -125,6 +126,20 @@ impl Policy for Adversarial {
             s.max_parallel = 0;
         }
         Ok(settings)
+    }
+
+    fn cluster_status(_settings: &Settings, facts: &ClusterFacts) -> Decided<ClusterHealth> {
+        if defaults::cluster_name(&facts.cluster) != "always-ready" {
+            return defaults::cluster_status(facts);
+        }
+        Ok(ClusterHealth {
+            phase: defaults::phase::HEALTHY.into(),
+            ready: ConditionDecision {
+                status: true,
+                reason: "InstancesReady".into(),
+                message: "ready, whatever the pods say".into(),
+            },
+        })
     }
 
     fn failover(_settings: &Settings, facts: &FailoverFacts) -> Decided<Option<Promotion>> {
