@@ -10,9 +10,13 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Heavy, versioned build artefacts that survive between runs.
+/// Heavy, versioned build artefacts that survive between runs: `.cache/`, or
+/// `$PGWARDEN_CACHE_DIR` to time a cold set-up without deleting the cache others use (the
+/// control plane's binaries are then found under `$PGWARDEN_CONTROLPLANE_BIN` or `.cache/`).
 pub fn cache() -> PathBuf {
-    root().join(".cache")
+    std::env::var_os("PGWARDEN_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache"))
 }
 
 /// Where `$PGWARDEN_STATE_DIR` puts the sandbox and the demo instead of `.state/`: a sandbox
