@@ -2,11 +2,11 @@
 //! the local node: the real operator, agents, PostgreSQL, barman and MinIO.
 //!
 //! `instances: 3`; pgbench (4 clients) writes on the primary `pg-1` while a writer inserts
-//! numbered rows into `ledger` one autocommit statement at a time and keeps the numbers whose
-//! `INSERT … RETURNING` came back (the COMMITs acknowledged to the client); it lifts the
-//! read-only default first, as any session may, so a fence by `default_transaction_read_only`
-//! alone does not stop it: only a stopped old primary does. Each number is
-//! tried once: on `pg-1` while it takes writes, then on `pg-2`. The Cluster is annotated
+//! numbered rows into `ledger`, one `BEGIN READ WRITE; INSERT … RETURNING; COMMIT` at a time,
+//! and keeps the numbers that came back (the COMMITs acknowledged to the client). Any client
+//! may ask for a read-write transaction, so a fence by `default_transaction_read_only` alone
+//! does not stop it: only a stopped old primary does. Each number is tried once: on `pg-1`
+//! while it takes writes, then on the next pod. The Cluster is annotated
 //! `pgwarden.io/switchover-to=pg-2`; once `pg-2` takes writes, every acknowledged number must
 //! be in `pg-2`'s `ledger`, and numbers must have been acknowledged on both sides.
 //!
@@ -103,10 +103,8 @@ fn writer(targets: Vec<Target>, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>
         n += 1;
         let target = &targets[at];
         // A client that insists on writing: the read-only default a fence sets is only a
-        // default, which a session may lift.
-        let sql = format!(
-            "SET default_transaction_read_only = off; INSERT INTO ledger VALUES ({n}) RETURNING id"
-        );
+        // default, which a transaction may lift (`BEGIN READ WRITE`).
+        let sql = format!("BEGIN READ WRITE; INSERT INTO ledger VALUES ({n}) RETURNING id; COMMIT");
         let back = target.psql(&sql);
         let mut l = ledger.lock().unwrap();
         l.attempts = n;
@@ -295,8 +293,7 @@ fn a_switchover_under_pgbench_loses_no_acknowledged_commit() {
     assert_eq!(status["targetPrimary"], "pg-2", "{status}");
     // The old primary takes no write now, not even from a client that lifts the read-only
     // default (a second primary behind the Cluster's back).
-    let lifted =
-        "SET default_transaction_read_only = off; INSERT INTO ledger VALUES (-1) RETURNING id";
+    let lifted = "BEGIN READ WRITE; INSERT INTO ledger VALUES (-1) RETURNING id; COMMIT";
     let refused = wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
         w.pod_psql("pg-1", lifted).is_none().then_some(())
     });

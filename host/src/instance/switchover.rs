@@ -9,6 +9,8 @@
 //! ```text
 //!   old primary (targetPrimary names another)       the target standby (role.rs)
 //!   fence: read-only default, sessions ended
+//!   the target streams from it? (else it stays up
+//!     fenced, for the target to catch up: as before)
 //!   pg_ctl stop -m fast: the shutdown checkpoint;
 //!     the WAL senders send all WAL to the standbys
 //!   report {primary, readOnly, LSN of the shutdown
@@ -46,10 +48,19 @@ pub async fn hand_over(
     let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
         return Ok(Next::Continue);
     };
-    let lsn = tokio::task::block_in_place(|| {
+    let streaming = tokio::task::block_in_place(|| {
         super::role::fence(pg)?;
-        stop_cleanly(pg)
+        target_streams(pg, target)
     })?;
+    if !streaming {
+        // A clean shutdown sends WAL only to connected standbys: stay up, fenced, so the
+        // target catches up from here (it promotes once it has this primary's last report).
+        eprintln!(
+            "pgwarden-agent: {pod} stays up fenced: {target} does not stream from it (yet), and a stopped primary could not send it the rest"
+        );
+        return Ok(Next::Continue);
+    }
+    let lsn = tokio::task::block_in_place(|| stop_cleanly(pg))?;
     eprintln!(
         "pgwarden-agent: {pod} stopped cleanly at {lsn} to hand over to {target} (targetPrimary)"
     );
@@ -84,6 +95,28 @@ pub async fn hand_over(
         HAND_OVER_WAIT.as_secs()
     );
     Ok(Next::Rejoin)
+}
+
+/// How long the old primary waits for the target's WAL sender to be streaming.
+const STREAM_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `target` streams from this primary (a `pg_stat_replication` row under its
+/// application name, the pod's name), waiting up to [`STREAM_WAIT`].
+fn target_streams(pg: &Postgres, target: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name = '{}'",
+        target.replace('\'', "''")
+    );
+    let start = Instant::now();
+    loop {
+        if pg.query(&sql)? != "0" {
+            return Ok(true);
+        }
+        if start.elapsed() > STREAM_WAIT {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// `pg_ctl stop -m fast` (sessions rolled back, a shutdown checkpoint; the WAL senders send
