@@ -463,6 +463,55 @@ mod tests {
         );
     }
 
+    fn here(pod: &str) -> Here {
+        Here {
+            namespace: "ns".into(),
+            cluster: "pg".into(),
+            pod: pod.into(),
+            layout: Layout::new(std::path::Path::new("/pgdata")),
+            settings_dir: "/settings".into(),
+            pg: Arc::new(PgConn {
+                host: "/run".into(),
+                port: 5432,
+                user: "postgres".into(),
+            }),
+        }
+    }
+
+    /// The primary's agent switches WAL for a Backup of its Cluster running elsewhere whose
+    /// agent waits with an end WAL; not for its own, a finished one, or another Cluster's.
+    #[test]
+    fn the_primary_switches_for_a_backup_waiting_on_another_pod_of_its_cluster() {
+        let mut b = backup(
+            BackupPhase::Running,
+            "pg-2",
+            Some(BackupAgentState::Running),
+        );
+        b.spec.cluster.name = "pg".into();
+        b.status.as_mut().unwrap().end_wal = Some("000000010000000000000004".into());
+        let end = Some("000000010000000000000004".to_string());
+        assert_eq!(waits_for_wal(&b, &here("pg-1")), end);
+        assert_eq!(waits_for_wal(&b, &here("pg-2")), None, "its own backup");
+        let mut done = b.clone();
+        done.status.as_mut().unwrap().agent.as_mut().unwrap().state =
+            Some(BackupAgentState::Succeeded);
+        assert_eq!(waits_for_wal(&done, &here("pg-1")), None, "finished");
+        let mut other = b.clone();
+        other.spec.cluster.name = "other".into();
+        assert_eq!(
+            waits_for_wal(&other, &here("pg-1")),
+            None,
+            "another Cluster's"
+        );
+        let mut taking = b;
+        taking.status.as_mut().unwrap().end_wal = None;
+        assert_eq!(
+            waits_for_wal(&taking, &here("pg-1")),
+            None,
+            "still taking it"
+        );
+    }
+
     #[test]
     fn an_archived_file_covers_the_end_wal_at_or_after_it() {
         let end = "000000010000000000000005";
