@@ -190,10 +190,10 @@ async fn supervise(
                     }
                 }
                 if super::role::tick(opts, pg, &reporter).await == super::role::Next::Rejoin {
-                    // Stopped (never writable again as this primary), then started afresh:
-                    // the start rejoins it as a standby of the new primary.
+                    // Stopped (a former primary: never writable again), then started
+                    // afresh: the start rewinds it into a standby of the new primary.
                     stop(&mut child)?;
-                    bail!("{} is a former primary: restarting to rejoin as a standby", opts.pod_name.as_deref().unwrap_or_default());
+                    bail!("{}: restarting to rejoin the new primary as a standby", opts.pod_name.as_deref().unwrap_or_default());
                 }
                 // May restart the postmaster (a new `child`): an error means it is not back.
                 super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;

@@ -6,7 +6,8 @@
 //!     this pod is the primary ─────────────────────────► primary (fenced first when it is
 //!                                                          not the target: `role`)
 //!     empty PGDATA, or a standby's (standby.signal) ───► standby (cloned if empty)
-//!     a primary's PGDATA, targetPrimary another pod ───► rejoin:
+//!     a primary's PGDATA, targetPrimary another pod, or a standby that received WAL the
+//!     new primary never had (rejoin.json {pending}, see `role`) ───► rejoin:
 //!         rejoin.json {rewinding} ─► pg_rewind from the new primary (WAL it recycled since
 //!         the fork from the store: --restore-target-wal) ─► {rewound}
 //!         ─► standby.signal ─► forget rejoin.json ─► standby
@@ -122,8 +123,15 @@ pub async fn start_as(opts: &RunOptions, layout: &Layout) -> Result<StartAs> {
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 enum Stage {
+    /// A rewind is needed, not begun: a standby that received WAL the new primary never had.
+    Pending,
     Rewinding,
     Rewound,
+}
+
+/// Asks for a rewind at the next start (a standby that diverged from the new primary).
+pub fn request(layout: &Layout) -> Result<()> {
+    layout::write_json_durable(&marker(layout), &Stage::Pending)
 }
 
 fn marker(layout: &Layout) -> PathBuf {
@@ -156,7 +164,7 @@ pub fn rejoin(
         );
         return set_aside(layout);
     }
-    if stage.is_none() {
+    if matches!(stage, None | Some(Stage::Pending)) {
         if !layout.pgdata.join("PG_VERSION").exists() {
             return Ok(()); // moved aside already: `standby::prepare` clones
         }

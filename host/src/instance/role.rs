@@ -59,8 +59,8 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
         return Ok(Next::Continue);
     };
     let primary = pgwarden_core::failover::primary_of(cluster, Some(&status));
-    if replication.in_recovery {
-        follow(opts, pg, pod, &primary).await;
+    if replication.in_recovery && follow(opts, pg, pod, &primary).await {
+        return Ok(Next::Rejoin);
     }
     let Some(target) = status.target_primary.clone() else {
         return Ok(Next::Continue);
@@ -131,25 +131,80 @@ async fn prune(opts: &RunOptions, reporter: &Reporter, entries: &[InstanceStatus
 /// Keeps a streaming standby pointed at the primary the status names: a failover moved it,
 /// or its pod came back at another address. Nothing to do where the `-rw` Service resolves
 /// (it follows the primary's label), nor for a restore in recovery (no standby.signal).
-async fn follow(opts: &RunOptions, pg: &Postgres, pod: &str, primary: &str) {
+/// `true`: this standby received WAL past the new primary's fork and cannot follow it; it
+/// is to be rewound (asked for in `rejoin.json`, done at the next start).
+async fn follow(opts: &RunOptions, pg: &Postgres, pod: &str, primary: &str) -> bool {
     if primary == pod || !pg.pgdata.join("standby.signal").exists() {
-        return;
+        return false;
+    }
+    let layout = super::layout::Layout::new(&pg.pgdata);
+    if tokio::task::block_in_place(|| diverged(pg)) {
+        eprintln!(
+            "pgwarden-agent: {pod} replayed past the fork of {primary}'s timeline: rewinding"
+        );
+        return match super::rejoin::request(&layout) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("pgwarden-agent: cannot ask for the rewind of {pod}: {e:#}");
+                false
+            }
+        };
     }
     if super::standby::service_host(opts).is_some() {
-        return;
+        return false;
     }
     let Ok(Some(host)) = super::standby::primary_address(opts, primary).await else {
-        return;
+        return false;
     };
     let current = tokio::task::block_in_place(|| super::standby::streaming_from(pg));
     if current.ok().flatten().as_deref() == Some(host.as_str()) {
-        return;
+        return false;
     }
-    let layout = super::layout::Layout::new(&pg.pgdata);
     match tokio::task::block_in_place(|| super::standby::repoint(pg, &layout, &host, pod)) {
         Ok(()) => eprintln!("pgwarden-agent: {pod} now streams from {primary} ({host})"),
         Err(e) => eprintln!("pgwarden-agent: cannot point {pod} at {primary} ({host}): {e:#}"),
     }
+    false
+}
+
+/// A standby that does not stream and has replayed past the switch point of the newest
+/// timeline its WAL receiver fetched (`pg_wal/<tli>.history`), while on an older timeline:
+/// it holds WAL the new primary never had, and PostgreSQL waits forever ("new timeline
+/// forked off current database system timeline before current recovery point").
+fn diverged(pg: &Postgres) -> bool {
+    let Some((tli, switch)) = newest_history(&pg.pgdata.join("pg_wal")) else {
+        return false;
+    };
+    let Ok(row) = pg.query(
+        "SELECT (SELECT timeline_id FROM pg_control_checkpoint()) || ' ' ||          pg_last_wal_replay_lsn() || ' ' ||          EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+    ) else {
+        return false;
+    };
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let [on, replayed, streaming] = fields[..] else {
+        return false;
+    };
+    let on: u32 = on.parse().unwrap_or(u32::MAX);
+    streaming != "true" && on < tli && parse_lsn(replayed).is_some_and(|r| r > switch)
+}
+
+/// The newest `<tli>.history` in `pg_wal` and the switch point its last line records.
+pub fn newest_history(pg_wal: &std::path::Path) -> Option<(u32, u64)> {
+    let (tli, path) = std::fs::read_dir(pg_wal)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let tli = u32::from_str_radix(name.strip_suffix(".history")?, 16).ok()?;
+            Some((tli, e.path()))
+        })
+        .max_by_key(|(tli, _)| *tli)?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let last = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with('#'))?;
+    let switch = parse_lsn(last.split_whitespace().nth(1)?)?;
+    Some((tli, switch))
 }
 
 /// Whether pod `pod` (a standby, `me`) may promote now, given the other instances' reports:
@@ -333,6 +388,24 @@ mod tests {
             read_only,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_newest_history_file_gives_the_fork_point() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(newest_history(dir.path()), None);
+        std::fs::write(
+            dir.path().join("00000002.history"),
+            "1\t0/94E0B68\tno recovery target specified\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("00000003.history"),
+            "1\t0/94E0B68\tx\n2\t0/A000000\ty\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("000000030000000000000009"), "").unwrap();
+        assert_eq!(newest_history(dir.path()), Some((3, 0xA000000)));
     }
 
     #[test]
