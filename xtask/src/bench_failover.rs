@@ -24,6 +24,11 @@
 //!               lost 0 of 92 acknowledged
 //! ```
 //!
+//! With the final switchover (the old primary stops only once the target streams from it),
+//! through `cargo xtask bench failover`, load average 7-8: switchover writable 9.1 s after
+//! the annotation, 0 of 309 lost; failover detection 29.2 s, promotion 12.1 s, writable after
+//! 41.2 s, 0 of 279 lost.
+//!
 //! Both are bound by the agents' 10 s tick (`--report-interval`): the old primary notices the
 //! new `targetPrimary`, then the target notices the old one's last report, each on its tick.
 
