@@ -152,6 +152,7 @@ fn run_mode(
         last = sample(&pg, t0);
     }
     let drained = last.archived + 1 >= target;
+    let catch_up = drained.then(|| drain_start.elapsed().as_secs_f64());
     let cpu_drain = CpuTimes::now().since(&cpu_drain_start);
     let load_secs = end.t - start.t;
     let written = end.written - start.written;
@@ -185,7 +186,7 @@ fn run_mode(
         "lag_segments_at_end_of_load": end.written.saturating_sub(end.archived + 1),
         "max_lag_segments": max_lag,
         "max_ready_files": max_ready,
-        "catch_up_seconds": drained.then(|| drain_start.elapsed().as_secs_f64()),
+        "catch_up_seconds": catch_up,
         "archived_after_catch_up_window": last.archived.saturating_sub(start.archived),
         "failed_count": failed.parse::<i64>().unwrap_or(-1),
         "cpu_busy_during_load": cpu_load.busy,

@@ -6,7 +6,10 @@
 //!               until its PUT ends; uploads beyond the allowance wait their turn
 //!   cpu_slot    at most one compression per core, so parallel uploads queue for the CPU
 //!               instead of all slowing down together (and all holding a buffer meanwhile)
-//!   PayloadWriter  compressed bytes into fixed 1 MiB blocks: no doubling Vec, no copy
+//!   PayloadWriter  compressed bytes into 1 MiB blocks from a pool of at most the allowance:
+//!               the blocks are reused, never handed back to the allocator, whose per-thread
+//!               arenas otherwise keep freed 1 MiB blocks around (94 MiB peak RSS measured
+//!               with plain allocations and a 32 MiB allowance)
 //!   BodyReader  a download's chunks, read in a blocking thread as they arrive: a GET never
 //!               holds the whole object
 //! ```
@@ -18,11 +21,11 @@
 //! allowance is two of them; compressed ones are a few MiB and many fit.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use object_store::{PutPayload, PutPayloadMut};
+use object_store::PutPayload;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Payload bytes all uploads of this process may hold at once.
@@ -68,25 +71,66 @@ pub async fn cpu_slot() -> OwnedSemaphorePermit {
         .expect("the CPU slots are never closed")
 }
 
-/// Collects written bytes into a [`PutPayload`] of fixed-size blocks.
-pub struct PayloadWriter(PutPayloadMut);
+/// Spare payload blocks; a block goes back here when the last `Bytes` over it is dropped.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A payload block that returns to [`POOL`] (up to the allowance) instead of being freed.
+struct Block(Vec<u8>);
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < UPLOAD_MEMORY / BLOCK {
+            let mut v = std::mem::take(&mut self.0);
+            v.clear();
+            pool.push(v);
+        }
+    }
+}
+
+fn block() -> Vec<u8> {
+    let spare = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    spare.unwrap_or_else(|| Vec::with_capacity(BLOCK))
+}
+
+/// Collects written bytes into a [`PutPayload`] of pooled 1 MiB blocks.
+pub struct PayloadWriter {
+    done: Vec<Bytes>,
+    current: Vec<u8>,
+}
 
 impl PayloadWriter {
     pub fn new() -> Self {
-        Self(PutPayloadMut::new().with_block_size(BLOCK))
+        Self {
+            done: Vec::new(),
+            current: block(),
+        }
     }
-    pub fn len(&self) -> usize {
-        self.0.content_length()
-    }
-    pub fn freeze(self) -> PutPayload {
-        self.0.freeze()
+    pub fn freeze(mut self) -> PutPayload {
+        if !self.current.is_empty() {
+            let last = std::mem::take(&mut self.current);
+            self.done.push(Bytes::from_owner(Block(last)));
+        }
+        self.done.into_iter().collect()
     }
 }
 
 impl Write for &mut PayloadWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
+        let room = BLOCK - self.current.len();
+        let n = room.min(buf.len());
+        self.current.extend_from_slice(&buf[..n]);
+        if self.current.len() == BLOCK {
+            let full = std::mem::replace(&mut self.current, block());
+            self.done.push(Bytes::from_owner(Block(full)));
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -151,6 +195,22 @@ mod tests {
         assert_eq!(BUDGET.available_permits(), before - (3 * 1024 + 1));
         drop(held);
         assert_eq!(BUDGET.available_permits(), before);
+    }
+
+    #[test]
+    fn a_payload_holds_what_was_written_in_pooled_blocks() {
+        let data: Vec<u8> = (0..(BLOCK * 2 + 7)).map(|i| (i % 253) as u8).collect();
+        let mut w = PayloadWriter::new();
+        (&mut w).write_all(&data).unwrap();
+        let payload = w.freeze();
+        assert_eq!(payload.content_length(), data.len());
+        let back: Vec<u8> = payload.iter().flat_map(|b| b.to_vec()).collect();
+        assert!(back == data);
+        drop(payload);
+        assert!(
+            POOL.lock().unwrap().len() >= 3,
+            "the blocks went back to the pool"
+        );
     }
 
     #[tokio::test]
