@@ -165,3 +165,37 @@ impl StoreWorld<'_> {
         crate::datapath::log_tail(&log, lines)
     }
 }
+
+/// The process group of process `pid`.
+fn pgrp(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("its stat");
+    // `pid (comm) state ppid pgrp ...`: the fields after the command's closing parenthesis.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after.split_whitespace().nth(2).expect("pgrp").to_string()
+}
+
+/// Sends `signal` to `pod`'s container: its agent's process group and PostgreSQL's (the
+/// postmaster calls setsid: a group of its own, its backends in it).
+pub fn signal_container(w: &StoreWorld<'_>, pod: &str, signal: &str) {
+    let pids = agent_pids(&w.state, &w.ns.name, pod);
+    let agent = *pids.first().unwrap_or_else(|| panic!("no agent of {pod}"));
+    let claim = std::fs::read_dir(w.state.join("node/volumes").join(&w.ns.name))
+        .expect("volumes")
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pod}-"))
+        })
+        .expect("its claim's volume");
+    let pid_file = std::fs::read_to_string(claim.path().join("pgdata/postmaster.pid"))
+        .expect("postmaster.pid");
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    for group in [pgrp(agent), pgrp(postmaster)] {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{group}")])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} -{group} ({pod})");
+    }
+}

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::localnode::pod_psql;
 use pgwarden_tests::operator::{apply_yaml, get, list};
-use pgwarden_tests::world::{StoreWorld, agent_pids, store_world};
+use pgwarden_tests::world::{StoreWorld, signal_container, store_world};
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-failover";
@@ -121,40 +121,6 @@ fn pgbench(w: &StoreWorld<'_>, pod: &Value, args: &[&str]) -> Command {
         .args(args)
         .arg("postgres");
     cmd
-}
-
-/// The process group of process `pid`.
-fn pgrp(pid: u32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("its stat");
-    // `pid (comm) state ppid pgrp ...`: the fields after the command's closing parenthesis.
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    after.split_whitespace().nth(2).expect("pgrp").to_string()
-}
-
-/// Sends `signal` to `pod`'s container: its agent's process group and PostgreSQL's (the
-/// postmaster calls setsid: a group of its own, its backends in it).
-fn signal_container(w: &StoreWorld<'_>, pod: &str, signal: &str) {
-    let pids = agent_pids(&w.state, &w.ns.name, pod);
-    let agent = *pids.first().unwrap_or_else(|| panic!("no agent of {pod}"));
-    let claim = std::fs::read_dir(w.state.join("node/volumes").join(&w.ns.name))
-        .expect("volumes")
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{pod}-"))
-        })
-        .expect("its claim's volume");
-    let pid_file = std::fs::read_to_string(claim.path().join("pgdata/postmaster.pid"))
-        .expect("postmaster.pid");
-    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-    for group in [pgrp(agent), pgrp(postmaster)] {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), "--", &format!("-{group}")])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} -{group} ({pod})");
-    }
 }
 
 /// Waits until the store holds the WAL object `name` (a segment or a `.history` file).

@@ -11,9 +11,9 @@
 //! be in `pg-2`'s `ledger`, and numbers must have been acknowledged on both sides.
 //!
 //! `cargo xtask bench failover` runs [`bench_failover`] (ignored here): the same switchover
-//! timed, then the primary frozen (SIGSTOP of its container's process group) under the same
-//! load, with the time to a writable new primary split into detection and promotion, and the
-//! acknowledged transactions the new primary does not have.
+//! timed, then the primary frozen (SIGSTOP of its agent's and its PostgreSQL's process
+//! groups) under the same load, with the time to a writable new primary split into
+//! detection and promotion, and the acknowledged transactions the new primary does not have.
 //!
 //! Slow (minutes). Needs `cargo xtask setup` (see `cargo xtask test`).
 
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::operator::{apply_yaml, get};
-use pgwarden_tests::world::{StoreWorld, agent_pids, store_cluster_yaml, store_world};
+use pgwarden_tests::world::{StoreWorld, signal_container, store_cluster_yaml, store_world};
 use serde_json::Value;
 
 const BUCKET: &str = "pgwarden-switch";
@@ -304,26 +304,6 @@ fn a_switchover_under_pgbench_loses_no_acknowledged_commit() {
 }
 
 /// The process group of pod `pod`'s container (its agent leads it).
-fn process_group(w: &StoreWorld<'_>, pod: &str) -> i32 {
-    let pid = *agent_pids(&w.state, &w.ns.name, pod)
-        .first()
-        .expect("the agent's pid");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    after
-        .split_whitespace()
-        .nth(2)
-        .and_then(|g| g.parse().ok())
-        .expect("its process group")
-}
-
-fn signal_group(group: i32, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{group}")])
-        .status();
-    assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} -{group}");
-}
-
 /// `cargo xtask bench failover`: figures to stderr and `$PGWARDEN_BENCH_OUT` (JSON).
 #[test]
 #[ignore = "a benchmark: cargo xtask bench failover"]
@@ -340,10 +320,10 @@ fn bench_failover() {
 
     // Failover: pg-1 frozen under load; the policy's delay, then pg-2 or pg-3 promotes.
     let w = cluster("benchfailover", "bfo");
-    let group = process_group(&w, "pg-1");
     let mut decided = None;
     let run = under_load(&w, || {
-        signal_group(group, "STOP");
+        // The agent and PostgreSQL both hang (the postmaster has its own process group).
+        signal_container(&w, "pg-1", "STOP");
         let frozen = Instant::now();
         let target = wait_for(Duration::from_secs(240), Duration::from_millis(200), || {
             let status = get(&w.ns, "cluster", "pg")?["status"].clone();
@@ -352,7 +332,7 @@ fn bench_failover() {
         });
         decided = Some((frozen.elapsed(), target));
     });
-    signal_group(group, "CONT");
+    signal_container(&w, "pg-1", "CONT");
     let (detection, target) = decided.expect("the act ran");
     let total = run.writable_after() + detection;
     let failover = serde_json::json!({
