@@ -14,6 +14,10 @@
 //! (WAL compressions, each a run of every mode; default `none,gzip`),
 //! `PGWARDEN_BENCH_RESTORE` (`0` skips the restore benchmark).
 //!
+//! Disk: the script grows its table ~80 MB/s and each segment lands in pg_wal and in MinIO;
+//! a 60 s native run with its two restores peaked above 16 GB (2026-12-01, the disk filled
+//! on the shared machine). `PGWARDEN_BENCH_SECONDS=15` needs about a quarter of that.
+//!
 //! The restore benchmark (native mode only, where the same store serves both): a base backup
 //! is taken before the load; after the catch-up, the same backup and WAL are restored twice
 //! to the latest point, once with the native restorer (prefetching `maxParallel` segments)
