@@ -95,6 +95,9 @@ pub struct BackupStatus {
     /// WAL location where the backup ended.
     #[serde(rename = "endLSN")]
     pub end_lsn: Option<String>,
+    /// Size of the backup in the object store, in bytes (after compression), as barman
+    /// reported it.
+    pub size_bytes: Option<i64>,
     /// The object store folder holding the backup.
     pub destination_path: Option<String>,
     /// The server folder name inside destinationPath.

@@ -61,6 +61,30 @@ pub struct ClusterSpec {
     /// Continuous backup: WAL archiving and base backups to an S3-compatible object store.
     /// WAL archiving is enabled as soon as a destination path and credentials are set.
     pub backup: Option<ObjectStore>,
+    /// Labels and annotations of the instance agent's ServiceAccount `<name>-agent`, which
+    /// the instance pods run as: a cloud identity for the object store, declared here (IRSA:
+    /// `eks.amazonaws.com/role-arn`; GKE Workload Identity: `iam.gke.io/gcp-service-account`;
+    /// EKS Pod Identity associates a role with the ServiceAccount's name). A change updates
+    /// the ServiceAccount in place.
+    pub service_account_template: Option<crate::identity::ServiceAccountTemplate>,
+    /// Plain environment variables of the instance container, which the archiver and backup
+    /// tools inherit: e.g. `AWS_REQUEST_CHECKSUM_CALCULATION=when_required` for a non-AWS
+    /// store with boto3 1.36 or later. Not the credentials and not pgwarden's own variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION,
+    /// AWS_CA_BUNDLE, POD_NAME, POD_NAMESPACE, PGDATA, PGWARDEN_*). A change rolls out like
+    /// any change of the pods: one pod replaced at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "maxItems" = crate::identity::MAX_ENV,
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"]
+    ))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": (crate::identity::env_rule()),
+         "message": "spec.env must not set a variable pgwarden sets",
+         "messageExpression": (crate::identity::env_message())}
+    ]))]
+    pub env: Vec<crate::identity::EnvVar>,
 }
 
 fn default_instances() -> i32 {

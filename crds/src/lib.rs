@@ -18,6 +18,7 @@
 mod backup;
 mod cluster;
 mod common;
+pub mod identity;
 mod policy;
 mod scheduled;
 pub mod settings;

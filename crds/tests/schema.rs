@@ -759,3 +759,34 @@ fn postgresql_parameters_are_refused_by_name_form_and_reserved_in_any_case() {
         assert!(errors.is_empty(), "{name} refused: {errors:?}");
     }
 }
+
+/// `spec.env` may not override what pgwarden sets; the message names the variable. The
+/// boto3 ≥ 1.36 setting a non-AWS store needs, and a ServiceAccount template, pass.
+#[test]
+fn env_refuses_pgwarden_variables_by_name() {
+    let env = |name: &str| {
+        with(
+            seed_cluster(),
+            "/spec/env",
+            json!([{"name": "TZ", "value": "UTC"}, {"name": name, "value": "x"}]),
+        )
+    };
+    for name in ["AWS_SECRET_ACCESS_KEY", "PGDATA", "POD_NAME", "PGWARDEN_CLUSTER"] {
+        assert_rejected(
+            &env(name),
+            None,
+            &format!("spec.env must not set {name}: pgwarden sets it"),
+        );
+    }
+    assert_rejected(&env("1X"), None, "/spec/env/1/name");
+    let ok = with(
+        env("AWS_REQUEST_CHECKSUM_CALCULATION"),
+        "/spec/serviceAccountTemplate",
+        json!({"metadata": {
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/pg"},
+            "labels": {"team": "a"}
+        }}),
+    );
+    let errors = admission_errors(&ok, None);
+    assert!(errors.is_empty(), "{errors:?}");
+}
