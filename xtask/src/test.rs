@@ -134,6 +134,9 @@ pub fn run() -> Result<()> {
     build_pgwarden()?;
     let images = step("images", || crate::image::for_tests(&prepared.env))?;
     prepared.env.extend(images.env());
+    // tests/tests/plugin.rs runs the kubectl plugin, which `--all-targets` builds here.
+    let plugin = paths::root().join("target/debug/kubectl-pgwarden");
+    prepared.env.push(("PGWARDEN_PLUGIN_BIN", plugin));
     step("tests", || {
         cargo(
             // Every test binary runs, so one failure does not hide the others.
