@@ -33,8 +33,9 @@ pub const SWITCHOVER_ANNOTATION: &str = "pgwarden.io/switchover-to";
 pub const PROMOTION_REFUSED: &str = "PromotionRefused";
 
 /// While the primary is unhealthy the Cluster is looked at again this often, so that the
-/// policy's delay is measured in seconds, not in the steady requeue's minutes.
-pub const UNHEALTHY_REQUEUE_SECONDS: u64 = 5;
+/// policy's delay is measured in seconds, not in the steady requeue's minutes (a failover is
+/// decided at most this long after the delay; 5 s before the agents acted within a second).
+pub const UNHEALTHY_REQUEUE_SECONDS: u64 = 2;
 
 /// What the host decides of the primary: `targetPrimary`, `PrimaryElected`, and when to look
 /// again (none: the steady interval).
@@ -53,6 +54,7 @@ fn instance_facts(s: &InstanceStatus, now: DateTime<Utc>) -> InstanceFacts {
         _ => Role::Replica,
     };
     let received = s.received_lsn.as_deref().and_then(parse_lsn);
+    let replayed = s.replayed_lsn.as_deref().and_then(parse_lsn);
     InstanceFacts {
         name: s.name.clone(),
         role,
@@ -60,8 +62,12 @@ fn instance_facts(s: &InstanceStatus, now: DateTime<Utc>) -> InstanceFacts {
         // A standby whose receiver lost a dead primary still received from it: the LSN
         // stays, and it is what a promotion needs.
         streaming: role == Role::Replica && (s.streaming == Some(true) || received.is_some()),
-        received_lsn: received,
-        replayed_lsn: s.replayed_lsn.as_deref().and_then(parse_lsn),
+        // The WAL it holds, which a promotion replays: what it replayed is on its disk too.
+        // PostgreSQL restarted without its primary counts received WAL afresh from its replay
+        // position's segment start (0/3000000 for WAL replayed up to 0/3C542B0): ranked on
+        // that, it lost to a standby holding less.
+        received_lsn: received.max(replayed),
+        replayed_lsn: replayed,
         lag_bytes: s.lag_bytes.and_then(|b| u64::try_from(b).ok()),
         lag_seconds: s.lag_seconds.and_then(|b| u64::try_from(b).ok()),
     }

@@ -178,3 +178,25 @@ fn no_report_no_election() {
     let e = elect(&f, None, failover(&f, FAILOVER_DELAY_SECONDS));
     assert_eq!((e.target_primary, e.requeue_seconds), (None, None));
 }
+
+/// A standby whose PostgreSQL restarted after its primary died counts received WAL afresh:
+/// PostgreSQL's WAL receiver starts at the segment of the replay position, so
+/// `pg_last_wal_receive_lsn()` is that segment's start, behind what it replayed (and holds).
+#[test]
+fn a_standby_restarted_without_its_primary_is_ranked_by_the_wal_it_holds() {
+    let mut c = cluster(40);
+    let restarted = InstanceStatus {
+        replayed_lsn: Some("0/5A3F000".into()),
+        ..report("pg-2", "replica", 5, Some("0/5000000"))
+    };
+    c.status.as_mut().unwrap().instances_status = vec![
+        report("pg-1", "primary", 40, Some("0/5A3F000")),
+        restarted,
+        report("pg-3", "replica", 5, Some("0/5A00000")),
+    ];
+    let f = facts(&c, now());
+    let pg2 = f.instances.iter().find(|i| i.name == "pg-2").unwrap();
+    assert_eq!(pg2.received_lsn, Some(0x5A3F000), "what it holds");
+    let decided = failover(&f, FAILOVER_DELAY_SECONDS).unwrap().unwrap();
+    assert_eq!(decided.instance, "pg-2", "{}", decided.message);
+}
