@@ -95,8 +95,9 @@ pub struct BackupStatus {
     /// WAL location where the backup ended.
     #[serde(rename = "endLSN")]
     pub end_lsn: Option<String>,
-    /// Size of the backup in the object store, in bytes (after compression), as barman
-    /// reported it.
+    /// Size of the backup in bytes, as barman reported it: the bytes stored when barman says
+    /// (`size`), else the PostgreSQL cluster's size when the backup started, before
+    /// compression (`cluster_size`, what barman-cloud-backup reports).
     pub size_bytes: Option<i64>,
     /// The object store folder holding the backup.
     pub destination_path: Option<String>,
