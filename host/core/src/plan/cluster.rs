@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodTemplateSpec, Secret,
-    Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
+    ConfigMap, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodTemplateSpec,
+    Secret, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use pgwarden_crds::Cluster;
@@ -168,6 +168,7 @@ fn pod_apply(
     secrets.insert(names::replication_secret(cluster_name(cluster)));
     guardrails::pod::check_pod_template(cluster, &pod_name, &template, &secrets)?;
     let mut pod = build_pod(cluster, pod_name, &template);
+    with_cluster_env(cluster, &mut pod)?;
     // Who is primary is the agents' report, not the pod's index nor the policy's word: the
     // `-rw`/`-r` Services select by this label (relabelled in place, see the applier).
     let role = match crate::failover::primary_pod(cluster)
@@ -179,6 +180,45 @@ fn pod_apply(
     (pod.metadata.labels.get_or_insert_with(BTreeMap::new))
         .insert(pod::LABEL_ROLE.into(), role.into());
     Ok(apply(&pod))
+}
+
+/// Adds `spec.env` to the instance container: the host's, not the policy's, so that every
+/// policy passes it to the archiver and backup tools. A name pgwarden sets is refused (the
+/// CRD's rule refuses it at admission; this holds for a Cluster stored before the rule). The
+/// error names the variable, never its value.
+fn with_cluster_env(cluster: &Cluster, pod: &mut Pod) -> Result<(), GuardrailError> {
+    if cluster.spec.env.is_empty() {
+        return Ok(());
+    }
+    let object = format!(
+        "Pod {}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    let container = spec
+        .containers
+        .iter_mut()
+        .find(|c| c.name == pod::CONTAINER);
+    let Some(container) = container else {
+        return Ok(());
+    };
+    let env = container.env.get_or_insert_with(Vec::new);
+    for var in &cluster.spec.env {
+        if pgwarden_crds::identity::is_reserved_env(&var.name) {
+            return Err(GuardrailError::Invalid {
+                object,
+                detail: format!("spec.env must not set {}: pgwarden sets it", var.name),
+            });
+        }
+        env.retain(|e| e.name != var.name);
+        env.push(EnvVar {
+            name: var.name.clone(),
+            value: Some(var.value.clone()),
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 /// Marks a Secret the operator fills with a random value under the annotation's key when it
@@ -313,5 +353,77 @@ fn build_pod(cluster: &Cluster, pod_name: String, template: &PodTemplateSpec) ->
         metadata,
         spec: Some(spec),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use serde_json::json;
+
+    fn cluster(env: serde_json::Value) -> Cluster {
+        serde_json::from_value(json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "pg", "namespace": "ns", "uid": "u"},
+            "spec": {"env": env}
+        }))
+        .unwrap()
+    }
+
+    fn pod() -> Pod {
+        let container = Container {
+            name: pod::CONTAINER.into(),
+            env: Some(vec![EnvVar {
+                name: "TZ".into(),
+                value: Some("Europe/Paris".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        Pod {
+            metadata: object_meta(&cluster(json!([])), "pg-1".into(), BTreeMap::new()),
+            spec: Some(PodSpec {
+                containers: vec![container],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn env(pod: &Pod) -> Vec<(String, String)> {
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        (c.env.iter().flatten())
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn the_cluster_env_reaches_the_container_and_wins_over_the_policy() {
+        let mut p = pod();
+        let c = cluster(json!([
+            {"name": "AWS_REQUEST_CHECKSUM_CALCULATION", "value": "when_required"},
+            {"name": "TZ", "value": "UTC"}
+        ]));
+        with_cluster_env(&c, &mut p).unwrap();
+        let pairs = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            env(&p),
+            vec![
+                pairs("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
+                pairs("TZ", "UTC")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reserved_name_is_refused_naming_it_not_its_value() {
+        let c = cluster(json!([{"name": "AWS_SECRET_ACCESS_KEY", "value": "s3cr3t"}]));
+        let e = with_cluster_env(&c, &mut pod()).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.env must not set AWS_SECRET_ACCESS_KEY"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 }

@@ -48,14 +48,27 @@ pub fn agent_rules(cluster: &str) -> Vec<PolicyRule> {
     ]
 }
 
-/// The ServiceAccount the instance pods run as: `<cluster>-agent`.
+/// The ServiceAccount the instance pods run as: `<cluster>-agent`, with the labels and
+/// annotations of `spec.serviceAccountTemplate` (a cloud identity: IRSA, GKE Workload
+/// Identity). Applied whole by server-side apply, so a changed template updates it in place
+/// and an annotation dropped from the template leaves it (the cluster label stays pgwarden's).
 pub fn service_account(cluster: &Cluster) -> ServiceAccount {
+    let template = cluster
+        .spec
+        .service_account_template
+        .as_ref()
+        .map(|t| t.metadata.clone())
+        .unwrap_or_default();
+    let mut metadata = object_meta(
+        cluster,
+        names::agent(cluster_name(cluster)),
+        template.labels,
+    );
+    if !template.annotations.is_empty() {
+        metadata.annotations = Some(template.annotations);
+    }
     ServiceAccount {
-        metadata: object_meta(
-            cluster,
-            names::agent(cluster_name(cluster)),
-            BTreeMap::new(),
-        ),
+        metadata,
         ..Default::default()
     }
 }
@@ -88,5 +101,39 @@ pub fn agent_role_binding(cluster: &Cluster) -> RoleBinding {
             namespace: cluster.metadata.namespace.clone(),
             ..Default::default()
         }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(spec: serde_json::Value) -> Cluster {
+        serde_json::from_value(json!({
+            "apiVersion": "postgresql.k8s.2ndq.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "pg", "namespace": "ns", "uid": "u"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_account_carries_the_template_and_keeps_the_cluster_label() {
+        let plain = service_account(&cluster(json!({})));
+        assert_eq!(plain.metadata.annotations, None);
+        let c = cluster(json!({"serviceAccountTemplate": {"metadata": {
+            "annotations": {"iam.gke.io/gcp-service-account": "pg@p.iam.gserviceaccount.com"},
+            "labels": {"team": "a", "postgresql.k8s.2ndq.io/cluster": "other"}
+        }}}));
+        let sa = service_account(&c);
+        let annotations = sa.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations["iam.gke.io/gcp-service-account"],
+            "pg@p.iam.gserviceaccount.com"
+        );
+        let labels = sa.metadata.labels.unwrap_or_default();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels["postgresql.k8s.2ndq.io/cluster"], "pg");
     }
 }
