@@ -29,8 +29,15 @@
 //! the annotation, 0 of 309 lost; failover detection 29.2 s, promotion 12.1 s, writable after
 //! 41.2 s, 0 of 279 lost.
 //!
-//! Both are bound by the agents' 10 s tick (`--report-interval`): the old primary notices the
-//! new `targetPrimary`, then the target notices the old one's last report, each on its tick.
+//! Both were bound by the agents' 10 s tick (`--report-interval`): the old primary noticed the
+//! new `targetPrimary`, then the target noticed the old one's last report, each on its tick.
+//! Since 2026-12-01 an agent reads its Cluster each second while a change of primary is under
+//! way (`host/src/instance/role.rs`, `pending`), and the operator looks again every 2 s while
+//! the primary is unhealthy. The failover's promotion is now also given as PostgreSQL sees it
+//! (`outOfRecoverySeconds`: the target out of recovery after detection) beside the writer's
+//! first acknowledged write on it (`promotionSeconds`: the writer's psql on the frozen `pg-1`
+//! gives up after 5 s before it tries the next pod, so that adds up to 5 s); each run records
+//! the load average.
 
 use anyhow::{Context, Result, bail};
 use std::process::Command;

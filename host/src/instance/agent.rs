@@ -171,10 +171,16 @@ async fn supervise(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.report_interval);
+    // While a change of primary is under way (`role::pending`), the Cluster is read each
+    // second: a promotion starts within a second of `targetPrimary`, not a report interval.
+    let mut quick = tokio::time::interval(QUICK_LOOK);
+    quick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = false;
     loop {
-        tokio::select! {
+        let role = tokio::select! {
             _ = term.recv() => return stop(&mut child),
             _ = int.recv() => return stop(&mut child),
+            _ = quick.tick(), if pending => super::role::tick(opts, pg, &reporter, false).await,
             _ = tick.tick() => {
                 if let Some(status) = child.try_wait()? {
                     bail!("postgres exited on its own ({status})");
@@ -189,18 +195,29 @@ async fn supervise(
                         eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
                     }
                 }
-                if super::role::tick(opts, pg, &reporter).await == super::role::Next::Rejoin {
-                    // Stopped (a former primary: never writable again), then started
-                    // afresh: the start rewinds it into a standby of the new primary.
-                    stop(&mut child)?;
-                    bail!("{}: restarting to rejoin the new primary as a standby", opts.pod_name.as_deref().unwrap_or_default());
+                let role = super::role::tick(opts, pg, &reporter, true).await;
+                if role.next == super::role::Next::Continue {
+                    // May restart the postmaster (a new `child`): an error means it is not back.
+                    super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;
                 }
-                // May restart the postmaster (a new `child`): an error means it is not back.
-                super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;
+                role
             }
+        };
+        pending = role.pending;
+        if role.next == super::role::Next::Rejoin {
+            // Stopped (a former primary: never writable again), then started
+            // afresh: the start rewinds it into a standby of the new primary.
+            stop(&mut child)?;
+            bail!(
+                "{}: restarting to rejoin the new primary as a standby",
+                opts.pod_name.as_deref().unwrap_or_default()
+            );
         }
     }
 }
+
+/// How often the agent reads its Cluster while a change of primary is under way.
+const QUICK_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// PostgreSQL says it is in recovery (a standby, or a restore not yet promoted); `false` when
 /// it does not answer (the report then says why).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use pgwarden_core::failover::FRESH_SECONDS;
-use pgwarden_crds::InstanceStatus;
+use pgwarden_crds::{ClusterStatus, InstanceStatus};
 use pgwarden_sdk::types::parse_lsn;
 
 use super::facts::{self, REPLICATION_QUERY, Replication};
@@ -30,35 +30,112 @@ pub enum Next {
     Rejoin,
 }
 
-/// Gathers and reports this instance's replication facts, then acts on `targetPrimary`; a
+/// What a tick saw: what to do next, and whether a change of primary is under way or may
+/// come at any moment ([`pending`]: the agent then looks again within a second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tick {
+    pub next: Next,
+    pub pending: bool,
+}
+
+/// Gathers this instance's replication facts, reports them when `report` (the steady
+/// interval; a quick look while [`pending`] only reads), then acts on `targetPrimary`; a
 /// failure is logged, not fatal (the silence is the report).
-pub async fn tick(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Next {
-    match report(opts, pg, reporter).await {
-        Ok(next) => next,
+pub async fn tick(opts: &RunOptions, pg: &Postgres, reporter: &Reporter, report: bool) -> Tick {
+    match look(opts, pg, reporter, report).await {
+        Ok(tick) => tick,
         Err(e) => {
             eprintln!("pgwarden-agent: cannot report the instance's replication facts: {e:#}");
-            Next::Continue
+            Tick {
+                next: Next::Continue,
+                pending: false,
+            }
         }
     }
 }
 
-async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result<Next> {
-    let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
-        return Ok(Next::Continue);
+async fn look(opts: &RunOptions, pg: &Postgres, reporter: &Reporter, report: bool) -> Result<Tick> {
+    let steady = |pending| Tick {
+        next: Next::Continue,
+        pending,
     };
-    let row = tokio::task::block_in_place(|| pg.query(REPLICATION_QUERY))?;
-    let replication: Replication = serde_json::from_str(&row)
-        .with_context(|| format!("PostgreSQL's replication facts are not JSON: {row}"))?;
-    let status = facts::instance_status(pod, &replication, &super::archive::now());
+    let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
+        return Ok(steady(false));
+    };
+    let replication = tokio::task::block_in_place(|| replication_facts(pg))?;
+    if report {
+        apply(cluster, pod, &replication, reporter).await?;
+    }
+    let Some(status) = reporter.cluster_status(cluster).await? else {
+        return Ok(steady(false));
+    };
+    let stale = opts.report_interval.mul_f32(1.5);
+    let pending = pending(pod, cluster, &status, chrono::Utc::now(), stale);
+    let next = act_on(opts, pg, reporter, &replication, &status).await?;
+    Ok(Tick { next, pending })
+}
+
+/// PostgreSQL's replication facts ([`REPLICATION_QUERY`]).
+fn replication_facts(pg: &Postgres) -> Result<Replication> {
+    let row = pg.query(REPLICATION_QUERY)?;
+    serde_json::from_str(&row)
+        .with_context(|| format!("PostgreSQL's replication facts are not JSON: {row}"))
+}
+
+/// Applies pod `pod`'s entry of `status.instancesStatus` (its own field manager).
+async fn apply(cluster: &str, pod: &str, r: &Replication, reporter: &Reporter) -> Result<()> {
+    let status = facts::instance_status(pod, r, &super::archive::now());
     let patch = facts::instance_status_patch(cluster, &status);
     let manager = facts::instance_field_manager(pod);
     reporter
         .apply_status_as(&manager, "Cluster", "clusters", cluster, &patch)
-        .await?;
-    let Some(status) = reporter.cluster_status(cluster).await? else {
+        .await
+}
+
+/// Whether pod `pod` should look at the Cluster again within a second rather than at its next
+/// report: `targetPrimary` names another instance than the acting primary (a promotion not
+/// done yet: the target promotes, the old primary hands over, the other standbys follow), or
+/// the acting primary is another pod whose agent has not reported for longer than `stale` or
+/// reported itself not ready (the operator's failover may set `targetPrimary` soon). Without
+/// this, each of those steps waited for the next report interval of the agent concerned.
+pub fn pending(
+    pod: &str,
+    cluster: &str,
+    status: &ClusterStatus,
+    now: chrono::DateTime<chrono::Utc>,
+    stale: Duration,
+) -> bool {
+    let primary = pgwarden_core::failover::primary_of(cluster, Some(status));
+    if status
+        .target_primary
+        .as_ref()
+        .is_some_and(|t| *t != primary)
+    {
+        return true;
+    }
+    if primary == pod {
+        return false;
+    }
+    let entry = status.instances_status.iter().find(|s| s.name == primary);
+    let seen = entry.and_then(|e| pgwarden_sdk::convert::parse_time(e.reported_at.as_deref()));
+    let stale = chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+    seen.is_none_or(|t| now - t > stale) || entry.is_some_and(|e| e.ready == Some(false))
+}
+
+/// Acts on the Cluster's status: follow the primary (a standby), fence and leave (a former
+/// primary), hand over (a switchover), promote (the target); a promotion is reported at once
+/// (the operator moves `-rw` and the other standbys follow on it).
+async fn act_on(
+    opts: &RunOptions,
+    pg: &Postgres,
+    reporter: &Reporter,
+    replication: &Replication,
+    status: &ClusterStatus,
+) -> Result<Next> {
+    let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
         return Ok(Next::Continue);
     };
-    let primary = pgwarden_core::failover::primary_of(cluster, Some(&status));
+    let primary = pgwarden_core::failover::primary_of(cluster, Some(status));
     if replication.in_recovery && follow(opts, pg, pod, &primary).await {
         return Ok(Next::Rejoin);
     }
@@ -78,15 +155,19 @@ async fn report(opts: &RunOptions, pg: &Postgres, reporter: &Reporter) -> Result
         // A switchover: hand over by a clean shutdown first (a fence alone can be lifted).
         return super::switchover::hand_over(opts, pg, reporter, &target).await;
     }
-    let act = act(pod, &replication, Some(&target));
+    let act = act(pod, replication, Some(&target));
     if act == Act::Promote {
         let now = chrono::Utc::now();
-        if let Err(wait) = may_promote(pod, &replication, &status.instances_status, now) {
+        if let Err(wait) = may_promote(pod, replication, &status.instances_status, now) {
             eprintln!("pgwarden-agent: {pod} is targetPrimary but does not promote yet: {wait}");
             return Ok(Next::Continue);
         }
     }
     tokio::task::block_in_place(|| perform(pg, pod, &target, act))?;
+    if act != Act::Nothing {
+        let now = tokio::task::block_in_place(|| replication_facts(pg))?;
+        apply(cluster, pod, &now, reporter).await?;
+    }
     Ok(Next::Continue)
 }
 
@@ -218,7 +299,10 @@ pub fn may_promote(
     others: &[InstanceStatus],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
-    let mine = me.received_lsn.as_deref().and_then(parse_lsn);
+    // What it holds: a standby restarted since it lost its primary counts received WAL
+    // afresh from its replay position's segment, behind what it replayed.
+    let lsn = |l: &Option<String>| l.as_deref().and_then(parse_lsn);
+    let mine = lsn(&me.received_lsn).max(lsn(&me.replayed_lsn));
     for other in others.iter().filter(|o| o.name != pod) {
         let reported = pgwarden_sdk::convert::parse_time(other.reported_at.as_deref());
         let fresh = reported.is_some_and(|t| (now - t).num_seconds() <= FRESH_SECONDS);
@@ -379,87 +463,5 @@ fn perform(pg: &Postgres, pod: &str, target: &str, act: Act) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts(in_recovery: bool, read_only: bool) -> Replication {
-        Replication {
-            in_recovery,
-            read_only,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_newest_history_file_gives_the_fork_point() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(newest_history(dir.path()), None);
-        std::fs::write(
-            dir.path().join("00000002.history"),
-            "1\t0/94E0B68\tno recovery target specified\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("00000003.history"),
-            "1\t0/94E0B68\tx\n2\t0/A000000\ty\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("000000030000000000000009"), "").unwrap();
-        assert_eq!(newest_history(dir.path()), Some((3, 0xA000000)));
-    }
-
-    #[test]
-    fn the_target_promotes_and_another_primary_is_fenced() {
-        let (standby, primary) = (facts(true, false), facts(false, false));
-        assert_eq!(act("pg-2", &standby, Some("pg-2")), Act::Promote);
-        assert_eq!(act("pg-2", &standby, Some("pg-1")), Act::Nothing);
-        assert_eq!(act("pg-1", &primary, Some("pg-2")), Act::Fence);
-        assert_eq!(act("pg-1", &facts(false, true), Some("pg-2")), Act::Nothing);
-        assert_eq!(act("pg-1", &facts(false, true), Some("pg-1")), Act::Unfence);
-        assert_eq!(act("pg-1", &primary, Some("pg-1")), Act::Nothing);
-        assert_eq!(
-            act("pg-1", &primary, None),
-            Act::Nothing,
-            "nothing asked yet"
-        );
-    }
-
-    fn primary(read_only: bool, lsn: &str, age: i64) -> InstanceStatus {
-        InstanceStatus {
-            name: "pg-1".into(),
-            role: Some("primary".into()),
-            read_only: Some(read_only),
-            received_lsn: Some(lsn.into()),
-            reported_at: Some((chrono::Utc::now() - chrono::Duration::seconds(age)).to_rfc3339()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_standby_promotes_only_once_the_old_primary_is_fenced_and_caught_up_or_silent() {
-        let now = chrono::Utc::now();
-        let me = Replication {
-            in_recovery: true,
-            received_lsn: Some("0/3000100".into()),
-            ..Default::default()
-        };
-        let writable = [primary(false, "0/3000100", 2)];
-        let err = may_promote("pg-2", &me, &writable, now).unwrap_err();
-        assert_eq!(err, "pg-1 is a primary that still accepts writes");
-        let ahead = [primary(true, "0/3000200", 2)];
-        let err = may_promote("pg-2", &me, &ahead, now).unwrap_err();
-        assert_eq!(
-            err,
-            "pg-1 (fenced) is at 0/3000200, this standby has received 0/3000100"
-        );
-        assert_eq!(
-            may_promote("pg-2", &me, &[primary(true, "0/3000100", 2)], now),
-            Ok(())
-        );
-        // A primary silent for a minute (a failover): nothing to wait for.
-        assert_eq!(
-            may_promote("pg-2", &me, &[primary(false, "0/3000200", 60)], now),
-            Ok(())
-        );
-    }
-}
+#[path = "role_tests.rs"]
+mod tests;
