@@ -326,12 +326,24 @@ pub struct S3Credentials {
 #[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.sseKmsKeyId) || (has(self.encryption) && self.encryption == 'aws:kms')",
+     "message": "wal.sseKmsKeyId names an AWS KMS key: it needs wal.encryption: aws:kms"}
+]))]
 pub struct WalBackupConfiguration {
     /// Compression of WAL files as they are uploaded. Default: none (the policy may choose).
     pub compression: Option<WalCompression>,
     /// Server-side encryption of WAL files in the bucket: `AES256` (keys managed by the store)
     /// or `aws:kms` (keys in AWS KMS). Default: the bucket's own.
     pub encryption: Option<Encryption>,
+    /// The AWS KMS key of `encryption: aws:kms` (key id, key ARN, alias name or alias ARN),
+    /// as barman-cloud-wal-archive's `--sse-kms-key-id`. Default: the store's default key.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[A-Za-z0-9:/_.+=,@-]+$')",
+         "message": "sseKmsKeyId is a KMS key id, key ARN, alias name or alias ARN (letters, digits and :/_.+=,@-, at most 2048)"}
+    ]))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub sse_kms_key_id: Option<String>,
     /// How many WAL files are archived in parallel. Default: 1.
     #[schemars(range(min = 1, max = 32))]
     pub max_parallel: Option<i32>,
@@ -341,12 +353,24 @@ pub struct WalBackupConfiguration {
 #[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.sseKmsKeyId) || (has(self.encryption) && self.encryption == 'aws:kms')",
+     "message": "data.sseKmsKeyId names an AWS KMS key: it needs data.encryption: aws:kms"}
+]))]
 pub struct DataBackupConfiguration {
     /// Compression of the base backup's files. Default: none (the policy may choose).
     pub compression: Option<DataCompression>,
     /// Server-side encryption of the base backup in the bucket: `AES256` (keys managed by the
     /// store) or `aws:kms` (keys in AWS KMS). Default: the bucket's own.
     pub encryption: Option<Encryption>,
+    /// The AWS KMS key of `encryption: aws:kms` (key id, key ARN, alias name or alias ARN),
+    /// as barman-cloud-backup's `--sse-kms-key-id`. Default: the store's default key.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[A-Za-z0-9:/_.+=,@-]+$')",
+         "message": "sseKmsKeyId is a KMS key id, key ARN, alias name or alias ARN (letters, digits and :/_.+=,@-, at most 2048)"}
+    ]))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub sse_kms_key_id: Option<String>,
     /// Number of parallel upload jobs. Default: 2.
     #[schemars(range(min = 1, max = 64))]
     pub jobs: Option<i32>,

@@ -86,6 +86,11 @@ pub struct ArchiveSettings {
     pub compression: Option<WalCompression>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// The KMS key of `aws:kms` (barman's `--sse-kms-key-id`). Not part of the policy ABI:
+    /// the operator copies it from `spec.backup.wal.sseKmsKeyId` after the policy decided
+    /// `aws:kms` (a policy decides whether to encrypt, the Cluster names its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
     /// WAL files archived in parallel (1 = no pre-archiving).
     pub max_parallel: u32,
     /// PostgreSQL's `archive_timeout`, in seconds (0 = off).
@@ -118,6 +123,10 @@ pub struct BackupSettings {
     /// Server-side encryption in the bucket: `AES256` or `aws:kms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// The KMS key of `aws:kms`, copied by the operator from `spec.backup.data.sseKmsKeyId`
+    /// as for [`ArchiveSettings::sse_kms_key_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
     /// Parallel upload jobs.
     pub jobs: u32,
     /// Whether the backup starts with an immediate checkpoint.

@@ -88,10 +88,10 @@ macro_rules! wit_record_conversions {
             ArchiveSettings = crds::settings::ArchiveSettings {
                 destination_path, endpoint_url, endpoint_ca_file, server_name, compression: option,
                 encryption: option, max_parallel, archive_timeout_seconds, archiver,
-            },
+            } host { sse_kms_key_id },
             BackupSettings = crds::settings::BackupSettings {
                 target_pod, compression: option, encryption: option, jobs, immediate_checkpoint,
-            },
+            } host { sse_kms_key_id },
             Instance = types::Instance { name, role, ready },
             Transition = types::Transition { phase, reason, message, requeue_after_seconds },
             Expiry = types::Expiry { name, object },
@@ -108,7 +108,8 @@ macro_rules! wit_record_conversions {
         $crate::wit_record_conversions!(@shaped [$($wit)::+]);
     };
     (@table [$($wit:ident)::+]
-        $($name:ident = $($m:ident)::+ { $($f:ident $(: $how:ident)?),* $(,)? }),* $(,)?) => {
+        $($name:ident = $($m:ident)::+ { $($f:ident $(: $how:ident)?),* $(,)? }
+            $(host { $($h:ident),* })?),* $(,)?) => {
         const _: () = {
             use $($wit)::+ as wit_types;
             $(
@@ -119,10 +120,14 @@ macro_rules! wit_record_conversions {
                         Self { $($f: $crate::wit_record_conversions!(@field v.$f $($how)?),)* }
                     }
                 }
+                // `host { .. }` fields do not cross the ABI: the host fills them after.
                 impl ::core::convert::From<wit_types::$name> for $crate::$($m)::+ {
                     #[allow(clippy::useless_conversion)]
                     fn from(v: wit_types::$name) -> Self {
-                        Self { $($f: $crate::wit_record_conversions!(@field v.$f $($how)?),)* }
+                        Self {
+                            $($f: $crate::wit_record_conversions!(@field v.$f $($how)?),)*
+                            $($($h: ::core::default::Default::default(),)*)?
+                        }
                     }
                 }
             )*

@@ -428,6 +428,7 @@ pub fn archive_settings(s3: &S3Server, bucket: &str, server_name: &str) -> Archi
         server_name: server_name.into(),
         compression: Some(pgwarden_crds::WalCompression::Gzip),
         encryption: None,
+        sse_kms_key_id: None,
         max_parallel: 4,
         archive_timeout_seconds: 60,
         archiver: Default::default(),

@@ -446,6 +446,7 @@ fn server_side_encryption_is_what_the_store_applies_and_restores() {
         target_pod: "pg-sse-1".into(),
         compression: None,
         encryption: Some(Encryption::AwsKms),
+        sse_kms_key_id: None,
         jobs: 2,
         immediate_checkpoint: true,
     };

@@ -23,7 +23,8 @@ use pgwarden::instance::{barman, walrestore};
 use pgwarden_crds::settings::{ArchiveSettings, Archiver};
 use pgwarden_crds::{Encryption, WalCompression};
 use pgwarden_tests::datapath::{
-    Instance, InstanceOptions, S3Server, archive_settings, deps, log_tail, shared_tempdir,
+    Instance, InstanceOptions, KMS_KEY_NAME, S3Server, archive_settings, deps, log_tail,
+    shared_tempdir,
 };
 
 const BUCKET: &str = "wal";
@@ -77,7 +78,7 @@ fn settings(s3: &S3Server, server: &str, c: Option<WalCompression>) -> ArchiveSe
 
 fn store(s3: &S3Server, s: &ArchiveSettings) -> Store {
     let env = s3.credentials.env();
-    Store::open(s, None, |k| {
+    Store::open(s, |k| {
         env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
     })
     .expect("store")
@@ -393,4 +394,110 @@ fn a_restore_replays_natively_archived_wal_with_the_native_restorer() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
+}
+
+/// What the store says of an object's encryption: `ServerSideEncryption` and `SSEKMSKeyId`.
+fn sse_of(s3: &S3Server, key: &str) -> (String, String) {
+    let out = s3.boto3(
+        "import boto3,sys\n\
+         h=boto3.client('s3',endpoint_url=sys.argv[1]).head_object(Bucket=sys.argv[2],Key=sys.argv[3])\n\
+         print(h.get('ServerSideEncryption') or '-', h.get('SSEKMSKeyId') or '-')\n",
+        &[BUCKET, key],
+    );
+    let (sse, kms) = out.trim().split_once(' ').expect("two words");
+    (sse.to_string(), kms.to_string())
+}
+
+#[test]
+fn a_kms_key_id_reaches_the_store_from_the_native_archiver_and_from_barman() {
+    let s3 = S3Server::start();
+    let dir = shared_tempdir("pgwarden-native-");
+    let (_pg, segments) = real_segments(&s3, dir.path(), 1);
+    let rt = runtime();
+    let name = segments[0].file_name().unwrap().to_str().unwrap();
+    let kms = |server: &str, c: Option<WalCompression>, key_id: &str| {
+        let mut s = settings(&s3, server, c);
+        s.encryption = Some(Encryption::AwsKms);
+        s.sse_kms_key_id = Some(key_id.into());
+        s
+    };
+    // Uncompressed (the streamed PUT) and gzip (the buffered one), with MinIO's own key.
+    for c in [None, Some(WalCompression::Gzip)] {
+        let s = kms(&format!("kms-{}", label(c)), c, KMS_KEY_NAME);
+        let stored = rt.block_on(store(&s3, &s).archive(&segments[0])).unwrap();
+        let Stored::Uploaded { key, .. } = stored else {
+            panic!("{stored:?}")
+        };
+        let (sse, key_id) = sse_of(&s3, &key);
+        assert_eq!(sse, "aws:kms", "{key}");
+        assert!(key_id.ends_with(KMS_KEY_NAME), "{key}: {key_id}");
+        let back = dir.path().join(format!("kms-{}-{name}", label(c)));
+        let (code, stderr) = barman_restore(&s3, &s, name, &back);
+        assert_eq!(code, 0, "barman-cloud-wal-restore {key}: {stderr}");
+        assert!(same_bytes(&segments[0], &back), "{key} came back different");
+    }
+    // A key the store does not have: the id was sent, so the upload fails and stores nothing.
+    for c in [None, Some(WalCompression::Gzip)] {
+        let server = format!("kms-unknown-{}", label(c));
+        let s = kms(&server, c, "no-such-key");
+        let err = rt
+            .block_on(store(&s3, &s).archive(&segments[0]))
+            .expect_err("an unknown KMS key must fail the upload");
+        eprintln!("unknown key, {}: {err:#}", label(c));
+        assert!(s3.list(BUCKET, &format!("pg/{server}/")).is_empty());
+    }
+    // barman-cloud-wal-archive gets the key id too (`--sse-kms-key-id`).
+    let s = kms("kms-barman", Some(WalCompression::Gzip), KMS_KEY_NAME);
+    barman_archive(&s3, &s, &segments[0]);
+    let key = format!("pg/kms-barman/wals/{}/{name}.gz", &name[..16]);
+    let (sse, key_id) = sse_of(&s3, &key);
+    assert_eq!(sse, "aws:kms", "{key}");
+    assert!(key_id.ends_with(KMS_KEY_NAME), "{key}: {key_id}");
+}
+
+#[test]
+fn uploads_of_one_name_at_once_store_one_object_and_never_overwrite() {
+    let s3 = S3Server::start();
+    let dir = shared_tempdir("pgwarden-native-");
+    let (_pg, segments) = real_segments(&s3, dir.path(), 2);
+    let rt = runtime();
+    let name = segments[0].file_name().unwrap().to_str().unwrap();
+    let impostor = dir.path().join("impostor").join(name);
+    std::fs::create_dir(impostor.parent().unwrap()).unwrap();
+    std::fs::copy(&segments[1], &impostor).unwrap();
+    for c in [None, Some(WalCompression::Gzip)] {
+        let s = settings(&s3, &format!("race-{}", label(c)), c);
+        let (a, b) = (store(&s3, &s), store(&s3, &s));
+        // The same segment twice at once: one upload, the other finds it (If-None-Match).
+        let (x, y) =
+            rt.block_on(async { tokio::join!(a.archive(&segments[0]), b.archive(&segments[0])) });
+        let mut got = [x.unwrap(), y.unwrap()].map(|o| matches!(o, Stored::Uploaded { .. }));
+        got.sort();
+        assert_eq!(got, [false, true], "{}: exactly one upload", label(c));
+        // Two contents under one name at once, to a fresh folder: one wins, the other is
+        // refused, and the object is the winner's whole file.
+        let s = settings(&s3, &format!("race2-{}", label(c)), c);
+        let (a, b) = (store(&s3, &s), store(&s3, &s));
+        let (x, y) =
+            rt.block_on(async { tokio::join!(a.archive(&impostor), b.archive(&segments[0])) });
+        let refusal = match (x, y) {
+            (Ok(Stored::Uploaded { .. }), Err(e)) | (Err(e), Ok(Stored::Uploaded { .. })) => {
+                assert!(format!("{e:#}").contains("other content"), "{e:#}");
+                e
+            }
+            other => panic!("{}: one upload and one refusal, not {other:?}", label(c)),
+        };
+        let back = dir.path().join(format!("race-{}-{name}", label(c)));
+        let (code, stderr) = barman_restore(&s3, &s, name, &back);
+        assert_eq!(code, 0, "{stderr}");
+        let kept = if same_bytes(&segments[0], &back) {
+            &segments[0]
+        } else {
+            &impostor
+        };
+        assert!(
+            same_bytes(kept, &back),
+            "a torn or mixed object (refused: {refusal:#})"
+        );
+    }
 }

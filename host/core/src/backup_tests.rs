@@ -21,6 +21,7 @@ fn settings() -> BackupSettings {
         target_pod: "pg-1".into(),
         compression: None,
         encryption: None,
+        sse_kms_key_id: None,
         jobs: 2,
         immediate_checkpoint: true,
     }

@@ -61,6 +61,7 @@ fn default_settings(pod: &str) -> BackupSettings {
         target_pod: pod.into(),
         compression: None,
         encryption: None,
+        sse_kms_key_id: None,
         jobs: 2,
         immediate_checkpoint: true,
     }
@@ -532,6 +533,7 @@ mod tests {
             target_pod: "pg-1".into(),
             compression: None,
             encryption: None,
+            sse_kms_key_id: None,
             jobs: 4,
             immediate_checkpoint: false,
         };

@@ -76,9 +76,17 @@ fn store_args(s: &ArchiveSettings) -> Vec<String> {
     args
 }
 
-fn encryption_args(s: Option<pgwarden_crds::Encryption>) -> Vec<String> {
-    s.map(|e| vec!["-e".into(), e.as_str().into()])
-        .unwrap_or_default()
+/// `-e` and, with `aws:kms`, the key's `--sse-kms-key-id` (barman refuses it otherwise).
+fn encryption_args(s: Option<pgwarden_crds::Encryption>, key_id: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = s
+        .map(|e| vec!["-e".into(), e.as_str().into()])
+        .unwrap_or_default();
+    if s == Some(pgwarden_crds::Encryption::AwsKms)
+        && let Some(id) = key_id
+    {
+        args.extend(["--sse-kms-key-id".into(), id.into()]);
+    }
+    args
 }
 
 /// The barman flag of a WAL compression.
@@ -106,7 +114,7 @@ fn data_compression_flag(c: DataCompression) -> &'static str {
 pub fn wal_archive_args(s: &ArchiveSettings, wal: &Path) -> Vec<String> {
     let mut args = store_args(s);
     args.extend(s.compression.map(|c| wal_compression_flag(c).to_string()));
-    args.extend(encryption_args(s.encryption));
+    args.extend(encryption_args(s.encryption, s.sse_kms_key_id.as_deref()));
     args.extend([
         s.destination_path.clone(),
         s.server_name.clone(),
@@ -140,7 +148,7 @@ pub fn backup_args(
 ) -> Vec<String> {
     let mut args = store_args(s);
     args.extend(b.compression.map(|c| data_compression_flag(c).to_string()));
-    args.extend(encryption_args(b.encryption));
+    args.extend(encryption_args(b.encryption, b.sse_kms_key_id.as_deref()));
     args.extend(["-J".into(), b.jobs.max(1).to_string()]);
     if b.immediate_checkpoint {
         args.push("--immediate-checkpoint".into());
@@ -412,6 +420,7 @@ mod tests {
             server_name: "pg-1".into(),
             compression: Some(WalCompression::Zstd),
             encryption: Some(pgwarden_crds::Encryption::Aes256),
+            sse_kms_key_id: None,
             max_parallel: 4,
             archive_timeout_seconds: 60,
             archiver: Default::default(),
@@ -429,11 +438,26 @@ mod tests {
     }
 
     #[test]
+    fn a_kms_key_id_goes_with_aws_kms_only() {
+        let mut s = settings();
+        s.sse_kms_key_id = Some("alias/pg".into());
+        let wal = Path::new("000000010000000000000001");
+        assert!(!wal_archive_args(&s, wal).contains(&"--sse-kms-key-id".to_string()));
+        s.encryption = Some(pgwarden_crds::Encryption::AwsKms);
+        let args = wal_archive_args(&s, wal).join(" ");
+        assert!(
+            args.contains("-e aws:kms --sse-kms-key-id alias/pg s3://"),
+            "{args}"
+        );
+    }
+
+    #[test]
     fn backup_args_name_the_backup() {
         let b = BackupSettings {
             target_pod: "pg-1".into(),
             compression: Some(DataCompression::Snappy),
             encryption: None,
+            sse_kms_key_id: None,
             jobs: 2,
             immediate_checkpoint: true,
         };

@@ -276,6 +276,7 @@ fn backup(a: BackupArgs) -> Result<()> {
             target_pod: a.common.pod_name.clone().unwrap_or_default(),
             compression: None,
             encryption: None,
+            sse_kms_key_id: None,
             jobs: 2,
             immediate_checkpoint: true,
         },

@@ -304,6 +304,7 @@ mod tests {
             archiver: Default::default(),
         });
         f.check = Some(ArchiveCheck {
+            sse_kms_key_id: None,
             destination_path: "s3://b/old".into(),
             server_name: "pg".into(),
             ok: true,

@@ -224,7 +224,8 @@ impl Policy {
             .call(D, |p, s| {
                 p.call_archive_settings(s, self.settings(), &json(cluster))
             })?
-            .map(ArchiveSettings::from);
+            .map(ArchiveSettings::from)
+            .map(|s| with_wal_kms_key(s, cluster));
         if let Some(s) = &settings {
             check(
                 D,
@@ -265,6 +266,7 @@ impl Policy {
                 &wit_instances,
             )
         })?);
+        let settings = with_data_kms_key(settings, cluster);
         check(
             D,
             instances.iter().any(|i| i.name == settings.target_pod),
@@ -425,4 +427,30 @@ impl Policy {
         .await;
         joined.map_err(|e| PolicyError::Engine(format!("the policy thread failed: {e}")))?
     }
+}
+
+/// The KMS key of `spec.backup.wal.sseKmsKeyId` when the policy decided `aws:kms`: the key
+/// id is not in the policy ABI (a policy decides whether to encrypt; the Cluster names the
+/// key, as it names the credentials).
+fn with_wal_kms_key(mut s: ArchiveSettings, cluster: &Cluster) -> ArchiveSettings {
+    let wal = cluster.spec.backup.as_ref().and_then(|b| b.wal.as_ref());
+    s.sse_kms_key_id = wal
+        .and_then(|w| w.sse_kms_key_id.clone())
+        .filter(|_| s.encryption == Some(pgwarden_crds::Encryption::AwsKms));
+    s
+}
+
+/// As [`with_wal_kms_key`] for a base backup: `spec.backup.data.sseKmsKeyId`, or the WAL's
+/// key when the data section sets no encryption (a policy may let backups inherit the WAL's).
+fn with_data_kms_key(mut s: BackupSettings, cluster: &Cluster) -> BackupSettings {
+    let store = cluster.spec.backup.as_ref();
+    let data = store.and_then(|b| b.data.as_ref());
+    let key = match data.filter(|d| d.encryption.is_some()) {
+        Some(d) => d.sse_kms_key_id.clone(),
+        None => store
+            .and_then(|b| b.wal.as_ref())
+            .and_then(|w| w.sse_kms_key_id.clone()),
+    };
+    s.sse_kms_key_id = key.filter(|_| s.encryption == Some(pgwarden_crds::Encryption::AwsKms));
+    s
 }

@@ -35,6 +35,7 @@ pub fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
             .unwrap_or_else(|| cluster_name(cluster).to_string()),
         compression: wal.compression,
         encryption: wal.encryption,
+        sse_kms_key_id: wal.sse_kms_key_id,
         max_parallel: wal.max_parallel.unwrap_or(1).clamp(1, 32) as u32,
         archive_timeout_seconds: ARCHIVE_TIMEOUT_SECONDS,
         archiver: Archiver::BarmanCloud,
@@ -59,6 +60,7 @@ pub fn backup_settings(
         target_pod: target,
         compression: data.compression,
         encryption: data.encryption,
+        sse_kms_key_id: data.sse_kms_key_id,
         jobs: data.jobs.map_or(DEFAULT_JOBS, |j| j.clamp(1, 64) as u32),
         immediate_checkpoint: data.immediate_checkpoint.unwrap_or(false),
     })

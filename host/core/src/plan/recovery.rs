@@ -145,6 +145,7 @@ fn source_settings(
         server_name: store.server_name.clone().unwrap_or_default(),
         compression: None,
         encryption: None,
+        sse_kms_key_id: None,
         max_parallel: 1,
         archive_timeout_seconds: 0,
         archiver: Default::default(),

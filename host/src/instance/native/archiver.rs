@@ -145,7 +145,7 @@ impl Archiver {
         {
             return Ok(store.clone());
         }
-        let store = Store::from_env(&settings, None)?;
+        let store = Store::from_env(&settings)?;
         *cached = Some((settings, store.clone()));
         Ok(store)
     }

@@ -58,7 +58,7 @@ fn inline(settings: &ArchiveSettings, path: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store = Store::from_env(settings, None)?;
+        let store = Store::from_env(settings)?;
         store.archive(path).await.map(|_| ())
     })
 }
@@ -69,7 +69,7 @@ pub fn check(settings: &ArchiveSettings, timeline: u32) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store = Store::from_env(settings, None)?;
+        let store = Store::from_env(settings)?;
         store.check_usable(timeline).await
     })
 }
@@ -90,7 +90,7 @@ pub fn fetch(layout: &Layout, source: &Path, wal: &str, dest: &Path) -> Result<b
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let store = Store::from_env(&settings, None)?;
+                let store = Store::from_env(&settings)?;
                 Ok(store.fetch(wal, &dest).await?.is_some())
             })
         }

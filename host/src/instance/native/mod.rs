@@ -8,6 +8,7 @@
 //!           upload / the download of one WAL file
 //!   archiver the agent's resident archiver: follows `.ready` files, answers archive_command
 //!   restorer the agent's restore_command server, prefetching the next segments
+//!   put     the PUT of an uncompressed segment, its body streamed from the file (SigV4)
 //!   stream  bounded memory: the upload budget, a core per compression, streamed downloads
 //!   socket  the agent's side of both sockets: one request line in, one reply line out
 //!   client  archive_command's and restore_command's side: ask the agent over its socket,
@@ -21,6 +22,7 @@ pub mod archiver;
 pub mod client;
 pub mod codec;
 pub mod key;
+mod put;
 pub mod restorer;
 mod socket;
 pub mod store;

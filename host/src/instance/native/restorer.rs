@@ -81,7 +81,7 @@ impl Restorer {
     /// Delivers `wal` into `dest`: Ok(false) only when the store just said it has none.
     pub async fn fetch(self: &Arc<Self>, source: &Path, wal: &str, dest: &Path) -> Result<bool> {
         let settings: ArchiveSettings = layout::read_json(source)?;
-        let store = Store::from_env(&settings, None)?;
+        let store = Store::from_env(&settings)?;
         let size = match self.take_prefetched(source, wal, dest).await {
             Some(size) => size,
             None => match store.fetch(wal, dest).await? {

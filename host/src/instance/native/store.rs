@@ -2,7 +2,10 @@
 //! same settings and environment, and the two operations on a WAL file.
 //!
 //! ```text
-//!   archive(path)  hold a segment's worth of the upload budget, wait for a core ─►
+//!   archive(path), uncompressed: hash the file (a core) ─► HEAD key ─► absent: one PUT
+//!                  streamed from the file (put.rs), signed with its SHA-256 ─► HEAD size;
+//!                  present, or the PUT's If-None-Match failed: compared as below
+//!   archive(path), compressed: hold a segment's worth of the upload budget, wait for a core ─►
 //!                    read + compress (blocking thread) into 1 MiB blocks ─► HEAD key
 //!                    absent  ─► PUT If-None-Match:* with x-amz-checksum-sha256 (the server
 //!                               verifies the body) ─► HEAD: size must be what was sent
@@ -36,6 +39,7 @@ const BUF: usize = 128 * 1024;
 
 use super::codec;
 use super::key::{Destination, WalName, compression_of};
+use super::put::{self, Put};
 use super::stream::{self, BodyReader};
 use pgwarden_crds::WalCompression;
 use pgwarden_crds::settings::{ArchiveSettings, env};
@@ -51,6 +55,8 @@ pub enum Sse {
 #[derive(Clone, Debug)]
 pub struct Store {
     s3: Arc<AmazonS3>,
+    /// The streamed PUT of uncompressed segments (same endpoint, CA, SSE, credentials).
+    put: put::Target,
     dest: Destination,
     server: String,
     compression: Option<WalCompression>,
@@ -67,29 +73,38 @@ pub enum Stored {
 
 impl Store {
     /// A client for `s` with the credentials of this process's environment.
-    pub fn from_env(s: &ArchiveSettings, kms_key_id: Option<&str>) -> Result<Self> {
-        Self::open(s, kms_key_id, |k| std::env::var(k).ok())
+    pub fn from_env(s: &ArchiveSettings) -> Result<Self> {
+        Self::open(s, |k| std::env::var(k).ok())
     }
 
-    /// A client for `s`, with the SSE key id barman's `--sse-kms-key-id` would get and the
-    /// credentials `var` finds under the variables of [`env`].
-    pub fn open(
-        s: &ArchiveSettings,
-        kms_key_id: Option<&str>,
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self> {
+    /// A client for `s` (its SSE and KMS key id as barman's `-e` and `--sse-kms-key-id`),
+    /// with the credentials `var` finds under the variables of [`env`].
+    pub fn open(s: &ArchiveSettings, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let dest = Destination::parse(&s.destination_path)?;
         let sse = s.encryption.map(|e| match e {
             pgwarden_crds::Encryption::Aes256 => Sse::Aes256,
             pgwarden_crds::Encryption::AwsKms => Sse::Kms {
-                key_id: kms_key_id.map(str::to_string),
+                key_id: s.sse_kms_key_id.clone(),
             },
         });
+        let region = var(env::REGION).unwrap_or_else(|| "us-east-1".into());
+        let roots = match &s.endpoint_ca_file {
+            Some(ca) => reqwest_roots(Path::new(ca))?,
+            None => vec![],
+        };
+        let put = put::Target::new(
+            s.endpoint_url.as_deref(),
+            &dest.bucket,
+            &region,
+            sse.clone(),
+            roots,
+        )?;
         let s3 = builder(s, &dest, sse.as_ref(), var)?
             .build()
             .with_context(|| format!("cannot set up the S3 client for {}", s.destination_path))?;
         Ok(Self {
             s3: Arc::new(s3),
+            put,
             dest,
             server: s.server_name.clone(),
             compression: s.compression,
@@ -106,6 +121,9 @@ impl Store {
         let wal = wal_name_of(path)?;
         let key = self.key(&wal);
         let location = ObjectPath::from(key.as_str());
+        if self.compression.is_none() {
+            return self.archive_streamed(path, &key, &location).await;
+        }
         // The share of the upload memory is held until the PUT has ended (see stream.rs).
         let (payload, digest, _held) = read_compressed(self.compression, path).await?;
         if self.exists(&location).await? {
@@ -125,9 +143,39 @@ impl Store {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot upload {key}")),
         }
+        self.verify_size(&location, key, size).await
+    }
+
+    /// An uncompressed segment: the object's bytes are the file's, so the file streams into
+    /// one PUT and its SHA-256 (which the server checks the body against) is the digest.
+    async fn archive_streamed(
+        &self,
+        path: &Path,
+        key: &str,
+        location: &ObjectPath,
+    ) -> Result<Stored> {
+        let (size, digest) = hash_file(path).await?;
+        if self.exists(location).await? {
+            return self.same_or_refuse(location, key, &digest).await;
+        }
+        let cred = self
+            .s3
+            .credentials()
+            .get_credential()
+            .await
+            .context("cannot get the store's credentials")?;
+        match self.put.put_file(key, path, size, &digest, &cred).await? {
+            Put::Created => self.verify_size(location, key.to_string(), size).await,
+            // Someone (or an earlier attempt) wrote it between HEAD and PUT.
+            Put::Exists => self.same_or_refuse(location, key, &digest).await,
+        }
+    }
+
+    /// The uploaded object must hold `size` bytes.
+    async fn verify_size(&self, location: &ObjectPath, key: String, size: u64) -> Result<Stored> {
         let meta = self
             .s3
-            .head(&location)
+            .head(location)
             .await
             .with_context(|| format!("cannot check the uploaded {key}"))?;
         if meta.size != size {
@@ -319,6 +367,29 @@ fn ca_bundle(path: &Path) -> Result<Vec<Certificate>> {
         bail!("endpointCAFile {} holds no certificate", path.display());
     }
     Ok(certs)
+}
+
+/// The endpoint's CA bundle for the streamed PUT's client.
+fn reqwest_roots(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read endpointCAFile {}", path.display()))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("endpointCAFile {} is not a PEM bundle", path.display()))
+}
+
+/// The size and SHA-256 of the file at `path`, read in a blocking thread on a core's turn.
+async fn hash_file(path: &Path) -> Result<(u64, Vec<u8>)> {
+    let path = path.to_path_buf();
+    let _cpu = stream::cpu_slot().await;
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = HashReader(std::io::BufReader::with_capacity(BUF, file), Sha256::new());
+        let n = std::io::copy(&mut reader, &mut std::io::sink())
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        anyhow::Ok((n, reader.1.finalize().to_vec()))
+    })
+    .await?
 }
 
 /// The WAL name of a path PostgreSQL passes as `%p`.

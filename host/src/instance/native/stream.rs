@@ -14,11 +14,12 @@
 //!               holds the whole object
 //! ```
 //!
-//! Why a byte allowance rather than streaming the PUT: a single PUT is atomic and
-//! conditional (If-None-Match), so a killed agent leaves either no object or a whole one;
-//! a multipart upload would leave parts to abort and, in object_store 0.12, loses the
-//! conditional create. An uncompressed 16 MiB segment is the largest payload, so the
-//! allowance is two of them; compressed ones are a few MiB and many fit.
+//! The allowance covers compressed payloads only: their size is known once compressed, and
+//! a single PUT (atomic and conditional, If-None-Match: a killed agent leaves no object or
+//! a whole one) needs it; a multipart upload would leave parts to abort and, in
+//! object_store 0.12, loses the conditional create. Compressed segments are a few MiB, so
+//! many fit. Uncompressed segments do not take from it: their PUT streams from the file
+//! (`put.rs`), a few 256 KiB chunks at a time.
 
 use std::io::{self, Read, Write};
 use std::sync::{Arc, LazyLock, Mutex};
