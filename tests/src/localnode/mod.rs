@@ -6,6 +6,7 @@
 //!  kube-scheduler ──binds pod──► spec.nodeName = <node>
 //!                                     │  (polled every 500 ms)
 //!  LocalNode ─┬─ Node + Ready heartbeat (status every 10 s)
+//!             ├─ kubelet API: /containerLogs only (HTTPS, 127.0.0.1)
 //!             ├─ PersistentVolumes for pending claims (a host folder each)
 //!             └─ per pod: 127.<subnet>.x.y ─► volumes as folders ─► env resolved
 //!                         ─► containers as process groups ─► probes ─► pods/status
@@ -36,6 +37,9 @@
 //! - **Networking is loopback**: each pod gets its own address `127.<subnet>.x.y`, reported
 //!   as `status.podIP`; containers must listen on it (pass `{podIP}` through
 //!   [`Options::env`]). Each pod also gets a `run/` folder anyone may write (sockets).
+//! - **Logs**: it serves the kubelet's `/containerLogs` over HTTPS on a port of 127.0.0.1
+//!   (the Node's `daemonEndpoints`), so `kubectl logs` works through the API server. No
+//!   other kubelet API: `kubectl exec`, `attach` and `port-forward` do not.
 //! - Claims are provisioned as `PersistentVolume`s with a `claimRef` (the controller-manager
 //!   binds them), so pods with claims are schedulable.
 //! - Processes run as this process's user, each container in its own process group; the
@@ -63,6 +67,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use serde_json::{Value, json};
 
 mod containers;
+mod kubelet;
 mod node;
 mod pods;
 mod util;
@@ -236,10 +241,11 @@ async fn run(
 ) -> Result<()> {
     let setup = async {
         let client = client(&opts.kubeconfig).await?;
-        register(&client, &opts.name).await?;
-        anyhow::Ok(client)
+        let kubelet = kubelet::KubeletServer::bind().await?;
+        register(&client, &opts.name, kubelet.port).await?;
+        anyhow::Ok((client, kubelet))
     };
-    let client = match setup.await {
+    let (client, kubelet) = match setup.await {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             c
@@ -249,8 +255,11 @@ async fn run(
             return Err(e);
         }
     };
+    let kubelet_port = kubelet.port;
+    tokio::spawn(kubelet.serve(client.clone(), opts.state_dir.clone(), stop.clone()));
     let mut node = NodeLoop {
         client,
+        kubelet_port,
         opts,
         pods: Pods::default(),
         next_ip: 0,

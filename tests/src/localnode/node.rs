@@ -6,7 +6,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------
 // The Node object.
 
-pub(super) async fn register(client: &kube::Client, name: &str) -> Result<()> {
+pub(super) async fn register(client: &kube::Client, name: &str, kubelet_port: u16) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
@@ -23,18 +23,21 @@ pub(super) async fn register(client: &kube::Client, name: &str) -> Result<()> {
         )
         .await
         .context("cannot register the Node")?;
-    heartbeat(client, name).await
+    heartbeat(client, name, kubelet_port).await
 }
 
-pub(super) async fn heartbeat(client: &kube::Client, name: &str) -> Result<()> {
+/// The Node's status: Ready, and where the API server finds its kubelet API (only the
+/// InternalIP address: the API server tries a Hostname address first, which resolves to
+/// nothing here).
+pub(super) async fn heartbeat(client: &kube::Client, name: &str, kubelet_port: u16) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let now = now();
     let capacity =
         json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
     let status = json!({"status": {
         "capacity": capacity, "allocatable": capacity,
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                      {"type": "Hostname", "address": name}],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
             "message": "pgwarden local node (a stand-in for a kubelet) is ready",
             "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -59,6 +62,8 @@ pub(super) fn now() -> String {
 
 pub(super) struct NodeLoop {
     pub(super) client: kube::Client,
+    /// The port of the node's kubelet API (see `kubelet`).
+    pub(super) kubelet_port: u16,
     pub(super) opts: Options,
     pub(super) pods: Pods,
     pub(super) next_ip: u32,
@@ -69,7 +74,7 @@ impl NodeLoop {
     pub(super) async fn tick(&mut self) -> Result<()> {
         if self.last_heartbeat.elapsed() >= HEARTBEAT {
             self.last_heartbeat = Instant::now();
-            heartbeat(&self.client, &self.opts.name).await?;
+            heartbeat(&self.client, &self.opts.name, self.kubelet_port).await?;
         }
         self.provision_claims().await?;
         let pods: Api<Pod> = Api::all(self.client.clone());
