@@ -54,6 +54,15 @@
 //! segments, native restorer 33.8 s vs barman-cloud-wal-restore 233.4 s (6.9×); none, 106
 //! segments, 26.3 s vs 213.7 s (8.1×).
 //!
+//! 2026-12-01, later: uncompressed segments no longer take from the allowance: their PUT
+//! streams from the file (`host/src/instance/native/put.rs`, a few 256 KiB chunks per
+//! upload), so up to maxParallel of them run at once; compressed ones keep the allowance.
+//! Not yet measured here: the release build of the agent did not finish on the shared
+//! machine (load average 8-10, five engineers' builds and a CI run) before the session's
+//! end. To measure: `cargo xtask bench wal` with `PGWARDEN_BENCH_MODES=native
+//! PGWARDEN_BENCH_SECONDS=15 PGWARDEN_BENCH_RESTORE=0`; the figures above for `none` are the
+//! budgeted upload's.
+//!
 //! Both barman modes archive ~2.3 segments/s under load and ~3.7/s after it, with every core busy:
 //! each `barman-cloud-wal-archive` is a Python process (interpreter, boto3, the upload) and
 //! MinIO hashes and writes on the same two cores. On this machine the archive rate is bound
