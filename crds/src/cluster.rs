@@ -79,11 +79,6 @@ pub struct ClusterSpec {
         "x-kubernetes-list-type" = "map",
         "x-kubernetes-list-map-keys" = ["name"]
     ))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": (crate::identity::env_rule()),
-         "message": "spec.env must not set a variable pgwarden sets",
-         "messageExpression": (crate::identity::env_message())}
-    ]))]
     pub env: Vec<crate::identity::EnvVar>,
 }
 
