@@ -176,6 +176,7 @@ mod tests {
             server_name: "pg".into(),
             compression: None,
             encryption: None,
+            sse_kms_key_id: None,
             max_parallel: 1,
             archive_timeout_seconds: 300,
             archiver: Default::default(),
