@@ -203,6 +203,8 @@ fn with_info(mut facts: BackupFacts, info: &Value) -> BackupFacts {
     facts.end_lsn = text("end_xlog");
     facts.begin_time = text("begin_time");
     facts.end_time = text("end_time");
+    // barman-cloud-backup reports no stored size, only the cluster's.
+    facts.size_bytes = info["size"].as_i64().or(info["cluster_size"].as_i64());
     if info["status"] == "DONE" {
         facts.state = Some(BackupAgentState::Succeeded);
         facts.error = None;
@@ -231,7 +233,8 @@ mod tests {
         let info = json!({
             "backup_id": "20261125T101500", "status": "DONE", "begin_wal": "000000010000000000000004",
             "end_wal": "000000010000000000000004", "begin_xlog": "0/4000028", "end_xlog": "0/4000138",
-            "begin_time": "Wed Nov 25 10:15:00 2026", "end_time": "Wed Nov 25 10:15:03 2026"
+            "begin_time": "Wed Nov 25 10:15:00 2026", "end_time": "Wed Nov 25 10:15:03 2026",
+            "cluster_size": 4_194_304
         });
         let f = with_info(
             BackupFacts {
@@ -246,6 +249,7 @@ mod tests {
             (f.begin_lsn.as_deref(), f.end_lsn.as_deref()),
             (Some("0/4000028"), Some("0/4000138"))
         );
+        assert_eq!(f.size_bytes, Some(4_194_304));
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct BackupFacts {
     pub end_lsn: Option<String>,
     pub begin_time: Option<String>,
     pub end_time: Option<String>,
+    /// Barman's `size` (bytes stored), else its `cluster_size` (see `BackupStatus`).
+    pub size_bytes: Option<i64>,
     pub error: Option<String>,
 }
 
@@ -211,6 +213,9 @@ pub fn backup_status_patch(backup: &str, f: &BackupFacts) -> Value {
         if let Some(v) = value {
             status[key] = json!(v);
         }
+    }
+    if let Some(size) = f.size_bytes {
+        status["sizeBytes"] = json!(size);
     }
     json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),

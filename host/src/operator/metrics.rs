@@ -1,7 +1,9 @@
 //! Operator metrics, exposed by `prometheus-client` in the OpenMetrics text format:
-//! reconciles and errors by kind, policy call latency, API writes, leadership. Served on
-//! `/metrics` next to `/healthz`.
+//! reconciles and errors by kind, policy call latency, API writes, leadership; and the
+//! metrics of each Cluster ([`super::cluster_metrics`]). Served on `/metrics` next to
+//! `/healthz`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,6 +13,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use kube::runtime::reflector::Store;
+use pgwarden_crds::{Backup, Cluster};
+
+use super::cluster_metrics::ClusterMetrics;
 
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -57,6 +64,8 @@ pub struct Metrics {
     policy: Family<DecisionLabel, Histogram, fn() -> Histogram>,
     /// Whether this replica holds the Lease and reconciles (0 or 1).
     leading: Gauge,
+    /// Each Cluster's series, read from the caches at each scrape.
+    clusters: Arc<ClusterMetrics>,
 }
 
 impl Default for Metrics {
@@ -69,6 +78,7 @@ impl Default for Metrics {
             writes_total: AtomicU64::new(0),
             policy: Family::new_with_constructor(latency_histogram),
             leading: Gauge::default(),
+            clusters: Arc::default(),
         };
         let r = &mut metrics.registry;
         // Counters are registered without `_total`: the encoder adds it to the samples.
@@ -97,6 +107,7 @@ impl Default for Metrics {
             "Latency of policy decisions.",
             metrics.policy.clone(),
         );
+        r.register_collector(Box::new(metrics.clusters.clone()));
         metrics
     }
 }
@@ -139,6 +150,11 @@ impl Metrics {
 
     pub fn is_leading(&self) -> bool {
         self.leading.get() == 1
+    }
+
+    /// Serves the series of the Clusters in these caches (the leader's) from now on.
+    pub fn watch_clusters(&self, clusters: Store<Cluster>, backups: Store<Backup>) {
+        self.clusters.watch(clusters, backups);
     }
 
     /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).

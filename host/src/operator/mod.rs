@@ -20,6 +20,7 @@ mod backoff;
 mod backup;
 mod claims;
 mod cluster;
+mod cluster_metrics;
 pub mod conditions;
 mod context;
 mod controllers;
@@ -139,6 +140,10 @@ async fn serve(args: OperatorArgs) -> anyhow::Result<()> {
 
     let ns = args.watch_namespace.as_deref();
     let watched = controllers::watch(&client, ns);
+    metrics.watch_clusters(
+        watched.stores.clusters.clone(),
+        watched.stores.backups.clone(),
+    );
     let (swapped_tx, swapped_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
         client: client.clone(),
