@@ -98,6 +98,24 @@ pub struct ArchiveSettings {
     /// The program that archives WAL.
     #[serde(default)]
     pub archiver: Archiver,
+    /// Where a new standby's data comes from (settings written before it existed: the primary).
+    #[serde(default)]
+    pub standby_clone: CloneSource,
+}
+
+/// Where a new standby is cloned from: a policy decision, carried with the archive settings
+/// because the store is the one they name (a Cluster that archives nowhere clones from the
+/// primary).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloneSource {
+    /// `pg_basebackup` from the primary over a replication connection: a fresh copy, needing
+    /// no base backup in the store, read from the primary's disks and network.
+    #[default]
+    Primary,
+    /// `barman-cloud-restore` of the store's latest base backup, then WAL from the archive
+    /// until the standby streams: the primary serves only the last WAL.
+    ObjectStore,
 }
 
 /// The program that archives WAL (and takes base backups).

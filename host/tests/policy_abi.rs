@@ -1,4 +1,4 @@
-//! The policy ABI `pgwarden:policy@0.3.0` end to end through wasmtime: a module built for the
+//! The policy ABI `pgwarden:policy@0.4.0` end to end through wasmtime: a module built for the
 //! previous ABI is refused naming both versions; a denial's reason and message reach the
 //! host; the settings reach the guest (and the ones it refuses never load); the production
 //! policy's settings change its answers without a recompile; the new decisions (storage,
@@ -66,9 +66,10 @@ fn a_module_built_for_abi_0_2_is_refused_naming_both_versions() {
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "the policy module does not match ABI pgwarden:policy@0.3.0: the module was built for \
-         ABI 0.2.0: rebuild it with the pgwarden SDK of ABI 0.3.0 (every decision takes the \
-         settings first, denials carry a reason)"
+        "the policy module does not match ABI pgwarden:policy@0.4.0: the module was built for \
+         ABI 0.2.0: rebuild it with the pgwarden SDK of ABI 0.4.0 (since 0.3 every decision \
+         takes the settings first and denials carry a reason; since 0.4 the archive settings \
+         say where new standbys are cloned from)"
     );
 }
 

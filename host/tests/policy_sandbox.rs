@@ -265,7 +265,7 @@ fn a_component_without_the_exports_is_an_abi_mismatch() {
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
     assert!(
         err.to_string()
-            .starts_with("the policy module does not match ABI pgwarden:policy@0.3.0"),
+            .starts_with("the policy module does not match ABI pgwarden:policy@0.4.0"),
         "{err}"
     );
 }
@@ -276,7 +276,7 @@ fn a_wrongly_typed_export_is_an_abi_mismatch() {
     assert!(matches!(err, PolicyError::AbiMismatch { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.starts_with("the policy module does not match ABI pgwarden:policy@0.3.0: ")
+        text.starts_with("the policy module does not match ABI pgwarden:policy@0.4.0: ")
             && text.contains("abi-version"),
         "{text}"
     );

@@ -37,6 +37,7 @@ macro_rules! wit_enum_conversions {
             ExpiredObject = crds::ExpiredObject { Remove, Keep },
             Role = types::Role { Primary, Replica },
             Archiver = types::Archiver { BarmanCloud, Native },
+            CloneSource = types::CloneSource { Primary, ObjectStore },
         );
     };
     (@table [$($wit:ident)::+]
@@ -88,6 +89,7 @@ macro_rules! wit_record_conversions {
             ArchiveSettings = crds::settings::ArchiveSettings {
                 destination_path, endpoint_url, endpoint_ca_file, server_name, compression: option,
                 encryption: option, max_parallel, archive_timeout_seconds, archiver,
+                standby_clone,
             } host { sse_kms_key_id },
             BackupSettings = crds::settings::BackupSettings {
                 target_pod, compression: option, encryption: option, jobs, immediate_checkpoint,

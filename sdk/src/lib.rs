@@ -54,7 +54,7 @@ pub mod prelude {
     };
     pub use chrono::{DateTime, Duration, Utc};
     pub use k8s_openapi::api::core::v1::PodTemplateSpec;
-    pub use pgwarden_crds::settings::{ArchiveSettings, BackupSettings};
+    pub use pgwarden_crds::settings::{ArchiveSettings, BackupSettings, CloneSource};
     pub use pgwarden_crds::{
         Backup, BackupPhase, Cluster, DataCompression, Encryption, ExpiredObject, ScheduledBackup,
         WalCompression,

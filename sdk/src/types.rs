@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Decided;
 
-pub use pgwarden_crds::settings::Archiver;
+pub use pgwarden_crds::settings::{Archiver, CloneSource};
 
 /// The ABI version of this SDK: the version of the `pgwarden:policy` WIT package.
-pub const ABI_VERSION: &str = "0.3.0";
+pub const ABI_VERSION: &str = "0.4.0";
 
 /// The role of an instance.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -432,6 +432,7 @@ pub fn archive_settings(s3: &S3Server, bucket: &str, server_name: &str) -> Archi
         max_parallel: 4,
         archive_timeout_seconds: 60,
         archiver: Default::default(),
+        standby_clone: Default::default(),
     }
 }
 

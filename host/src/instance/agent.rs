@@ -154,7 +154,8 @@ fn start_standby(
         }
         super::rejoin::rejoin(pg, layout, host, &application, restore.is_some())?;
     }
-    conf.recovery = super::standby::prepare(pg, layout, host, password, &application)?;
+    let from = super::clone_store::CloneFrom::read(&opts.settings_dir, &current_exe())?;
+    conf.recovery = super::standby::prepare(pg, layout, host, password, &application, &from)?;
     eprintln!("pgwarden-agent: starting as a standby of {host}");
     pg.start(conf)
 }

@@ -424,6 +424,7 @@ mod tests {
             max_parallel: 4,
             archive_timeout_seconds: 60,
             archiver: Default::default(),
+            standby_clone: Default::default(),
         }
     }
 

@@ -135,6 +135,10 @@ struct WalRestoreArgs {
     /// archive.json in the settings folder.
     #[arg(long)]
     source: Option<PathBuf>,
+    /// A standby's restore_command: a store error answers "not here" at once (PostgreSQL
+    /// streams from the primary meanwhile and asks again) rather than stopping recovery.
+    #[arg(long)]
+    standby: bool,
     /// The file PostgreSQL asks for (`%f`).
     wal: String,
     /// Where PostgreSQL wants it (`%p`, relative to PGDATA).
@@ -259,7 +263,7 @@ fn wal_restore(a: WalRestoreArgs) -> ! {
             .source
             .clone()
             .unwrap_or_else(|| layout::settings_dir().join(ARCHIVE_SETTINGS_KEY));
-        walrestore::wal_restore(&layout, &source, &a.wal, &a.dest)
+        walrestore::wal_restore(&layout, &source, &a.wal, &a.dest, a.standby)
     })
     .unwrap_or(walrestore::ABORT_RECOVERY);
     std::process::exit(code)

@@ -304,12 +304,13 @@ mod tests {
             server_name: "pg".into(),
             compression: None,
             encryption: None,
+            sse_kms_key_id: None,
             max_parallel: 1,
             archive_timeout_seconds: 0,
             archiver: Default::default(),
+            standby_clone: Default::default(),
         });
         f.check = Some(ArchiveCheck {
-            sse_kms_key_id: None,
             destination_path: "s3://b/old".into(),
             server_name: "pg".into(),
             ok: true,

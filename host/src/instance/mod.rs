@@ -24,6 +24,7 @@ pub mod backup;
 pub mod backups;
 pub mod barman;
 pub mod cli;
+pub mod clone_store;
 pub mod facts;
 pub mod layout;
 pub mod native;

@@ -404,6 +404,16 @@ pub fn restore_command(exe: &Path, source: &Path) -> String {
     )
 }
 
+/// The restore_command of a standby (see `walrestore`, `--standby`): a store error is "not
+/// here" at once, so PostgreSQL streams from the primary meanwhile instead of stopping.
+pub fn standby_restore_command(exe: &Path, source: &Path) -> String {
+    format!(
+        "{} instance wal-restore --standby --source {} %f %p",
+        command_word(exe),
+        command_word(source)
+    )
+}
+
 /// A path as one word of archive_command or restore_command: quoted for the shell, with every
 /// `%` doubled, since PostgreSQL expands `%p`, `%f`, `%r` and `%%` in these commands before
 /// the shell sees them (a folder named `pg%f` would become the WAL file's name).

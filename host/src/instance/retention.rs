@@ -180,6 +180,7 @@ mod tests {
             max_parallel: 1,
             archive_timeout_seconds: 300,
             archiver: Default::default(),
+            standby_clone: Default::default(),
         }
     }
 

@@ -9,6 +9,8 @@
 //!            PG_VERSION + standby.signal ─► start as it is
 //!            empty ─► record clone.json ─► pg_basebackup from the primary ─► standby.signal
 //!                   ─► forget clone.json ─► start with primary_conninfo (passfile 0600)
+//!            (the policy's standbyClone: object-store clones from the store instead and
+//!             starts with a restore_command too, see `clone_store`)
 //! ```
 //!
 //! The password comes from the Cluster's `<cluster>-replication` Secret, mounted as a file
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pgwarden_sdk::names;
 
+use super::clone_store::CloneFrom;
 use super::layout::{self, Layout};
 use super::options::RunOptions;
 use super::postgres::{Postgres, RunAs};
@@ -171,14 +174,15 @@ pub fn primary_conninfo(host: &str, port: u16, passfile: &Path, application: &st
     )
 }
 
-/// Makes PGDATA a standby of the primary at `host` unless it is one already; returns the
-/// recovery settings to start it with.
+/// Makes PGDATA a standby of the primary at `host` unless it is one already, cloned from
+/// where `from` says; returns the recovery settings to start it with.
 pub fn prepare(
     pg: &Postgres,
     layout: &Layout,
     host: &str,
     password: &str,
     application: &str,
+    from: &CloneFrom,
 ) -> Result<Vec<(String, String)>> {
     let passfile = write_passfile(layout, pg.run_as, password)?;
     let marker = clone_marker(layout);
@@ -194,7 +198,10 @@ pub fn prepare(
                 layout.pgdata.display()
             );
         }
-        clone(pg, layout, host, &passfile, application)?;
+        match from {
+            CloneFrom::Primary => clone(pg, layout, host, &passfile, application)?,
+            CloneFrom::ObjectStore(store) => super::clone_store::clone(pg, layout, store)?,
+        }
     }
     // A re-pointed standby's `ALTER SYSTEM` value would win over the one given at start.
     forget_auto_setting(
@@ -202,7 +209,9 @@ pub fn prepare(
         "primary_conninfo",
     )?;
     let conninfo = primary_conninfo(host, pg.port, &passfile, application);
-    Ok(vec![("primary_conninfo".into(), conninfo)])
+    let mut recovery = vec![("primary_conninfo".into(), conninfo)];
+    recovery.extend(from.recovery_settings());
+    Ok(recovery)
 }
 
 /// Removes `name`'s lines from `postgresql.auto.conf` (what `ALTER SYSTEM RESET` does,
@@ -285,8 +294,9 @@ fn clone(
     Ok(())
 }
 
-/// An empty PGDATA owned by the PostgreSQL user, 0700 (what pg_basebackup wants).
-fn wipe(pgdata: &Path, run_as: RunAs) -> Result<()> {
+/// An empty PGDATA owned by the PostgreSQL user, 0700 (what pg_basebackup and
+/// barman-cloud-restore want).
+pub(super) fn wipe(pgdata: &Path, run_as: RunAs) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if pgdata.exists() {
         std::fs::remove_dir_all(pgdata)
@@ -418,7 +428,8 @@ mod tests {
         std::fs::write(layout.pgdata.join("PG_VERSION"), "15").unwrap();
         std::fs::write(layout.pgdata.join("half-copied"), "x").unwrap();
         std::fs::write(clone_marker(&layout), "{}").unwrap();
-        let settings = prepare(&pg, &layout, "10.0.0.1", "pw", "pg-2").unwrap();
+        let settings =
+            prepare(&pg, &layout, "10.0.0.1", "pw", "pg-2", &CloneFrom::Primary).unwrap();
         assert_eq!(calls(&pg), 1);
         assert!(!layout.pgdata.join("half-copied").exists(), "not wiped");
         assert!(layout.pgdata.join("cloned").exists());
@@ -431,7 +442,7 @@ mod tests {
                 .starts_with("host=10.0.0.1 port=5432 user=streaming_replica")
         );
         // Started again: a standby already, no second clone.
-        prepare(&pg, &layout, "10.0.0.1", "pw", "pg-2").unwrap();
+        prepare(&pg, &layout, "10.0.0.1", "pw", "pg-2", &CloneFrom::Primary).unwrap();
         assert_eq!(calls(&pg), 1);
     }
 
@@ -442,7 +453,7 @@ mod tests {
         std::fs::create_dir_all(&layout.pgdata).unwrap();
         std::fs::write(layout.pgdata.join("PG_VERSION"), "15").unwrap();
         std::fs::write(layout.pgdata.join("standby.signal"), "").unwrap();
-        prepare(&pg, &layout, "pg-rw", "pw", "pg-3").unwrap();
+        prepare(&pg, &layout, "pg-rw", "pw", "pg-3", &CloneFrom::Primary).unwrap();
         assert_eq!(calls(&pg), 0);
         assert!(layout.pgdata.join("PG_VERSION").exists());
     }
@@ -464,7 +475,7 @@ mod tests {
             socket_dir: dir.path().into(),
             run_as: RunAs::current(),
         };
-        let err = prepare(&pg, &layout, "pg-rw", "x", "pg-2").unwrap_err();
+        let err = prepare(&pg, &layout, "pg-rw", "x", "pg-2", &CloneFrom::Primary).unwrap_err();
         assert!(format!("{err:#}").contains("not a standby"), "{err:#}");
         assert!(layout.pgdata.join("PG_VERSION").exists());
     }

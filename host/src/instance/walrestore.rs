@@ -13,7 +13,12 @@
 //!       ─► retry after 1, 2, 4, 8, 15, 15 ... s while within the budget (60 s,
 //!          $PGWARDEN_WAL_RESTORE_RETRY_SECONDS)
 //!       ─► write the scrubbed failure to wal-restore-failure.json, exit 200 (> 125)
+//!   --standby (a standby's restore_command): a store error ─► recorded, exit 1 at once
 //! ```
+//!
+//! A standby never ends recovery on "not here" (standby.signal): it streams from the primary
+//! and asks the store again later, so a store outage must neither stop it nor stall it in
+//! retries while the primary could send the WAL.
 //!
 //! barman-cloud-wal-restore 3.19.1 exits 1 (`OperationErrorExit`) only after logging that
 //! message; network errors, refused credentials, a missing bucket and any other exception
@@ -100,11 +105,17 @@ pub fn pauses(budget: Duration) -> Vec<Duration> {
 }
 
 /// Fetches `wal` into `dest` from the store in `source`; returns the exit status for
-/// PostgreSQL. Never fails otherwise: every error becomes [`ABORT_RECOVERY`].
-pub fn wal_restore(layout: &Layout, source: &Path, wal: &str, dest: &Path) -> i32 {
+/// PostgreSQL. Never fails otherwise: every error becomes [`ABORT_RECOVERY`], or for a
+/// `standby` "not here" (1) without retries.
+pub fn wal_restore(layout: &Layout, source: &Path, wal: &str, dest: &Path, standby: bool) -> i32 {
     let started = Instant::now();
     let mut attempts = 0;
-    let mut pauses = pauses(retry_budget()).into_iter();
+    let budget = if standby {
+        Duration::ZERO
+    } else {
+        retry_budget()
+    };
+    let mut pauses = pauses(budget).into_iter();
     loop {
         attempts += 1;
         let fetch = attempt(layout, source, wal, dest);
@@ -115,6 +126,13 @@ pub fn wal_restore(layout: &Layout, source: &Path, wal: &str, dest: &Path) -> i3
             return fetch.exit_status();
         };
         let Some(pause) = pauses.next() else {
+            if standby {
+                eprintln!(
+                    "pgwarden: cannot fetch {wal} from the store, so the standby streams it: {message}"
+                );
+                record(layout, wal, attempts, message);
+                return 1;
+            }
             eprintln!(
                 "pgwarden: cannot fetch {wal} after {attempts} attempts in {}s; stopping \
                  recovery (exit {ABORT_RECOVERY}) rather than ending it: {message}",

@@ -306,7 +306,7 @@ impl Engine {
             Err(e) => {
                 return Err(abi(match exported_version(&self.wasmtime, &pre, limits) {
                     Some(v) if v != ABI_VERSION => format!(
-                        "the module was built for ABI {v}: rebuild it with the pgwarden SDK of ABI {ABI_VERSION} (every decision takes the settings first, denials carry a reason)"
+                        "the module was built for ABI {v}: rebuild it with the pgwarden SDK of ABI {ABI_VERSION} (since 0.3 every decision takes the settings first and denials carry a reason; since 0.4 the archive settings say where new standbys are cloned from)"
                     ),
                     _ => format!("{e:#}"),
                 }));
@@ -532,14 +532,14 @@ mod tests {
 
     #[test]
     fn before_1_0_the_minor_version_must_match() {
-        // The host speaks 0.3.x: a module built for 0.2 or 0.4 is refused at load.
+        // The host speaks 0.4.x: a module built for 0.3 or 0.5 is refused at load.
         assert_eq!(
             ABI_VERSION.split('.').take(2).collect::<Vec<_>>(),
-            ["0", "3"]
+            ["0", "4"]
         );
-        assert!(compatible("0.3.0"));
-        assert!(compatible("0.3.7"));
-        for refused in ["0.2.0", "0.4.0", "1.3.0", "0.3", "", "zero.three.one"] {
+        assert!(compatible("0.4.0"));
+        assert!(compatible("0.4.7"));
+        for refused in ["0.3.0", "0.5.0", "1.4.0", "0.4", "", "zero.four.one"] {
             assert!(!compatible(refused), "{refused:?} must be refused");
         }
     }

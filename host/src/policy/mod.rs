@@ -14,7 +14,7 @@
 //!   Policy::run(|p| ...).await: the same, off the async executor, under a semaphore
 //! ```
 //!
-//! The ABI is `sdk/wit/policy.wit` (`pgwarden:policy@0.3.0`; a module built for another
+//! The ABI is `sdk/wit/policy.wit` (`pgwarden:policy@0.4.0`; a module built for another
 //! version is refused at load, naming it); the decision logic lives in the policy modules
 //! only.
 

@@ -1,8 +1,8 @@
 ;; The attack of issue 11 item 7: a component whose 32 core instances each have a 60 MiB
 ;; memory. Each is under a 64 MiB per-memory cap; together they take 1.9 GiB in one call.
 ;; (`policy_sandbox.rs` also loads it with 1-page memories: too many memories, not too much.)
-;; The exports type-check as pgwarden:policy@0.3.0 (the types imported as a `cargo`-built
-;; policy imports them), `abi-version` answers "0.3.0", every other decision traps.
+;; The exports type-check as pgwarden:policy@0.4.0 (the types imported as a `cargo`-built
+;; policy imports them), `abi-version` answers "0.4.0", every other decision traps.
 (component
   (type $ty-types
     (instance
@@ -14,13 +14,16 @@
       (export "encryption" (type $encryption' (eq $encryption)))
       (type $archiver (enum "barman-cloud" "native"))
       (export "archiver" (type $archiver' (eq $archiver)))
+      (type $clone-source (enum "primary" "object-store"))
+      (export "clone-source" (type $clone-source' (eq $clone-source)))
       (type $denial (record (field "reason" string) (field "message" string)))
       (export "denial" (type $denial' (eq $denial)))
       (type $archive-settings (record (field "destination-path" string)
         (field "endpoint-url" (option string)) (field "endpoint-ca-file" (option string))
         (field "server-name" string) (field "compression" (option $wal-compression'))
         (field "encryption" (option $encryption')) (field "max-parallel" u32)
-        (field "archive-timeout-seconds" u32) (field "archiver" $archiver')))
+        (field "archive-timeout-seconds" u32) (field "archiver" $archiver')
+        (field "standby-clone" $clone-source')))
       (export "archive-settings" (type $archive-settings' (eq $archive-settings)))
       (type $role (enum "primary" "replica"))
       (export "role" (type $role' (eq $role)))
@@ -79,7 +82,7 @@
       (export "schedule-decision" (type $schedule-decision' (eq $schedule-decision)))
     )
   )
-  (import "pgwarden:policy/types@0.3.0" (instance $types (type $ty-types)))
+  (import "pgwarden:policy/types@0.4.0" (instance $types (type $ty-types)))
   (alias export $types "denial" (type $denial))
   (alias export $types "archive-settings" (type $archive-settings))
   (alias export $types "instance" (type $instance))
@@ -99,7 +102,7 @@
   (core module $main
     (memory (export "memory") 960)
     (data (i32.const 16) "\20\00\00\00\05\00\00\00")
-    (data (i32.const 32) "0.3.0")
+    (data (i32.const 32) "0.4.0")
     (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) unreachable)
     (func (export "abi-version") (result i32) i32.const 16)
     (func (export "validate-settings") (param i32 i32) (result i32) unreachable)

@@ -9,6 +9,8 @@
 //!   (setting `jobs`).
 //! - Instance pods request at least 500m CPU and 1Gi of memory (settings `cpu`, `memory`).
 //! - Backups run on a ready standby when there is one.
+//! - New standbys are cloned from the store (its latest base backup, then archived WAL)
+//!   once the Cluster has a completed backup, from the primary before that.
 //! - Failover as the default's (the most advanced ready streaming standby), after 60 s of an
 //!   unhealthy primary rather than 30 (setting `failoverDelaySeconds`).
 //! - Retention as the default's, but the Backup objects of deleted backups stay, marked
@@ -123,6 +125,22 @@ fn is_quantity(text: &str) -> bool {
     })
 }
 
+/// New standbys come from the store once it holds a completed base backup of the Cluster
+/// (`status.lastSuccessfulBackup`): a new standby then costs the primary only the WAL since
+/// that backup, not a copy of every file (the host refuses `object-store` before then, and
+/// standbys clone from the primary).
+fn standby_clone(cluster: &Cluster) -> CloneSource {
+    let backed_up = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.last_successful_backup.as_deref())
+        .is_some_and(|b| !b.is_empty());
+    match backed_up {
+        true => CloneSource::ObjectStore,
+        false => CloneSource::Primary,
+    }
+}
+
 /// The Cluster's `spec.backup` with WAL encryption, or a denial saying what to set.
 fn require_encrypted_backup(cluster: &Cluster) -> Decided<Encryption> {
     let name = defaults::cluster_name(cluster);
@@ -169,6 +187,7 @@ impl Policy for ProductionPolicy {
             if wal.and_then(|w| w.max_parallel).is_none() {
                 s.max_parallel = WAL_MAX_PARALLEL;
             }
+            s.standby_clone = standby_clone(cluster);
         }
         Ok(settings)
     }

@@ -1,7 +1,7 @@
 //! Default archive settings and backup settings (retention: [`super::retention`]).
 
 use crate::policy::Decided;
-use pgwarden_crds::settings::{ArchiveSettings, Archiver, BackupSettings};
+use pgwarden_crds::settings::{ArchiveSettings, Archiver, BackupSettings, CloneSource};
 use pgwarden_crds::{Backup, BackupTarget, Cluster};
 
 use super::{cluster_name, require_backup};
@@ -39,6 +39,7 @@ pub fn archive_settings(cluster: &Cluster) -> Decided<Option<ArchiveSettings>> {
         max_parallel: wal.max_parallel.unwrap_or(1).clamp(1, 32) as u32,
         archive_timeout_seconds: ARCHIVE_TIMEOUT_SECONDS,
         archiver: Archiver::BarmanCloud,
+        standby_clone: CloneSource::Primary,
     }))
 }
 

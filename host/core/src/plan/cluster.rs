@@ -99,6 +99,12 @@ pub fn plan_cluster_observed(
 ) -> Result<Vec<Action>, GuardrailError> {
     let restore = bootstrap.restore();
     let mut config_map = settings_config_map(cluster, decisions.archive.as_ref());
+    let settings_name = format!(
+        "ConfigMap {}/{}",
+        config_map.metadata.namespace.as_deref().unwrap_or_default(),
+        config_map.metadata.name.as_deref().unwrap_or_default()
+    );
+    guardrails::clone::check(cluster, decisions.archive.as_ref(), &settings_name)?;
     if let Some(restore) = restore {
         config_map.data.get_or_insert_with(BTreeMap::new).insert(
             RESTORE_SOURCE_KEY.into(),

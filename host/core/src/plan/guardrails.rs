@@ -8,6 +8,7 @@ use pgwarden_crds::settings::pod::LABEL_CLUSTER;
 use super::actions::{Action, ObjectRef};
 use super::errors::GuardrailError;
 
+pub mod clone;
 mod fields;
 pub mod pod;
 mod pod_security;

@@ -149,6 +149,7 @@ fn source_settings(
         max_parallel: 1,
         archive_timeout_seconds: 0,
         archiver: Default::default(),
+        standby_clone: Default::default(),
     })
 }
 

@@ -222,7 +222,7 @@ fn the_settings_config_map_holds_the_decided_archive_settings() {
         settings,
         json!({
             "destinationPath": "s3://backups/pg", "serverName": "pg", "compression": "gzip", "encryption": "AES256",
-            "maxParallel": 1, "archiveTimeoutSeconds": 300, "archiver": "barman-cloud",
+            "maxParallel": 1, "archiveTimeoutSeconds": 300, "archiver": "barman-cloud", "standbyClone": "primary",
         })
     );
 }

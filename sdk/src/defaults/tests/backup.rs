@@ -1,3 +1,4 @@
+use pgwarden_crds::settings::CloneSource;
 use pgwarden_crds::{BackupTarget, DataCompression, Encryption, WalCompression};
 use serde_json::json;
 
@@ -45,6 +46,8 @@ fn archiving_defaults_to_the_cluster_name_one_file_at_a_time_and_a_five_minute_t
         (None, None, None)
     );
     assert_eq!(settings.endpoint_ca_file, None);
+    // A new standby is a fresh copy of the primary: it depends on no backup in the store.
+    assert_eq!(settings.standby_clone, CloneSource::Primary);
 }
 
 #[test]
