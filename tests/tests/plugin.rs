@@ -42,7 +42,7 @@ struct Run {
     stderr: String,
 }
 
-/// `kubectl-pgwarden ARGS -n <namespace>` with the sandbox's kubeconfig, and the sandbox's
+/// `kubectl-pgwarden -n <namespace> ARGS` with the sandbox's kubeconfig, and the sandbox's
 /// kubectl first on the PATH (the plugin hands `psql` and `logs` to it).
 fn plugin(w: &StoreWorld<'_>, args: &[&str]) -> Run {
     let kubectl_dir = Bins::locate().kubectl.parent().unwrap().to_path_buf();
@@ -52,8 +52,9 @@ fn plugin(w: &StoreWorld<'_>, args: &[&str]) -> Run {
         std::env::var("PATH").unwrap_or_default()
     );
     let out = Command::new(plugin_bin())
-        .args(args)
+        // Before the command's own: after `--` they would be psql's.
         .args(["-n", &w.ns.name])
+        .args(args)
         .env("KUBECONFIG", &w.ns.cp.kubeconfig)
         .env("KUBECACHEDIR", w.state.join("kubectl-cache"))
         .env("PATH", path)
