@@ -771,7 +771,12 @@ fn env_refuses_pgwarden_variables_by_name() {
             json!([{"name": "TZ", "value": "UTC"}, {"name": name, "value": "x"}]),
         )
     };
-    for name in ["AWS_SECRET_ACCESS_KEY", "PGDATA", "POD_NAME", "PGWARDEN_CLUSTER"] {
+    for name in [
+        "AWS_SECRET_ACCESS_KEY",
+        "PGDATA",
+        "POD_NAME",
+        "PGWARDEN_CLUSTER",
+    ] {
         assert_rejected(
             &env(name),
             None,
