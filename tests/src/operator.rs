@@ -779,6 +779,12 @@ pub fn file_policy_yaml(name: &str, file: &str, timeout_millis: Option<u32>) -> 
     yaml
 }
 
+/// Whether a pod object (as JSON) has condition Ready True.
+pub fn pod_is_ready(pod: &serde_json::Value) -> bool {
+    (pod["status"]["conditions"].as_array().into_iter().flatten())
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
 /// Sets pod `pod`'s status as a kubelet would for a started `postgres` container, Ready or
 /// not (the control plane of the tests runs no kubelet).
 pub fn mark_pod(ns: &Namespace<'_>, pod: &str, ready: bool) {

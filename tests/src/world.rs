@@ -135,12 +135,8 @@ pub fn store_cluster_yaml(
 impl StoreWorld<'_> {
     /// Pod `pod` once Ready, or `None` after `timeout`.
     pub fn ready_pod(&self, pod: &str, timeout: std::time::Duration) -> Option<serde_json::Value> {
-        let ready = |p: &serde_json::Value| {
-            (p["status"]["conditions"].as_array().into_iter().flatten())
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        };
         crate::datapath::wait_for(timeout, std::time::Duration::from_secs(1), || {
-            crate::operator::get(&self.ns, "pod", pod).filter(ready)
+            crate::operator::get(&self.ns, "pod", pod).filter(crate::operator::pod_is_ready)
         })
     }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::localnode::pod_psql;
-use pgwarden_tests::operator::{apply_yaml, get, list};
+use pgwarden_tests::operator::{apply_yaml, get, list, pod_is_ready};
 use pgwarden_tests::world::{StoreWorld, signal_container, store_world};
 use serde_json::Value;
 
@@ -46,17 +46,9 @@ fn cluster_yaml(w: &StoreWorld<'_>, name: &str, instances: u32, recovery: Option
     )
 }
 
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 fn wait_ready(w: &StoreWorld<'_>, pod: &str) -> Value {
     wait_for(READY, Duration::from_secs(1), || {
-        get(&w.ns, "pod", pod).filter(is_ready)
+        get(&w.ns, "pod", pod).filter(pod_is_ready)
     })
     .unwrap_or_else(|| panic!("{pod} not ready within {READY:?}:\n{}", pod_log(w, pod)))
 }

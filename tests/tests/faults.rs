@@ -16,7 +16,7 @@ use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
 use pgwarden_tests::datapath::{S3Server, wait_for};
 use pgwarden_tests::localnode::LocalNode;
 use pgwarden_tests::operator::{
-    Operator, apply_when_admitted, apply_yaml, get, list, store_secret_yaml,
+    Operator, apply_when_admitted, apply_yaml, get, list, pod_is_ready, store_secret_yaml,
 };
 use pgwarden_tests::world::node_for;
 use serde_json::Value;
@@ -78,7 +78,7 @@ impl World<'_> {
         let ready = wait_for(READY, Duration::from_secs(1), || {
             let p = get(&self.ns, "pod", pod)?;
             last = p["status"].clone();
-            is_ready(&p).then_some(p)
+            pod_is_ready(&p).then_some(p)
         });
         ready.unwrap_or_else(|| panic!("pod {pod} not ready within {READY:?}; last status: {last}"))
     }
@@ -130,14 +130,6 @@ impl World<'_> {
         }
         pids
     }
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn phase(object: &Value) -> &str {

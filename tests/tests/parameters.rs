@@ -19,7 +19,7 @@ use std::time::Duration;
 use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::localnode::{LocalNode, pod_psql};
-use pgwarden_tests::operator::{Operator, apply_yaml, get};
+use pgwarden_tests::operator::{Operator, apply_yaml, get, pod_is_ready};
 use pgwarden_tests::world::node_for;
 use serde_json::Value;
 
@@ -70,7 +70,7 @@ impl World<'_> {
         let ready = wait_for(READY, Duration::from_secs(1), || {
             let p = get(&self.ns, "pod", POD)?;
             last = p["status"].clone();
-            is_ready(&p).then_some(p)
+            pod_is_ready(&p).then_some(p)
         });
         ready.unwrap_or_else(|| panic!("pod {POD} not ready within {READY:?}; last status: {last}"))
     }
@@ -126,14 +126,6 @@ impl World<'_> {
                 .unwrap_or(-1),
         )
     }
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn names(v: &Value) -> Vec<&str> {
@@ -209,7 +201,7 @@ fn a_value_postgresql_refuses_is_named_and_the_previous_one_stays_across_a_conta
     let restarted = wait_for(READY, Duration::from_secs(1), || {
         let (u, r) = w.uid_and_restarts();
         let pod = get(&w.ns, "pod", POD)?;
-        (u == uid && r > restarts && is_ready(&pod)).then_some(pod)
+        (u == uid && r > restarts && pod_is_ready(&pod)).then_some(pod)
     });
     let pod = restarted.unwrap_or_else(|| {
         panic!(
@@ -268,7 +260,7 @@ fn a_value_postgresql_cannot_start_with_is_undone_and_kept_out_after_a_container
     let pod = wait_for(READY, Duration::from_secs(1), || {
         let (u, r) = w.uid_and_restarts();
         let pod = get(&w.ns, "pod", POD)?;
-        (u == uid && r > restarts && is_ready(&pod)).then_some(pod)
+        (u == uid && r > restarts && pod_is_ready(&pod)).then_some(pod)
     })
     .unwrap_or_else(|| {
         panic!(

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgwarden_tests::datapath::{deps, wait_for};
-use pgwarden_tests::operator::{apply_yaml, condition, get};
+use pgwarden_tests::operator::{apply_yaml, condition, get, pod_is_ready};
 use pgwarden_tests::world::{StoreWorld, store_world};
 use serde_json::Value;
 
@@ -76,7 +76,7 @@ impl World<'_> {
             let p = self.pod()?;
             last = p["status"].clone();
             let other = not.is_none_or(|uid| uid != uid_of(&p));
-            (other && is_ready(&p)).then_some(p)
+            (other && pod_is_ready(&p)).then_some(p)
         });
         ready.unwrap_or_else(|| {
             panic!(
@@ -164,14 +164,6 @@ fn uid_of(object: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn requests(pod: &Value) -> Value {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use base64::Engine;
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::localnode::pod_psql;
-use pgwarden_tests::operator::{apply_yaml, get, list};
+use pgwarden_tests::operator::{apply_yaml, get, list, pod_is_ready};
 use pgwarden_tests::world::{StoreWorld, agent_pids, store_world};
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ impl World<'_> {
         let ready = wait_for(READY, Duration::from_secs(1), || {
             let p = get(&self.ns, "pod", pod)?;
             last = p["status"].clone();
-            is_ready(&p).then_some(p)
+            pod_is_ready(&p).then_some(p)
         });
         ready.unwrap_or_else(|| {
             panic!(
@@ -135,14 +135,6 @@ fn uid_of(object: &Value) -> String {
         .to_string()
 }
 
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 /// Every file under `dir` whose text contains `needle` (logs, pod folders).
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -208,7 +200,7 @@ fn three_instances_stream_from_one_archiving_primary_and_scale_down_keeps_it() {
     let restarted = wait_for(READY, Duration::from_secs(1), || {
         let p = get(&w.ns, "pod", "pg-2")?;
         let restarts = p["status"]["containerStatuses"][0]["restartCount"].as_i64()?;
-        (restarts >= 1 && is_ready(&p)).then_some(p)
+        (restarts >= 1 && pod_is_ready(&p)).then_some(p)
     });
     let restarted = restarted.unwrap_or_else(|| panic!("pg-2 not back:\n{}", w.pod_log("pg-2")));
     assert!(
