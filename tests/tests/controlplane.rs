@@ -203,7 +203,9 @@ fn explain_shows_field_docs() {
         "compression\t<string>",
         "Compression of WAL files as they are uploaded.",
         "encryption\t<string>",
-        "Server-side encryption of WAL files in the bucket.",
+        // The accepted values, named since a CEL rule replaced the enum (issue 16 item 6).
+        "Server-side encryption of WAL files in the bucket: `AES256`",
+        "or `aws:kms`",
         "maxParallel\t<integer>",
     ] {
         assert!(
