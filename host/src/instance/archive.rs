@@ -157,7 +157,7 @@ fn ensure_checked(layout: &Layout, barman: &Barman, s: &ArchiveSettings, wal: &s
         return Ok(());
     }
     let result: Result<(), String> = if s.archiver == Archiver::Native {
-        native::client::check(s, timeline_of(wal)).map_err(|e| barman::scrub(&format!("{e:#}")))
+        native::client::check(s, timeline_of(wal)).map_err(|e| native_failure(&format!("{e:#}")))
     } else {
         let args = barman::check_wal_archive_args(s, timeline_of(wal));
         let mut cmd = barman.command("barman-cloud-check-wal-archive", s, &args);
@@ -173,6 +173,16 @@ fn ensure_checked(layout: &Layout, barman: &Barman, s: &ArchiveSettings, wal: &s
     };
     layout::write_json(&layout.archive_check(), &check)?;
     result.map_err(|e| anyhow::anyhow!("the destination is not usable: {e}"))
+}
+
+/// The native check's failure in the words barman's would have: the cause the store's answer
+/// names (refused credentials, no bucket, unreachable), then the scrubbed detail.
+fn native_failure(text: &str) -> String {
+    let detail = barman::scrub(text);
+    match barman::Cause::from_text(&detail) {
+        barman::Cause::Other => detail,
+        cause => format!("{}: {detail}", cause.phrase()),
+    }
 }
 
 /// The timeline of a WAL file name (`000000020000000000000003` → 2); 1 when unknown.
@@ -197,6 +207,20 @@ mod tests {
         assert_eq!(timeline_of("000000020000000000000003"), 2);
         assert_eq!(timeline_of("0000000A.history"), 10);
         assert_eq!(timeline_of("x"), 1);
+    }
+
+    #[test]
+    fn a_refused_key_from_the_native_client_reads_as_refused_credentials() {
+        let text = "cannot list p/pg/wals/ in the store: Generic S3 error: 403 Forbidden: \
+                    <Code>SignatureDoesNotMatch</Code>";
+        let shown = native_failure(text);
+        assert!(
+            shown.starts_with("the object store refused the credentials"),
+            "{shown}"
+        );
+        assert!(shown.contains("SignatureDoesNotMatch"), "{shown}");
+        let other = native_failure("cannot list: the server closed the connection");
+        assert_eq!(other, "cannot list: the server closed the connection");
     }
 
     #[test]

@@ -274,7 +274,8 @@ pub enum Cause {
 }
 
 impl Cause {
-    fn from_text(text: &str) -> Self {
+    /// The cause named by a store's answer (barman's output, or the native client's error).
+    pub fn from_text(text: &str) -> Self {
         let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
         // barman-cloud-check-wal-archive creates a missing bucket: a refused CreateBucket
         // means the bucket is not there, whatever the key may do.
