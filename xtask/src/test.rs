@@ -118,6 +118,10 @@ pub fn build_pgwarden() -> Result<()> {
                 "--workspace",
                 "--bin",
                 "pgwarden",
+                // `cargo test --all-targets` builds bins as test harnesses only; the plugin's
+                // test (tests/tests/plugin.rs) runs the real binary.
+                "--bin",
+                "kubectl-pgwarden",
                 "--test",
                 "demo",
             ],

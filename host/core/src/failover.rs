@@ -26,6 +26,9 @@ use crate::conditions::DesiredCondition;
 /// An agent reports every 10 s; one that has not for this long counts as gone silent.
 pub const FRESH_SECONDS: i64 = 25;
 
+/// The index of the first primary (`<cluster>-1`), until a failover or switchover moves it.
+pub const PRIMARY_INDEX: u32 = 0;
+
 /// The annotation that asks for a switchover to the pod it names.
 pub const SWITCHOVER_ANNOTATION: &str = "pgwarden.io/switchover-to";
 
@@ -107,7 +110,7 @@ pub fn primary_pod(cluster: &Cluster) -> String {
 /// [`primary_pod`] of the Cluster named `name` from its stored status (what an agent reads).
 pub fn primary_of(name: &str, status: Option<&pgwarden_crds::ClusterStatus>) -> String {
     (status.and_then(primary_in))
-        .unwrap_or_else(|| pgwarden_sdk::names::instance(name, crate::plan::PRIMARY_INDEX))
+        .unwrap_or_else(|| pgwarden_sdk::names::instance(name, PRIMARY_INDEX))
 }
 
 /// The failover facts of `cluster` at `now`, from its stored status.

@@ -84,7 +84,7 @@ impl CloneFrom {
 /// store may be unreachable for a while); each failed attempt is logged with barman's reason.
 /// The caller's marker (`clone.json`) makes an interrupted clone start again.
 pub fn clone(pg: &Postgres, layout: &Layout, store: &Store) -> Result<()> {
-    let marker = super::standby::clone_marker(layout);
+    let marker = super::layout::clone_marker(layout);
     let from = format!(
         "{}/{}",
         store.settings.destination_path, store.settings.server_name
@@ -100,7 +100,7 @@ pub fn clone(pg: &Postgres, layout: &Layout, store: &Store) -> Result<()> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        super::standby::wipe(&layout.pgdata, pg.run_as)?;
+        super::postgres::wipe(&layout.pgdata, pg.run_as)?;
         match restore(pg, store) {
             Ok(()) => break,
             Err(e) => {

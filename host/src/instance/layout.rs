@@ -167,6 +167,11 @@ pub fn ready_files(archive_status: &Path) -> Result<Vec<(String, std::time::Syst
     Ok(out)
 }
 
+/// A standby clone under way (`standby`, `clone_store`): its marker in the state folder.
+pub fn clone_marker(layout: &Layout) -> PathBuf {
+    layout.state.join("clone.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

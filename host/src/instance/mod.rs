@@ -26,6 +26,7 @@ pub mod barman;
 pub mod cli;
 pub mod clone_store;
 pub mod facts;
+pub mod fencing;
 pub mod layout;
 pub mod native;
 pub mod options;

@@ -515,5 +515,19 @@ fn spawn_from_lasting_thread(mut cmd: Command) -> std::io::Result<std::process::
         .map_err(|_| std::io::Error::other("the postmaster's parent thread ended"))?
 }
 
+/// An empty PGDATA owned by the PostgreSQL user, 0700 (what pg_basebackup and
+/// barman-cloud-restore want).
+pub fn wipe(pgdata: &Path, run_as: RunAs) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if pgdata.exists() {
+        std::fs::remove_dir_all(pgdata)
+            .with_context(|| format!("cannot empty {}", pgdata.display()))?;
+    }
+    std::fs::create_dir_all(pgdata)?;
+    run_as.own(pgdata, false)?;
+    std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -17,18 +17,11 @@ use pgwarden_crds::{ClusterStatus, InstanceStatus};
 use pgwarden_sdk::types::parse_lsn;
 
 use super::facts::{self, REPLICATION_QUERY, Replication};
+pub use super::fencing::Next;
+use super::fencing::{fence, unfence};
 use super::options::RunOptions;
 use super::postgres::Postgres;
 use super::report::Reporter;
-
-/// What the agent does after a tick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// A former primary, fenced, whose successor has promoted: stop and start again as a
-    /// standby (`rejoin`).
-    Rejoin,
-}
 
 /// What a tick saw: what to do next, and whether a change of primary is under way or may
 /// come at any moment ([`pending`]: the agent then looks again within a second).
@@ -431,23 +424,6 @@ pub fn promote(pg: &Postgres) -> Result<()> {
     // of the former primary reads it there (else "same timeline, no rewind required").
     pg.query("CHECKPOINT")?;
     unfence(pg)
-}
-
-/// Refuses new writes and ends the client sessions (one may hold a read-write transaction).
-pub fn fence(pg: &Postgres) -> Result<()> {
-    pg.query("ALTER SYSTEM SET default_transaction_read_only = on")?;
-    pg.query("SELECT pg_reload_conf()")?;
-    pg.query(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-    )?;
-    Ok(())
-}
-
-pub fn unfence(pg: &Postgres) -> Result<()> {
-    pg.query("ALTER SYSTEM RESET default_transaction_read_only")?;
-    pg.query("SELECT pg_reload_conf()")?;
-    Ok(())
 }
 
 /// Does `act`, saying so in the log.

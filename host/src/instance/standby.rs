@@ -26,8 +26,10 @@ use anyhow::{Context, Result, bail};
 use pgwarden_sdk::names;
 
 use super::clone_store::CloneFrom;
+pub use super::layout::clone_marker;
 use super::layout::{self, Layout};
 use super::options::RunOptions;
+use super::postgres::wipe;
 use super::postgres::{Postgres, RunAs};
 
 /// Env: the folder of the mounted replication Secret (default [`names::REPLICATION_MOUNT_PATH`]).
@@ -135,10 +137,8 @@ const REWIND_GRANTS: &str = "\
     GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO streaming_replica;\n\
     GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO streaming_replica;\n";
 
-/// The standby's files in the state folder.
-pub fn clone_marker(layout: &Layout) -> PathBuf {
-    layout.state.join("clone.json")
-}
+/// The replication user's passfile in the state folder (`clone_marker` beside it is in
+/// `layout`).
 pub fn passfile(layout: &Layout) -> PathBuf {
     layout.state.join("replication.pgpass")
 }
@@ -291,20 +291,6 @@ fn clone(
     pg.run_as.own(&signal, false)?;
     std::fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
     eprintln!("pgwarden-agent: cloned from the primary at {host}");
-    Ok(())
-}
-
-/// An empty PGDATA owned by the PostgreSQL user, 0700 (what pg_basebackup and
-/// barman-cloud-restore want).
-pub(super) fn wipe(pgdata: &Path, run_as: RunAs) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if pgdata.exists() {
-        std::fs::remove_dir_all(pgdata)
-            .with_context(|| format!("cannot empty {}", pgdata.display()))?;
-    }
-    std::fs::create_dir_all(pgdata)?;
-    run_as.own(pgdata, false)?;
-    std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 

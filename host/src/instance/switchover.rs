@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::facts::{self, Replication};
+use super::fencing::{Next, fence};
 use super::options::RunOptions;
 use super::postgres::Postgres;
 use super::report::Reporter;
-use super::role::Next;
 
 /// How long the stopped old primary waits for the target to report itself primary.
 pub const HAND_OVER_WAIT: Duration = Duration::from_secs(120);
@@ -49,7 +49,7 @@ pub async fn hand_over(
         return Ok(Next::Continue);
     };
     let streaming = tokio::task::block_in_place(|| {
-        super::role::fence(pg)?;
+        fence(pg)?;
         target_streams(pg, target)
     })?;
     if !streaming {

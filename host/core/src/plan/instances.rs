@@ -24,8 +24,9 @@ pub fn planned_instances(cluster: &Cluster) -> u32 {
     cluster.spec.instances.clamp(1, MAX_INSTANCES) as u32
 }
 
-/// The index of the primary instance (until failover and switchover move it).
-pub const PRIMARY_INDEX: u32 = 0;
+/// The index of the primary instance (until failover and switchover move it); defined with
+/// the failover facts, which name the primary before any report.
+pub use crate::failover::PRIMARY_INDEX;
 
 /// The 0-based instance index of `pod_name` in the Cluster named `cluster_name`
 /// (`<cluster>-<n>`, n from 1), if it is named like an instance.

@@ -30,5 +30,6 @@ mod stream;
 
 pub use archiver::Archiver;
 pub use key::{Destination, WalName};
+pub use put::Sse;
 pub use restorer::Restorer;
-pub use store::{Sse, Store, Stored};
+pub use store::{Store, Stored};

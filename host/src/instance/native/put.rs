@@ -26,7 +26,12 @@ use ring::hmac;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::store::Sse;
+/// What the store is asked to do with encryption, as barman's `-e` and `--sse-kms-key-id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sse {
+    Aes256,
+    Kms { key_id: Option<String> },
+}
 
 /// How much of the file one read takes: the most a streamed upload holds at once.
 const CHUNK: usize = 256 * 1024;

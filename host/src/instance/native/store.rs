@@ -39,17 +39,10 @@ const BUF: usize = 128 * 1024;
 
 use super::codec;
 use super::key::{Destination, WalName, compression_of};
-use super::put::{self, Put};
+use super::put::{self, Put, Sse};
 use super::stream::{self, BodyReader};
 use pgwarden_crds::WalCompression;
 use pgwarden_crds::settings::{ArchiveSettings, env};
-
-/// What the store is asked to do with encryption, as barman's `-e` and `--sse-kms-key-id`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Sse {
-    Aes256,
-    Kms { key_id: Option<String> },
-}
 
 /// One server's WAL folder in one store, with the settings the archive uses.
 #[derive(Clone, Debug)]
