@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clone_store;
 pub mod facts;
 pub mod fencing;
+pub mod held_wal;
 pub mod layout;
 pub mod native;
 pub mod options;

@@ -155,6 +155,7 @@ async fn act_on(
             eprintln!("pgwarden-agent: {pod} is targetPrimary but does not promote yet: {wait}");
             return Ok(Next::Continue);
         }
+        upload_held_segments(opts, pg, replication).await;
     }
     tokio::task::block_in_place(|| perform(pg, pod, &target, act))?;
     if act != Act::Nothing {
@@ -162,6 +163,27 @@ async fn act_on(
         apply(cluster, pod, &now, reporter).await?;
     }
     Ok(Next::Continue)
+}
+
+/// Before promoting: the old timeline's complete segments this standby holds and the store
+/// lacks go up first (see `held_wal`). A failure is logged, never a reason not to promote.
+async fn upload_held_segments(opts: &RunOptions, pg: &Postgres, replication: &Replication) {
+    let held = |l: &Option<String>| l.as_deref().and_then(parse_lsn);
+    let upto = held(&replication.received_lsn).max(held(&replication.replayed_lsn));
+    let timeline =
+        tokio::task::block_in_place(|| pg.query("SELECT timeline_id FROM pg_control_checkpoint()"));
+    let (Some(upto), Ok(Ok(timeline))) = (upto, timeline.map(|t| t.trim().parse::<u32>())) else {
+        return;
+    };
+    match super::held_wal::archive_held(&pg.pgdata, &opts.settings_dir, timeline, upto).await {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "pgwarden-agent: uploaded {n} segment(s) of timeline {timeline} the store lacked before promoting"
+        ),
+        Err(e) => {
+            eprintln!("pgwarden-agent: cannot upload the segments held before promoting: {e:#}")
+        }
+    }
 }
 
 /// The primary's agent forgets the entries of pods that are gone (a scale-down): a silent
