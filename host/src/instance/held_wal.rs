@@ -96,7 +96,7 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let upto = 0x0_85FA_338; // 0/85FA338
+        let upto = 0x085F_A338; // 0/85FA338
         assert_eq!(
             complete_before(&names, 1, upto),
             vec!["000000010000000000000006", "000000010000000000000007"]
