@@ -11,7 +11,7 @@ use std::process::Command;
 
 use pgwarden::instance::facts::{REPLICATION_QUERY, Replication};
 use pgwarden::instance::postgres::{Postgres, RunAs};
-use pgwarden::instance::role;
+use pgwarden::instance::{fencing, role};
 use pgwarden_tests::datapath::deps;
 
 fn pg(dir: &Path, name: &str, port: u16) -> Postgres {
@@ -108,7 +108,7 @@ fn a_fenced_primary_refuses_writes_and_the_target_standby_promotes() {
         role::act("primary", &facts(&primary), Some("standby")),
         role::Act::Fence
     );
-    role::fence(&primary).unwrap();
+    fencing::fence(&primary).unwrap();
     let refused = primary
         .query("INSERT INTO t VALUES (3)")
         .unwrap_err()
