@@ -49,17 +49,7 @@ pub fn run() -> Result<()> {
     let found = deps::ensure_all()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = paths::root();
-    let status = Command::new(&cargo)
-        .args(["build", "-p", "pgwarden", "--bin", "pgwarden"])
-        .current_dir(&root)
-        .status()
-        .context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build -p pgwarden failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| root.join("target"));
+    let pgwarden = paths::build_pgwarden_for_bench(false)?;
     let status = Command::new(&cargo)
         .args(["test", "-p", "pgwarden-tests", "--test", "switchover", "--"])
         .args([
@@ -69,7 +59,7 @@ pub fn run() -> Result<()> {
             "--test-threads=1",
         ])
         .envs(found.env())
-        .env("PGWARDEN_BIN", target.join("debug/pgwarden"))
+        .env("PGWARDEN_BIN", &pgwarden)
         .env(
             "PGWARDEN_BENCH_OUT",
             root.join("target/bench/failover.json"),

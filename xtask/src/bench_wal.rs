@@ -80,17 +80,7 @@ pub fn run() -> Result<()> {
     let found = deps::ensure_all()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = paths::root();
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "pgwarden", "--bin", "pgwarden"])
-        .current_dir(&root)
-        .status()
-        .context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build -p pgwarden failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| root.join("target"));
+    let pgwarden = paths::build_pgwarden_for_bench(true)?;
     let status = Command::new(&cargo)
         .args([
             "test",
@@ -103,7 +93,7 @@ pub fn run() -> Result<()> {
         ])
         .args(["--ignored", "--nocapture", "--test-threads=1"])
         .envs(found.env())
-        .env("PGWARDEN_BIN", target.join("release/pgwarden"))
+        .env("PGWARDEN_BIN", &pgwarden)
         .env("PGWARDEN_BENCH_OUT", root.join("target/bench/wal.json"))
         .current_dir(&root)
         .status()

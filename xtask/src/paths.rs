@@ -43,3 +43,28 @@ pub fn machine_cache() -> PathBuf {
         .unwrap_or_else(|| cache().join("machine"));
     base.join("pgwarden")
 }
+
+/// Builds the `pgwarden` binary a benchmark runs (`--release` or debug) and returns its path
+/// under the target folder (`$CARGO_TARGET_DIR` or `target/`).
+pub fn build_pgwarden_for_bench(release: bool) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["build", "-p", "pgwarden", "--bin", "pgwarden"];
+    if release {
+        args.insert(1, "--release");
+    }
+    let status = std::process::Command::new(&cargo)
+        .args(&args)
+        .current_dir(root())
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        anyhow::bail!("cargo {} failed", args.join(" "));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("pgwarden"))
+}
