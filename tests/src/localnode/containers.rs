@@ -1,4 +1,5 @@
-//! One container: its process group, restarts with backoff, readiness probe, stop.
+//! One container: its process group, restarts with backoff, readiness and liveness probes,
+//! stop.
 
 #[allow(unused_imports)]
 use super::*;
@@ -45,6 +46,7 @@ impl ContainerRuntime {
                 self.started_at = Some(now());
                 self.waiting = None;
                 self.next_probe = None;
+                self.liveness = Liveness::default();
                 self.ready = false;
             }
             Err(e) => {
@@ -123,6 +125,10 @@ impl ContainerRuntime {
         mounts: &[(String, PathBuf)],
         binaries: &[(String, PathBuf)],
     ) {
+        if self.live(spec, ip, mounts, binaries).await {
+            self.ready = false;
+            return;
+        }
         let Some(probe) = &spec.readiness_probe else {
             self.ready = true;
             return;
@@ -141,6 +147,51 @@ impl ContainerRuntime {
         let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         let env = self.probe_env();
         self.ready = run_probe(probe, spec, ip, &env, mounts, binaries, timeout).await;
+    }
+
+    /// The liveness probe, as the kubelet runs it: after `initialDelaySeconds`, every
+    /// `periodSeconds`; `failureThreshold` failures in a row kill the container (SIGKILL of
+    /// its groups), and the restart policy and backoff of any exit apply (`reap`). `true`:
+    /// it killed the container.
+    async fn live(
+        &mut self,
+        spec: &Container,
+        ip: &str,
+        mounts: &[(String, PathBuf)],
+        binaries: &[(String, PathBuf)],
+    ) -> bool {
+        let Some(probe) = &spec.liveness_probe else {
+            return false;
+        };
+        let now = Instant::now();
+        let next = *self.liveness.next.get_or_insert_with(|| {
+            now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)
+        });
+        if now < next {
+            return false;
+        }
+        let period = probe.period_seconds.unwrap_or(10).max(1) as u64;
+        self.liveness.next = Some(now + Duration::from_secs(period));
+        let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+        let env = self.probe_env();
+        if run_probe(probe, spec, ip, &env, mounts, binaries, timeout).await {
+            self.liveness.failures = 0;
+            return false;
+        }
+        self.liveness.failures += 1;
+        if self.liveness.failures < probe.failure_threshold.unwrap_or(3).max(1) {
+            return false;
+        }
+        eprintln!(
+            "localnode: container {} failed its liveness probe {} times: killing it",
+            self.name, self.liveness.failures
+        );
+        self.signal("-KILL");
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.wait();
+        }
+        self.liveness = Liveness::default();
+        true
     }
 
     /// The probe runs with the env the process was started with.
@@ -209,6 +260,13 @@ pub(super) fn argv(
         argv[0] = path.display().to_string();
     }
     Some(argv)
+}
+
+/// A container's liveness probe state: when it runs next, and its failures in a row.
+#[derive(Default)]
+pub(super) struct Liveness {
+    pub(super) next: Option<Instant>,
+    pub(super) failures: i32,
 }
 
 pub(super) fn terminated(exit: &(i32, String, String, String)) -> Value {

@@ -34,6 +34,8 @@ pub(super) struct ContainerRuntime {
     pub(super) next_start: Option<Instant>,
     pub(super) ready: bool,
     pub(super) next_probe: Option<Instant>,
+    /// The liveness probe's schedule and consecutive failures (containers.rs).
+    pub(super) liveness: super::containers::Liveness,
     pub(super) done: bool,
 }
 
