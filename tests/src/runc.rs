@@ -28,6 +28,19 @@ pub fn image_layout(var: &str) -> PathBuf {
     path
 }
 
+/// The project's images the tests run pods from, reference → OCI layout: the instance
+/// image from `$PGWARDEN_INSTANCE_IMAGE`, the operator's from `$PGWARDEN_OPERATOR_IMAGE`
+/// (`cargo xtask test` sets both); `None` when the instance image is not set, and the local
+/// node then runs the host's binaries.
+pub fn images_from_env() -> Option<Vec<(String, PathBuf)>> {
+    let instance = std::env::var_os("PGWARDEN_INSTANCE_IMAGE")?;
+    let mut images = vec![(format!("pgwarden-instance:{TAG}"), PathBuf::from(instance))];
+    if let Some(operator) = std::env::var_os("PGWARDEN_OPERATOR_IMAGE") {
+        images.push((format!("pgwarden-operator:{TAG}"), PathBuf::from(operator)));
+    }
+    Some(images)
+}
+
 /// An unpacked image: `rootfs/` and the runtime configuration umoci derived from the image.
 pub struct Bundle {
     dir: tempfile::TempDir,

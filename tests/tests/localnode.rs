@@ -23,6 +23,8 @@ fn node() -> &'static ControlPlane {
         opts.name = "localnode-test".into();
         opts.subnet = 100 + (std::process::id() % 100) as u8;
         opts.env = vec![("POD_DIR".into(), "{podDir}".into())];
+        // Containers naming the project's images run from them (runc); `image: none` on the host.
+        opts.images = pgwarden_tests::runc::images_from_env().unwrap_or_default();
         std::sync::Mutex::new(LocalNode::start(opts).expect("local node"))
     });
     cp
@@ -99,12 +101,13 @@ spec:
   containers:
   - name: main
     image: none
+    # `$$$$`: a kubelet expands `$(VAR)` in args and makes `$$` a `$`, so the shell sees `$$`.
     command: [sh, -c]
     args:
     - |
       echo "$PASSWORD $GREETING $MY_NAME $MY_NS $MY_IP $CFG_mode" > "$OUT/env.txt"
       cat "$CFG/greeting" > "$OUT/copy.txt"
-      echo $$ > "$OUT/pid"
+      echo $$$$ > "$OUT/pid"
       exec sleep 1000
     env:
     - {name: OUT, value: /data}
@@ -413,4 +416,163 @@ spec:
         std::fs::metadata(token_file).is_ok_and(|m| m.len() > 100),
         "the projected token is written"
     );
+}
+
+/// A pod from the instance image (runc): the image's user (999) owns what it writes on its
+/// claim, the image's PATH under the pod's env, in-cluster configuration to the API server
+/// as its ServiceAccount, the readiness probe inside the container (it tests paths only the
+/// container has); a new pod on the claim finds what the first wrote; deletion leaves no runc
+/// container.
+#[test]
+fn a_pod_from_the_instance_image_runs_with_runc_as_its_user_with_its_claim() {
+    pgwarden_tests::runc::image_layout("PGWARDEN_INSTANCE_IMAGE");
+    let cp = node();
+    let ns = cp.namespace("localnode-runc");
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: img}}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: pgwarden-instance:{tag}
+    command: [sh, -c]
+    args:
+    - |
+      echo run >> /data/runs
+      id -u > /data/uid
+      echo "$GREETING $PATH ${{KUBECONFIG:-no-kubeconfig}}" > /data/env
+      python3 /data/whoami.py > /data/whoami 2>&1
+      touch /data/started
+      exec sleep 1000
+    env:
+    - {{name: GREETING, value: hello}}
+    readinessProbe:
+      exec: {{command: [sh, -c, 'test "$(id -u)" = 999 && test -e /data/started && test -x /usr/local/bin/pgwarden-entrypoint']}}
+      periodSeconds: 1
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
+"#,
+        tag = pgwarden_tests::runc::TAG
+    );
+    // Asks the API server who the pod is, as in-cluster configuration would reach it.
+    let whoami = r#"import json, os, ssl, urllib.request
+d = "/var/run/secrets/kubernetes.io/serviceaccount"
+url = "https://%s:%s/apis/authentication.k8s.io/v1/selfsubjectreviews" % (
+    os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+req = urllib.request.Request(url, data=body.encode(), method="POST", headers={
+    "Authorization": "Bearer " + open(d + "/token").read(), "Content-Type": "application/json"})
+ctx = ssl.create_default_context(cafile=d + "/ca.crt")
+print(json.load(urllib.request.urlopen(req, context=ctx))["status"]["userInfo"]["username"])
+"#;
+    // The claim first, with the script on it, then the pod.
+    let claim_only = manifest.split("---").next().expect("the claim");
+    apply(&ns, claim_only);
+    let claim = claim_path(cp, &ns);
+    std::fs::write(claim.join("whoami.py"), whoami).expect("whoami.py");
+    apply(&ns, &manifest);
+    let started = std::time::Instant::now();
+    let pod = wait_pod(&ns, "img", "Ready", |p| condition(p, "Ready") == "True");
+    eprintln!(
+        "runc pod: Ready {:.1?} after its claim was bound",
+        started.elapsed()
+    );
+    let id = container_id(&pod);
+    let read = |f: &str| std::fs::read_to_string(claim.join(f)).unwrap_or_default();
+    assert_eq!(read("uid").trim(), "999", "the image's user");
+    assert_owner(&claim.join("uid"), 999);
+    assert_eq!(
+        read("env").trim(),
+        "hello /opt/barman/bin:/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin no-kubeconfig",
+        "the pod's env over the image's, no kubeconfig"
+    );
+    assert_eq!(
+        read("whoami").trim(),
+        format!("system:serviceaccount:{}:default", ns.name),
+        "in-cluster configuration"
+    );
+    assert!(runc_list().contains(&id), "runc runs {id}");
+
+    ns.kubectl(&["delete", "pod", "img", "--wait=true", "--timeout=60s"])
+        .into_result()
+        .expect("delete");
+    assert!(
+        !runc_list().contains(&id),
+        "no runc container left: {}",
+        runc_list()
+    );
+    apply(&ns, &manifest);
+    let again = wait_pod(&ns, "img", "Ready again", |p| {
+        condition(p, "Ready") == "True"
+    });
+    assert_eq!(
+        read("runs"),
+        "run\nrun\n",
+        "the claim kept the first pod's writes"
+    );
+    let again = container_id(&again);
+    assert!(runc_list().contains(&again), "runc runs {again}");
+    ns.kubectl(&["delete", "pod", "img", "--wait=true", "--timeout=60s"])
+        .into_result()
+        .expect("delete");
+    assert!(
+        !runc_list().contains(&again),
+        "{again} left: {}",
+        runc_list()
+    );
+}
+
+/// The runc id of a pod's first container (`runc://<id>`).
+fn container_id(pod: &Value) -> String {
+    let cs = &pod["status"]["containerStatuses"][0];
+    let id = cs["containerID"].as_str().unwrap_or_default();
+    assert!(id.starts_with("runc://pgw-"), "a runc container: {cs:#}");
+    id.trim_start_matches("runc://").to_string()
+}
+
+/// The host folder of claim `data` in `ns`, once bound.
+fn claim_path(cp: &ControlPlane, ns: &Namespace<'_>) -> std::path::PathBuf {
+    let pv = wait_for(TIMEOUT, EVERY, || {
+        let args: [&str; 7] = [
+            "get",
+            "pvc",
+            "-n",
+            &ns.name,
+            "data",
+            "-o",
+            "jsonpath={.spec.volumeName}",
+        ];
+        cp.kubectl(&args).ok().filter(|v| !v.is_empty())
+    })
+    .expect("the claim is bound");
+    let path = cp
+        .kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.hostPath.path}"])
+        .expect("pv");
+    let path = std::path::PathBuf::from(path);
+    std::fs::create_dir_all(&path).expect("claim folder");
+    path
+}
+
+fn runc_list() -> String {
+    let out = std::process::Command::new("runc")
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_owner(path: &std::path::Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(meta.uid(), uid, "owner of {}", path.display());
 }

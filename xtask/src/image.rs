@@ -80,8 +80,13 @@ impl Images {
 /// `cargo xtask image`: builds the `pgwarden` binary and the policy modules, then both images.
 pub fn run(release: bool) -> Result<()> {
     let started = Instant::now();
-    let bin = phase("pgwarden binary", || build_binary(release))?;
-    let policies = phase("policy modules", crate::policies::build)?;
+    let (bin, policies) = match given_inputs(release) {
+        Some(given) => given,
+        None => (
+            phase("pgwarden binary", || build_binary(release))?,
+            phase("policy modules", crate::policies::build)?,
+        ),
+    };
     let images = ensure(&bin, &policies)?;
     for image in [&images.instance, &images.operator] {
         eprintln!(
@@ -95,6 +100,16 @@ pub fn run(release: bool) -> Result<()> {
     }
     eprintln!("images: done in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// `$PGWARDEN_BIN` and `$PGWARDEN_POLICY_DIR`, when both are set (and no release build is
+/// asked): the images are made of them and nothing is built, as `cargo xtask test` does. So
+/// a binary built under another `$CARGO_TARGET_DIR` goes into the images, and the shared
+/// `target/` (policy modules) is left alone.
+fn given_inputs(release: bool) -> Option<(PathBuf, PathBuf)> {
+    let bin = std::env::var_os("PGWARDEN_BIN")?;
+    let policies = std::env::var_os("PGWARDEN_POLICY_DIR")?;
+    (!release).then(|| (PathBuf::from(bin), PathBuf::from(policies)))
 }
 
 /// Both images from the set-up's `pgwarden` binary and policy modules (`cargo xtask test`).
@@ -248,7 +263,10 @@ fn prune(root: &Path, name: &str, keep: &Path) -> Result<()> {
 fn build_binary(release: bool) -> Result<PathBuf> {
     if !release {
         crate::test::build_pgwarden()?;
-        return Ok(paths::root().join("target/debug/pgwarden"));
+        // Where that build put it: under `$CARGO_TARGET_DIR` when set.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| paths::root().join("target"), PathBuf::from);
+        return Ok(target.join("debug/pgwarden"));
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);

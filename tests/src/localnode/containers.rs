@@ -14,7 +14,7 @@ impl ContainerRuntime {
         opts: &Options,
     ) {
         self.next_start = None;
-        let Some(argv) = argv(spec, mounts, opts) else {
+        let Some(mut argv) = argv(spec, mounts, opts) else {
             self.waiting = Some((
                 "NoCommand".into(),
                 "the local node runs a container's command; this one has none".into(),
@@ -22,6 +22,9 @@ impl ContainerRuntime {
             self.done = true;
             return;
         };
+        for arg in &mut argv[1..] {
+            *arg = expand(arg, &env);
+        }
         let log = dir.join("logs").join(format!("{}.log", self.name));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -68,6 +71,9 @@ impl ContainerRuntime {
             return;
         };
         self.child = None;
+        if let Some(id) = self.runc.take() {
+            runc::delete(&id);
+        }
         let code = status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
             128 + status.signal().unwrap_or(0)
@@ -106,6 +112,13 @@ impl ContainerRuntime {
 
     pub(super) fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
+            if let Some(id) = &self.runc {
+                // TERM to the container's first process, as a kubelet stops a container.
+                runc::kill(id, signal);
+                if signal != "-KILL" {
+                    return;
+                }
+            }
             if signal == "-KILL" {
                 // Programs that leave the group (postgres calls setsid) are found by ancestry.
                 for pid in descendants(child.id()) {
@@ -146,7 +159,16 @@ impl ContainerRuntime {
         self.next_probe = Some(now + Duration::from_secs(every));
         let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         let env = self.probe_env();
-        self.ready = run_probe(probe, spec, ip, &env, mounts, binaries, timeout).await;
+        self.ready = run_probe(
+            probe,
+            spec,
+            ip,
+            &env,
+            mounts,
+            self.exec_in(binaries),
+            timeout,
+        )
+        .await;
     }
 
     /// The liveness probe, as the kubelet runs it: after `initialDelaySeconds`, every
@@ -174,7 +196,17 @@ impl ContainerRuntime {
         self.liveness.next = Some(now + Duration::from_secs(period));
         let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         let env = self.probe_env();
-        if run_probe(probe, spec, ip, &env, mounts, binaries, timeout).await {
+        if run_probe(
+            probe,
+            spec,
+            ip,
+            &env,
+            mounts,
+            self.exec_in(binaries),
+            timeout,
+        )
+        .await
+        {
             self.liveness.failures = 0;
             return false;
         }
@@ -229,9 +261,12 @@ impl ContainerRuntime {
         };
         json!({
             "name": self.name,
-            "image": "",
+            "image": self.image,
             "imageID": "",
-            "containerID": self.child.as_ref().map(|c| format!("localnode://{}", c.id())),
+            "containerID": match &self.runc {
+                Some(id) => Some(format!("runc://{id}")),
+                None => self.child.as_ref().map(|c| format!("localnode://{}", c.id())),
+            },
             "ready": self.ready,
             "started": self.child.is_some(),
             "restartCount": self.restarts,
@@ -269,6 +304,22 @@ pub(super) struct Liveness {
     pub(super) failures: i32,
 }
 
+/// Where an exec probe runs: on the host (its first word resolved through
+/// [`Options::binaries`]) or inside the runc container of that id.
+pub(super) enum ExecIn<'a> {
+    Host(&'a [(String, PathBuf)]),
+    Container(&'a str),
+}
+
+impl ContainerRuntime {
+    fn exec_in<'a>(&'a self, binaries: &'a [(String, PathBuf)]) -> ExecIn<'a> {
+        match &self.runc {
+            Some(id) => ExecIn::Container(id),
+            None => ExecIn::Host(binaries),
+        }
+    }
+}
+
 pub(super) fn terminated(exit: &(i32, String, String, String)) -> Value {
     json!({"terminated": {"exitCode": exit.0, "reason": exit.1, "startedAt": exit.2, "finishedAt": exit.3}})
 }
@@ -279,7 +330,7 @@ pub(super) async fn run_probe(
     ip: &str,
     env: &[(String, String)],
     mounts: &[(String, PathBuf)],
-    binaries: &[(String, PathBuf)],
+    exec_in: ExecIn<'_>,
     timeout: Duration,
 ) -> bool {
     let port_of = |p: &IntOrString| -> Option<u16> {
@@ -303,16 +354,21 @@ pub(super) async fn run_probe(
         let Some((first, rest)) = argv.split_first() else {
             return false;
         };
-        // As for the container's command: `pgwarden` is the image's binary on its PATH.
-        let first = binaries
-            .iter()
-            .find(|(name, _)| name == first)
-            .map_or_else(|| first.clone(), |(_, path)| path.display().to_string());
-        let mut cmd = tokio::process::Command::new(first);
-        cmd.args(rest)
-            .env_clear()
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
+        let mut cmd = match exec_in {
+            // Inside the container: its user, env, root and namespaces.
+            ExecIn::Container(id) => runc::exec(id, &argv),
+            ExecIn::Host(binaries) => {
+                // As for the container's command: `pgwarden` is the image's binary on its PATH.
+                let first = binaries
+                    .iter()
+                    .find(|(name, _)| name == first)
+                    .map_or_else(|| first.clone(), |(_, path)| path.display().to_string());
+                let mut cmd = tokio::process::Command::new(first);
+                cmd.args(rest).env_clear().envs(env.iter().cloned());
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);

@@ -13,7 +13,14 @@
 //! ```
 //!
 //! What it does, and how it differs from a kubelet:
-//! - **Images are not pulled.** A container's `command` + `args` run on this host; the
+//! - **Images are not pulled.** A container whose `image` is one of [`Options::images`]
+//!   (reference → OCI layout, e.g. `pgwarden-instance:<version>` built by `cargo xtask
+//!   image`) runs **from that image with runc** (see `runc.rs`: read-only rootfs unpacked
+//!   once, the image's user, env and entrypoint, volumes bind-mounted at their `mountPath`,
+//!   the host's network and PID namespaces, probes inside, in-cluster configuration). The
+//!   rest of this list describes the **host-binary mode** of any other container, unless it
+//!   says runc.
+//! - Host-binary mode: a container's `command` + `args` run on this host; the
 //!   first word is looked up in [`Options::binaries`] (say `pgwarden` → the workspace's
 //!   `target/debug/pgwarden`), else found on the container's `PATH`. A container without a
 //!   `command` cannot run (the image's entrypoint is unknown): it waits with a reason.
@@ -28,10 +35,13 @@
 //! - **Service accounts**: a projected `serviceAccountToken` (what admission mounts at
 //!   `/var/run/secrets/kubernetes.io/serviceaccount`) is a real token of the pod's
 //!   ServiceAccount from the TokenRequest API, bound to the pod and renewed at 80% of its
-//!   lifetime. As that path cannot exist here, each such pod gets `<podDir>/kubeconfig`
+//!   lifetime. runc mounts it at its path and sets `KUBERNETES_SERVICE_HOST`/`_PORT`
+//!   (in-cluster configuration, no kubeconfig). In host-binary mode that path cannot exist:
+//!   each such pod gets `<podDir>/kubeconfig`
 //!   (server, CA, `tokenFile`) as `KUBECONFIG`, unless its env or [`Options::env`] sets one:
 //!   the pod acts with its ServiceAccount's rights, as in a cluster.
-//! - **Container paths are rewritten**: there is no mount namespace, so any env value,
+//! - **Container paths are rewritten** (host-binary mode): there is no mount namespace, so
+//!   any env value,
 //!   argument or probe command word equal to a `mountPath` or under it is replaced by the
 //!   host folder (`/var/lib/postgresql/data/pgdata` → `<state>/volumes/ns/claim/pgdata`).
 //! - **Networking is loopback**: each pod gets its own address `127.<subnet>.x.y`, reported
@@ -42,7 +52,8 @@
 //!   other kubelet API: `kubectl exec`, `attach` and `port-forward` do not.
 //! - Claims are provisioned as `PersistentVolume`s with a `claimRef` (the controller-manager
 //!   binds them), so pods with claims are schedulable.
-//! - Processes run as this process's user, each container in its own process group; the
+//! - Host-binary processes run as this process's user (runc: the image's or `runAsUser`),
+//!   each container in its own process group; the
 //!   node stops every group it started when it stops, is dropped (also while unwinding from
 //!   a panic), or when this process dies (a watchdog shell per group).
 
@@ -70,6 +81,7 @@ mod containers;
 mod kubelet;
 mod node;
 mod pods;
+mod runc;
 mod util;
 
 use node::*;
@@ -93,6 +105,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Pod addresses are `127.<subnet>.x.y`.
     pub subnet: u8,
+    /// Images the node runs with runc: reference (`pgwarden-instance:0.1.0`) → OCI layout.
+    /// A container naming one of them runs from it; any other runs its `command` on the host.
+    pub images: Vec<(String, PathBuf)>,
 }
 
 /// The host's programs an instance pod runs in host-binary mode.
@@ -138,7 +153,32 @@ impl Options {
         }
     }
 
-    /// Defaults: `pgwarden-local`, subnet 20, no extra env.
+    /// A node running instance pods from their image (`images`: reference → OCI layout), as
+    /// in a cluster: the image's PostgreSQL, barman and `pgwarden`. Only what a cluster's
+    /// network would give differently is added: each pod listens on its own address (the
+    /// host's network is shared), the store's region, and a variable naming the pod's folder
+    /// on this host (how the tests tell the pods' processes apart, see `world::agent_pids`).
+    pub fn for_instance_images(
+        kubeconfig: &Path,
+        state_dir: &Path,
+        images: Vec<(String, PathBuf)>,
+        region: &str,
+    ) -> Self {
+        let env = [
+            ("AWS_DEFAULT_REGION", region.to_string()),
+            ("PGWARDEN_LISTEN_ADDRESSES", "{podIP}".into()),
+            // PostgreSQL's socket is in /tmp, the pod's `run/` folder: psql inside finds it.
+            ("PGHOST", "/tmp".into()),
+            ("PGWARDEN_LOCALNODE_POD_DIR", "{podDir}".into()),
+        ];
+        Self {
+            images,
+            env: env.map(|(k, v)| (k.to_string(), v)).into(),
+            ..Self::new(kubeconfig, state_dir)
+        }
+    }
+
+    /// Defaults: `pgwarden-local`, subnet 20, no extra env, no images.
     pub fn new(kubeconfig: &Path, state_dir: &Path) -> Self {
         Self {
             name: "pgwarden-local".into(),
@@ -147,6 +187,7 @@ impl Options {
             binaries: Vec::new(),
             env: Vec::new(),
             subnet: 20,
+            images: Vec::new(),
         }
     }
 }

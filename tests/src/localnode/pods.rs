@@ -34,6 +34,10 @@ pub(super) struct ContainerRuntime {
     pub(super) next_start: Option<Instant>,
     pub(super) ready: bool,
     pub(super) next_probe: Option<Instant>,
+    /// The runc container's id while one runs (a container from its image, see `runc`).
+    pub(super) runc: Option<String>,
+    /// The image it runs from (runc), for the status.
+    pub(super) image: String,
     /// The liveness probe's schedule and consecutive failures (containers.rs).
     pub(super) liveness: super::containers::Liveness,
     pub(super) done: bool,
@@ -94,17 +98,25 @@ impl PodRuntime {
             let c = &self.containers[i];
             let due =
                 c.child.is_none() && !c.done && c.next_start.is_some_and(|t| Instant::now() >= t);
+            let layout = runc::layout_for(ctx.opts, spec);
             if due {
-                let env = self.env_for(ctx, spec, &mounts).await;
-                let c = &mut self.containers[i];
-                match env {
-                    Ok(env) => c.start(spec, env, &mounts, &self.dir, ctx.opts),
-                    Err(e) => {
-                        c.waiting = Some(("CreateContainerConfigError".into(), format!("{e:#}")));
-                        c.next_start = Some(Instant::now() + Duration::from_secs(2));
+                let env = self.env_for(ctx, spec, &mounts, layout.is_some()).await;
+                let started = match (env, layout) {
+                    (Ok(env), Some(layout)) => self.start_runc(ctx, i, spec, &volumes, env, layout),
+                    (Ok(env), None) => {
+                        self.containers[i].start(spec, env, &mounts, &self.dir, ctx.opts);
+                        Ok(())
                     }
+                    (Err(e), _) => Err(e),
+                };
+                if let Err(e) = started {
+                    let c = &mut self.containers[i];
+                    c.waiting = Some(("CreateContainerConfigError".into(), format!("{e:#}")));
+                    c.next_start = Some(Instant::now() + Duration::from_secs(2));
                 }
             }
+            // From an image: no path inside the container is rewritten.
+            let mounts = if layout.is_some() { Vec::new() } else { mounts };
             let c = &mut self.containers[i];
             if c.child.is_some() {
                 c.probe(spec, &self.ip, &mounts, &ctx.opts.binaries).await;
@@ -124,6 +136,7 @@ impl PodRuntime {
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default();
         let ns = self.namespace();
+        let from_images = self.from_images(ctx.opts);
         for v in &volumes {
             if let Some(c) = &v.persistent_volume_claim
                 && !self.claims.contains_key(&c.claim_name)
@@ -141,7 +154,9 @@ impl PodRuntime {
             let dir = self.volume_dir(ctx.opts, v);
             std::fs::create_dir_all(&dir)?;
             if v.persistent_volume_claim.is_none() {
-                chmod(&dir, 0o755)?;
+                // A kubelet's emptyDir is writable by any user the containers run as.
+                let any = from_images && v.empty_dir.is_some();
+                chmod(&dir, if any { 0o777 } else { 0o755 })?;
             }
             let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
             let modes = file_modes(v);
@@ -187,9 +202,20 @@ impl PodRuntime {
                     }
                 }
             }
+            let tokens = runc::token_paths(v);
             for (path, content) in files {
                 let mode = modes.get(&path).copied().unwrap_or(modes.default);
-                write_mode_if_changed(&dir.join(path), &content, mode)?;
+                let file = dir.join(&path);
+                match from_images {
+                    false => write_mode_if_changed(&file, &content, mode)?,
+                    true => runc::write_volume_file(
+                        &self.pod,
+                        &file,
+                        &content,
+                        mode,
+                        tokens.contains(&path),
+                    )?,
+                }
             }
         }
         Ok(volumes)
@@ -318,11 +344,14 @@ impl PodRuntime {
         }
     }
 
+    /// The container's env; `from_image`: it runs from its image (runc), so no path is
+    /// rewritten and in-cluster configuration applies (no kubeconfig is written).
     pub(super) async fn env_for(
         &self,
         ctx: &Ctx<'_>,
         spec: &Container,
         mounts: &[(String, PathBuf)],
+        from_image: bool,
     ) -> Result<Vec<(String, String)>> {
         let ns = self.namespace();
         let mut env: Vec<(String, String)> = Vec::new();
@@ -357,18 +386,33 @@ impl PodRuntime {
         }
         for var in spec.env.iter().flatten() {
             if let Some(value) = self.env_value(ctx, var).await? {
+                // A literal value may name variables defined before it, `$(NAME)`.
+                let value = match &var.value_from {
+                    None => expand(&value, &env),
+                    Some(_) => value,
+                };
                 env.retain(|(k, _)| k != &var.name);
                 env.push((var.name.clone(), value));
             }
         }
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
-            .map(|(k, v)| (k, rewrite(&v, mounts)))
-            .collect();
-        // The pod talks to the API server as its ServiceAccount, as in a cluster.
-        if let Some(kubeconfig) = self.write_kubeconfig(ctx.opts)?
+        let mut env: Vec<(String, String)> = match from_image {
+            true => env,
+            false => env
+                .into_iter()
+                .map(|(k, v)| (k, rewrite(&v, mounts)))
+                .collect(),
+        };
+        if from_image {
+            // As a kubelet sets them: in-cluster configuration finds the API server.
+            for (k, v) in runc::service_env(&ctx.opts.kubeconfig)? {
+                if !env.iter().any(|(name, _)| *name == k) {
+                    env.push((k, v));
+                }
+            }
+        } else if let Some(kubeconfig) = self.write_kubeconfig(ctx.opts)?
             && !env.iter().any(|(k, _)| k == "KUBECONFIG")
         {
+            // The pod talks to the API server as its ServiceAccount, as in a cluster.
             env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
         }
         for (k, v) in &ctx.opts.env {
@@ -466,10 +510,16 @@ impl PodRuntime {
             if let Some(mut child) = c.child.take() {
                 let _ = child.wait();
             }
+            if let Some(id) = c.runc.take() {
+                runc::delete(&id);
+            }
         }
     }
 
     pub(super) fn remove_ephemeral(&self) {
+        for id in self.containers.iter().filter_map(|c| c.runc.as_deref()) {
+            runc::delete(id);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
@@ -515,50 +565,4 @@ impl PodRuntime {
             "containerStatuses": statuses,
         })
     }
-}
-
-/// The modes of a volume's files, as a kubelet sets them: the volume's `defaultMode` (0644
-/// when unset), or an item's own `mode`.
-struct FileModes {
-    default: u32,
-    items: BTreeMap<String, u32>,
-}
-
-impl FileModes {
-    fn get(&self, path: &str) -> Option<&u32> {
-        self.items.get(path)
-    }
-}
-
-fn file_modes(v: &Volume) -> FileModes {
-    let default = v
-        .config_map
-        .as_ref()
-        .and_then(|c| c.default_mode)
-        .or(v.secret.as_ref().and_then(|s| s.default_mode))
-        .or(v.projected.as_ref().and_then(|p| p.default_mode))
-        .map_or(0o644, |m| m as u32 & 0o777);
-    let mut items = BTreeMap::new();
-    let key_items = v
-        .config_map
-        .iter()
-        .flat_map(|c| c.items.iter().flatten())
-        .chain(v.secret.iter().flat_map(|s| s.items.iter().flatten()));
-    let projected = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
-    let projected_items = projected.clone().flat_map(|s| {
-        let cm = s.config_map.iter().flat_map(|c| c.items.iter().flatten());
-        cm.chain(s.secret.iter().flat_map(|c| c.items.iter().flatten()))
-    });
-    for item in key_items.chain(projected_items) {
-        if let Some(mode) = item.mode {
-            items.insert(item.path.clone(), mode as u32 & 0o777);
-        }
-    }
-    for file in projected.flat_map(|s| s.downward_api.iter().flat_map(|d| d.items.iter().flatten()))
-    {
-        if let Some(mode) = file.mode {
-            items.insert(file.path.clone(), mode as u32 & 0o777);
-        }
-    }
-    FileModes { default, items }
 }

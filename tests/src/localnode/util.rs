@@ -206,3 +206,96 @@ pub(super) fn kill_group(pgid: u32, signal: &str) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// The modes of a volume's files, as a kubelet sets them: the volume's `defaultMode` (0644
+/// when unset), or an item's own `mode`.
+pub(super) struct FileModes {
+    pub(super) default: u32,
+    items: BTreeMap<String, u32>,
+}
+
+impl FileModes {
+    pub(super) fn get(&self, path: &str) -> Option<&u32> {
+        self.items.get(path)
+    }
+}
+
+pub(super) fn file_modes(v: &Volume) -> FileModes {
+    let default = v
+        .config_map
+        .as_ref()
+        .and_then(|c| c.default_mode)
+        .or(v.secret.as_ref().and_then(|s| s.default_mode))
+        .or(v.projected.as_ref().and_then(|p| p.default_mode))
+        .map_or(0o644, |m| m as u32 & 0o777);
+    let mut items = BTreeMap::new();
+    let key_items = v
+        .config_map
+        .iter()
+        .flat_map(|c| c.items.iter().flatten())
+        .chain(v.secret.iter().flat_map(|s| s.items.iter().flatten()));
+    let projected = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+    let projected_items = projected.clone().flat_map(|s| {
+        let cm = s.config_map.iter().flat_map(|c| c.items.iter().flatten());
+        cm.chain(s.secret.iter().flat_map(|c| c.items.iter().flatten()))
+    });
+    for item in key_items.chain(projected_items) {
+        if let Some(mode) = item.mode {
+            items.insert(item.path.clone(), mode as u32 & 0o777);
+        }
+    }
+    for file in projected.flat_map(|s| s.downward_api.iter().flat_map(|d| d.items.iter().flatten()))
+    {
+        if let Some(mode) = file.mode {
+            items.insert(file.path.clone(), mode as u32 & 0o777);
+        }
+    }
+    FileModes { default, items }
+}
+
+/// `$(NAME)` replaced by the value of `NAME` in `env`, as a kubelet expands a container's
+/// `command`, `args` and env values: `$$` is a literal `$`, and a reference to a variable
+/// that is not set stays as written.
+pub(super) fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after
+            .strip_prefix('(')
+            .and_then(|a| a.split_once(')'))
+            .filter(|(name, _)| !name.is_empty())
+        {
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn expand_replaces_set_variables_as_a_kubelet_does() {
+        let env = [("POD_IP".to_string(), "127.20.0.2".to_string())];
+        assert_eq!(expand("$(POD_IP):8080", &env), "127.20.0.2:8080");
+        assert_eq!(
+            expand("$(UNSET) $$(POD_IP) $x $", &env),
+            "$(UNSET) $(POD_IP) $x $"
+        );
+        assert_eq!(expand("a$()b", &env), "a$()b");
+    }
+}
