@@ -262,6 +262,43 @@ fn steady(facts: &FailoverFacts) -> DesiredCondition {
     }
 }
 
+/// A primary's agent that has not reported to the API server for longer than this fences
+/// PostgreSQL read-only ([`isolation`]). The operator counts a primary unhealthy only after
+/// [`FRESH_SECONDS`] without a report, and no policy can promote before that, whatever its
+/// delay (which the agent cannot know: the policy holds it); 5 s less leaves room for the
+/// agent's own check, so an isolated primary refuses writes before any standby is named.
+pub const ISOLATION_FENCE_SECONDS: u64 = FRESH_SECONDS as u64 - 5;
+
+/// What an agent does about its own isolation from the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    Keep,
+    /// A primary silent too long: refuse writes until it reads that it is still the primary.
+    Fence,
+    /// It fenced itself for isolation, and has just reported and read a Cluster that names it
+    /// the primary (acting primary, `targetPrimary` none or itself): writes again.
+    Unfence,
+}
+
+/// The isolation rule (CloudNativePG's: an isolated primary stops taking writes). `primary`:
+/// PostgreSQL is out of recovery; `unreported_seconds`: since the agent's last report went
+/// through; `fenced`: it fenced itself for isolation and has not lifted it; `confirmed`: this
+/// very look reported and read a Cluster naming it the primary. A fence for another reason
+/// (another `targetPrimary`) is not this rule's to lift.
+pub fn isolation(
+    primary: bool,
+    unreported_seconds: u64,
+    fenced: bool,
+    confirmed: bool,
+) -> Isolation {
+    match (fenced, confirmed) {
+        (true, true) => Isolation::Unfence,
+        (true, false) => Isolation::Keep,
+        (false, _) if primary && unreported_seconds > ISOLATION_FENCE_SECONDS => Isolation::Fence,
+        (false, _) => Isolation::Keep,
+    }
+}
+
 #[cfg(test)]
 #[path = "failover_tests.rs"]
 mod tests;

@@ -200,3 +200,48 @@ fn a_standby_restarted_without_its_primary_is_ranked_by_the_wal_it_holds() {
     let decided = failover(&f, FAILOVER_DELAY_SECONDS).unwrap().unwrap();
     assert_eq!(decided.instance, "pg-2", "{}", decided.message);
 }
+
+#[test]
+fn an_isolated_primary_fences_itself_before_any_policy_may_promote() {
+    use Isolation::*;
+    let limit = ISOLATION_FENCE_SECONDS;
+    assert!(
+        limit < FRESH_SECONDS as u64,
+        "fenced before it counts as unhealthy"
+    );
+    assert_eq!(isolation(true, 0, false, true), Keep);
+    assert_eq!(isolation(true, limit, false, false), Keep);
+    assert_eq!(isolation(true, limit + 1, false, false), Fence);
+    // A standby has nothing to fence; a fence already set is kept until confirmed.
+    assert_eq!(isolation(false, 600, false, false), Keep);
+    assert_eq!(isolation(true, 600, true, false), Keep);
+    // Reported and read again, named the primary: writes again.
+    assert_eq!(isolation(true, 0, true, true), Unfence);
+}
+
+#[test]
+fn the_default_policy_cannot_promote_before_the_isolated_primary_fenced() {
+    // The primary's last report is `age` seconds old; its agent fenced at limit + 1.
+    let limit = ISOLATION_FENCE_SECONDS as i64;
+    let cluster = Cluster::new("pg", ClusterSpec::default());
+    for age in 0..=limit + 1 {
+        let mut c = cluster.clone();
+        c.status = Some(ClusterStatus {
+            current_primary: Some("pg-1".into()),
+            target_primary: Some("pg-1".into()),
+            instances_status: vec![
+                report("pg-1", "primary", age, Some("0/5000000")),
+                InstanceStatus {
+                    streaming: Some(true),
+                    ..report("pg-2", "replica", 0, Some("0/5000000"))
+                },
+            ],
+            ..Default::default()
+        });
+        let promoted = failover(&facts(&c, now()), FAILOVER_DELAY_SECONDS).unwrap();
+        assert_eq!(promoted, None, "promoted {age}s after the last report");
+        // Whatever the delay: the primary is not unhealthy before FRESH_SECONDS.
+        let promoted = failover(&facts(&c, now()), 1).unwrap();
+        assert_eq!(promoted, None, "any delay, {age}s");
+    }
+}

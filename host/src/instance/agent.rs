@@ -10,6 +10,7 @@
 //!   postgresql.pgwarden.conf ─► postgres (child), answering queries
 //!        ▼
 //!   loop: SIGTERM/SIGINT ─► fast shutdown │ postgres exited ─► exit │ tick ─► report facts
+//!         │ beat ─► <state>/alive (liveness) │ looks failing ─► isolation guard (fence)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -177,11 +178,32 @@ async fn supervise(
     let mut quick = tokio::time::interval(QUICK_LOOK);
     quick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending = false;
+    // The liveness probe reads this loop's beat (`alive`): written here, not by a task of
+    // its own, so that a stuck loop stops it.
+    let mut beat = tokio::time::interval(super::alive::BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut guard = super::isolation::Guard::new(layout);
+    let mut check = tokio::time::interval(super::isolation::CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pod = opts.pod_name.clone().unwrap_or_default();
     loop {
-        let role = tokio::select! {
+        // With when the role look began: a report that went through counts from then.
+        let (began, role) = tokio::select! {
             _ = term.recv() => return stop(&mut child),
             _ = int.recv() => return stop(&mut child),
-            _ = quick.tick(), if pending => super::role::tick(opts, pg, &reporter, false).await,
+            _ = beat.tick() => {
+                super::alive::beat(layout);
+                continue;
+            }
+            // While looks fail: an isolated primary fences itself (`isolation`).
+            _ = check.tick(), if guard.armed() => {
+                guard.check(pg, &pod);
+                continue;
+            }
+            _ = quick.tick(), if pending => {
+                let began = std::time::Instant::now();
+                (began, super::role::tick(opts, pg, &reporter, false).await)
+            }
             _ = tick.tick() => {
                 if let Some(status) = child.try_wait()? {
                     bail!("postgres exited on its own ({status})");
@@ -196,15 +218,17 @@ async fn supervise(
                         eprintln!("pgwarden-agent: cannot report archive facts: {}", barman::scrub(&format!("{e:#}")));
                     }
                 }
+                let began = std::time::Instant::now();
                 let role = super::role::tick(opts, pg, &reporter, true).await;
                 if role.next == super::role::Next::Continue {
                     // May restart the postmaster (a new `child`): an error means it is not back.
                     super::parameters::live::tick(opts, layout, pg, &mut child, &reporter).await?;
                 }
-                role
+                (began, role)
             }
         };
         pending = role.pending;
+        guard.looked(role.looked, began, pg, &pod);
         if role.next == super::role::Next::Rejoin {
             // Stopped (a former primary: never writable again), then started
             // afresh: the start rewinds it into a standby of the new primary.
@@ -297,6 +321,7 @@ fn stop(child: &mut std::process::Child) -> Result<()> {
 /// run (archiving a file twice is harmless, trusting a stale marker is not).
 fn prepare_state(layout: &Layout, run_as: RunAs) -> Result<()> {
     let _ = std::fs::remove_dir_all(layout.spool());
+    super::alive::forget(layout);
     for dir in [layout.state.clone(), layout.spool(), layout.backups()] {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;

@@ -48,6 +48,17 @@ enum InstanceCommand {
     /// of recovery), so a restoring instance is not Ready before it has replayed every WAL;
     /// or, for a standby (standby.signal), when it streams from the primary.
     Ready(ReadyArgs),
+    /// The liveness probe: exits 0 while the agent's main loop turns (its beat is recent, or
+    /// the loop has not started yet: initdb, a clone, a restore); 1 when it is stuck, so the
+    /// kubelet restarts the container and the agent rejoins as whatever it is to be.
+    Alive(AliveArgs),
+}
+
+#[derive(Args, Debug)]
+struct AliveArgs {
+    /// The data directory (its agent's state folder holds the beat).
+    #[arg(long, env = pod::ENV_PGDATA, default_value = pod::PGDATA)]
+    pgdata: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +204,7 @@ pub fn run(args: InstanceArgs) -> Result<()> {
         InstanceCommand::Backup(a) => backup(a),
         InstanceCommand::DeleteBackups(a) => delete(a),
         InstanceCommand::Ready(a) => ready(a),
+        InstanceCommand::Alive(a) => super::alive::check(&a.pgdata),
     };
     result.map_err(|e| anyhow::anyhow!(barman::scrub(&format!("{e:#}"))))
 }

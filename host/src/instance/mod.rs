@@ -1,8 +1,10 @@
 //! The in-pod instance agent: runs PostgreSQL, archives WAL, takes backups, reports facts.
 //!
 //! ```text
-//!   cli       `pgwarden instance run|wal-archive|wal-restore|backup|delete-backups`
+//!   cli       `pgwarden instance run|wal-archive|wal-restore|backup|delete-backups|ready|alive`
 //!   agent     bootstrap (initdb | restore), supervise postgres, report archive facts
+//!   alive     the main loop's beat, and the liveness probe that reads it
+//!   isolation a primary that cannot report fences itself until it reports again
 //!   restore   the restore state machine (pure): downloading → replaying → promoted
 //!   recovery  its I/O: download the base backup, replay until promoted, resume after restarts
 //!   archive   the archive_command, with parallel archiving ahead of PostgreSQL
@@ -19,6 +21,7 @@
 //! ```
 
 pub mod agent;
+pub mod alive;
 pub mod archive;
 pub mod backup;
 pub mod backups;
@@ -28,6 +31,7 @@ pub mod clone_store;
 pub mod facts;
 pub mod fencing;
 pub mod held_wal;
+pub mod isolation;
 pub mod layout;
 pub mod native;
 pub mod options;

@@ -10,6 +10,20 @@ use serde_json::Value;
 use super::facts::FIELD_MANAGER;
 use pgwarden_crds::{ClusterStatus, GROUP, VERSION};
 
+/// How long one call to the API server may take. kube's default read timeout is almost five
+/// minutes: a stalled API server would hold the agent's loop that long, its liveness beat
+/// and its isolation guard with it (see `alive`, `isolation`).
+pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A client from the inferred configuration (KUBECONFIG or in-cluster), with [`API_TIMEOUT`].
+async fn client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.connect_timeout = Some(API_TIMEOUT);
+    config.read_timeout = Some(API_TIMEOUT);
+    config.write_timeout = Some(API_TIMEOUT);
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// Where status patches go.
 pub struct Reporter {
     client: Option<kube::Client>,
@@ -19,7 +33,7 @@ pub struct Reporter {
 impl Reporter {
     /// A reporter with a kube client if one can be configured, else files only.
     pub async fn connect(namespace: Option<String>) -> Self {
-        let client = match (&namespace, kube::Client::try_default().await) {
+        let client = match (&namespace, client().await) {
             (Some(_), Ok(c)) => Some(c),
             (None, _) => None,
             (Some(_), Err(e)) => {

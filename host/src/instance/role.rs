@@ -19,6 +19,7 @@ use pgwarden_sdk::types::parse_lsn;
 use super::facts::{self, REPLICATION_QUERY, Replication};
 pub use super::fencing::Next;
 use super::fencing::{fence, unfence};
+use super::isolation::Looked;
 use super::options::RunOptions;
 use super::postgres::Postgres;
 use super::report::Reporter;
@@ -29,6 +30,8 @@ use super::report::Reporter;
 pub struct Tick {
     pub next: Next,
     pub pending: bool,
+    /// What the look learnt of the Cluster (the isolation guard's input).
+    pub looked: Looked,
 }
 
 /// Gathers this instance's replication facts, reports them when `report` (the steady
@@ -42,30 +45,49 @@ pub async fn tick(opts: &RunOptions, pg: &Postgres, reporter: &Reporter, report:
             Tick {
                 next: Next::Continue,
                 pending: false,
+                looked: Looked::Failed,
             }
         }
     }
 }
 
 async fn look(opts: &RunOptions, pg: &Postgres, reporter: &Reporter, report: bool) -> Result<Tick> {
-    let steady = |pending| Tick {
+    let unwatched = Tick {
         next: Next::Continue,
-        pending,
+        pending: false,
+        looked: Looked::Unwatched,
     };
     let (Some(cluster), Some(pod)) = (&opts.cluster, &opts.pod_name) else {
-        return Ok(steady(false));
+        return Ok(unwatched);
     };
     let replication = tokio::task::block_in_place(|| replication_facts(pg))?;
     if report {
         apply(cluster, pod, &replication, reporter).await?;
     }
     let Some(status) = reporter.cluster_status(cluster).await? else {
-        return Ok(steady(false));
+        return Ok(unwatched);
     };
     let stale = opts.report_interval.mul_f32(1.5);
     let pending = pending(pod, cluster, &status, chrono::Utc::now(), stale);
-    let next = act_on(opts, pg, reporter, &replication, &status).await?;
-    Ok(Tick { next, pending })
+    let primary = pgwarden_core::failover::primary_of(cluster, Some(&status));
+    let names_me = primary == *pod && status.target_primary.as_ref().is_none_or(|t| t == pod);
+    let looked = Looked::Read {
+        reported: report,
+        names_me,
+    };
+    // The report went through even if acting fails: the isolation guard counts on it.
+    let next = match act_on(opts, pg, reporter, &replication, &status).await {
+        Ok(next) => next,
+        Err(e) => {
+            eprintln!("pgwarden-agent: cannot act on the Cluster's status: {e:#}");
+            Next::Continue
+        }
+    };
+    Ok(Tick {
+        next,
+        pending,
+        looked,
+    })
 }
 
 /// PostgreSQL's replication facts ([`REPLICATION_QUERY`]).

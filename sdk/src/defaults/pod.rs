@@ -99,6 +99,7 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodBuilder> {
             timeout_seconds: Some(5),
             ..Default::default()
         }),
+        liveness_probe: Some(liveness_probe()),
         ..Default::default()
     };
     let labels = BTreeMap::from([
@@ -124,6 +125,24 @@ pub fn instance_pod(cluster: &Cluster, instance: u32) -> Decided<PodBuilder> {
             }),
         },
     })
+}
+
+/// The agent's own answer (`pgwarden instance alive`): it fails once the agent's main loop
+/// has not turned for 30 s, not only when the process is gone. A hung agent stops reporting,
+/// a standby is promoted, and the PostgreSQL it supervises would keep taking writes from
+/// clients connected to it; killed, the container starts again and the agent rejoins as a
+/// standby. Three failures 10 s apart: killed 50 to 60 s after its last beat, after the
+/// default failover (30 s); a slow turn of the loop on a busy node is not a hang.
+fn liveness_probe() -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["pgwarden".into(), "instance".into(), "alive".into()]),
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
 }
 
 fn runtime_default() -> SeccompProfile {

@@ -272,6 +272,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the store holds WAL file `wal` under any compression (barman's or ours).
+    pub async fn holds(&self, wal: &str) -> Result<bool> {
+        Ok(self.find(&WalName::parse(wal)?).await?.is_some())
+    }
+
     /// The object holding `wal` in its folder, and its compression (by its suffix).
     async fn find(&self, wal: &WalName) -> Result<Option<(String, Option<WalCompression>)>> {
         let folder = wal.folder(&self.dest, &self.server);

@@ -66,6 +66,21 @@ fn the_container_runs_the_agent_in_the_clusters_image_with_its_resources() {
     let probe = c.readiness_probe.as_ref().unwrap();
     let probe_command = probe.exec.as_ref().and_then(|e| e.command.clone());
     assert_eq!(probe_command.unwrap()[2], "ready");
+    // Liveness is the agent's own loop, not PostgreSQL's answer (a hung agent is killed).
+    let live = c.liveness_probe.as_ref().unwrap();
+    let live_command = live.exec.as_ref().and_then(|e| e.command.clone());
+    assert_eq!(
+        live_command.as_deref(),
+        Some(&["pgwarden".to_string(), "instance".into(), "alive".into()][..])
+    );
+    assert_eq!(
+        (
+            live.period_seconds,
+            live.failure_threshold,
+            live.timeout_seconds
+        ),
+        (Some(10), Some(3), Some(5))
+    );
     assert_eq!(c.resources, None);
 
     let custom = cluster(json!({
