@@ -31,8 +31,10 @@ pub fn node_for(
     let dir = shared_tempdir(&format!("pgw-{tag}-"));
     let state = dir.path().to_path_buf();
     let node_dir = state.join("node");
-    let mut opts =
-        Options::for_instances(&cp.kubeconfig, &node_dir, &deps().host_programs(), region);
+    let mut opts = match instance_images() {
+        Some(images) => Options::for_instance_images(&cp.kubeconfig, &node_dir, images, region),
+        None => Options::for_instances(&cp.kubeconfig, &node_dir, &deps().host_programs(), region),
+    };
     opts.name = format!("{tag}-{}", ns.name);
     opts.subnet = subnet;
     opts.env
@@ -45,6 +47,32 @@ pub fn node_for(
         state,
         dir: removed_unless_kept(dir),
     }
+}
+
+/// `$PGWARDEN_INSTANCE_PODS`: `runc` runs the instance pods from the project's images (the
+/// OCI layouts `$PGWARDEN_INSTANCE_IMAGE` and `$PGWARDEN_OPERATOR_IMAGE` name), as a kubelet
+/// would; anything else, or unset, from the host's binaries.
+pub const INSTANCE_PODS_ENV: &str = "PGWARDEN_INSTANCE_PODS";
+
+/// The images instance pods run from, when [`INSTANCE_PODS_ENV`] asks for runc.
+///
+/// Not yet the default: the SDK's default instance pod sets no `runAsUser`, so under a
+/// kubelet's rules (and runc's here) its agent runs as the image's user, `postgres` (999),
+/// and cannot read its service-account token nor the replication password (files 0400 of
+/// root, kept from `postgres` on purpose): it never reaches the API server (issue 15). Once
+/// the pod runs its agent as root (`runAsUser: 0` in the SDK's default), this becomes the
+/// default whenever the images are set.
+fn instance_images() -> Option<Vec<(String, PathBuf)>> {
+    let wanted = std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "runc");
+    if !wanted {
+        return None;
+    }
+    let images = crate::runc::images_from_env();
+    assert!(
+        images.is_some(),
+        "${INSTANCE_PODS_ENV}=runc needs $PGWARDEN_INSTANCE_IMAGE (`cargo xtask image`)"
+    );
+    images
 }
 
 /// The pids of `pgwarden instance run` of pod `pod` in namespace `namespace` on the node whose
