@@ -136,7 +136,7 @@ impl PodRuntime {
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default();
         let ns = self.namespace();
-        let from_images = self.from_images(ctx.opts);
+        let runs_images = self.runs_images(ctx.opts);
         for v in &volumes {
             if let Some(c) = &v.persistent_volume_claim
                 && !self.claims.contains_key(&c.claim_name)
@@ -155,7 +155,7 @@ impl PodRuntime {
             std::fs::create_dir_all(&dir)?;
             if v.persistent_volume_claim.is_none() {
                 // A kubelet's emptyDir is writable by any user the containers run as.
-                let any = from_images && v.empty_dir.is_some();
+                let any = runs_images && v.empty_dir.is_some();
                 chmod(&dir, if any { 0o777 } else { 0o755 })?;
             }
             let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -206,7 +206,7 @@ impl PodRuntime {
             for (path, content) in files {
                 let mode = modes.get(&path).copied().unwrap_or(modes.default);
                 let file = dir.join(&path);
-                match from_images {
+                match runs_images {
                     false => write_mode_if_changed(&file, &content, mode)?,
                     true => runc::write_volume_file(
                         &self.pod,

@@ -517,7 +517,7 @@ pub(super) fn write_volume_file(
 
 impl PodRuntime {
     /// Whether any container of the pod runs from its image (runc).
-    pub(super) fn from_images(&self, opts: &Options) -> bool {
+    pub(super) fn runs_images(&self, opts: &Options) -> bool {
         spec_containers(&self.pod)
             .iter()
             .any(|c| layout_for(opts, c).is_some())
