@@ -540,6 +540,84 @@ fn container_id(pod: &Value) -> String {
     id.trim_start_matches("runc://").to_string()
 }
 
+/// The agent from the instance image as the SDK's default pod would run it if it set
+/// `runAsUser: 0` (its capabilities, no privilege escalation): it starts PostgreSQL as
+/// `postgres` (999) on the claim, its readiness probe (`pgwarden instance ready`) passes
+/// inside the container, and both show on the host with their uids (host PID namespace).
+#[test]
+fn the_instance_image_runs_the_agent_as_root_and_postgres_as_postgres() {
+    pgwarden_tests::runc::image_layout("PGWARDEN_INSTANCE_IMAGE");
+    let cp = node();
+    let ns = cp.namespace("localnode-agent");
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data}}
+spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: agent}}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: postgres
+    image: pgwarden-instance:{tag}
+    command: [pgwarden, instance, run]
+    env:
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - {{name: PGWARDEN_LISTEN_ADDRESSES, value: $(POD_IP)}}
+    securityContext:
+      runAsUser: 0
+      allowPrivilegeEscalation: false
+      capabilities: {{drop: [ALL], add: [CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID]}}
+    readinessProbe:
+      exec: {{command: [pgwarden, instance, ready]}}
+      periodSeconds: 2
+      timeoutSeconds: 5
+    volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
+"#,
+        tag = pgwarden_tests::runc::TAG
+    );
+    apply(&ns, &manifest);
+    let started = std::time::Instant::now();
+    let pod = wait_pod(&ns, "agent", "Ready", |p| condition(p, "Ready") == "True");
+    eprintln!(
+        "agent pod from the image: Ready in {:.1?}",
+        started.elapsed()
+    );
+    let claim = claim_path(cp, &ns);
+    let pid_file = std::fs::read_to_string(claim.join("pgdata/postmaster.pid")).expect("pid");
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    assert_eq!(uid_of(postmaster), 999, "PostgreSQL runs as postgres");
+    assert_owner(&claim.join("pgdata"), 999);
+    let id = container_id(&pod);
+    let state = std::process::Command::new("runc")
+        .args(["state", &id])
+        .output()
+        .expect("runc state");
+    let state: Value = serde_json::from_slice(&state.stdout).expect("runc state's JSON");
+    let agent = state["pid"]
+        .as_u64()
+        .expect("the container's first process") as u32;
+    assert_eq!(uid_of(agent), 0, "the agent runs as root (pid {agent})");
+    ns.kubectl(&["delete", "pod", "agent", "--wait=true", "--timeout=60s"])
+        .into_result()
+        .expect("delete");
+    assert!(!alive(postmaster), "PostgreSQL stopped with its pod");
+    assert!(!runc_list().contains(&id), "{id} left: {}", runc_list());
+}
+
+/// The real uid of process `pid`.
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// The host folder of claim `data` in `ns`, once bound.
 fn claim_path(cp: &ControlPlane, ns: &Namespace<'_>) -> std::path::PathBuf {
     let pv = wait_for(TIMEOUT, EVERY, || {
