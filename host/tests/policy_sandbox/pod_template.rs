@@ -332,15 +332,16 @@ fn a_policy_may_tighten_the_default_pod_but_not_loosen_it() {
         }),
         "planned"
     );
-    // Looser: the privileged flag and a root user are refused by their paths.
+    // Looser or other: the privileged flag and a user other than the default's (root, kept
+    // explicit so the agent can keep its token from `postgres`) are refused by their paths.
     let privileged = verdict(|s| security(s).privileged = Some(true));
     assert!(
         privileged.contains("spec.containers[0].securityContext.privileged asks for privileges"),
         "{privileged}"
     );
-    let root = verdict(|s| security(s).run_as_user = Some(0));
+    let other_user = verdict(|s| security(s).run_as_user = Some(1000));
     assert!(
-        root.contains("spec.containers[0].securityContext.runAsUser"),
-        "{root}"
+        other_user.contains("spec.containers[0].securityContext.runAsUser"),
+        "{other_user}"
     );
 }

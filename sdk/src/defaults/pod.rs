@@ -154,11 +154,15 @@ fn runtime_default() -> SeccompProfile {
 
 /// The `postgres` container's: no privilege escalation, every capability dropped but
 /// [`AGENT_CAPABILITIES`]. The agent is root (not `runAsNonRoot`) on purpose: the token it
-/// reads is then kept from the `postgres` user PostgreSQL runs as.
+/// reads is then kept from the `postgres` user PostgreSQL runs as. Said explicitly
+/// (`runAsUser: 0`): the instance image's own user is `postgres` (999), so without it a
+/// kubelet would start the agent as 999, unable to read its token or the replication Secret.
 fn container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
+        run_as_user: Some(0),
+        run_as_group: Some(0),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
             add: Some(AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
