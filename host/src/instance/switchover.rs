@@ -72,7 +72,11 @@ pub async fn hand_over(
         ..Default::default()
     };
     let start = Instant::now();
+    let layout = super::layout::Layout::new(&pg.pgdata);
     while start.elapsed() < HAND_OVER_WAIT {
+        // This wait is the agent's loop for now: it beats, or the liveness probe would kill
+        // the container before the bounded wait ends.
+        super::alive::beat(&layout);
         let mut entry = facts::instance_status(pod, &last, &super::archive::now());
         entry.ready = Some(false);
         let patch = facts::instance_status_patch(cluster, &entry);
