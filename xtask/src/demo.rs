@@ -1,8 +1,9 @@
 //! `cargo xtask demo [--once]`: the seed scenario on one machine.
 //!
 //! ```text
-//!   setup ─► control plane ─► S3 server (MinIO) + bucket + generated key ─► local node
-//!         ─► CRDs ─► pgwarden operator ─► seed manifests (Secret, Cluster, Backup)
+//!   setup + images ─► control plane ─► S3 server (MinIO) + bucket + generated key
+//!         ─► local node (the images with runc) ─► kubectl apply -f crds/yaml/ -f deploy/
+//!         ─► the operator's pods: one leads ─► seed manifests (Secret, Cluster, Backup)
 //!         ─► wait: instance Ready · WAL archived · Backup completed ─► kubectl describe
 //!         ─► ScheduledBackup "* * * * *": its first Backup completes
 //!         ─► examples/local/recovery.yaml: a Cluster restored from the Backup, rows checked
@@ -13,23 +14,28 @@
 //! what the sandbox already holds (an earlier demo's objects, anything made by hand) and
 //! clears it first, as `cargo xtask sandbox reset` does (see `clean`). `--once` uses a control
 //! plane of its own, tears everything down and exits 0 only if every step succeeded.
+//! The operator is installed from `deploy/` as a user installs it and runs in the sandbox as
+//! its Deployment's pods, from the operator image (`cargo xtask image`, or the OCI layouts
+//! `$PGWARDEN_OPERATOR_IMAGE` and `$PGWARDEN_INSTANCE_IMAGE` name); instance pods run from the
+//! instance image with `$PGWARDEN_INSTANCE_PODS=runc`, else from the host's binaries.
 //! The harness reads its programs' paths from the environment set-up produces, so the demo
 //! runs itself again as a child process with that environment.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pgwarden_tests::controlplane::{
-    Bins, agent_admission_manifest, isolated, operator_rbac_manifest,
-};
-use pgwarden_tests::datapath::{S3Server, free_port};
+use pgwarden_tests::controlplane::{Bins, isolated};
+use pgwarden_tests::datapath::S3Server;
 use pgwarden_tests::localnode::{HostPrograms, LocalNode, Options};
+use pgwarden_tests::world::INSTANCE_PODS_ENV;
 
+use crate::image::{INSTANCE, OPERATOR, VERSION};
 use crate::paths;
 
 mod clean;
+mod operator;
 mod plane;
 mod steps;
 
@@ -46,7 +52,7 @@ pub fn run(once: bool) -> Result<()> {
         return demo(once);
     }
     let started = Instant::now();
-    let prepared = crate::test::setup(crate::test::Binary::Build)?;
+    let env = prepared_env()?;
     // This very binary, even if a concurrent cargo build replaced the file during the set-up
     // (current_exe() would then name a deleted file).
     let exe = Path::new("/proc/self/exe");
@@ -56,7 +62,7 @@ pub fn run(once: bool) -> Result<()> {
         std::env::current_exe()?
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("demo").env(CHILD_ENV, "1").envs(prepared.env);
+    cmd.arg("demo").env(CHILD_ENV, "1").envs(env);
     if once {
         cmd.arg("--once");
     }
@@ -68,24 +74,47 @@ pub fn run(once: bool) -> Result<()> {
     Ok(())
 }
 
-/// The CRDs, the operator's RBAC and the agents' admission policy, as deployed.
-fn install(plane: &Plane) -> Result<String> {
-    let crds = paths::root().join("crds/yaml").display().to_string();
-    plane.kubectl(&["apply", "-f", &crds], None)?;
-    let established = [
-        "wait",
-        "--for=condition=established",
-        "crd",
-        "--all",
-        "--timeout=60s",
-    ];
-    plane.kubectl(&established, None)?;
-    // The operator runs with the rights a deployed one has (deploy/operator.yaml).
-    let rbac = operator_rbac_manifest().map_err(anyhow::Error::msg)?;
-    plane.kubectl(&["apply", "-f", "-"], Some(&rbac))?;
-    // The agents are held to their own Cluster's statuses, as deployed.
-    let admission = agent_admission_manifest().map_err(anyhow::Error::msg)?;
-    plane.kubectl(&["apply", "-f", "-"], Some(&admission))
+/// What the set-up and `cargo xtask image` give the tests; the demo's child reads them.
+const PREPARED: [&str; 7] = [
+    "PGWARDEN_BIN",
+    "PGWARDEN_PG_BIN",
+    "PGWARDEN_BARMAN_BIN",
+    "PGWARDEN_S3_SERVER",
+    "PGWARDEN_POLICY_DIR",
+    "PGWARDEN_INSTANCE_IMAGE",
+    "PGWARDEN_OPERATOR_IMAGE",
+];
+
+/// The set-up's environment and the images'. When this process's environment already names
+/// all of them (the test suite's, whose set-up and images are done), the child inherits it
+/// and nothing is built: the suite's `target/` stays as the suite built it.
+fn prepared_env() -> Result<Vec<(&'static str, PathBuf)>> {
+    let given = PREPARED
+        .iter()
+        .all(|var| std::env::var_os(var).is_some_and(|p| Path::new(&p).exists()));
+    if given {
+        println!("demo: set-up and images as the environment names them ($PGWARDEN_*)");
+        return Ok(Vec::new());
+    }
+    let mut env = crate::test::setup(crate::test::Binary::Build)?.env;
+    let images = images(&env)?;
+    env.extend(images);
+    Ok(env)
+}
+
+/// The variables naming the images' OCI layouts (tag: the version): the ones already set,
+/// else `cargo xtask image`'s for the set-up's binary and policy modules (cached: fast when
+/// unchanged).
+fn images(env: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, PathBuf)>> {
+    let given: Vec<(&'static str, PathBuf)> = PREPARED[5..]
+        .iter()
+        .filter_map(|var| Some((*var, PathBuf::from(std::env::var_os(var)?))))
+        .filter(|(_, layout)| layout.join("index.json").is_file())
+        .collect();
+    if given.len() == 2 {
+        return Ok(given);
+    }
+    Ok(crate::image::for_tests(env)?.env())
 }
 
 fn demo(once: bool) -> Result<()> {
@@ -99,20 +128,35 @@ fn demo(once: bool) -> Result<()> {
             Ok(s3)
         },
     )?;
-    let node = step("local node (a stand-in for a kubelet)", || {
-        start_node(&plane, &state.join("node"))
-    })?;
-    step("CRDs and the operator's RBAC", || install(&plane))?;
-    let operator = step("pgwarden operator", || Operator::start(&plane, &state))?;
-    let result = scenario(&plane, &s3)
-        .and_then(|()| scheduled(&plane))
-        .and_then(|()| recovery(&plane, &s3));
+    let node = step(
+        "local node (a stand-in for a kubelet: the operator's pods from its image, with runc)",
+        || start_node(&plane, &state.join("node")),
+    )?;
+    step(
+        "CRDs and the operator: kubectl apply -f crds/yaml/ -f deploy/",
+        || operator::install(&plane),
+    )?;
+    let result = step(
+        "pgwarden operator (deploy/operator.yaml's pods; one leads through the Lease)",
+        || operator::wait_leader(&plane),
+    )
+    .map(|leader| println!("demo: pgwarden-system/{leader} leads"))
+    .and_then(|()| scenario(&plane, &s3))
+    .and_then(|()| scheduled(&plane))
+    .and_then(|()| recovery(&plane, &s3));
     if let Err(e) = &result {
         println!("demo: FAILED: {e:#}");
-        println!("demo: operator log tail:\n{}", tail(&operator.log, 30));
+        println!(
+            "demo: operator log tail:\n{}",
+            operator::log_tail(&plane, 30)
+        );
+        let instance = plane.kubectl(&["logs", "postgresql-bkp-1", "--tail=20"], None);
+        println!(
+            "demo: postgresql-bkp-1 log tail:\n{}",
+            instance.unwrap_or_else(|e| format!("{e:#}"))
+        );
     }
     if once {
-        drop(operator);
         drop(node);
         drop(s3);
         drop(plane);
@@ -144,7 +188,6 @@ fn start_plane(once: bool) -> Result<Plane> {
         return Ok(Plane {
             kubectl: cp.bins.kubectl.clone(),
             kubeconfig: cp.kubeconfig.clone(),
-            operator_kubeconfig: cp.operator_kubeconfig(),
             _own: Some(cp),
         });
     }
@@ -152,7 +195,6 @@ fn start_plane(once: bool) -> Result<Plane> {
     let plane = Plane {
         kubectl: Bins::cached().kubectl,
         kubeconfig: paths::state().join("sandbox/admin.kubeconfig"),
-        operator_kubeconfig: paths::state().join("sandbox/operator.kubeconfig"),
         _own: None,
     };
     clean::start_clean(&plane)?;
@@ -161,71 +203,48 @@ fn start_plane(once: bool) -> Result<Plane> {
 }
 
 /// The node starts without pods: on a clean control plane the data of earlier ones is stale.
+/// It runs the operator image (the reference deploy/ names); instance pods from the instance
+/// image with `$PGWARDEN_INSTANCE_PODS=runc`, else from the host's binaries, as the
+/// end-to-end tests do until the SDK's default pod runs its agent as root (tests/src/world.rs).
 fn start_node(plane: &Plane, dir: &Path) -> Result<LocalNode> {
     let _ = std::fs::remove_dir_all(dir);
-    let var = |name: &str| PathBuf::from(std::env::var(name).unwrap_or_default());
-    let programs = HostPrograms {
-        pgwarden: var("PGWARDEN_BIN"),
-        pg_bin: var("PGWARDEN_PG_BIN"),
-        barman_bin: var("PGWARDEN_BARMAN_BIN"),
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .with_context(|| format!("${name} is not set"))
     };
+    let operator = (
+        format!("{OPERATOR}:{VERSION}"),
+        var("PGWARDEN_OPERATOR_IMAGE")?,
+    );
     // The store's region: the S3 server signs for it.
-    let opts = Options::for_instances(&plane.kubeconfig, dir, &programs, "us-east-1");
+    let region = "us-east-1";
+    let from_image = std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "runc");
+    let opts = if from_image {
+        let instance = (
+            format!("{INSTANCE}:{VERSION}"),
+            var("PGWARDEN_INSTANCE_IMAGE")?,
+        );
+        let images = vec![operator, instance];
+        Options::for_instance_images(&plane.kubeconfig, dir, images, region)
+    } else {
+        let programs = HostPrograms {
+            pgwarden: var("PGWARDEN_BIN")?,
+            pg_bin: var("PGWARDEN_PG_BIN")?,
+            barman_bin: var("PGWARDEN_BARMAN_BIN")?,
+        };
+        let mut opts = Options::for_instances(&plane.kubeconfig, dir, &programs, region);
+        opts.images = vec![operator];
+        opts
+    };
+    println!(
+        "demo: instance pods from {} (${INSTANCE_PODS_ENV}={})",
+        if from_image {
+            "the instance image"
+        } else {
+            "the host's binaries"
+        },
+        std::env::var(INSTANCE_PODS_ENV).unwrap_or_default()
+    );
     LocalNode::start(opts)
-}
-
-/// `pgwarden operator`, in its own process group, stopped when dropped.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(plane: &Plane, state: &Path) -> Result<Operator> {
-        std::fs::create_dir_all(state)?;
-        let log = state.join("operator.log");
-        let out = std::fs::File::create(&log)?;
-        let pgwarden = std::env::var("PGWARDEN_BIN").context("PGWARDEN_BIN")?;
-        let policy = paths::root().join("target/policies/default.wasm");
-        let child = Command::new(pgwarden)
-            .args(["operator", "--default-policy"])
-            .arg(&policy)
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            // Compiled modules are cached: a debug build compiles one in about half a minute.
-            .arg("--policy-cache")
-            .arg(paths::cache().join("policy-modules"))
-            .env("KUBECONFIG", &plane.operator_kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .context("cannot start the operator")?;
-        let _ = pgwarden_tests::watchdog::guard_group(child.id());
-        Ok(Operator { child, log })
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let pgid = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
-        let _ = self.child.wait();
-    }
-}
-
-use std::os::unix::process::CommandExt;
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

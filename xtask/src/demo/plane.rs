@@ -11,8 +11,6 @@ use serde_json::Value;
 pub struct Plane {
     pub kubectl: PathBuf,
     pub kubeconfig: PathBuf,
-    /// The operator's own user, with the rights of `deploy/operator.yaml`'s ClusterRole.
-    pub operator_kubeconfig: PathBuf,
     pub _own: Option<Isolated>,
 }
 
