@@ -284,7 +284,9 @@ fn operator_runs_from_its_image(cp: &ControlPlane, pod: &str) {
 }
 
 /// Every replica is Ready (a standby too: /readyz is contact with the API server) and only
-/// the Lease's holder says on `/leader` that it leads.
+/// the Lease's holder says on `/leader` that it leads. (Not through the API server's pod proxy
+/// as the README suggests for a real cluster: this API server refuses to proxy to loopback
+/// addresses, which the local node's pod addresses are: "address not allowed".)
 fn replicas_agree_on_the_leader(cp: &ControlPlane, leader: &str) {
     let pods = wait_for(cp, "both replicas are ready", OPERATOR_WAIT, || {
         let pods = operator_pods(cp);
