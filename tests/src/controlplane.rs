@@ -684,8 +684,8 @@ fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
     ]
 }
 
-/// The user (client-certificate common name) the operator runs as in tests, the sandbox and
-/// the demo.
+/// The user (client-certificate common name) the operator runs as in tests and the sandbox
+/// (the demo and tests/tests/install.rs install it from deploy/: its ServiceAccount).
 pub const OPERATOR_USER: &str = "pgwarden-operator";
 
 /// Audit the operator's requests, one event each when answered (metadata only: no request or
