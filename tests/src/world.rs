@@ -49,30 +49,23 @@ pub fn node_for(
     }
 }
 
-/// `$PGWARDEN_INSTANCE_PODS`: `runc` runs the instance pods from the project's images (the
-/// OCI layouts `$PGWARDEN_INSTANCE_IMAGE` and `$PGWARDEN_OPERATOR_IMAGE` name), as a kubelet
-/// would; anything else, or unset, from the host's binaries.
+/// `$PGWARDEN_INSTANCE_PODS`: instance pods run from the project's images with runc (the OCI
+/// layouts `$PGWARDEN_INSTANCE_IMAGE` and `$PGWARDEN_OPERATOR_IMAGE` name, which `cargo xtask
+/// test` sets), as a kubelet would, unless it is `host` (or the images are not set): then
+/// from the host's binaries, faster to start, for a quick run.
 pub const INSTANCE_PODS_ENV: &str = "PGWARDEN_INSTANCE_PODS";
 
-/// The images instance pods run from, when [`INSTANCE_PODS_ENV`] asks for runc.
-///
-/// Not yet the default: the SDK's default instance pod sets no `runAsUser`, so under a
-/// kubelet's rules (and runc's here) its agent runs as the image's user, `postgres` (999),
-/// and cannot read its service-account token nor the replication password (files 0400 of
-/// root, kept from `postgres` on purpose): it never reaches the API server (issue 15). Once
-/// the pod runs its agent as root (`runAsUser: 0` in the SDK's default), this becomes the
-/// default whenever the images are set.
+/// The images instance pods run from: see [`INSTANCE_PODS_ENV`].
 fn instance_images() -> Option<Vec<(String, PathBuf)>> {
-    let wanted = std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "runc");
-    if !wanted {
+    if std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "host") {
         return None;
     }
-    let images = crate::runc::images_from_env();
-    assert!(
-        images.is_some(),
-        "${INSTANCE_PODS_ENV}=runc needs $PGWARDEN_INSTANCE_IMAGE (`cargo xtask image`)"
-    );
-    images
+    crate::runc::images_from_env()
+}
+
+/// Whether instance pods run from the images (paths inside them are then the container's).
+pub fn instance_pods_from_images() -> bool {
+    instance_images().is_some()
 }
 
 /// The pids of `pgwarden instance run` of pod `pod` in namespace `namespace` on the node whose
@@ -212,10 +205,15 @@ pub fn signal_container(w: &StoreWorld<'_>, pod: &str, signal: &str) {
                 .starts_with(&format!("{pod}-"))
         })
         .expect("its claim's volume");
-    let pid_file = std::fs::read_to_string(claim.path().join("pgdata/postmaster.pid"))
-        .expect("postmaster.pid");
-    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-    for group in [pgrp(agent), pgrp(postmaster)] {
+    // No PostgreSQL (yet) when the container was just restarted (say by its liveness probe
+    // while frozen): then only the agent's group.
+    let pid_file = std::fs::read_to_string(claim.path().join("pgdata/postmaster.pid"));
+    let postmaster = pid_file
+        .ok()
+        .and_then(|f| f.lines().next()?.trim().parse::<u32>().ok())
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let groups = std::iter::once(pgrp(agent)).chain(postmaster.map(pgrp));
+    for group in groups {
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), "--", &format!("-{group}")])
             .status()
