@@ -10,7 +10,7 @@
 //!   postgresql.pgwarden.conf ─► postgres (child), answering queries
 //!        ▼
 //!   loop: SIGTERM/SIGINT ─► fast shutdown │ postgres exited ─► exit │ tick ─► report facts
-//!         │ beat ─► <state>/alive (liveness) │ looks failing ─► isolation guard (fence)
+//!         │ beat ─► <state>/alive (liveness) │ a report or not ─► isolation guard (its task)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -182,10 +182,9 @@ async fn supervise(
     // its own, so that a stuck loop stops it.
     let mut beat = tokio::time::interval(super::alive::BEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut guard = super::isolation::Guard::new(layout);
-    let mut check = tokio::time::interval(super::isolation::CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pod = opts.pod_name.clone().unwrap_or_default();
+    // An isolated primary fences itself (`isolation`): a task of its own, lifted from here.
+    let guard = super::isolation::Guard::start(layout, pg.clone(), pod.clone());
     loop {
         // With when the role look began: a report that went through counts from then.
         let (began, role) = tokio::select! {
@@ -193,11 +192,6 @@ async fn supervise(
             _ = int.recv() => return stop(&mut child),
             _ = beat.tick() => {
                 super::alive::beat(layout);
-                continue;
-            }
-            // While looks fail: an isolated primary fences itself (`isolation`).
-            _ = check.tick(), if guard.armed() => {
-                guard.check(pg, &pod);
                 continue;
             }
             _ = quick.tick(), if pending => {
