@@ -9,10 +9,9 @@
 //! demo's checks pass: the instance is Ready, WAL is archived, the Backup completes. Then the
 //! leader's pod is deleted and the other replica takes the Lease over.
 //!
-//! The instance pod runs from `pgwarden-instance:<version>` too with
-//! `$PGWARDEN_INSTANCE_PODS=runc` (and the test then checks its agent sees that image's root);
-//! by default from the host's binaries, as in every other end-to-end test, until the SDK's
-//! default pod runs its agent as root (tests/src/world.rs, issue 15).
+//! The instance pod runs from `pgwarden-instance:<version>` too, as in every other end-to-end
+//! test, and the test checks its agent sees that image's root (`$PGWARDEN_INSTANCE_PODS=host`:
+//! from the host's binaries, tests/src/world.rs).
 //!
 //! A broken install fails here: a wrong tag leaves the operator pods without an image (the
 //! node cannot run them: the wait fails at once naming the container's state; checked: 15 s),
@@ -97,12 +96,11 @@ fn the_shipped_install_runs_the_operator_as_a_pod_that_reconciles_the_seed() {
     drop(node);
 }
 
-/// Whether instance pods run from the instance image too (`$PGWARDEN_INSTANCE_PODS=runc`), as
-/// in the other end-to-end tests (tests/src/world.rs says why that is not yet the default:
-/// the SDK's default pod sets no `runAsUser`, and its agent as `postgres` cannot read its
-/// token). The operator's pods always run from the operator image: that is the install.
+/// Whether instance pods run from the instance image too: yes, as in the other end-to-end
+/// tests, unless `$PGWARDEN_INSTANCE_PODS=host` (tests/src/world.rs). The operator's pods
+/// always run from the operator image: that is the install.
 fn instances_from_image() -> bool {
-    std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "runc")
+    !std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "host")
 }
 
 /// A local node running the operator image with runc (the reference deploy/ names), and the

@@ -17,7 +17,7 @@
 //! The operator is installed from `deploy/` as a user installs it and runs in the sandbox as
 //! its Deployment's pods, from the operator image (`cargo xtask image`, or the OCI layouts
 //! `$PGWARDEN_OPERATOR_IMAGE` and `$PGWARDEN_INSTANCE_IMAGE` name); instance pods run from the
-//! instance image with `$PGWARDEN_INSTANCE_PODS=runc`, else from the host's binaries.
+//! instance image (`$PGWARDEN_INSTANCE_PODS=host`: from the host's binaries).
 //! The harness reads its programs' paths from the environment set-up produces, so the demo
 //! runs itself again as a child process with that environment.
 
@@ -203,9 +203,9 @@ fn start_plane(once: bool) -> Result<Plane> {
 }
 
 /// The node starts without pods: on a clean control plane the data of earlier ones is stale.
-/// It runs the operator image (the reference deploy/ names); instance pods from the instance
-/// image with `$PGWARDEN_INSTANCE_PODS=runc`, else from the host's binaries, as the
-/// end-to-end tests do until the SDK's default pod runs its agent as root (tests/src/world.rs).
+/// It runs the operator image (the reference deploy/ names) and instance pods from the
+/// instance image, as the end-to-end tests do; `$PGWARDEN_INSTANCE_PODS=host` runs instance
+/// pods from the host's binaries instead (tests/src/world.rs).
 fn start_node(plane: &Plane, dir: &Path) -> Result<LocalNode> {
     let _ = std::fs::remove_dir_all(dir);
     let var = |name: &str| {
@@ -219,7 +219,7 @@ fn start_node(plane: &Plane, dir: &Path) -> Result<LocalNode> {
     );
     // The store's region: the S3 server signs for it.
     let region = "us-east-1";
-    let from_image = std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "runc");
+    let from_image = !std::env::var(INSTANCE_PODS_ENV).is_ok_and(|v| v == "host");
     let opts = if from_image {
         let instance = (
             format!("{INSTANCE}:{VERSION}"),
