@@ -185,6 +185,9 @@ impl ContainerRuntime {
         let Some(probe) = &spec.liveness_probe else {
             return false;
         };
+        if self.frozen_whole() {
+            return false;
+        }
         let now = Instant::now();
         let next = *self.liveness.next.get_or_insert_with(|| {
             now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)
@@ -224,6 +227,24 @@ impl ContainerRuntime {
         }
         self.liveness = Liveness::default();
         true
+    }
+
+    /// Whether every process of the container is stopped (SIGSTOP). The tests freeze a whole
+    /// container to stand for a hung node, whose kubelet probes nothing and restarts nothing;
+    /// killing it here would turn that scenario into a restart that races the failover. A
+    /// container with one process still running (a hung agent beside a live PostgreSQL) is
+    /// probed and killed as a kubelet would.
+    fn frozen_whole(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let mut pids = descendants(child.id());
+        // Under runc the child is `runc run`, which is not the container's; on the host it is
+        // the container's first process.
+        if self.runc.is_none() {
+            pids.push(child.id());
+        }
+        all_stopped(&pids)
     }
 
     /// The probe runs with the env the process was started with.

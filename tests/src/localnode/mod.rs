@@ -56,6 +56,9 @@
 //!   each container in its own process group; the
 //!   node stops every group it started when it stops, is dropped (also while unwinding from
 //!   a panic), or when this process dies (a watchdog shell per group).
+//! - **Probes**: readiness and liveness (exec, TCP, HTTP; under runc, exec inside). A container
+//!   whose processes are all stopped (SIGSTOP) is not liveness-probed: the tests freeze a whole
+//!   container to stand for a hung node, whose kubelet would restart nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;

@@ -199,6 +199,20 @@ pub(super) fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// Whether every live process in `pids` is stopped (SIGSTOP; zombies do not count), and
+/// there is one at least.
+pub(super) fn all_stopped(pids: &[u32]) -> bool {
+    let states: Vec<char> = pids
+        .iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat[stat.rfind(')')? + 2..].chars().next()
+        })
+        .filter(|state| !matches!(state, 'Z' | 'X'))
+        .collect();
+    !states.is_empty() && states.iter().all(|state| matches!(state, 'T' | 't'))
+}
+
 pub(super) fn kill_group(pgid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([signal, "--", &format!("-{pgid}")])
