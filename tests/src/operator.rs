@@ -393,6 +393,22 @@ pub fn list(ns: &Namespace<'_>, kind: &str) -> Vec<Value> {
 }
 
 /// Waits until the object exists.
+/// The pods the Service `service` selects (its selector over the pods' labels: what a
+/// kube-proxy would send to; the local node has none). None while the Service does not exist.
+pub fn selected_pods(ns: &Namespace<'_>, service: &str) -> Vec<Value> {
+    let Some(svc) = get(ns, "service", service) else {
+        return Vec::new();
+    };
+    let selector = svc["spec"]["selector"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    list(ns, "pods")
+        .into_iter()
+        .filter(|p| (selector.iter()).all(|(k, v)| p["metadata"]["labels"][k.as_str()] == *v))
+        .collect()
+}
+
 pub fn wait_get(ns: &Namespace<'_>, kind: &str, name: &str) -> Value {
     eventually(&format!("{kind} {}/{name} exists", ns.name), WAIT, || {
         get(ns, kind, name).ok_or_else(|| "absent".to_string())

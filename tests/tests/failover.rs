@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::localnode::pod_psql;
-use pgwarden_tests::operator::{apply_yaml, get, list, pod_is_ready};
+use pgwarden_tests::operator::{apply_yaml, get, pod_is_ready, selected_pods};
 use pgwarden_tests::world::{StoreWorld, signal_container, store_world};
 use serde_json::Value;
 
@@ -86,20 +86,6 @@ fn try_psql(w: &StoreWorld<'_>, pod: &Value, sql: &str) -> Option<String> {
 fn psql(w: &StoreWorld<'_>, pod: &Value, sql: &str) -> String {
     try_psql(w, pod, sql)
         .unwrap_or_else(|| panic!("psql {sql:?} failed on {}", pod["metadata"]["name"]))
-}
-
-/// The pods the Service `service` selects (its selector over the pods' labels: what a
-/// kube-proxy would send to; the local node has none).
-fn selected(w: &StoreWorld<'_>, service: &str) -> Vec<Value> {
-    let svc = get(&w.ns, "service", service).expect("the Service");
-    let selector = svc["spec"]["selector"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    list(&w.ns, "pods")
-        .into_iter()
-        .filter(|p| (selector.iter()).all(|(k, v)| p["metadata"]["labels"][k.as_str()] == *v))
-        .collect()
 }
 
 /// pgbench on `pod`'s socket as `postgres`.
@@ -201,12 +187,12 @@ fn the_primary_dies_a_standby_takes_over_the_old_one_rejoins_and_the_store_follo
 
     // -rw selects the new primary alone; writes through it succeed.
     let rw = wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
-        let selected = selected(&w, "pg-rw");
+        let selected = selected_pods(&w.ns, "pg-rw");
         (selected.len() == 1 && selected[0]["metadata"]["name"] == name.as_str())
             .then(|| selected[0].clone())
     });
     let rw = rw.unwrap_or_else(|| {
-        let names: Vec<Value> = (selected(&w, "pg-rw").iter())
+        let names: Vec<Value> = (selected_pods(&w.ns, "pg-rw").iter())
             .map(|p| p["metadata"]["name"].clone())
             .collect();
         panic!("pg-rw selects {names:?}, not {name}")

@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use pgwarden_tests::datapath::wait_for;
-use pgwarden_tests::operator::{apply_yaml, get, list, pod_is_ready};
+use pgwarden_tests::operator::{apply_yaml, get, pod_is_ready, selected_pods};
 use pgwarden_tests::world::{StoreWorld, agent_pids, store_cluster_yaml, store_world};
 use serde_json::Value;
 
@@ -29,19 +29,9 @@ const BUCKET: &str = "pgwarden-hung";
 const READY: Duration = Duration::from_secs(300);
 const PODS: [&str; 3] = ["pg-1", "pg-2", "pg-3"];
 
-/// The pods the Service `service` selects (its selector over the pods' labels: what a
-/// kube-proxy would send to; the local node has none).
+/// The names of the pods the Service `service` selects.
 fn selected(w: &StoreWorld<'_>, service: &str) -> Vec<String> {
-    let Some(svc) = get(&w.ns, "service", service) else {
-        return Vec::new();
-    };
-    let selector = svc["spec"]["selector"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    list(&w.ns, "pods")
-        .into_iter()
-        .filter(|p| (selector.iter()).all(|(k, v)| p["metadata"]["labels"][k.as_str()] == *v))
+    (selected_pods(&w.ns, service).iter())
         .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
         .collect()
 }
