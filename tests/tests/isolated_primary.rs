@@ -11,8 +11,11 @@
 //! - once the proxy lets bytes through again, writes succeed again within 60 s (a report went
 //!   through and the Cluster still names it the primary).
 //!
-//! The agent uses the operator's kubeconfig through the proxy (the node's env), not its
-//! ServiceAccount's: what is tested is the silence, not the rights.
+//! From the host's binaries the agent uses the operator's kubeconfig through the proxy (the
+//! node's env), not its ServiceAccount's: what is tested is the silence, not the rights. From
+//! the instance image (the default) it uses its in-cluster configuration, whose service
+//! address the node's env points at the proxy. Before that (the first suite run in runc mode)
+//! the agent went around the proxy and the test failed: writable 45 s into the stall.
 //!
 //! Before the fix: writes still succeeded 45 s into the stall (kube's client waited almost
 //! five minutes on a request, and nothing fenced a primary that could not report).
@@ -26,7 +29,7 @@ use pgwarden_tests::controlplane::with_crds;
 use pgwarden_tests::datapath::{S3Server, deps, wait_for};
 use pgwarden_tests::operator::{Operator, apply_when_admitted, apply_yaml, get, store_secret_yaml};
 use pgwarden_tests::stallproxy::{StallProxy, server_of};
-use pgwarden_tests::world::{StoreWorld, node_for, store_cluster_yaml};
+use pgwarden_tests::world::{StoreWorld, instance_pods_from_images, node_for, store_cluster_yaml};
 
 const BUCKET: &str = "pgwarden-isolated";
 
@@ -69,14 +72,19 @@ fn a_primary_that_cannot_report_fences_itself_and_writes_again_once_it_reports()
         .kubeconfig(&cp.operator_kubeconfig())
         .expect("kubeconfig");
     let via = via.display().to_string();
-    let node = node_for(
-        cp,
-        &ns,
-        "iso",
-        subnet,
-        &s3.credentials.region,
-        &[("KUBECONFIG", via.as_str())],
-    );
+    let (host, port) = proxy.addr.rsplit_once(':').expect("the proxy's host:port");
+    // From the instance image the agent uses in-cluster configuration (the service env a
+    // kubelet sets, its ServiceAccount's token): that is pointed at the proxy. From the host's
+    // binaries it reads KUBECONFIG. Either way every request of the agent crosses the proxy.
+    let env = if instance_pods_from_images() {
+        vec![
+            ("KUBERNETES_SERVICE_HOST", host),
+            ("KUBERNETES_SERVICE_PORT", port),
+        ]
+    } else {
+        vec![("KUBECONFIG", via.as_str())]
+    };
+    let node = node_for(cp, &ns, "iso", subnet, &s3.credentials.region, &env);
     apply_when_admitted(&ns, &store_secret_yaml(&s3.credentials));
     let op = Operator::start(cp, &ns.name);
     let state = node.state.clone();
