@@ -28,10 +28,35 @@ pub fn node_for(
     region: &str,
     env: &[(&str, &str)],
 ) -> NamespaceNode {
+    node_running(instance_images(), cp, ns, tag, subnet, region, env)
+}
+
+/// [`node_for`], but instance pods always run from the host's binaries: only for a test that
+/// says why it cannot run from the images yet.
+pub fn host_node_for(
+    cp: &ControlPlane,
+    ns: &Namespace<'_>,
+    tag: &str,
+    subnet: u8,
+    region: &str,
+    env: &[(&str, &str)],
+) -> NamespaceNode {
+    node_running(None, cp, ns, tag, subnet, region, env)
+}
+
+fn node_running(
+    images: Option<Vec<(String, PathBuf)>>,
+    cp: &ControlPlane,
+    ns: &Namespace<'_>,
+    tag: &str,
+    subnet: u8,
+    region: &str,
+    env: &[(&str, &str)],
+) -> NamespaceNode {
     let dir = shared_tempdir(&format!("pgw-{tag}-"));
     let state = dir.path().to_path_buf();
     let node_dir = state.join("node");
-    let mut opts = match instance_images() {
+    let mut opts = match images {
         Some(images) => Options::for_instance_images(&cp.kubeconfig, &node_dir, images, region),
         None => Options::for_instances(&cp.kubeconfig, &node_dir, &deps().host_programs(), region),
     };

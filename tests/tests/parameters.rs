@@ -20,7 +20,7 @@ use pgwarden_tests::controlplane::{ControlPlane, Namespace, with_crds};
 use pgwarden_tests::datapath::{deps, wait_for};
 use pgwarden_tests::localnode::{LocalNode, pod_psql};
 use pgwarden_tests::operator::{Operator, apply_yaml, get, pod_is_ready};
-use pgwarden_tests::world::node_for;
+use pgwarden_tests::world::{agent_pids, host_node_for};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
@@ -43,7 +43,14 @@ fn world(hint: &str, subnet: u8) -> World<'static> {
     let ns = cp.namespace(hint);
     // No store here: the region is never used. A change is noticed on the agent's report tick.
     let report = [("PGWARDEN_REPORT_INTERVAL", "2")];
-    let n = node_for(cp, &ns, "par", subnet, "us-east-1", &report);
+    // From the host's binaries, not the instance image, until an open defect is fixed: from
+    // the image (runc, 2026-12-01) the agent's restart of PostgreSQL for a start-only
+    // parameter did not end (SIGINT sent, no "PostgreSQL stopped" for 37 s); meanwhile the
+    // agent's loop, blocked in that wait, sent no report, so the isolation guard fenced the
+    // primary read-only after 21 s and the liveness probe restarted the container (an
+    // unclean shutdown). Both the restart and status.parameters then missed what the tests
+    // assert. Reproduce: PGWARDEN_KEEP_STATE=1, switch this to node_for, run this file.
+    let n = host_node_for(cp, &ns, "par", subnet, "us-east-1", &report);
     let op = Operator::start(cp, &ns.name);
     World {
         ns,
@@ -197,7 +204,7 @@ fn a_value_postgresql_refuses_is_named_and_the_previous_one_stays_across_a_conta
 
     // Its container restarted (the agent killed): PostgreSQL starts, with the previous value.
     let (uid, restarts) = w.uid_and_restarts();
-    kill_agent(&uid);
+    kill_agent(&w);
     let restarted = wait_for(READY, Duration::from_secs(1), || {
         let (u, r) = w.uid_and_restarts();
         let pod = get(&w.ns, "pod", POD)?;
@@ -256,7 +263,7 @@ fn a_value_postgresql_cannot_start_with_is_undone_and_kept_out_after_a_container
     assert_eq!(w.uid_and_restarts(), (uid.clone(), restarts));
 
     // The container restarts: the value PostgreSQL did not start with stays out.
-    kill_agent(&uid);
+    kill_agent(&w);
     let pod = wait_for(READY, Duration::from_secs(1), || {
         let (u, r) = w.uid_and_restarts();
         let pod = get(&w.ns, "pod", POD)?;
@@ -277,24 +284,18 @@ fn a_value_postgresql_cannot_start_with_is_undone_and_kept_out_after_a_container
 
 /// SIGKILL to the pod's `pgwarden instance run` (found by its environment): the node restarts
 /// the container.
-fn kill_agent(uid: &str) {
-    let mut killed = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        // argv[0] is whatever binary the node runs as `pgwarden` ($PGWARDEN_BIN).
-        let is_agent = args.len() >= 3 && args[1] == b"instance" && args[2] == b"run";
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let here = String::from_utf8_lossy(&environ).contains(&format!("pods/{uid}/"));
-        if is_agent && here {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            killed += 1;
-        }
+fn kill_agent(w: &World<'_>) {
+    // Found by its pod's name and namespace in its environment (tests/src/world.rs), which
+    // holds from the instance image as from the host's binaries; a host folder in its
+    // environment does not (a container's paths are its mount paths).
+    let pids = agent_pids(&w.state, &w.ns.name, POD);
+    assert!(
+        !pids.is_empty(),
+        "no `pgwarden instance run` of pod {POD} found"
+    );
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
-    assert!(killed > 0, "no `pgwarden instance run` of pod {uid} found");
 }
