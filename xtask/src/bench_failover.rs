@@ -38,6 +38,19 @@
 //! first acknowledged write on it (`promotionSeconds`: the writer's psql on the frozen `pg-1`
 //! gives up after 5 s before it tries the next pod, so that adds up to 5 s); each run records
 //! the load average.
+//!
+//! Measured 2026-12-01 with those changes (instance pods from the instance image under runc;
+//! the full test suite ran beside it, load average 7.8 during the switchover, 11.3 during
+//! the failover):
+//!
+//! ```text
+//!   switchover  writable 15.8 s after the annotation, lost 0 of 119 acknowledged
+//!   failover    detection 25.5 s, out of recovery 10.4 s after it, the writer's first
+//!               write 16.6 s after it (5 s of that its psql giving up on pg-1); lost 0 of 81
+//! ```
+//!
+//! The goal (writable within 10 s of detection) is not shown met on a loaded machine; a quiet
+//! run is still to do.
 
 use anyhow::{Context, Result, bail};
 use std::process::Command;
