@@ -144,11 +144,27 @@ pub struct StoreWorld<'a> {
 /// Starts a [`StoreWorld`] in a namespace named after `hint`, its node tagged `tag` on pod
 /// addresses `127.<subnet>.x.y` (see [`node_for`]), archiving to `bucket`.
 pub fn store_world(hint: &str, tag: &str, subnet: u8, bucket: &str) -> StoreWorld<'static> {
+    store_world_running(instance_images(), hint, tag, subnet, bucket)
+}
+
+/// [`store_world`], instance pods from the host's binaries: see [`host_node_for`].
+pub fn host_store_world(hint: &str, tag: &str, subnet: u8, bucket: &str) -> StoreWorld<'static> {
+    store_world_running(None, hint, tag, subnet, bucket)
+}
+
+fn store_world_running(
+    images: Option<Vec<(String, PathBuf)>>,
+    hint: &str,
+    tag: &str,
+    subnet: u8,
+    bucket: &str,
+) -> StoreWorld<'static> {
     let cp: &'static ControlPlane = crate::controlplane::with_crds();
     let ns = cp.namespace(hint);
     let s3 = crate::datapath::S3Server::start();
     s3.create_bucket(bucket);
-    let node = node_for(cp, &ns, tag, subnet, &s3.credentials.region, &[]);
+    let region = &s3.credentials.region;
+    let node = node_running(images, cp, &ns, tag, subnet, region, &[]);
     let secret = crate::operator::store_secret_yaml(&s3.credentials);
     crate::operator::apply_when_admitted(&ns, &secret);
     let op = crate::operator::Operator::start(cp, &ns.name);
