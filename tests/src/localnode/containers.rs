@@ -147,17 +147,14 @@ impl ContainerRuntime {
             return;
         };
         let now = Instant::now();
-        let next = *self.next_probe.get_or_insert_with(|| {
-            now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)
-        });
-        if now < next {
+        if !probe_due(&mut self.next_probe, probe, now) {
             return;
         }
-        let period = probe.period_seconds.unwrap_or(10).max(1) as u64;
+        let period = period_of(probe);
         // Until first ready, probe every second: the kubelet's period is a steady-state figure.
         let every = if self.ready { period } else { period.min(1) };
         self.next_probe = Some(now + Duration::from_secs(every));
-        let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+        let timeout = timeout_of(probe);
         let env = self.probe_env();
         self.ready = run_probe(
             probe,
@@ -189,15 +186,11 @@ impl ContainerRuntime {
             return false;
         }
         let now = Instant::now();
-        let next = *self.liveness.next.get_or_insert_with(|| {
-            now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)
-        });
-        if now < next {
+        if !probe_due(&mut self.liveness.next, probe, now) {
             return false;
         }
-        let period = probe.period_seconds.unwrap_or(10).max(1) as u64;
-        self.liveness.next = Some(now + Duration::from_secs(period));
-        let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+        self.liveness.next = Some(now + Duration::from_secs(period_of(probe)));
+        let timeout = timeout_of(probe);
         let env = self.probe_env();
         if run_probe(
             probe,
@@ -339,6 +332,23 @@ impl ContainerRuntime {
             None => ExecIn::Host(binaries),
         }
     }
+}
+
+/// Whether a probe whose next run is `next` is due at `now`; its first run waits
+/// `initialDelaySeconds` (readiness and liveness alike, as the kubelet).
+fn probe_due(next: &mut Option<Instant>, probe: &Probe, now: Instant) -> bool {
+    let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
+    now >= *next.get_or_insert_with(|| now + Duration::from_secs(delay))
+}
+
+/// `periodSeconds` (the kubelet's default 10, at least 1).
+fn period_of(probe: &Probe) -> u64 {
+    probe.period_seconds.unwrap_or(10).max(1) as u64
+}
+
+/// `timeoutSeconds` (the kubelet's default 1, at least 1).
+fn timeout_of(probe: &Probe) -> Duration {
+    Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64)
 }
 
 pub(super) fn terminated(exit: &(i32, String, String, String)) -> Value {
